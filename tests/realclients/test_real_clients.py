@@ -85,7 +85,7 @@ class Service:
             if line is None:
                 continue
             if line.startswith("LISTENING "):
-                self.addrs.append(parse_addr(line.split(None, 1)[1]))
+                self.addrs.append(parse_addr(line.split()[1]))
 
     def _pump(self):
         for raw in self.proc.stdout:
@@ -129,15 +129,61 @@ def fmt_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def proxy_config(listen: str, dc_addr: str, key_hex: str, state_dir: Path) -> str:
-    # Every DC index points at the fake DC: nothing may leave loopback.
+class MaskSink:
+    """Loopback stand-in for the fronting site: the proxy may forward bad clients here (it must never
+    reach the real www.example.com from a test).  Accepts, reads until EOF, counts connections."""
+
+    def __init__(self, host: str):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.5)
+        self.addr = (host, self.sock.getsockname()[1])
+        self.connections = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._drain, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _drain(c):
+        c.settimeout(15)
+        try:
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(timeout=2)
+        self.sock.close()
+
+
+def proxy_config(listen: str, dc_addr: str, key_hex: str, state_dir: Path, mask_addr: str,
+                 public_host: str) -> str:
+    # Every DC index points at the fake DC and masking goes to a loopback sink: nothing may leave
+    # loopback.  public_host is set so the proxy never tries to discover its public address.
     dcs = "\n".join(f'{i} = ["{dc_addr}"]' for i in range(1, 6))
     return f"""[server]
 listen = ["{listen}"]
+public_host = "{public_host}"
 state_dir = "{state_dir}"
 
 [tls]
 domains = ["{TLS_DOMAIN}"]
+mask_host = "{mask_addr}"
 
 [users.alice]
 secret = "{key_hex}"
@@ -152,9 +198,10 @@ fallback_dc = 2
 
 
 class Stack:
-    def __init__(self, fake_dc: Service, proxy: Service, key_hex: str):
+    def __init__(self, fake_dc: Service, proxy: Service, key_hex: str, mask: MaskSink):
         self.fake_dc = fake_dc
         self.proxy = proxy
+        self.mask = mask
         self.key_hex = key_hex
         self.host, self.port = proxy.addrs[0]
         self.dc_host, self.dc_port = fake_dc.addrs[0]
@@ -172,7 +219,13 @@ class Stack:
         return "ee" + self.key_hex + TLS_DOMAIN.encode().hex()
 
     def diag(self) -> str:
-        return self.fake_dc.diag() + "\n" + self.proxy.diag()
+        return (self.fake_dc.diag() + "\n" + self.proxy.diag() +
+                f"\n--- mask sink connections: {self.mask.connections}")
+
+    def stop(self):
+        self.proxy.stop()
+        self.fake_dc.stop()
+        self.mask.stop()
 
     def check_alive(self):
         for s in (self.fake_dc, self.proxy):
@@ -186,17 +239,22 @@ def _start_stack(tmp: Path, host: str) -> Stack:
     _require_python_module("telethon")
     _require_python_module("tdjson")
     key_hex = os.urandom(16).hex()
-    fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)], tmp)
+    mask = MaskSink(host)
+    fake_dc = None
     try:
+        fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)], tmp)
         state = tmp / "state"
         state.mkdir(exist_ok=True)
         cfg = tmp / "mtgate.toml"
-        cfg.write_text(proxy_config(fmt_addr(host, 0), fmt_addr(*fake_dc.addrs[0]), key_hex, state))
+        cfg.write_text(proxy_config(fmt_addr(host, 0), fmt_addr(*fake_dc.addrs[0]), key_hex, state,
+                                    fmt_addr(*mask.addr), host))
         proxy = Service("mtgate", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
     except BaseException:
-        fake_dc.stop()
+        if fake_dc is not None:
+            fake_dc.stop()
+        mask.stop()
         raise
-    return Stack(fake_dc, proxy, key_hex)
+    return Stack(fake_dc, proxy, key_hex, mask)
 
 
 def _ipv6_loopback_ok() -> bool:
@@ -214,8 +272,7 @@ def _ipv6_loopback_ok() -> bool:
 def stack(tmp_path_factory):
     st = _start_stack(tmp_path_factory.mktemp("stack4"), "127.0.0.1")
     yield st
-    st.proxy.stop()
-    st.fake_dc.stop()
+    st.stop()
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +281,7 @@ def stack6(tmp_path_factory):
         pytest.skip("no IPv6 loopback")
     st = _start_stack(tmp_path_factory.mktemp("stack6"), "::1")
     yield st
-    st.proxy.stop()
-    st.fake_dc.stop()
+    st.stop()
 
 
 # ------------------------------------------------------------------------------------------

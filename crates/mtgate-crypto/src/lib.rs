@@ -136,8 +136,9 @@ mod tests {
     #[test]
     fn ctr_matches_protocol_vector_12_2() {
         // PROTOCOL §12.2: proxy decrypt key/iv, header decrypts to tag dd, DC 2.
-        let key: [u8; 32] =
-            h("83a2d97099d28b3893ad228a82e5d60402f372ba0e69f64e67b6d8f6f0b14cd8").try_into().unwrap();
+        let key: [u8; 32] = h("83a2d97099d28b3893ad228a82e5d60402f372ba0e69f64e67b6d8f6f0b14cd8")
+            .try_into()
+            .unwrap();
         let iv: [u8; 16] = h("68696a6b6c6d6e6f7071727374757677").try_into().unwrap();
         let mut c = AesCtr::new(&key, &iv);
         let mut wire = h(concat!(
@@ -176,7 +177,9 @@ mod tests {
     #[test]
     fn x25519_base_point_rfc7748() {
         let scalar: [u8; 32] =
-            h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").try_into().unwrap();
+            h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .try_into()
+                .unwrap();
         assert_eq!(
             x25519_public_key(scalar).to_vec(),
             h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")

@@ -129,7 +129,7 @@ pub fn parse_client_hello(record: &[u8]) -> Result<ClientHello, TlsError> {
         return Err(TlsError::Malformed);
     }
     let suites = r.vec16()?;
-    if suites.len() % 2 != 0 {
+    if !suites.len().is_multiple_of(2) {
         return Err(TlsError::Malformed);
     }
     let tls13_suite = suites
@@ -185,7 +185,11 @@ pub fn verify_hello_digest(record: &[u8], key: &Key16) -> Option<u32> {
     }
     let h = hmac_sha256(
         key.expose(),
-        &[&record[..DIGEST_POS], &[0u8; DIGEST_LEN], &record[DIGEST_POS + DIGEST_LEN..]],
+        &[
+            &record[..DIGEST_POS],
+            &[0u8; DIGEST_LEN],
+            &record[DIGEST_POS + DIGEST_LEN..],
+        ],
     );
     let got = &record[DIGEST_POS..DIGEST_POS + DIGEST_LEN];
     let mut x = [0u8; DIGEST_LEN];
@@ -311,7 +315,8 @@ impl RecordStripper {
         while read < buf.len() {
             if self.remaining == 0 {
                 let take = (RECORD_HEADER_LEN - self.hdr_len).min(buf.len() - read);
-                self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&buf[read..read + take]);
+                self.hdr[self.hdr_len..self.hdr_len + take]
+                    .copy_from_slice(&buf[read..read + take]);
                 self.hdr_len += take;
                 read += take;
                 if self.hdr_len < RECORD_HEADER_LEN {

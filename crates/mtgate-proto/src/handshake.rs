@@ -140,7 +140,11 @@ pub enum Outcome {
 enum State {
     Start,
     /// FakeTLS verified for this user; collecting the obfuscated2 header from records.
-    TlsInner { user: usize, stripper: RecordStripper, stream: Vec<u8> },
+    TlsInner {
+        user: usize,
+        stripper: RecordStripper,
+        stream: Vec<u8>,
+    },
     Done,
 }
 
@@ -285,11 +289,18 @@ impl Handshake {
             .iter()
             .enumerate()
             .filter(|(_, u)| u.fake_tls)
-            .find_map(|(i, u)| faketls::verify_hello_digest(&self.received, &u.key).map(|ts| (i, ts)));
+            .find_map(|(i, u)| {
+                faketls::verify_hello_digest(&self.received, &u.key).map(|ts| (i, ts))
+            });
         let Some((user, ts)) = found else {
             return self.reject(RejectReason::BadDigest);
         };
-        if !cfg.domains.is_empty() && !hello.sni.as_ref().is_some_and(|s| cfg.domains.iter().any(|d| d == s)) {
+        if !cfg.domains.is_empty()
+            && !hello
+                .sni
+                .as_ref()
+                .is_some_and(|s| cfg.domains.iter().any(|d| d == s))
+        {
             return self.reject(RejectReason::UnknownSni);
         }
         let ts = u64::from(ts);
@@ -320,8 +331,19 @@ impl Handshake {
         Outcome::Respond(resp)
     }
 
-    fn tls_inner(&mut self, chunk: &mut [u8], cfg: &HandshakeConfig, replay: &mut ReplayCache, now: u64) -> Outcome {
-        let State::TlsInner { user, stripper, stream } = &mut self.state else {
+    fn tls_inner(
+        &mut self,
+        chunk: &mut [u8],
+        cfg: &HandshakeConfig,
+        replay: &mut ReplayCache,
+        now: u64,
+    ) -> Outcome {
+        let State::TlsInner {
+            user,
+            stripper,
+            stream,
+        } = &mut self.state
+        else {
             return Outcome::Reject(RejectReason::BadRecord);
         };
         let n = match stripper.strip_in_place(chunk) {

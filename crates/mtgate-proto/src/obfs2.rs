@@ -80,7 +80,10 @@ pub struct ClientHeader {
     pub ciphers: CipherPair,
 }
 
-fn keys_for(header: &[u8; HEADER_LEN], secret: Option<&[u8; 16]>) -> ([u8; 32], [u8; 16], [u8; 32], [u8; 16]) {
+fn keys_for(
+    header: &[u8; HEADER_LEN],
+    secret: Option<&[u8; 16]>,
+) -> ([u8; 32], [u8; 16], [u8; 32], [u8; 16]) {
     let mut dec_key: [u8; 32] = header[8..40].try_into().unwrap_or([0; 32]);
     let dec_iv: [u8; 16] = header[40..56].try_into().unwrap_or([0; 16]);
     let mut rev = [0u8; 48];
@@ -168,7 +171,11 @@ pub fn build_header(
 }
 
 /// The proxy→DC header of PROTOCOL §5.1 (no secret; DC index = `abs(dc)` as mtg does).
-pub fn build_dc_header(random: &[u8; HEADER_LEN], tag: ProtoTag, dc: DcIndex) -> ([u8; HEADER_LEN], CipherPair) {
+pub fn build_dc_header(
+    random: &[u8; HEADER_LEN],
+    tag: ProtoTag,
+    dc: DcIndex,
+) -> ([u8; HEADER_LEN], CipherPair) {
     build_header(random, tag, dc, None)
 }
 
@@ -205,8 +212,10 @@ mod tests {
 
     #[test]
     fn client_header_vector_12_2() {
-        let wire: [u8; 64] = h("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f
-            606162636465666768696a6b6c6d6e6f7071727374757677daacbd2ca7de43f9")
+        let wire: [u8; 64] = h(
+            "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f
+            606162636465666768696a6b6c6d6e6f7071727374757677daacbd2ca7de43f9",
+        )
         .try_into()
         .unwrap();
         let other = Key16::new([9; 16]);
@@ -215,8 +224,10 @@ mod tests {
         assert_eq!(hdr.key_index, 1);
         assert_eq!(hdr.tag, ProtoTag::Padded);
         assert_eq!(hdr.dc, DcIndex(2));
-        let mut frame = h("65621e73c82ff93d7905cf4b9916217e23b158cac3ad36f42d5c632bcfa0be86
-            593de97d6e2e5f4462992b8fe60b98");
+        let mut frame = h(
+            "65621e73c82ff93d7905cf4b9916217e23b158cac3ad36f42d5c632bcfa0be86
+            593de97d6e2e5f4462992b8fe60b98",
+        );
         hdr.ciphers.dec.apply(&mut frame);
         assert_eq!(&frame[..16], &h("2b000000000000000000000004000000")[..]);
         let mut out = h("040000006cfeffff");
@@ -235,8 +246,10 @@ mod tests {
         let (wire, _) = build_header(&random, ProtoTag::Padded, DcIndex(2), Some(&key()));
         assert_eq!(
             wire.to_vec(),
-            h("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f
-               606162636465666768696a6b6c6d6e6f7071727374757677daacbd2ca7de43f9")
+            h(
+                "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f
+               606162636465666768696a6b6c6d6e6f7071727374757677daacbd2ca7de43f9"
+            )
         );
     }
 
@@ -250,8 +263,10 @@ mod tests {
         let (wire, mut c) = build_dc_header(&random, ProtoTag::Padded, DcIndex(2));
         assert_eq!(
             wire.to_vec(),
-            h("0718293a4b5c6d7e8fa0b1c2d3e4f5061728394a5b6c7d8e9fb0c1d2e3f40516
-               2738495a6b7c8d9eafc0d1e2f30415263748596a7b8c9dae7e7dcc0a34699d5b")
+            h(
+                "0718293a4b5c6d7e8fa0b1c2d3e4f5061728394a5b6c7d8e9fb0c1d2e3f40516
+               2738495a6b7c8d9eafc0d1e2f30415263748596a7b8c9dae7e7dcc0a34699d5b"
+            )
         );
         let mut data = b"example relayed bytes 0123456789".to_vec();
         c.enc.apply(&mut data);

@@ -104,7 +104,10 @@ impl ProxySecret {
 
     /// `tg://proxy?...` deep link with the hex form.
     pub fn tg_link(&self, server: &str, port: u16) -> String {
-        format!("tg://proxy?server={server}&port={port}&secret={}", self.to_hex())
+        format!(
+            "tg://proxy?server={server}&port={port}&secret={}",
+            self.to_hex()
+        )
     }
 
     /// `https://t.me/proxy?...` link; `ee` secrets in base64url as tdlib writes them.
@@ -165,7 +168,9 @@ impl ProxyLink {
                 _ => {}
             }
         }
-        let server = server.filter(|s| !s.is_empty()).ok_or(LinkError::Missing("server"))?;
+        let server = server
+            .filter(|s| !s.is_empty())
+            .ok_or(LinkError::Missing("server"))?;
         let port: u16 = port
             .ok_or(LinkError::Missing("port"))?
             .parse()
@@ -173,7 +178,9 @@ impl ProxyLink {
             .filter(|p| *p != 0)
             .ok_or(LinkError::Port)?;
         // base64 padding may arrive percent-encoded.
-        let secret = secret.ok_or(LinkError::Missing("secret"))?.replace("%3D", "=");
+        let secret = secret
+            .ok_or(LinkError::Missing("secret"))?
+            .replace("%3D", "=");
         Ok(Self {
             server: server.to_owned(),
             port,
@@ -197,7 +204,8 @@ fn decode_hex_or_b64(s: &str) -> Result<Vec<u8>, SecretError> {
 pub fn validate_domain(d: &str) -> Result<(), SecretError> {
     let ok = !d.is_empty()
         && d.len() <= MAX_DOMAIN_LEN
-        && d.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        && d.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
         && !d.starts_with('.')
         && !d.contains("..");
     if ok {
@@ -233,8 +241,14 @@ mod tests {
             key: plain.key.clone(),
             kind: SecretKind::Ee("www.example.com".into()),
         };
-        assert_eq!(ee.to_hex(), "ee00112233445566778899aabbccddeeff7777772e6578616d706c652e636f6d");
-        assert_eq!(ee.to_base64url(), "7gARIjNEVWZ3iJmqu8zd7v93d3cuZXhhbXBsZS5jb20");
+        assert_eq!(
+            ee.to_hex(),
+            "ee00112233445566778899aabbccddeeff7777772e6578616d706c652e636f6d"
+        );
+        assert_eq!(
+            ee.to_base64url(),
+            "7gARIjNEVWZ3iJmqu8zd7v93d3cuZXhhbXBsZS5jb20"
+        );
         assert_eq!(
             ee.tg_link("proxy.example.net", 443),
             "tg://proxy?server=proxy.example.net&port=443&secret=ee00112233445566778899aabbccddeeff7777772e6578616d706c652e636f6d"
@@ -275,9 +289,18 @@ mod tests {
         .unwrap();
         assert_eq!((l.server.as_str(), l.port), ("1.2.3.4", 443));
         assert_eq!(l.secret.kind, SecretKind::Ee("www.example.com".into()));
-        assert!(ProxyLink::parse("tg:proxy?server=h&port=1&secret=00112233445566778899aabbccddeeff").is_ok());
-        assert_eq!(ProxyLink::parse("tg://proxy?server=h&port=0&secret=x"), Err(LinkError::Port));
-        assert_eq!(ProxyLink::parse("tg://socks?server=h"), Err(LinkError::Scheme));
+        assert!(ProxyLink::parse(
+            "tg:proxy?server=h&port=1&secret=00112233445566778899aabbccddeeff"
+        )
+        .is_ok());
+        assert_eq!(
+            ProxyLink::parse("tg://proxy?server=h&port=0&secret=x"),
+            Err(LinkError::Port)
+        );
+        assert_eq!(
+            ProxyLink::parse("tg://socks?server=h"),
+            Err(LinkError::Scheme)
+        );
     }
 
     proptest! {

@@ -79,13 +79,23 @@ pub fn decode(tag: ProtoTag, buf: &[u8], max: usize) -> Result<Decoded, FrameErr
             if len > max {
                 return Err(FrameError::TooLong(len));
             }
-            let payload = if tag == ProtoTag::Padded { len & !3 } else { len };
+            let payload = if tag == ProtoTag::Padded {
+                len & !3
+            } else {
+                len
+            };
             finish(buf, 4, len, payload, quick_ack)
         }
     }
 }
 
-fn finish(buf: &[u8], hdr: usize, wire_len: usize, payload: usize, quick_ack: bool) -> Result<Decoded, FrameError> {
+fn finish(
+    buf: &[u8],
+    hdr: usize,
+    wire_len: usize,
+    payload: usize,
+    quick_ack: bool,
+) -> Result<Decoded, FrameError> {
     let total = hdr + wire_len;
     if buf.len() < total {
         return Ok(Decoded::NeedMore(total));
@@ -100,13 +110,19 @@ fn finish(buf: &[u8], hdr: usize, wire_len: usize, payload: usize, quick_ack: bo
 
 /// Writes the frame header for a `len`-byte payload (plus `pad` padding bytes for
 /// padded intermediate) into `out`, returning the header length (1..=4).
-pub fn encode_header(tag: ProtoTag, len: usize, pad: usize, quick_ack: bool, out: &mut [u8; 4]) -> Result<usize, FrameError> {
+pub fn encode_header(
+    tag: ProtoTag,
+    len: usize,
+    pad: usize,
+    quick_ack: bool,
+    out: &mut [u8; 4],
+) -> Result<usize, FrameError> {
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLong(len));
     }
     match tag {
         ProtoTag::Abridged => {
-            if len % 4 != 0 {
+            if !len.is_multiple_of(4) {
                 return Err(FrameError::Unaligned);
             }
             let w = len / 4;
@@ -130,7 +146,12 @@ pub fn encode_header(tag: ProtoTag, len: usize, pad: usize, quick_ack: bool, out
 }
 
 /// Appends one whole frame (header, payload, `pad` zero-or-random bytes from `padding`) to `out`.
-pub fn encode_frame(tag: ProtoTag, payload: &[u8], padding: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn encode_frame(
+    tag: ProtoTag,
+    payload: &[u8],
+    padding: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let mut hdr = [0u8; 4];
     let n = encode_header(tag, payload.len(), padding.len(), false, &mut hdr)?;
     out.extend_from_slice(&hdr[..n]);
@@ -157,7 +178,10 @@ mod tests {
         encode_frame(ProtoTag::Abridged, &p, &[], &mut out).unwrap();
         assert_eq!(out, h("020001020304050607"));
         let mut hdr = [0u8; 4];
-        assert_eq!(encode_header(ProtoTag::Abridged, 512, 0, false, &mut hdr), Ok(4));
+        assert_eq!(
+            encode_header(ProtoTag::Abridged, 512, 0, false, &mut hdr),
+            Ok(4)
+        );
         assert_eq!(hdr.to_vec(), h("7f800000"));
         encode_header(ProtoTag::Abridged, 512, 0, true, &mut hdr).unwrap();
         assert_eq!(hdr.to_vec(), h("ff800000"));
@@ -169,19 +193,65 @@ mod tests {
         assert_eq!(out, h("0b0000000001020304050607aabbcc"));
 
         let d = decode(ProtoTag::Abridged, &h("820001020304050607"), 1 << 20).unwrap();
-        assert_eq!(d, Decoded::Frame(Frame { start: 1, end: 9, consumed: 9, quick_ack: true }));
-        let d = decode(ProtoTag::Intermediate, &h("080000800001020304050607"), 1 << 20).unwrap();
-        assert_eq!(d, Decoded::Frame(Frame { start: 4, end: 12, consumed: 12, quick_ack: true }));
-        let d = decode(ProtoTag::Padded, &h("0b0000000001020304050607aabbcc"), 1 << 20).unwrap();
-        assert_eq!(d, Decoded::Frame(Frame { start: 4, end: 12, consumed: 15, quick_ack: false }));
+        assert_eq!(
+            d,
+            Decoded::Frame(Frame {
+                start: 1,
+                end: 9,
+                consumed: 9,
+                quick_ack: true
+            })
+        );
+        let d = decode(
+            ProtoTag::Intermediate,
+            &h("080000800001020304050607"),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            Decoded::Frame(Frame {
+                start: 4,
+                end: 12,
+                consumed: 12,
+                quick_ack: true
+            })
+        );
+        let d = decode(
+            ProtoTag::Padded,
+            &h("0b0000000001020304050607aabbcc"),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            Decoded::Frame(Frame {
+                start: 4,
+                end: 12,
+                consumed: 15,
+                quick_ack: false
+            })
+        );
     }
 
     #[test]
     fn limits() {
-        assert_eq!(decode(ProtoTag::Intermediate, &[0, 0, 0x10, 0], 1024), Err(FrameError::TooLong(0x100000)));
-        assert_eq!(decode(ProtoTag::Abridged, &[0x7f, 1, 0, 0], 1024), Err(FrameError::Overlong));
-        assert_eq!(decode(ProtoTag::Abridged, &[0x7f, 1], 1024), Ok(Decoded::NeedMore(4)));
-        assert_eq!(decode(ProtoTag::Padded, &[], 1024), Ok(Decoded::NeedMore(4)));
+        assert_eq!(
+            decode(ProtoTag::Intermediate, &[0, 0, 0x10, 0], 1024),
+            Err(FrameError::TooLong(0x100000))
+        );
+        assert_eq!(
+            decode(ProtoTag::Abridged, &[0x7f, 1, 0, 0], 1024),
+            Err(FrameError::Overlong)
+        );
+        assert_eq!(
+            decode(ProtoTag::Abridged, &[0x7f, 1], 1024),
+            Ok(Decoded::NeedMore(4))
+        );
+        assert_eq!(
+            decode(ProtoTag::Padded, &[], 1024),
+            Ok(Decoded::NeedMore(4))
+        );
     }
 
     proptest! {

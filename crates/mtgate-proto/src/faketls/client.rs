@@ -14,7 +14,13 @@ fn ext(out: &mut Vec<u8>, ty: u16, data: &[u8]) {
 /// Builds a signed ClientHello record of exactly `total_len` bytes (at least
 /// about 150 + SNI length; clamped up to that) for `sni`, `key` and `timestamp`.
 /// `random` supplies the session id and key share (64 bytes).
-pub fn build_client_hello(key: &Key16, sni: &str, timestamp: u32, random: &[u8; 64], total_len: usize) -> Vec<u8> {
+pub fn build_client_hello(
+    key: &Key16,
+    sni: &str,
+    timestamp: u32,
+    random: &[u8; 64],
+    total_len: usize,
+) -> Vec<u8> {
     let mut exts = Vec::new();
     ext(&mut exts, 0x0a0a, &[]);
     let mut sni_data = Vec::new();
@@ -25,7 +31,11 @@ pub fn build_client_hello(key: &Key16, sni: &str, timestamp: u32, random: &[u8; 
     ext(&mut exts, 0x0000, &sni_data);
     ext(&mut exts, 0x0017, &[]);
     ext(&mut exts, 0xff01, &[0]);
-    ext(&mut exts, 0x000a, &[0x00, 0x06, 0x4a, 0x4a, 0x00, 0x1d, 0x00, 0x17]);
+    ext(
+        &mut exts,
+        0x000a,
+        &[0x00, 0x06, 0x4a, 0x4a, 0x00, 0x1d, 0x00, 0x17],
+    );
     ext(&mut exts, 0x0010, b"\x00\x0c\x02h2\x08http/1.1");
     ext(&mut exts, 0x000d, &[0x00, 0x04, 0x04, 0x03, 0x08, 0x04]);
     let mut ks = vec![0x00, 0x26, 0x00, 0x1d, 0x00, 0x20];

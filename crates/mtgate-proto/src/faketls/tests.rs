@@ -70,8 +70,14 @@ fn truncated_and_bad_hellos() {
     for cut in [0, 3, 5, 100, 516] {
         assert!(parse_client_hello(&rec[..cut]).is_err());
     }
-    assert_eq!(hello_record_len(b"GET / HTTP/1.1"), Err(TlsError::NotHandshake));
-    assert_eq!(hello_record_len(&[0x16, 3, 1, 0, 10]), Err(TlsError::Length));
+    assert_eq!(
+        hello_record_len(b"GET / HTTP/1.1"),
+        Err(TlsError::NotHandshake)
+    );
+    assert_eq!(
+        hello_record_len(&[0x16, 3, 1, 0, 10]),
+        Err(TlsError::Length)
+    );
     assert_eq!(hello_record_len(&[0x16, 3, 1]), Ok(None));
 }
 
@@ -94,7 +100,10 @@ fn stripper_handles_split_records() {
         assert!(s.at_boundary());
     }
     let mut bad = vec![0x15, 3, 3, 0, 2, 2, 40];
-    assert_eq!(RecordStripper::new().strip_in_place(&mut bad), Err(TlsError::RecordType(0x15)));
+    assert_eq!(
+        RecordStripper::new().strip_in_place(&mut bad),
+        Err(TlsError::RecordType(0x15))
+    );
 }
 
 proptest! {

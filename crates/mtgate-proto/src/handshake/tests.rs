@@ -1,5 +1,7 @@
 use super::*;
-use crate::faketls::{build_client_hello, server_hello_len, verify_server_hello, app_record_header, CCS_RECORD};
+use crate::faketls::{
+    app_record_header, build_client_hello, server_hello_len, verify_server_hello, CCS_RECORD,
+};
 use proptest::prelude::*;
 
 const NOW: u64 = 1_800_000_000;
@@ -7,8 +9,18 @@ const NOW: u64 = 1_800_000_000;
 fn cfg(classic: bool, secure: bool, tls: bool) -> HandshakeConfig {
     HandshakeConfig {
         users: vec![
-            UserKey { key: Key16::new([1; 16]), classic, secure, fake_tls: tls },
-            UserKey { key: Key16::new([2; 16]), classic, secure, fake_tls: tls },
+            UserKey {
+                key: Key16::new([1; 16]),
+                classic,
+                secure,
+                fake_tls: tls,
+            },
+            UserKey {
+                key: Key16::new([2; 16]),
+                classic,
+                secure,
+                fake_tls: tls,
+            },
         ],
         domains: vec!["www.example.com".into()],
         max_past_secs: 600,
@@ -56,12 +68,17 @@ fn obfs2_accepts_each_tag_for_the_right_user() {
         if let Outcome::NeedMore = out {
             out = hs.feed(&wire[63..], NOW, &c, &mut rc, &mut rng());
         }
-        let Outcome::Accepted(a) = out else { panic!("{out:?}") };
+        let Outcome::Accepted(a) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!((a.user, a.mode, a.tag, a.dc), (1, mode, tag, DcIndex(-4)));
         assert_eq!(a.early, b"early");
         // The same header again is a replay.
         let mut hs = Handshake::new();
-        assert!(matches!(hs.feed(&wire, NOW, &c, &mut rc, &mut rng()), Outcome::Reject(RejectReason::Replay)));
+        assert!(matches!(
+            hs.feed(&wire, NOW, &c, &mut rc, &mut rng()),
+            Outcome::Reject(RejectReason::Replay)
+        ));
     }
 }
 
@@ -70,12 +87,21 @@ fn modes_are_enforced() {
     let mut rc = ReplayCache::new(100, 1000);
     let c = cfg(false, true, false);
     let w = obfs2_client(1, ProtoTag::Intermediate, 2);
-    assert!(matches!(Handshake::new().feed(&w, NOW, &c, &mut rc, &mut rng()), Outcome::Reject(RejectReason::ModeNotAllowed)));
+    assert!(matches!(
+        Handshake::new().feed(&w, NOW, &c, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::ModeNotAllowed)
+    ));
     // ee-only: anything that is not TLS is refused at the first byte.
     let c = cfg(false, false, true);
-    assert!(matches!(Handshake::new().feed(&w[..1], NOW, &c, &mut rc, &mut rng()), Outcome::Reject(RejectReason::NotTls)));
+    assert!(matches!(
+        Handshake::new().feed(&w[..1], NOW, &c, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::NotTls)
+    ));
     let c = cfg(true, true, false);
-    assert!(matches!(Handshake::new().feed(&[0x55; 64], NOW, &c, &mut rc, &mut rng()), Outcome::Reject(RejectReason::BadObfs2)));
+    assert!(matches!(
+        Handshake::new().feed(&[0x55; 64], NOW, &c, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::BadObfs2)
+    ));
 }
 
 fn tls_flow(size: usize, split: usize) {
@@ -120,7 +146,10 @@ fn tls_flow(size: usize, split: usize) {
         }
     }
     let a = acc.expect("accepted");
-    assert_eq!((a.user, a.mode, a.tag), (1, ClientMode::FakeTls, ProtoTag::Padded));
+    assert_eq!(
+        (a.user, a.mode, a.tag),
+        (1, ClientMode::FakeTls, ProtoTag::Padded)
+    );
     assert_eq!(a.early, b"abcdef");
     assert!(a.tls.as_ref().unwrap().at_boundary());
 }
@@ -139,26 +168,56 @@ fn faketls_rejections() {
     let c = cfg(false, false, true);
     let key = Key16::new([1; 16]);
     let cases: Vec<(Vec<u8>, RejectReason)> = vec![
-        (build_client_hello(&key, "other.org", NOW as u32, &[1; 64], 517), RejectReason::UnknownSni),
-        (build_client_hello(&key, "www.example.com", NOW as u32 - 4000, &[2; 64], 517), RejectReason::BadTimestamp),
-        (build_client_hello(&key, "www.example.com", NOW as u32 + 4000, &[3; 64], 517), RejectReason::BadTimestamp),
-        (build_client_hello(&Key16::new([7; 16]), "www.example.com", NOW as u32, &[4; 64], 517), RejectReason::BadDigest),
+        (
+            build_client_hello(&key, "other.org", NOW as u32, &[1; 64], 517),
+            RejectReason::UnknownSni,
+        ),
+        (
+            build_client_hello(&key, "www.example.com", NOW as u32 - 4000, &[2; 64], 517),
+            RejectReason::BadTimestamp,
+        ),
+        (
+            build_client_hello(&key, "www.example.com", NOW as u32 + 4000, &[3; 64], 517),
+            RejectReason::BadTimestamp,
+        ),
+        (
+            build_client_hello(
+                &Key16::new([7; 16]),
+                "www.example.com",
+                NOW as u32,
+                &[4; 64],
+                517,
+            ),
+            RejectReason::BadDigest,
+        ),
         (vec![0x16, 3, 1, 0, 20], RejectReason::BadHello),
     ];
     for (hello, why) in cases {
         let mut rc = ReplayCache::new(100, 1000);
         let got = Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng());
-        assert!(matches!(got, Outcome::Reject(r) if r == why), "{why:?}: {got:?}");
+        assert!(
+            matches!(got, Outcome::Reject(r) if r == why),
+            "{why:?}: {got:?}"
+        );
     }
     // Replay of a valid hello.
     let mut rc = ReplayCache::new(100, 1000);
     let hello = build_client_hello(&key, "www.example.com", NOW as u32, &[5; 64], 600);
-    assert!(matches!(Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng()), Outcome::Respond(_)));
-    assert!(matches!(Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng()), Outcome::Reject(RejectReason::Replay)));
+    assert!(matches!(
+        Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng()),
+        Outcome::Respond(_)
+    ));
+    assert!(matches!(
+        Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::Replay)
+    ));
     // Extra bytes glued to the hello.
     let mut glued = build_client_hello(&key, "www.example.com", NOW as u32, &[6; 64], 600);
     glued.push(0);
-    assert!(matches!(Handshake::new().feed(&glued, NOW, &c, &mut rc, &mut rng()), Outcome::Reject(RejectReason::BadHello)));
+    assert!(matches!(
+        Handshake::new().feed(&glued, NOW, &c, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::BadHello)
+    ));
 }
 
 proptest! {

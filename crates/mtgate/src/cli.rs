@@ -1,0 +1,298 @@
+//! The command line: `run`, `check`, `link`, `secret`. `anyhow` lives here and
+//! in `main` only; everything below returns typed errors.
+
+use crate::config::{Config, Overrides, User};
+use crate::events::{Counters, LogSink, Telemetry};
+use crate::runtime::Runtime;
+use crate::server::Server;
+use crate::{links, state};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mtgate_crypto::Key16;
+use mtgate_proto::secret::{ProxySecret, SecretKind};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mtgate",
+    version,
+    about = "A fast, stealthy MTProto proxy for Telegram"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the proxy. With no config file and no flags it starts on a working
+    /// default: FakeTLS (`ee`) on [::]:443, one generated secret kept in the
+    /// state directory, links and a QR code printed at start.
+    Run(RunArgs),
+    /// Validate a config file with exactly the code `run` uses; exit non-zero on error.
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+    /// Print a user's tg:// and t.me links and a QR code (optionally as PNG).
+    Link(LinkArgs),
+    /// Generate a new random secret and print it in every form.
+    Secret {
+        /// Also print the `ee` (FakeTLS) form for this domain.
+        #[arg(long, default_value = crate::config::DEFAULT_DOMAIN)]
+        domain: String,
+    },
+}
+
+/// Essentials that may be given as flags (they override the file).
+#[derive(Args, Debug, Default, Clone)]
+struct CommonArgs {
+    /// TOML configuration file (see docs/config.md).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. `[::]:443` (dual-stack) or `0.0.0.0:8443`. Repeatable.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// A user secret: `NAME=SECRET` or `SECRET` (32 hex digits, or a dd/ee form). Repeatable.
+    #[arg(long)]
+    secret: Vec<String>,
+    /// Override a DC address: `N=IP:PORT` (e.g. `2=127.0.0.1:4430`). Repeatable.
+    #[arg(long)]
+    dc: Vec<String>,
+    /// FakeTLS domain (SNI) clients must present. Repeatable; the first is used in links.
+    #[arg(long)]
+    domain: Vec<String>,
+    /// Where connections that are not valid clients are forwarded (`host:port`).
+    #[arg(long)]
+    mask_host: Option<String>,
+    /// Host name or IP put in links (default: detected).
+    #[arg(long)]
+    public_host: Option<String>,
+    /// Directory for state (the generated secret).
+    #[arg(long)]
+    state_dir: Option<String>,
+    /// Default client modes for users without `modes`: comma list of classic,dd,ee.
+    #[arg(long, value_delimiter = ',')]
+    modes: Option<Vec<String>>,
+    /// Prefer IPv6 toward Telegram (falls back to IPv4).
+    #[arg(long)]
+    prefer_ipv6: bool,
+}
+
+impl CommonArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            secrets: self.secret.clone(),
+            dcs: self.dc.clone(),
+            domains: self.domain.clone(),
+            mask_host: self.mask_host.clone(),
+            public_host: self.public_host.clone(),
+            state_dir: self.state_dir.clone(),
+            modes: self.modes.clone(),
+            prefer_ipv6: self.prefer_ipv6,
+        }
+    }
+
+    fn load(&self) -> anyhow::Result<Config> {
+        let ov = self.overrides();
+        Ok(match &self.config {
+            Some(p) => Config::load(p, &ov)?,
+            None => Config::from_overrides(&ov)?,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Do not draw QR codes at start.
+    #[arg(long)]
+    no_qr: bool,
+    /// Also write the first user's QR code to this PNG file.
+    #[arg(long)]
+    qr_png: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct LinkArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Only this user (default: all).
+    #[arg(long)]
+    user: Option<String>,
+    /// Write the QR code of the user's best link to this PNG file.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Do not draw the QR code in the terminal.
+    #[arg(long)]
+    no_qr: bool,
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Check { file } => check(&file),
+        Cmd::Link(a) => link(a),
+        Cmd::Secret { domain } => secret(&domain),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The users to serve: the configured ones, or the generated default user.
+fn users_for(cfg: &Config) -> anyhow::Result<(Vec<User>, bool)> {
+    if !cfg.users.is_empty() {
+        return Ok((cfg.users.clone(), false));
+    }
+    let (u, created) = state::load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
+    Ok((vec![u], created))
+}
+
+fn init_logs(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("MTGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_json {
+        let _ = b.json().try_init();
+    } else {
+        let _ = b.try_init();
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let cfg = a.common.load()?;
+    init_logs(&cfg);
+    let (users, created) = users_for(&cfg)?;
+    if created {
+        eprintln!(
+            "generated a new secret in {}",
+            cfg.state_dir.join("secret").display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let telemetry = Telemetry::new(vec![Arc::new(LogSink), Arc::new(Counters::default())]);
+        let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
+        let server = Server::start(runtime).await?;
+        let mut out = std::io::stdout().lock();
+        for addr in &server.local_addrs {
+            writeln!(out, "LISTENING {addr}")?;
+        }
+        let port = links::public_port(&cfg, server.local_addrs.first().map(|a| a.port()));
+        links::print_all(&mut out, &cfg, &users, port, !a.no_qr)?;
+        out.flush()?;
+        drop(out);
+        if let Some(png) = &a.qr_png {
+            write_png(&cfg, &users[0], port, png)?;
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown(Duration::from_secs(5)).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(file, &Overrides::default())?;
+    let users = if cfg.users.is_empty() {
+        1
+    } else {
+        cfg.users.len()
+    };
+    // Build the runtime exactly as `run` does (without binding sockets).
+    let _rt = Runtime::build(cfg.clone(), cfg.users.clone(), Telemetry::default());
+    println!(
+        "{}: ok ({} listener(s), {} user(s), domains: {})",
+        file.display(),
+        cfg.listen.len(),
+        users,
+        cfg.domains.join(", ")
+    );
+    Ok(())
+}
+
+fn write_png(cfg: &Config, user: &User, port: u16, path: &std::path::Path) -> anyhow::Result<()> {
+    let host = links::public_host(cfg);
+    let domain = cfg
+        .domains
+        .first()
+        .map(String::as_str)
+        .unwrap_or(crate::config::DEFAULT_DOMAIN);
+    let best = user
+        .client_secrets(domain)
+        .into_iter()
+        .next()
+        .context("user has no modes")?;
+    links::write_qr_png(&best.tme_link(&host, port), path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("QR code written to {}", path.display());
+    Ok(())
+}
+
+fn link(a: LinkArgs) -> anyhow::Result<()> {
+    let cfg = a.common.load()?;
+    let (users, _) = users_for(&cfg)?;
+    let users: Vec<User> = match &a.user {
+        Some(n) => {
+            let u: Vec<User> = users.into_iter().filter(|u| &u.name == n).collect();
+            anyhow::ensure!(!u.is_empty(), "no user named `{n}`");
+            u
+        }
+        None => users,
+    };
+    let port = links::public_port(&cfg, None);
+    let mut out = std::io::stdout().lock();
+    links::print_all(&mut out, &cfg, &users, port, !a.no_qr)?;
+    if let Some(png) = &a.png {
+        write_png(&cfg, &users[0], port, png)?;
+    }
+    Ok(())
+}
+
+fn secret(domain: &str) -> anyhow::Result<()> {
+    mtgate_proto::secret::validate_domain(domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
+    let key = Key16::generate();
+    let s = |kind| ProxySecret {
+        key: key.clone(),
+        kind,
+    };
+    println!("secret (config):  {}", hex::encode(key.expose()));
+    println!("dd (secure):      {}", s(SecretKind::Dd).to_hex());
+    let ee = s(SecretKind::Ee(domain.to_owned()));
+    println!("ee (FakeTLS) hex: {}", ee.to_hex());
+    println!("ee (FakeTLS) b64: {}", ee.to_base64url());
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! Configuration: parse once into typed values (DESIGN §3 "parse, don't validate").
+//!
+//! [`Config::from_toml`] is the only way in: it deserializes the raw file
+//! (unknown keys refused), then checks and converts every value, naming the
+//! key at fault. `mtgate check` and `mtgate run` call exactly this code.
+//! Command-line flags are applied as a [`Overrides`] on the raw form first.
+
+pub mod raw;
+
+use crate::dc::{DcTable, UnknownDcRule};
+use mtgate_crypto::Key16;
+use mtgate_proto::secret::{validate_domain, ProxySecret, SecretKind};
+use raw::RawConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+/// Which address family to try first toward Telegram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpPreference {
+    V4,
+    V6,
+}
+
+/// The set of client modes a user may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modes {
+    pub classic: bool,
+    pub secure: bool,
+    pub fake_tls: bool,
+}
+
+impl Modes {
+    fn parse(key: &str, list: &[String]) -> Result<Self, ConfigError> {
+        let mut m = Modes {
+            classic: false,
+            secure: false,
+            fake_tls: false,
+        };
+        for s in list {
+            match s.as_str() {
+                "classic" | "plain" => m.classic = true,
+                "dd" | "secure" => m.secure = true,
+                "ee" | "tls" | "faketls" => m.fake_tls = true,
+                other => {
+                    return Err(invalid(
+                        key,
+                        format!("unknown mode `{other}` (use classic, dd, ee)"),
+                    ))
+                }
+            }
+        }
+        if !(m.classic || m.secure || m.fake_tls) {
+            return Err(invalid(key, "at least one mode is required"));
+        }
+        Ok(m)
+    }
+}
+
+/// One user: a name, a 16-byte key and the modes allowed.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    pub key: Key16,
+    pub modes: Modes,
+}
+
+impl User {
+    /// The client secrets this user can be given, best (stealthiest) first.
+    pub fn client_secrets(&self, domain: &str) -> Vec<ProxySecret> {
+        let mut v = Vec::new();
+        if self.modes.fake_tls {
+            v.push(ProxySecret {
+                key: self.key.clone(),
+                kind: SecretKind::Ee(domain.to_owned()),
+            });
+        }
+        if self.modes.secure {
+            v.push(ProxySecret {
+                key: self.key.clone(),
+                kind: SecretKind::Dd,
+            });
+        }
+        if self.modes.classic {
+            v.push(ProxySecret {
+                key: self.key.clone(),
+                kind: SecretKind::Plain,
+            });
+        }
+        v
+    }
+}
+
+/// The whole typed configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub public_host: Option<String>,
+    pub state_dir: PathBuf,
+    pub default_modes: Modes,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub domains: Vec<String>,
+    pub mask_host: Option<String>,
+    pub max_past: Duration,
+    pub max_future: Duration,
+    pub replay_cache_size: usize,
+    pub fake_cert_len: (u32, u32),
+    pub prefer: IpPreference,
+    pub connect_timeout: Duration,
+    pub dcs: DcTable,
+    /// Users from the file or flags; empty means "use the generated default user".
+    pub users: Vec<User>,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+/// Values given on the command line; they override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Vec<String>,
+    /// `NAME=SECRET` or `SECRET`.
+    pub secrets: Vec<String>,
+    /// `N=ADDR`.
+    pub dcs: Vec<String>,
+    pub domains: Vec<String>,
+    pub mask_host: Option<String>,
+    pub public_host: Option<String>,
+    pub state_dir: Option<String>,
+    pub modes: Option<Vec<String>>,
+    pub prefer_ipv6: bool,
+}
+
+/// The default client port.
+pub const DEFAULT_PORT: u16 = 443;
+/// The default FakeTLS domain: a big, always-on HTTPS site. Set your own.
+pub const DEFAULT_DOMAIN: &str = "www.google.com";
+
+impl Config {
+    /// Reads and parses a file.
+    pub fn load(path: &std::path::Path, ov: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, ov)
+    }
+
+    /// Parses TOML text, applies overrides, validates: the startup path.
+    pub fn from_toml(text: &str, ov: &Overrides) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_owned();
+            invalid(if path == "." { "config".into() } else { path }, msg)
+        })?;
+        apply_overrides(&mut raw, ov)?;
+        Self::from_raw(raw)
+    }
+
+    /// Defaults with overrides only (no file).
+    pub fn from_overrides(ov: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_toml("", ov)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let s = raw.server;
+        let listen = match s.listen {
+            None => vec![SocketAddr::from(([0u16; 8], DEFAULT_PORT))],
+            Some(l) if l.is_empty() => {
+                return Err(invalid("server.listen", "at least one address is required"))
+            }
+            Some(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.parse::<SocketAddr>().map_err(|_| {
+                        invalid(
+                            format!("server.listen[{i}]"),
+                            format!("`{a}` is not an ip:port address"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let default_modes = Modes::parse(
+            "server.default_modes",
+            &s.default_modes.unwrap_or_else(|| vec!["ee".into()]),
+        )?;
+        let max_connections = s.max_connections.unwrap_or(65_536);
+        if max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        let handshake_timeout = s.handshake_timeout.unwrap_or(Duration::from_secs(10));
+        let idle_timeout = s.idle_timeout.unwrap_or(Duration::from_secs(300));
+        for (k, d) in [
+            ("server.handshake_timeout", handshake_timeout),
+            ("server.idle_timeout", idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(k, "must be greater than zero"));
+            }
+        }
+        if let Some(h) = &s.public_host {
+            if h.is_empty() || h.contains(['/', '?', '&', ' ']) {
+                return Err(invalid(
+                    "server.public_host",
+                    "must be a host name or IP address",
+                ));
+            }
+        }
+
+        let t = raw.tls;
+        let domains: Vec<String> = t
+            .domains
+            .unwrap_or_else(|| vec![DEFAULT_DOMAIN.into()])
+            .into_iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        if domains.is_empty() {
+            return Err(invalid("tls.domains", "at least one domain is required"));
+        }
+        for (i, d) in domains.iter().enumerate() {
+            validate_domain(d).map_err(|e| invalid(format!("tls.domains[{i}]"), e.to_string()))?;
+        }
+        if let Some(m) = &t.mask_host {
+            crate::dc::check_host_port(m).map_err(|e| invalid("tls.mask_host", e))?;
+        }
+        let fake_cert_len = t.fake_cert_len.map(|[a, b]| (a, b)).unwrap_or((2500, 4700));
+        if fake_cert_len.0 > fake_cert_len.1 || fake_cert_len.1 > 16_000 || fake_cert_len.0 < 64 {
+            return Err(invalid(
+                "tls.fake_cert_len",
+                "want [min, max] with 64 <= min <= max <= 16000",
+            ));
+        }
+        let replay_cache_size = t.replay_cache_size.unwrap_or(1 << 18);
+        if replay_cache_size == 0 {
+            return Err(invalid("tls.replay_cache_size", "must be at least 1"));
+        }
+
+        let u = raw.upstream;
+        let prefer = match u.prefer.as_deref() {
+            None | Some("ipv4") => IpPreference::V4,
+            Some("ipv6") => IpPreference::V6,
+            Some(o) => {
+                return Err(invalid(
+                    "upstream.prefer",
+                    format!("`{o}`: use ipv4 or ipv6"),
+                ))
+            }
+        };
+        let unknown = match u.unknown_dc.as_deref() {
+            None | Some("fallback") => UnknownDcRule::Fallback(u.fallback_dc.unwrap_or(2)),
+            Some("close") => UnknownDcRule::Close,
+            Some(o) => {
+                return Err(invalid(
+                    "upstream.unknown_dc",
+                    format!("`{o}`: use fallback or close"),
+                ))
+            }
+        };
+        let mut dcs = DcTable::telegram_defaults(unknown);
+        for (k, addrs) in &raw.dcs {
+            let key = format!("dcs.{k}");
+            let id: u16 = k.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                invalid(
+                    &key,
+                    "DC index must be a positive number (media DCs use the same entry)",
+                )
+            })?;
+            if addrs.is_empty() {
+                return Err(invalid(&key, "at least one address is required"));
+            }
+            let parsed = addrs
+                .iter()
+                .map(|a| {
+                    a.parse::<SocketAddr>()
+                        .map_err(|_| invalid(&key, format!("`{a}` is not an ip:port address")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            dcs.set(id, parsed);
+        }
+        if let UnknownDcRule::Fallback(f) = unknown {
+            if !dcs.has(f) {
+                return Err(invalid(
+                    "upstream.fallback_dc",
+                    format!("DC {f} is not in the DC table"),
+                ));
+            }
+        }
+
+        let mut users = Vec::new();
+        let mut seen_keys: Vec<Key16> = Vec::new();
+        for (name, ru) in raw.users {
+            let key = format!("users.{name}");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            {
+                return Err(invalid(
+                    &key,
+                    "user names are 1..64 characters of letters, digits, - _ .",
+                ));
+            }
+            let secret = ProxySecret::parse(&ru.secret)
+                .map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?;
+            if seen_keys.contains(&secret.key) {
+                return Err(invalid(
+                    format!("{key}.secret"),
+                    "two users share this secret",
+                ));
+            }
+            seen_keys.push(secret.key.clone());
+            let modes = match &ru.modes {
+                Some(m) => Modes::parse(&format!("{key}.modes"), m)?,
+                None => default_modes,
+            };
+            users.push(User {
+                name,
+                key: secret.key,
+                modes,
+            });
+        }
+
+        let log_level = raw.log.level.unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(invalid(
+                "log.level",
+                "use error, warn, info, debug or trace",
+            ));
+        }
+        let log_json = match raw.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(o) => return Err(invalid("log.format", format!("`{o}`: use text or json"))),
+        };
+
+        Ok(Config {
+            listen,
+            public_host: s.public_host,
+            state_dir: s
+                .state_dir
+                .map(PathBuf::from)
+                .unwrap_or_else(default_state_dir),
+            default_modes,
+            max_connections,
+            handshake_timeout,
+            idle_timeout,
+            domains,
+            mask_host: t.mask_host,
+            max_past: t.max_clock_skew_past.unwrap_or(Duration::from_secs(600)),
+            max_future: t.max_clock_skew_future.unwrap_or(Duration::from_secs(120)),
+            replay_cache_size,
+            fake_cert_len,
+            prefer,
+            connect_timeout: u.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            dcs,
+            users,
+            log_level,
+            log_json,
+        })
+    }
+}
+
+fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigError> {
+    if !ov.listen.is_empty() {
+        raw.server.listen = Some(ov.listen.clone());
+    }
+    if let Some(m) = &ov.modes {
+        raw.server.default_modes = Some(m.clone());
+    }
+    if let Some(h) = &ov.public_host {
+        raw.server.public_host = Some(h.clone());
+    }
+    if let Some(d) = &ov.state_dir {
+        raw.server.state_dir = Some(d.clone());
+    }
+    if !ov.domains.is_empty() {
+        raw.tls.domains = Some(ov.domains.clone());
+    }
+    if let Some(m) = &ov.mask_host {
+        raw.tls.mask_host = Some(m.clone());
+    }
+    if ov.prefer_ipv6 {
+        raw.upstream.prefer = Some("ipv6".into());
+    }
+    for (i, s) in ov.secrets.iter().enumerate() {
+        let (name, secret) = match s.split_once('=') {
+            Some((n, s)) if !n.is_empty() && !s.is_empty() && ProxySecret::parse(s).is_ok() => {
+                (n.to_owned(), s.to_owned())
+            }
+            _ => (format!("user{}", i + 1), s.clone()),
+        };
+        raw.users.insert(
+            name,
+            raw::RawUser {
+                secret,
+                modes: None,
+            },
+        );
+    }
+    for d in &ov.dcs {
+        let (n, a) = d
+            .split_once('=')
+            .ok_or_else(|| invalid("--dc", format!("`{d}`: want N=IP:PORT")))?;
+        raw.dcs.entry(n.to_owned()).or_default().push(a.to_owned());
+    }
+    Ok(())
+}
+
+/// Where state (the generated secret) lives when `server.state_dir` is not set:
+/// systemd's `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/mtgate`, else
+/// `~/.local/state/mtgate`, else `./mtgate-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("mtgate");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/state/mtgate");
+    }
+    PathBuf::from("mtgate-state")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+use super::*;
+
+fn err(text: &str) -> String {
+    Config::from_toml(text, &Overrides::default())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn empty_file_gives_working_defaults() {
+    let c = Config::from_toml("", &Overrides::default()).unwrap();
+    assert_eq!(c.listen, vec!["[::]:443".parse().unwrap()]);
+    assert_eq!(
+        c.default_modes,
+        Modes {
+            classic: false,
+            secure: false,
+            fake_tls: true
+        }
+    );
+    assert_eq!(c.domains, vec![DEFAULT_DOMAIN.to_string()]);
+    assert!(c.users.is_empty());
+    assert_eq!(c.dcs.resolve(2).unwrap().0, 2);
+}
+
+#[test]
+fn full_file_parses() {
+    let c = Config::from_toml(
+        r#"
+[server]
+listen = ["127.0.0.1:8443", "[::1]:8443"]
+public_host = "proxy.example.net"
+default_modes = ["ee", "dd"]
+idle_timeout = "2m"
+[tls]
+domains = ["WWW.Example.com"]
+mask_host = "127.0.0.1:9443"
+fake_cert_len = [1000, 2000]
+[upstream]
+prefer = "ipv6"
+unknown_dc = "close"
+[dcs]
+2 = ["127.0.0.1:1234", "[::1]:1234"]
+[users.alice]
+secret = "00112233445566778899aabbccddeeff"
+modes = ["classic"]
+[users.bob]
+secret = "ee0102030405060708090a0b0c0d0e0f107777772e6578616d706c652e636f6d"
+[log]
+format = "json"
+"#,
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.domains, vec!["www.example.com"]);
+    assert_eq!(c.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.prefer, IpPreference::V6);
+    assert_eq!(c.users.len(), 2);
+    assert!(c.users[0].modes.classic && !c.users[0].modes.fake_tls);
+    assert!(c.users[1].modes.fake_tls && c.users[1].modes.secure);
+    assert!(c.log_json);
+    assert_eq!(c.dcs.resolve(-2).unwrap().1.len(), 2);
+    assert!(c.dcs.resolve(9).is_none());
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert!(
+        err("[server]\nlisen = []").contains("lisen"),
+        "{}",
+        err("[server]\nlisen = []")
+    );
+    assert!(err("[server]\nlisten = [\"nope\"]").starts_with("server.listen[0]"));
+    assert!(err("[server]\nidle_timeout = \"soon\"").contains("server.idle_timeout"));
+    assert!(err("[users.a]\nsecret = \"zz\"").starts_with("users.a.secret"));
+    assert!(
+        err("[users.a]\nsecret = \"00112233445566778899aabbccddeeff\"\nmodes = [\"xx\"]")
+            .starts_with("users.a.modes")
+    );
+    assert!(err("[dcs]\n0 = [\"127.0.0.1:1\"]").starts_with("dcs.0"));
+    assert!(err("[tls]\ndomains = [\"bad domain\"]").starts_with("tls.domains[0]"));
+    assert!(err("[upstream]\nprefer = \"ipv5\"").starts_with("upstream.prefer"));
+    assert!(err("[log]\nlevel = \"loud\"").starts_with("log.level"));
+    assert!(err("[upstream]\nfallback_dc = 9").starts_with("upstream.fallback_dc"));
+    assert!(err("[bogus]\nx = 1").contains("bogus"));
+    let dup = "[users.a]\nsecret = \"00112233445566778899aabbccddeeff\"\n[users.b]\nsecret = \"dd00112233445566778899aabbccddeeff\"";
+    assert!(err(dup).contains("share"));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let ov = Overrides {
+        listen: vec!["127.0.0.1:0".into()],
+        secrets: vec![
+            "carol=00112233445566778899aabbccddeeff".into(),
+            "dd0102030405060708090a0b0c0d0e0f10".into(),
+        ],
+        dcs: vec!["2=127.0.0.1:5555".into()],
+        domains: vec!["a.example".into()],
+        modes: Some(vec!["dd".into(), "ee".into()]),
+        ..Default::default()
+    };
+    let c = Config::from_toml("[server]\nlisten = [\"0.0.0.0:1\"]", &ov).unwrap();
+    assert_eq!(c.listen, vec!["127.0.0.1:0".parse().unwrap()]);
+    let names: Vec<_> = c.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, vec!["carol", "user2"]);
+    assert_eq!(
+        c.dcs.resolve(2).unwrap().1,
+        &["127.0.0.1:5555".parse().unwrap()][..]
+    );
+    assert!(Config::from_overrides(&Overrides {
+        dcs: vec!["x".into()],
+        ..Default::default()
+    })
+    .is_err());
+}

@@ -1,0 +1,205 @@
+//! Session events (DESIGN §3 "events, not calls into metrics").
+//!
+//! The session emits typed [`Event`]s; subscribers ([`EventSink`]) turn them
+//! into logs, counters, and later metrics and audit records. The relay loop
+//! never names a logging or metrics backend.
+
+use mtgate_proto::{ClientMode, RejectReason};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a session ended: exactly one per connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client closed (FIN) after the relay started.
+    ClientClosed,
+    /// The DC closed first.
+    UpstreamClosed,
+    /// Read/write error on the client socket.
+    ClientError,
+    /// Read/write error on the DC socket.
+    UpstreamError,
+    /// No bytes either way for `idle_timeout`.
+    IdleTimeout,
+    /// The handshake did not finish within `handshake_timeout`.
+    HandshakeTimeout,
+    /// The client closed before finishing the handshake.
+    HandshakeEof,
+    /// Not a valid client (silently closed or fronted).
+    Rejected(RejectReason),
+    /// The client's DC index maps to no DC and the rule is `close`.
+    UnknownDc,
+    /// No DC address could be reached.
+    UpstreamConnectFailed,
+    /// Bad TLS records from the client during the relay.
+    ClientProtocol,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short label (bounded set, suitable for metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::UpstreamClosed => "upstream_closed",
+            Self::ClientError => "client_error",
+            Self::UpstreamError => "upstream_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeEof => "handshake_eof",
+            Self::Rejected(r) => r.name(),
+            Self::UnknownDc => "unknown_dc",
+            Self::UpstreamConnectFailed => "upstream_connect_failed",
+            Self::ClientProtocol => "client_protocol",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Something that happened to a session.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Opened {
+        id: u64,
+        peer: SocketAddr,
+    },
+    Authenticated {
+        id: u64,
+        user: &'a str,
+        mode: ClientMode,
+        dc: i16,
+    },
+    UpstreamConnected {
+        id: u64,
+        dc: u16,
+        addr: SocketAddr,
+        took: Duration,
+    },
+    UpstreamFailed {
+        id: u64,
+        dc: u16,
+        error: &'a str,
+    },
+    Fronted {
+        id: u64,
+        reason: RejectReason,
+    },
+    Closed {
+        id: u64,
+        user: Option<&'a str>,
+        reason: CloseReason,
+        up: u64,
+        down: u64,
+        lasted: Duration,
+    },
+}
+
+/// A subscriber to session events.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, e: &Event<'_>);
+}
+
+/// Fans events out to every sink.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+impl Telemetry {
+    pub fn new(sinks: Vec<Arc<dyn EventSink>>) -> Self {
+        Self { sinks }
+    }
+    #[inline]
+    pub fn emit(&self, e: Event<'_>) {
+        for s in &self.sinks {
+            s.emit(&e);
+        }
+    }
+}
+
+/// Writes events as `tracing` lines (connection id on every line; never a secret).
+pub struct LogSink;
+
+impl EventSink for LogSink {
+    fn emit(&self, e: &Event<'_>) {
+        match e {
+            Event::Opened { id, peer } => tracing::debug!(conn = id, %peer, "accepted"),
+            Event::Authenticated { id, user, mode, dc } => {
+                tracing::info!(
+                    conn = id,
+                    user,
+                    mode = mode.name(),
+                    dc,
+                    "client authenticated"
+                )
+            }
+            Event::UpstreamConnected { id, dc, addr, took } => {
+                tracing::debug!(conn = id, dc, %addr, took_ms = took.as_millis() as u64, "upstream connected")
+            }
+            Event::UpstreamFailed { id, dc, error } => {
+                tracing::warn!(conn = id, dc, error, "upstream connect failed")
+            }
+            Event::Fronted { id, reason } => {
+                tracing::debug!(conn = id, reason = reason.name(), "fronted to mask host")
+            }
+            Event::Closed {
+                id,
+                user,
+                reason,
+                up,
+                down,
+                lasted,
+            } => tracing::info!(
+                conn = id,
+                user = user.unwrap_or("-"),
+                reason = reason.label(),
+                bytes_up = up,
+                bytes_down = down,
+                secs = lasted.as_secs_f64(),
+                "closed"
+            ),
+        }
+    }
+}
+
+/// Process-wide counters fed by events (read by tests and, later, metrics).
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub opened: AtomicU64,
+    pub authenticated: AtomicU64,
+    pub rejected: AtomicU64,
+    pub closed: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub upstream_failures: AtomicU64,
+}
+
+impl EventSink for Counters {
+    fn emit(&self, e: &Event<'_>) {
+        match e {
+            Event::Opened { .. } => {
+                self.opened.fetch_add(1, Relaxed);
+            }
+            Event::Authenticated { .. } => {
+                self.authenticated.fetch_add(1, Relaxed);
+            }
+            Event::UpstreamFailed { .. } => {
+                self.upstream_failures.fetch_add(1, Relaxed);
+            }
+            Event::Closed {
+                reason, up, down, ..
+            } => {
+                self.closed.fetch_add(1, Relaxed);
+                self.bytes_up.fetch_add(*up, Relaxed);
+                self.bytes_down.fetch_add(*down, Relaxed);
+                if matches!(reason, CloseReason::Rejected(_)) {
+                    self.rejected.fetch_add(1, Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+}

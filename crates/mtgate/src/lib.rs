@@ -1,0 +1,22 @@
+//! mtgate: the service. Rooms (see ARCHITECTURE.md):
+//!
+//! * [`config`]: TOML → typed values, flags as overrides; `check` runs the same code;
+//! * [`server`]: listeners and the accept loop; [`session`]: one connection's life;
+//! * [`relay`] + [`pool`]: the hot path; [`upstream`] + [`dc`]: where bytes go;
+//! * [`mask`]: fronting for connections that are not ours;
+//! * [`events`]: what sessions report, and the sinks that listen;
+//! * [`state`], [`links`], [`cli`]: the operator's side.
+
+pub mod cli;
+pub mod config;
+pub mod dc;
+pub mod events;
+pub mod links;
+pub mod mask;
+pub mod pool;
+pub mod relay;
+pub mod runtime;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod upstream;

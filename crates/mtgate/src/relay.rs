@@ -1,0 +1,220 @@
+//! The relay hot path: both directions re-encrypted in place between the
+//! client's and the DC's ciphers.
+//!
+//! Per direction: wait for readiness, take a pooled buffer, read, (strip TLS
+//! records), decrypt with one key and encrypt with the other in place, write,
+//! repeat until the socket would block, then give the buffer back. Nothing is
+//! allocated per packet; idle connections hold no buffer. Half-close is
+//! forwarded (a FIN from one side becomes a FIN to the other) and the first
+//! thing that ends the session becomes its one [`CloseReason`].
+
+use crate::events::CloseReason;
+use crate::pool::PooledBuf;
+use mtgate_crypto::AesCtr;
+use mtgate_proto::faketls::{
+    app_record_header, RecordStripper, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN,
+};
+use mtgate_proto::obfs2::CipherPair;
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// What the relay needs to know about the client side.
+pub struct ClientSide {
+    pub stream: TcpStream,
+    pub ciphers: CipherPair,
+    /// `Some` for FakeTLS clients: strips records inbound, adds them outbound.
+    pub tls: Option<RecordStripper>,
+    /// Stream bytes that arrived with the handshake (TLS-stripped, still encrypted).
+    pub early: Vec<u8>,
+}
+
+/// The DC side: a connected stream whose header has been sent.
+pub struct UpstreamSide {
+    pub stream: TcpStream,
+    pub ciphers: CipherPair,
+}
+
+/// Byte counters of one session, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+    last_ms: AtomicU64,
+}
+
+impl Traffic {
+    fn touch(&self, start: Instant) {
+        self.last_ms
+            .store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+/// Runs the relay until one side ends it; returns the close reason.
+pub async fn run(
+    client: ClientSide,
+    upstream: UpstreamSide,
+    idle: Duration,
+    traffic: &Traffic,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> CloseReason {
+    let start = Instant::now();
+    traffic.touch(start);
+    let (c_rd, mut c_wr) = client.stream.into_split();
+    let (u_rd, mut u_wr) = upstream.stream.into_split();
+    let CipherPair {
+        dec: mut c_dec,
+        enc: mut c_enc,
+    } = client.ciphers;
+    let CipherPair {
+        dec: mut u_dec,
+        enc: mut u_enc,
+    } = upstream.ciphers;
+    let mut tls = client.tls;
+    let is_tls = tls.is_some();
+
+    if !client.early.is_empty() {
+        let mut early = client.early;
+        c_dec.apply(&mut early);
+        u_enc.apply(&mut early);
+        if u_wr.write_all(&early).await.is_err() {
+            return CloseReason::UpstreamError;
+        }
+        traffic.up.fetch_add(early.len() as u64, Relaxed);
+    }
+
+    let up = pump_up(
+        c_rd, &mut u_wr, &mut c_dec, &mut u_enc, &mut tls, traffic, start,
+    );
+    let down = pump_down(
+        u_rd, &mut c_wr, &mut u_dec, &mut c_enc, is_tls, traffic, start,
+    );
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut first: Option<CloseReason> = None;
+    loop {
+        let last = Duration::from_millis(traffic.last_ms.load(Relaxed));
+        let deadline = tokio::time::Instant::from_std(start + last + idle);
+        tokio::select! {
+            r = &mut up, if !up_done => match r {
+                Ok(()) => {
+                    up_done = true;
+                    first.get_or_insert(CloseReason::ClientClosed);
+                    if down_done { break; }
+                }
+                Err(reason) => return reason,
+            },
+            r = &mut down, if !down_done => match r {
+                Ok(()) => {
+                    down_done = true;
+                    first.get_or_insert(CloseReason::UpstreamClosed);
+                    if up_done { break; }
+                }
+                Err(reason) => return reason,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = Duration::from_millis(traffic.last_ms.load(Relaxed));
+                if start.elapsed() >= last + idle {
+                    return CloseReason::IdleTimeout;
+                }
+            }
+            _ = shutdown.changed() => return CloseReason::Shutdown,
+        }
+    }
+    first.unwrap_or(CloseReason::ClientClosed)
+}
+
+/// Client → DC.
+async fn pump_up(
+    rd: OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    dec: &mut AesCtr,
+    enc: &mut AesCtr,
+    tls: &mut Option<RecordStripper>,
+    traffic: &Traffic,
+    start: Instant,
+) -> Result<(), CloseReason> {
+    loop {
+        rd.readable().await.map_err(|_| CloseReason::ClientError)?;
+        let mut buf = PooledBuf::take();
+        loop {
+            let n = match rd.try_read(&mut buf) {
+                Ok(0) => {
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(CloseReason::ClientError),
+            };
+            let n = match tls {
+                Some(t) => t
+                    .strip_in_place(&mut buf[..n])
+                    .map_err(|_| CloseReason::ClientProtocol)?,
+                None => n,
+            };
+            if n == 0 {
+                continue;
+            }
+            let data = &mut buf[..n];
+            dec.apply(data);
+            enc.apply(data);
+            wr.write_all(data)
+                .await
+                .map_err(|_| CloseReason::UpstreamError)?;
+            traffic.up.fetch_add(n as u64, Relaxed);
+            traffic.touch(start);
+        }
+    }
+}
+
+/// DC → client (wrapped in TLS application-data records for FakeTLS clients).
+async fn pump_down(
+    rd: OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    dec: &mut AesCtr,
+    enc: &mut AesCtr,
+    tls: bool,
+    traffic: &Traffic,
+    start: Instant,
+) -> Result<(), CloseReason> {
+    let off = if tls { RECORD_HEADER_LEN } else { 0 };
+    loop {
+        rd.readable()
+            .await
+            .map_err(|_| CloseReason::UpstreamError)?;
+        let mut buf = PooledBuf::take();
+        let cap = if tls {
+            off + MAX_RECORD_PAYLOAD
+        } else {
+            buf.len()
+        };
+        loop {
+            let n = match rd.try_read(&mut buf[off..cap]) {
+                Ok(0) => {
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(CloseReason::UpstreamError),
+            };
+            let data = &mut buf[off..off + n];
+            dec.apply(data);
+            enc.apply(data);
+            if tls {
+                buf[..RECORD_HEADER_LEN].copy_from_slice(&app_record_header(n));
+            }
+            wr.write_all(&buf[..off + n])
+                .await
+                .map_err(|_| CloseReason::ClientError)?;
+            traffic.down.fetch_add(n as u64, Relaxed);
+            traffic.touch(start);
+        }
+    }
+}

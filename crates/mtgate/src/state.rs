@@ -1,0 +1,103 @@
+//! The state directory: where the generated default secret is kept so that
+//! every start of a file-less `mtgate run` uses the same one. Written
+//! atomically (temp file + rename), mode 0600.
+
+use crate::config::{Modes, User};
+use mtgate_crypto::Key16;
+use std::io::Write;
+use std::path::Path;
+
+/// Name of the generated user.
+pub const DEFAULT_USER: &str = "default";
+
+/// Errors reading or writing state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} does not hold a 32-hex-digit secret; remove it to generate a new one")]
+    Corrupt { path: String },
+}
+
+/// Loads the default user's secret from `dir/secret`, creating it once if absent.
+/// Returns the user and whether it was just created.
+pub fn load_or_create_default_user(dir: &Path, modes: Modes) -> Result<(User, bool), StateError> {
+    let path = dir.join("secret");
+    let io = |source| StateError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let key = mtgate_proto::secret::parse_key(text.trim())
+                .ok()
+                .filter(|_| text.trim().len() == 32)
+                .ok_or_else(|| StateError::Corrupt {
+                    path: path.display().to_string(),
+                })?;
+            Ok((user(key, modes), false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let key = Key16::generate();
+            write_atomic(&path, format!("{}\n", hex::encode(key.expose())).as_bytes())
+                .map_err(io)?;
+            Ok((user(key, modes), true))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn user(key: Key16, modes: Modes) -> User {
+    User {
+        name: DEFAULT_USER.into(),
+        key,
+        modes,
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, mode 0600.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let modes = Modes {
+            classic: false,
+            secure: false,
+            fake_tls: true,
+        };
+        let (a, created) = load_or_create_default_user(dir.path(), modes).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create_default_user(dir.path(), modes).unwrap();
+        assert!(!created);
+        assert_eq!(a.key, b.key);
+        std::fs::write(dir.path().join("secret"), "garbage").unwrap();
+        assert!(matches!(
+            load_or_create_default_user(dir.path(), modes),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,107 @@
+//! Upstream selection for direct mode: resolve the client's DC index through
+//! the DC table, dial its addresses in the configured family order (falling
+//! back to the other family), and send the proxy's own obfuscated2 header.
+
+use crate::config::IpPreference;
+use crate::dc::DcTable;
+use crate::relay::UpstreamSide;
+use mtgate_proto::obfs2::{self, DcIndex, ProtoTag, HEADER_LEN};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Why no upstream could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("DC index {0} has no entry and the rule is `close`")]
+    UnknownDc(i16),
+    #[error("every address of DC {dc} failed; last error: {last}")]
+    Unreachable { dc: u16, last: String },
+}
+
+/// A connected, header-sent upstream.
+pub struct Connected {
+    pub side: UpstreamSide,
+    pub dc: u16,
+    pub addr: SocketAddr,
+    pub took: Duration,
+}
+
+/// Orders addresses: preferred family first, original order within a family.
+pub fn ordered(addrs: &[SocketAddr], prefer: IpPreference) -> Vec<SocketAddr> {
+    let mut v = addrs.to_vec();
+    v.sort_by_key(|a| match (prefer, a.is_ipv6()) {
+        (IpPreference::V6, true) | (IpPreference::V4, false) => 0,
+        _ => 1,
+    });
+    v
+}
+
+/// Dials the DC for `dc` and sends the obfuscated2 header with the client's tag.
+pub async fn connect_direct(
+    table: &DcTable,
+    dc: DcIndex,
+    tag: ProtoTag,
+    prefer: IpPreference,
+    timeout: Duration,
+    failed: &mut (dyn FnMut(u16, &str) + Send),
+) -> Result<Connected, UpstreamError> {
+    let (id, addrs) = table.resolve(dc.0).ok_or(UpstreamError::UnknownDc(dc.0))?;
+    let started = Instant::now();
+    let mut last = String::from("no address");
+    for addr in ordered(addrs, prefer) {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                last = format!("{addr}: {e}");
+                failed(id, &last);
+                continue;
+            }
+            Err(_) => {
+                last = format!("{addr}: connect timed out");
+                failed(id, &last);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut random = [0u8; HEADER_LEN];
+        loop {
+            mtgate_crypto::fill_random(&mut random);
+            if obfs2::is_valid_init(&random) {
+                break;
+            }
+        }
+        // The client's signed index is passed on (a DC ignores it; it keeps media visible).
+        let (header, ciphers) = obfs2::build_dc_header(&random, tag, dc);
+        let mut stream = stream;
+        if let Err(e) = stream.write_all(&header).await {
+            last = format!("{addr}: {e}");
+            failed(id, &last);
+            continue;
+        }
+        return Ok(Connected {
+            side: UpstreamSide { stream, ciphers },
+            dc: id,
+            addr,
+            took: started.elapsed(),
+        });
+    }
+    Err(UpstreamError::Unreachable { dc: id, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_order() {
+        let a: Vec<SocketAddr> = vec![
+            "1.1.1.1:1".parse().unwrap(),
+            "[::1]:1".parse().unwrap(),
+            "2.2.2.2:1".parse().unwrap(),
+        ];
+        assert!(ordered(&a, IpPreference::V6)[0].is_ipv6());
+        assert_eq!(ordered(&a, IpPreference::V4), vec![a[0], a[2], a[1]]);
+    }
+}
