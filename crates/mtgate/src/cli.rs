@@ -81,6 +81,9 @@ struct CommonArgs {
     /// Prefer IPv6 toward Telegram (falls back to IPv4).
     #[arg(long)]
     prefer_ipv6: bool,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 impl CommonArgs {
@@ -95,6 +98,7 @@ impl CommonArgs {
             state_dir: self.state_dir.clone(),
             modes: self.modes.clone(),
             prefer_ipv6: self.prefer_ipv6,
+            workers: self.workers,
         }
     }
 
@@ -185,9 +189,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             cfg.state_dir.join("secret").display()
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.workers > 0 {
+        builder.worker_threads(cfg.workers);
+    }
+    let rt = builder.enable_all().build()?;
     rt.block_on(async move {
         let telemetry = Telemetry::new(vec![Arc::new(LogSink), Arc::new(Counters::default())]);
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));

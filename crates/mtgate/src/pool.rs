@@ -9,10 +9,12 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-/// Bytes per buffer: a 16 KiB TLS record payload, its 5-byte header, and slack.
-pub const BUF_SIZE: usize = 16 * 1024 + 64;
+/// TLS records batched per write toward a FakeTLS client.
+pub const RECORDS_PER_BUF: usize = 4;
+/// Bytes per buffer: four 16 KiB TLS record payloads with their 5-byte headers, and slack.
+pub const BUF_SIZE: usize = RECORDS_PER_BUF * (16 * 1024 + 5) + 64;
 /// Free buffers kept per worker thread.
-pub const MAX_FREE_PER_THREAD: usize = 256;
+pub const MAX_FREE_PER_THREAD: usize = 64;
 
 /// Pool counters (process-wide).
 #[derive(Debug, Default)]

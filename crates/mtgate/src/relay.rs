@@ -9,7 +9,7 @@
 //! thing that ends the session becomes its one [`CloseReason`].
 
 use crate::events::CloseReason;
-use crate::pool::PooledBuf;
+use crate::pool::{PooledBuf, RECORDS_PER_BUF};
 use mtgate_crypto::AesCtr;
 use mtgate_proto::faketls::{
     app_record_header, RecordStripper, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN,
@@ -173,6 +173,11 @@ async fn pump_up(
 }
 
 /// DC → client (wrapped in TLS application-data records for FakeTLS clients).
+///
+/// For FakeTLS one read fills up to [`RECORDS_PER_BUF`] records' worth of payload
+/// at an offset that leaves room for the headers; the payload is ciphered in one
+/// pass and then slid forward record by record (each destination lies before its
+/// source), so several records leave in one write.
 async fn pump_down(
     rd: OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -182,17 +187,12 @@ async fn pump_down(
     traffic: &Traffic,
     start: Instant,
 ) -> Result<(), CloseReason> {
-    let off = if tls { RECORD_HEADER_LEN } else { 0 };
+    const REC: usize = MAX_RECORD_PAYLOAD;
+    let off = if tls { RECORDS_PER_BUF * RECORD_HEADER_LEN } else { 0 };
     loop {
-        rd.readable()
-            .await
-            .map_err(|_| CloseReason::UpstreamError)?;
+        rd.readable().await.map_err(|_| CloseReason::UpstreamError)?;
         let mut buf = PooledBuf::take();
-        let cap = if tls {
-            off + MAX_RECORD_PAYLOAD
-        } else {
-            buf.len()
-        };
+        let cap = if tls { off + RECORDS_PER_BUF * REC } else { buf.len() };
         loop {
             let n = match rd.try_read(&mut buf[off..cap]) {
                 Ok(0) => {
@@ -207,14 +207,49 @@ async fn pump_down(
             let data = &mut buf[off..off + n];
             dec.apply(data);
             enc.apply(data);
-            if tls {
-                buf[..RECORD_HEADER_LEN].copy_from_slice(&app_record_header(n));
-            }
-            wr.write_all(&buf[..off + n])
-                .await
-                .map_err(|_| CloseReason::ClientError)?;
+            let total = if tls { frame_records(&mut buf, off, n) } else { n };
+            wr.write_all(&buf[..total]).await.map_err(|_| CloseReason::ClientError)?;
             traffic.down.fetch_add(n as u64, Relaxed);
             traffic.touch(start);
+        }
+    }
+}
+
+/// Turns `n` payload bytes at `buf[off..]` into consecutive TLS records starting
+/// at `buf[0]`; returns the framed length. Needs `off >= RECORDS_PER_BUF * 5` and
+/// `n <= RECORDS_PER_BUF * MAX_RECORD_PAYLOAD`.
+fn frame_records(buf: &mut [u8], off: usize, n: usize) -> usize {
+    let mut src = off;
+    let mut dst = 0;
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(MAX_RECORD_PAYLOAD);
+        buf[dst..dst + RECORD_HEADER_LEN].copy_from_slice(&app_record_header(len));
+        buf.copy_within(src..src + len, dst + RECORD_HEADER_LEN);
+        dst += RECORD_HEADER_LEN + len;
+        src += len;
+        left -= len;
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtgate_proto::faketls::RecordStripper;
+
+    #[test]
+    fn records_are_framed_in_place() {
+        for n in [1, 100, MAX_RECORD_PAYLOAD, MAX_RECORD_PAYLOAD + 1, 3 * MAX_RECORD_PAYLOAD + 7, RECORDS_PER_BUF * MAX_RECORD_PAYLOAD] {
+            let off = RECORDS_PER_BUF * RECORD_HEADER_LEN;
+            let mut buf = vec![0u8; crate::pool::BUF_SIZE];
+            let payload: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
+            buf[off..off + n].copy_from_slice(&payload);
+            let total = frame_records(&mut buf, off, n);
+            assert_eq!(total, n + n.div_ceil(MAX_RECORD_PAYLOAD) * RECORD_HEADER_LEN);
+            let mut framed = buf[..total].to_vec();
+            let got = RecordStripper::new().strip_in_place(&mut framed).unwrap();
+            assert_eq!(&framed[..got], &payload[..]);
         }
     }
 }

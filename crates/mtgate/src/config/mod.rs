@@ -118,6 +118,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub default_modes: Modes,
     pub max_connections: usize,
+    /// Worker threads of the runtime (0 = one per CPU).
+    pub workers: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub domains: Vec<String>,
@@ -149,6 +151,7 @@ pub struct Overrides {
     pub state_dir: Option<String>,
     pub modes: Option<Vec<String>>,
     pub prefer_ipv6: bool,
+    pub workers: Option<usize>,
 }
 
 /// The default client port.
@@ -367,6 +370,7 @@ impl Config {
                 .unwrap_or_else(default_state_dir),
             default_modes,
             max_connections,
+            workers: s.workers.unwrap_or(0),
             handshake_timeout,
             idle_timeout,
             domains,
@@ -403,6 +407,9 @@ fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigErro
     }
     if let Some(m) = &ov.mask_host {
         raw.tls.mask_host = Some(m.clone());
+    }
+    if let Some(w) = ov.workers {
+        raw.server.workers = Some(w);
     }
     if ov.prefer_ipv6 {
         raw.upstream.prefer = Some("ipv6".into());

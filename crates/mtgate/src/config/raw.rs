@@ -31,6 +31,7 @@ pub struct RawServer {
     pub state_dir: Option<String>,
     pub default_modes: Option<Vec<String>>,
     pub max_connections: Option<usize>,
+    pub workers: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub handshake_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

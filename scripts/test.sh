@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of mtgate on a fresh machine: Rust unit, property and
+# end-to-end tests, then the real-client tests (Telethon and TDLib through the
+# proxy to the project's fake DC). Creates the Python venv on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo build (binaries used by the real-client tests)"
+cargo build --workspace --bins
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== real clients (Telethon, TDLib)"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest" 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/realclients/requirements.txt
+fi
+.venv/bin/python -m pytest -q tests/realclients
