@@ -156,6 +156,7 @@ pub const MAX_HANDSHAKE_BYTES: usize = faketls::MAX_HELLO_BODY + faketls::RECORD
 pub struct Handshake {
     received: Vec<u8>,
     state: State,
+    sni: Option<String>,
 }
 
 impl Default for Handshake {
@@ -169,12 +170,18 @@ impl Handshake {
         Self {
             received: Vec::new(),
             state: State::Start,
+            sni: None,
         }
     }
 
     /// Every byte received before the outcome (for replay to a mask site).
     pub fn received(&self) -> &[u8] {
         &self.received
+    }
+
+    /// The SNI of the ClientHello, once one was parsed (valid or not).
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
     }
 
     /// Feeds newly received bytes. `rand` fills buffers with random bytes.
@@ -284,6 +291,7 @@ impl Handshake {
             Ok(h) => h,
             Err(_) => return self.reject(RejectReason::BadHello),
         };
+        self.sni.clone_from(&hello.sni);
         let found = cfg
             .users
             .iter()

@@ -1,20 +1,196 @@
-//! Fronting: a connection that is not a valid client is handed to the mask
-//! host with every byte already read replayed, then spliced both ways until
-//! either side closes. (Issue 4 grows this into full probe resistance.)
+//! Fronting (domain fronting / masking): a connection that is not a valid
+//! client is handed to the mask host with every byte already read replayed
+//! exactly, then spliced both ways until either side closes. A FIN from one
+//! side becomes a FIN to the other; a reset becomes a reset (SO_LINGER 0).
+//! mtgate never sends a byte of its own to such a client, and no deadline of
+//! mtgate's cuts a splice short: the mask site's own timeouts apply.
+//!
+//! To make the site's idle timeouts apply from the first moment, the session
+//! may open the mask connection as soon as a client connects ([`MaskLink`]),
+//! holding back the client's bytes until the handshake decides; a valid client
+//! drops it unused. If the site speaks or closes first (a silent prober hitting
+//! the site's timeout), that is mirrored at once.
 
+use crate::pool::PooledBuf;
+use std::io::ErrorKind;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
-/// Splices `client` to `mask` (`host:port`), replaying `already_read` first.
-/// Errors end the splice silently: the client only ever sees the mask host's bytes.
-pub async fn splice(client: &mut TcpStream, already_read: &[u8], mask: &str, timeout: Duration) {
-    let Ok(Ok(mut upstream)) = tokio::time::timeout(timeout, TcpStream::connect(mask)).await else {
-        return;
-    };
-    let _ = upstream.set_nodelay(true);
-    if upstream.write_all(already_read).await.is_err() {
-        return;
+/// A connection to the mask host, opened eagerly or on demand.
+pub struct MaskLink {
+    addr: String,
+    timeout: Duration,
+    connecting: Option<JoinHandle<Option<TcpStream>>>,
+    conn: Option<TcpStream>,
+    failed: bool,
+}
+
+async fn dial(addr: String, timeout: Duration) -> Option<TcpStream> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = s.set_nodelay(true);
+    Some(s)
+}
+
+impl MaskLink {
+    /// Starts connecting now (`eager`) or only when [`MaskLink::into_stream`] needs it.
+    pub fn new(addr: String, timeout: Duration, eager: bool) -> Self {
+        let connecting = eager.then(|| tokio::spawn(dial(addr.clone(), timeout)));
+        Self {
+            addr,
+            timeout,
+            connecting,
+            conn: None,
+            failed: false,
+        }
     }
-    let _ = tokio::io::copy_bidirectional(client, &mut upstream).await;
+
+    /// The mask address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Resolves when the mask site sends something or closes before the
+    /// handshake decided (never, if no eager connection exists).
+    pub async fn activity(&mut self) {
+        if let Some(h) = &mut self.connecting {
+            let r = h.await.ok().flatten();
+            self.connecting = None;
+            self.failed = r.is_none();
+            self.conn = r;
+        }
+        match &self.conn {
+            Some(s) => {
+                let _ = s.readable().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The connected stream (connecting now if needed); `None` if unreachable.
+    pub async fn into_stream(mut self) -> Option<TcpStream> {
+        if let Some(h) = self.connecting.take() {
+            self.conn = h.await.ok().flatten();
+            self.failed = self.conn.is_none();
+        }
+        match self.conn.take() {
+            Some(s) => Some(s),
+            None if self.failed => None,
+            None => dial(std::mem::take(&mut self.addr), self.timeout).await,
+        }
+    }
+}
+
+impl Drop for MaskLink {
+    fn drop(&mut self) {
+        if let Some(h) = &self.connecting {
+            h.abort();
+        }
+    }
+}
+
+/// How a fronted splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both sides closed with FIN.
+    Closed,
+    /// One side reset; the reset was mirrored.
+    Reset,
+    /// The mask host could not be reached (the client was closed silently).
+    Unreachable,
+}
+
+/// Splices `client` to the mask host, replaying `already_read` first; if the
+/// client had already half-closed, the FIN is passed on after the replay.
+pub async fn splice(
+    client: TcpStream,
+    already_read: &[u8],
+    client_eof: bool,
+    link: MaskLink,
+) -> SpliceEnd {
+    let Some(upstream) = link.into_stream().await else {
+        reset(&client);
+        return SpliceEnd::Unreachable;
+    };
+    if write_all(&upstream, already_read).await.is_err() {
+        reset(&client);
+        return SpliceEnd::Reset;
+    }
+    if client_eof {
+        fin(&upstream);
+    }
+    let up = pump(&client, &upstream);
+    let down = pump(&upstream, &client);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (client_eof, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            f = &mut up, if !up_done => match f {
+                // The client reset (or writing to the site failed): reset the site.
+                Flow::Reset => { reset(&upstream); return SpliceEnd::Reset; }
+                Flow::Eof => up_done = true,
+            },
+            f = &mut down, if !down_done => match f {
+                Flow::Reset => { reset(&client); return SpliceEnd::Reset; }
+                Flow::Eof => down_done = true,
+            },
+        }
+    }
+    SpliceEnd::Closed
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Eof,
+    Reset,
+}
+
+/// Copies `from` → `to` until EOF (then FIN to `to`) or a reset/error.
+async fn pump(from: &TcpStream, to: &TcpStream) -> Flow {
+    loop {
+        if from.readable().await.is_err() {
+            return Flow::Reset;
+        }
+        let mut buf = PooledBuf::take();
+        loop {
+            match from.try_read(&mut buf) {
+                Ok(0) => {
+                    fin(to);
+                    return Flow::Eof;
+                }
+                Ok(n) => {
+                    if write_all(to, &buf[..n]).await.is_err() {
+                        return Flow::Reset;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Flow::Reset,
+            }
+        }
+    }
+}
+
+async fn write_all(s: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        s.writable().await?;
+        match s.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn fin(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+}
+
+/// Makes the close of `s` a reset (RST) instead of a FIN.
+pub fn reset(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }

@@ -188,11 +188,21 @@ async fn pump_down(
     start: Instant,
 ) -> Result<(), CloseReason> {
     const REC: usize = MAX_RECORD_PAYLOAD;
-    let off = if tls { RECORDS_PER_BUF * RECORD_HEADER_LEN } else { 0 };
+    let off = if tls {
+        RECORDS_PER_BUF * RECORD_HEADER_LEN
+    } else {
+        0
+    };
     loop {
-        rd.readable().await.map_err(|_| CloseReason::UpstreamError)?;
+        rd.readable()
+            .await
+            .map_err(|_| CloseReason::UpstreamError)?;
         let mut buf = PooledBuf::take();
-        let cap = if tls { off + RECORDS_PER_BUF * REC } else { buf.len() };
+        let cap = if tls {
+            off + RECORDS_PER_BUF * REC
+        } else {
+            buf.len()
+        };
         loop {
             let n = match rd.try_read(&mut buf[off..cap]) {
                 Ok(0) => {
@@ -207,8 +217,14 @@ async fn pump_down(
             let data = &mut buf[off..off + n];
             dec.apply(data);
             enc.apply(data);
-            let total = if tls { frame_records(&mut buf, off, n) } else { n };
-            wr.write_all(&buf[..total]).await.map_err(|_| CloseReason::ClientError)?;
+            let total = if tls {
+                frame_records(&mut buf, off, n)
+            } else {
+                n
+            };
+            wr.write_all(&buf[..total])
+                .await
+                .map_err(|_| CloseReason::ClientError)?;
             traffic.down.fetch_add(n as u64, Relaxed);
             traffic.touch(start);
         }
@@ -240,13 +256,23 @@ mod tests {
 
     #[test]
     fn records_are_framed_in_place() {
-        for n in [1, 100, MAX_RECORD_PAYLOAD, MAX_RECORD_PAYLOAD + 1, 3 * MAX_RECORD_PAYLOAD + 7, RECORDS_PER_BUF * MAX_RECORD_PAYLOAD] {
+        for n in [
+            1,
+            100,
+            MAX_RECORD_PAYLOAD,
+            MAX_RECORD_PAYLOAD + 1,
+            3 * MAX_RECORD_PAYLOAD + 7,
+            RECORDS_PER_BUF * MAX_RECORD_PAYLOAD,
+        ] {
             let off = RECORDS_PER_BUF * RECORD_HEADER_LEN;
             let mut buf = vec![0u8; crate::pool::BUF_SIZE];
             let payload: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
             buf[off..off + n].copy_from_slice(&payload);
             let total = frame_records(&mut buf, off, n);
-            assert_eq!(total, n + n.div_ceil(MAX_RECORD_PAYLOAD) * RECORD_HEADER_LEN);
+            assert_eq!(
+                total,
+                n + n.div_ceil(MAX_RECORD_PAYLOAD) * RECORD_HEADER_LEN
+            );
             let mut framed = buf[..total].to_vec();
             let got = RecordStripper::new().strip_in_place(&mut framed).unwrap();
             assert_eq!(&framed[..got], &payload[..]);

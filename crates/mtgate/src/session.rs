@@ -3,10 +3,11 @@
 //! one [`CloseReason`] ends every session.
 
 use crate::events::{CloseReason, Event};
+use crate::mask::{self, MaskLink};
 use crate::relay::{self, ClientSide, Traffic};
 use crate::runtime::Runtime;
 use crate::upstream::{self, UpstreamError};
-use mtgate_proto::{Handshake, Outcome};
+use mtgate_proto::{Handshake, Outcome, RejectReason};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -46,6 +47,18 @@ pub async fn serve(
     });
 }
 
+/// How the handshake phase ended.
+enum Phase {
+    Accepted(Box<mtgate_proto::Accepted>),
+    /// Not ours: front to the mask host (bytes held back are in the machine).
+    Front {
+        reason: CloseReason,
+        client_eof: bool,
+    },
+    /// End now, silently.
+    Close(CloseReason),
+}
+
 async fn run(
     mut stream: TcpStream,
     id: u64,
@@ -54,41 +67,35 @@ async fn run(
     user_out: &mut Option<usize>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> CloseReason {
-    let deadline = tokio::time::Instant::now() + rt.config.handshake_timeout;
     let mut hs = Handshake::new();
-    let mut buf = [0u8; 4096];
-    let accepted = loop {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => {
-                return reject_path(&mut stream, &hs, rt, id, CloseReason::HandshakeTimeout).await
-            }
-            Ok(Ok(0)) => return CloseReason::HandshakeEof,
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => return CloseReason::ClientError,
-        };
-        let outcome = {
-            let mut replay = rt.replay.lock().unwrap_or_else(|p| p.into_inner());
-            hs.feed(
-                &buf[..n],
-                unix_now(),
-                &rt.handshake,
-                &mut replay,
-                &mut mtgate_crypto::fill_random,
-            )
-        };
-        match outcome {
-            Outcome::NeedMore => {}
-            Outcome::Respond(bytes) => {
-                if stream.write_all(&bytes).await.is_err() {
-                    return CloseReason::ClientError;
+    let mut link = rt.config.fronting.then(|| {
+        MaskLink::new(
+            rt.config.default_mask_host(),
+            rt.config.connect_timeout,
+            rt.config.mask_preconnect,
+        )
+    });
+    let phase = handshake_phase(&mut stream, &mut hs, rt, link.as_mut()).await;
+    let accepted = match phase {
+        Phase::Accepted(a) => a,
+        Phase::Close(r) => return r,
+        Phase::Front { reason, client_eof } => {
+            let Some(mut link) = link else {
+                return reason;
+            };
+            if let Some(sni_mask) = hs.sni().and_then(|d| rt.config.mask_hosts.get(d)) {
+                if sni_mask != link.addr() {
+                    link = MaskLink::new(sni_mask.clone(), rt.config.connect_timeout, false);
                 }
             }
-            Outcome::Reject(r) => {
-                return reject_path(&mut stream, &hs, rt, id, CloseReason::Rejected(r)).await
+            if let CloseReason::Rejected(r) = reason {
+                rt.telemetry.emit(Event::Fronted { id, reason: r });
             }
-            Outcome::Accepted(a) => break a,
+            mask::splice(stream, hs.received(), client_eof, link).await;
+            return reason;
         }
     };
+    drop(link);
     *user_out = Some(accepted.user);
     rt.telemetry.emit(Event::Authenticated {
         id,
@@ -137,17 +144,68 @@ async fn run(
     .await
 }
 
-/// Not a valid client: front it to the mask host if one is configured, else close silently.
-async fn reject_path(
+/// Reads and feeds the handshake machine until it decides, the deadline
+/// passes, the client closes, or the (pre-connected) mask site acts first.
+async fn handshake_phase(
     stream: &mut TcpStream,
-    hs: &Handshake,
+    hs: &mut Handshake,
     rt: &Arc<Runtime>,
-    id: u64,
-    reason: CloseReason,
-) -> CloseReason {
-    if let (Some(mask), CloseReason::Rejected(r)) = (&rt.config.mask_host, reason) {
-        rt.telemetry.emit(Event::Fronted { id, reason: r });
-        crate::mask::splice(stream, hs.received(), mask, rt.config.connect_timeout).await;
+    mut link: Option<&mut MaskLink>,
+) -> Phase {
+    let deadline = tokio::time::Instant::now() + rt.config.handshake_timeout;
+    let mut buf = [0u8; 4096];
+    // Once we answered (FakeTLS ServerHello) the connection can no longer be fronted.
+    let mut responded = false;
+    let front_or_close = |reason, client_eof, responded: bool| {
+        if responded {
+            Phase::Close(reason)
+        } else {
+            Phase::Front { reason, client_eof }
+        }
+    };
+    loop {
+        let read = async {
+            match &mut link {
+                Some(l) if !responded => tokio::select! {
+                    r = stream.read(&mut buf) => Some(r),
+                    _ = l.activity() => None,
+                },
+                _ => Some(stream.read(&mut buf).await),
+            }
+        };
+        let n = match tokio::time::timeout_at(deadline, read).await {
+            Err(_) => return front_or_close(CloseReason::HandshakeTimeout, false, responded),
+            // The mask site spoke or closed first (its own timeout): mirror it.
+            Ok(None) => return front_or_close(CloseReason::HandshakeTimeout, false, responded),
+            Ok(Some(Ok(0))) => return front_or_close(CloseReason::HandshakeEof, true, responded),
+            Ok(Some(Ok(n))) => n,
+            Ok(Some(Err(_))) => return Phase::Close(CloseReason::ClientError),
+        };
+        let outcome = {
+            let mut replay = rt.replay.lock().unwrap_or_else(|p| p.into_inner());
+            hs.feed(
+                &buf[..n],
+                unix_now(),
+                &rt.handshake,
+                &mut replay,
+                &mut mtgate_crypto::fill_random,
+            )
+        };
+        match outcome {
+            Outcome::NeedMore => {}
+            Outcome::Respond(bytes) => {
+                responded = true;
+                if stream.write_all(&bytes).await.is_err() {
+                    return Phase::Close(CloseReason::ClientError);
+                }
+            }
+            Outcome::Accepted(a) => return Phase::Accepted(a),
+            Outcome::Reject(RejectReason::UnknownSni) if !rt.config.unknown_sni_mask => {
+                return Phase::Close(CloseReason::Rejected(RejectReason::UnknownSni))
+            }
+            Outcome::Reject(r) => {
+                return front_or_close(CloseReason::Rejected(r), false, responded)
+            }
+        }
     }
-    reason
 }

@@ -123,7 +123,16 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub domains: Vec<String>,
-    pub mask_host: Option<String>,
+    /// Where rejected connections go by default (`host:port`; default: first domain, port 443).
+    pub mask_host: String,
+    /// Per-SNI mask hosts (lowercase domain → `host:port`).
+    pub mask_hosts: std::collections::HashMap<String, String>,
+    /// Front rejected connections (true) or close them silently (false).
+    pub fronting: bool,
+    /// Open the mask connection as soon as a client connects.
+    pub mask_preconnect: bool,
+    /// A ClientHello with an unknown SNI is fronted (true) or closed (false).
+    pub unknown_sni_mask: bool,
     pub max_past: Duration,
     pub max_future: Duration,
     pub replay_cache_size: usize,
@@ -160,6 +169,11 @@ pub const DEFAULT_PORT: u16 = 443;
 pub const DEFAULT_DOMAIN: &str = "www.google.com";
 
 impl Config {
+    /// The mask host for connections whose SNI is unknown or absent.
+    pub fn default_mask_host(&self) -> String {
+        self.mask_host.clone()
+    }
+
     /// Reads and parses a file.
     pub fn load(path: &std::path::Path, ov: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -247,9 +261,28 @@ impl Config {
         for (i, d) in domains.iter().enumerate() {
             validate_domain(d).map_err(|e| invalid(format!("tls.domains[{i}]"), e.to_string()))?;
         }
-        if let Some(m) = &t.mask_host {
-            crate::dc::check_host_port(m).map_err(|e| invalid("tls.mask_host", e))?;
+        let mask_host = t
+            .mask_host
+            .clone()
+            .unwrap_or_else(|| format!("{}:443", domains[0]));
+        crate::dc::check_host_port(&mask_host).map_err(|e| invalid("tls.mask_host", e))?;
+        let mut mask_hosts = std::collections::HashMap::new();
+        for (d, hp) in t.mask_hosts.clone().unwrap_or_default() {
+            let key = format!("tls.mask_hosts.{d}");
+            validate_domain(&d).map_err(|e| invalid(&key, e.to_string()))?;
+            crate::dc::check_host_port(&hp).map_err(|e| invalid(&key, e))?;
+            mask_hosts.insert(d.to_ascii_lowercase(), hp);
         }
+        let unknown_sni_mask = match t.unknown_sni.as_deref() {
+            None | Some("mask") => true,
+            Some("close") => false,
+            Some(o) => {
+                return Err(invalid(
+                    "tls.unknown_sni",
+                    format!("`{o}`: use mask or close"),
+                ))
+            }
+        };
         let fake_cert_len = t.fake_cert_len.map(|[a, b]| (a, b)).unwrap_or((2500, 4700));
         if fake_cert_len.0 > fake_cert_len.1 || fake_cert_len.1 > 16_000 || fake_cert_len.0 < 64 {
             return Err(invalid(
@@ -374,7 +407,11 @@ impl Config {
             handshake_timeout,
             idle_timeout,
             domains,
-            mask_host: t.mask_host,
+            mask_host,
+            mask_hosts,
+            fronting: t.fronting.unwrap_or(true),
+            mask_preconnect: t.mask_preconnect.unwrap_or(true),
+            unknown_sni_mask,
             max_past: t.max_clock_skew_past.unwrap_or(Duration::from_secs(600)),
             max_future: t.max_clock_skew_future.unwrap_or(Duration::from_secs(120)),
             replay_cache_size,

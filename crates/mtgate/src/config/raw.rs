@@ -43,6 +43,10 @@ pub struct RawServer {
 pub struct RawTls {
     pub domains: Option<Vec<String>>,
     pub mask_host: Option<String>,
+    pub mask_hosts: Option<BTreeMap<String, String>>,
+    pub fronting: Option<bool>,
+    pub mask_preconnect: Option<bool>,
+    pub unknown_sni: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew_past: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
