@@ -227,6 +227,18 @@ pub fn build_server_hello(
     x25519_public: &[u8; 32],
     fake_payload: &[u8],
 ) -> Vec<u8> {
+    build_server_hello_ordered(hello, key, x25519_public, fake_payload, false)
+}
+
+/// As [`build_server_hello`], with supported_versions before key_share when
+/// `versions_first` (the order some sites, and mtg, use).
+pub fn build_server_hello_ordered(
+    hello: &ClientHello,
+    key: &Key16,
+    x25519_public: &[u8; 32],
+    fake_payload: &[u8],
+    versions_first: bool,
+) -> Vec<u8> {
     let sid = &hello.session_id;
     let suite = hello.tls13_suite.unwrap_or(0x1301);
     let hs_body_len = 2 + 32 + 1 + sid.len() + 2 + 1 + 2 + 46;
@@ -242,9 +254,15 @@ pub fn build_server_hello(
     out.extend_from_slice(&suite.to_be_bytes());
     out.push(0x00);
     out.extend_from_slice(&[0x00, 0x2e]);
+    const VERSIONS: [u8; 6] = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+    if versions_first {
+        out.extend_from_slice(&VERSIONS);
+    }
     out.extend_from_slice(&[0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20]);
     out.extend_from_slice(x25519_public);
-    out.extend_from_slice(&[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
+    if !versions_first {
+        out.extend_from_slice(&VERSIONS);
+    }
     out.extend_from_slice(&CCS_RECORD);
     out.extend_from_slice(&[0x17, 0x03, 0x03]);
     out.extend_from_slice(&(fake_payload.len() as u16).to_be_bytes());

@@ -61,8 +61,13 @@ pub struct HandshakeConfig {
     /// How far a FakeTLS timestamp may lie in the past / future, in seconds.
     pub max_past_secs: u64,
     pub max_future_secs: u64,
-    /// Size range of the fake application-data record in the ServerHello.
+    /// Size range of the fake application-data record in the ServerHello
+    /// (used when `observed_cert_lens` is empty).
     pub fake_cert_len: (u32, u32),
+    /// Sizes learned from the mask site; one is drawn per handshake.
+    pub observed_cert_lens: Vec<u32>,
+    /// Put supported_versions before key_share, as the mask site does.
+    pub versions_first: bool,
 }
 
 impl HandshakeConfig {
@@ -320,17 +325,23 @@ impl Handshake {
         if replay.check_and_insert(fp, now) {
             return self.reject(RejectReason::Replay);
         }
-        let (lo, hi) = cfg.fake_cert_len;
         let mut len_bytes = [0u8; 4];
         rand(&mut len_bytes);
-        let span = hi.saturating_sub(lo).saturating_add(1);
-        let len = (lo + u32::from_le_bytes(len_bytes) % span).min(16_384) as usize;
+        let r = u32::from_le_bytes(len_bytes);
+        let len = if cfg.observed_cert_lens.is_empty() {
+            let (lo, hi) = cfg.fake_cert_len;
+            let span = hi.saturating_sub(lo).saturating_add(1);
+            lo.saturating_add(r % span)
+        } else {
+            cfg.observed_cert_lens[r as usize % cfg.observed_cert_lens.len()]
+        };
+        let len = len.clamp(1, 16_384) as usize;
         let mut fake = vec![0u8; len];
         rand(&mut fake);
         let mut scalar = [0u8; 32];
         rand(&mut scalar);
         let share = mtgate_crypto::x25519_public_key(scalar);
-        let resp = faketls::build_server_hello(&hello, &cfg.users[user].key, &share, &fake);
+        let resp = faketls::build_server_hello_ordered(&hello, &cfg.users[user].key, &share, &fake, cfg.versions_first);
         self.state = State::TlsInner {
             user,
             stripper: RecordStripper::new(),

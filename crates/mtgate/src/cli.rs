@@ -197,7 +197,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let telemetry = Telemetry::new(vec![Arc::new(LogSink), Arc::new(Counters::default())]);
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
-        let server = Server::start(runtime).await?;
+        let server = Server::start(runtime.clone()).await?;
+        if cfg.fronting && cfg.learn_profile {
+            crate::runtime::spawn_profiler(runtime, cfg.profile_interval);
+        }
         let mut out = std::io::stdout().lock();
         for addr in &server.local_addrs {
             writeln!(out, "LISTENING {addr}")?;

@@ -14,6 +14,7 @@ pub mod events;
 pub mod links;
 pub mod mask;
 pub mod pool;
+pub mod profile;
 pub mod relay;
 pub mod runtime;
 pub mod server;

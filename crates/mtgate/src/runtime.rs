@@ -9,11 +9,13 @@ use mtgate_proto::replay::ReplayCache;
 use mtgate_proto::HandshakeConfig;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use arc_swap::ArcSwap;
 
 pub struct Runtime {
     pub config: Config,
     pub users: Vec<User>,
-    pub handshake: HandshakeConfig,
+    /// Swapped atomically when the mask-site profile is refreshed.
+    pub handshake: ArcSwap<HandshakeConfig>,
     pub replay: Mutex<ReplayCache>,
     pub telemetry: Telemetry,
     conn_ids: AtomicU64,
@@ -36,13 +38,15 @@ impl Runtime {
             max_past_secs: config.max_past.as_secs(),
             max_future_secs: config.max_future.as_secs(),
             fake_cert_len: config.fake_cert_len,
+            observed_cert_lens: Vec::new(),
+            versions_first: false,
         };
         let window = config.max_past.as_secs() + config.max_future.as_secs();
         Self {
             replay: Mutex::new(ReplayCache::new(config.replay_cache_size, window)),
             config,
             users,
-            handshake,
+            handshake: ArcSwap::from_pointee(handshake),
             telemetry,
             conn_ids: AtomicU64::new(1),
         }
@@ -51,4 +55,32 @@ impl Runtime {
     pub fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Relaxed)
     }
+}
+
+impl Runtime {
+    /// Applies a learned mask-site profile to future handshakes.
+    pub fn apply_profile(&self, lens: Vec<u32>, versions_first: bool) {
+        let mut hc = HandshakeConfig::clone(&self.handshake.load());
+        hc.observed_cert_lens = lens;
+        hc.versions_first = versions_first;
+        self.handshake.store(std::sync::Arc::new(hc));
+    }
+}
+
+/// Learns the mask site's profile now and then every `interval`, in the background.
+pub fn spawn_profiler(rt: std::sync::Arc<Runtime>, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let sni = rt.config.domains[0].clone();
+        let addr = rt.config.mask_host.clone();
+        loop {
+            match crate::profile::learn(&addr, &sni, 3, rt.config.connect_timeout).await {
+                Some((lens, vf)) => {
+                    tracing::info!(mask = %addr, ?lens, versions_first = vf, "learned mask site profile");
+                    rt.apply_profile(lens, vf);
+                }
+                None => tracing::warn!(mask = %addr, "mask site profile unavailable; using tls.fake_cert_len"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    })
 }

@@ -186,7 +186,7 @@ async fn handshake_phase(
             hs.feed(
                 &buf[..n],
                 unix_now(),
-                &rt.handshake,
+                &rt.handshake.load(),
                 &mut replay,
                 &mut mtgate_crypto::fill_random,
             )

@@ -26,6 +26,8 @@ fn cfg(classic: bool, secure: bool, tls: bool) -> HandshakeConfig {
         max_past_secs: 600,
         max_future_secs: 120,
         fake_cert_len: (1000, 1100),
+        observed_cert_lens: Vec::new(),
+        versions_first: false,
     }
 }
 

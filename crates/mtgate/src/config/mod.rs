@@ -133,6 +133,9 @@ pub struct Config {
     pub mask_preconnect: bool,
     /// A ClientHello with an unknown SNI is fronted (true) or closed (false).
     pub unknown_sni_mask: bool,
+    /// Learn the mask site's answer (sizes, extension order) and imitate it.
+    pub learn_profile: bool,
+    pub profile_interval: Duration,
     pub max_past: Duration,
     pub max_future: Duration,
     pub replay_cache_size: usize,
@@ -412,6 +415,8 @@ impl Config {
             fronting: t.fronting.unwrap_or(true),
             mask_preconnect: t.mask_preconnect.unwrap_or(true),
             unknown_sni_mask,
+            learn_profile: t.learn_profile.unwrap_or(true),
+            profile_interval: t.profile_interval.unwrap_or(Duration::from_secs(3600)).max(Duration::from_secs(10)),
             max_past: t.max_clock_skew_past.unwrap_or(Duration::from_secs(600)),
             max_future: t.max_clock_skew_future.unwrap_or(Duration::from_secs(120)),
             replay_cache_size,

@@ -47,6 +47,9 @@ pub struct RawTls {
     pub fronting: Option<bool>,
     pub mask_preconnect: Option<bool>,
     pub unknown_sni: Option<String>,
+    pub learn_profile: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub profile_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_clock_skew_past: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
