@@ -1,0 +1,189 @@
+//! Shared pieces of mtgate's end-to-end tests: an in-process proxy and a real
+//! TLS "mask site" on loopback (rustls, its own certificate).
+#![allow(dead_code)]
+
+use mtgate::config::{Config, Overrides};
+use mtgate::events::{Counters, Telemetry};
+use mtgate::runtime::Runtime;
+use mtgate::server::Server;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
+pub const DOMAIN: &str = "mask.test";
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    pub runtime: Arc<Runtime>,
+    server: Option<Server>,
+}
+
+impl Proxy {
+    /// Starts mtgate in-process on 127.0.0.1:0 with `toml` (users etc.) appended;
+    /// every DC points at a closed loopback port (tests never reach Telegram).
+    pub async fn start(toml: &str) -> Proxy {
+        Self::start_with_dc(toml, "127.0.0.1:1".parse().expect("addr")).await
+    }
+
+    /// As [`Proxy::start`], with DCs 1..5 and 203 at `dc`.
+    pub async fn start_with_dc(toml: &str, dc: SocketAddr) -> Proxy {
+        let dcs: String = [1, 2, 3, 4, 5, 203].iter().map(|n| format!("{n} = [\"{dc}\"]\n")).collect();
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nhandshake_timeout = \"3s\"\n[dcs]\n{dcs}{toml}"
+        );
+        let cfg = Config::from_toml(&text, &Overrides::default()).expect("config");
+        let counters = Arc::new(Counters::default());
+        let tel = Telemetry::new(vec![counters.clone()]);
+        let users = cfg.users.clone();
+        let runtime = Arc::new(Runtime::build(cfg, users, tel));
+        let server = Server::start(runtime.clone()).await.expect("start");
+        Proxy {
+            addr: server.local_addrs[0],
+            counters,
+            runtime,
+            server: Some(server),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A TLS site on loopback: completes TLS 1.3 handshakes with a self-signed
+/// certificate for `mask.test`, answers any request with a fixed HTTP reply and
+/// closes; a client that does not finish its handshake within `idle` is dropped.
+pub struct MaskSite {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MaskSite {
+    pub async fn start(idle: Duration) -> MaskSite {
+        let cert = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).expect("cert");
+        let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(mut tls)) = tokio::time::timeout(idle, acceptor.accept(sock)).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    if let Ok(Ok(n)) = tokio::time::timeout(idle, tls.read(&mut buf)).await {
+                        if n > 0 {
+                            let _ = tls
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+                                .await;
+                        }
+                    }
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        MaskSite { addr, task }
+    }
+}
+
+impl Drop for MaskSite {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How a connection ended, as a prober sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Fin,
+    Reset,
+    /// Still open when the prober gave up.
+    Open,
+}
+
+/// What a prober saw: every byte, how and when the connection ended.
+#[derive(Debug)]
+pub struct Seen {
+    pub bytes: Vec<u8>,
+    pub end: End,
+    pub after: Duration,
+}
+
+/// Connects, sends `chunks` (with `gap` between them), optionally half-closes,
+/// then reads until the peer closes or `limit` passes.
+pub async fn probe(addr: SocketAddr, chunks: &[Vec<u8>], gap: Duration, half_close: bool, limit: Duration) -> Seen {
+    let start = tokio::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        if s.write_all(c).await.is_err() {
+            break;
+        }
+    }
+    if half_close {
+        let _ = s.shutdown().await;
+    }
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        match tokio::time::timeout_at(start + limit, s.read(&mut buf)).await {
+            Err(_) => break End::Open,
+            Ok(Ok(0)) => break End::Fin,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break End::Reset,
+        }
+    };
+    Seen {
+        bytes,
+        end,
+        after: start.elapsed(),
+    }
+}
+
+/// Record shapes equal up to `slack` bytes per record length (signature
+/// encodings make a site's flight vary by a byte or two between connections).
+pub fn shapes_match(a: &[(u8, usize)], b: &[(u8, usize)], slack: usize) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.abs_diff(y.1) <= slack)
+}
+
+/// The TLS record layout of a byte stream: (type, length) per record; the
+/// contents of handshakes are random per connection, their shape is not.
+pub fn record_shape(b: &[u8]) -> Vec<(u8, usize)> {
+    let mut v = Vec::new();
+    let mut pos = 0;
+    while pos + 5 <= b.len() {
+        let len = u16::from_be_bytes([b[pos + 3], b[pos + 4]]) as usize;
+        v.push((b[pos], len));
+        pos += 5 + len;
+    }
+    if pos != b.len() {
+        v.push((0xff, b.len() - pos.min(b.len())));
+    }
+    v
+}
+
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
