@@ -100,6 +100,24 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in [`RejectReason::index`] order.
+    pub const ALL: [RejectReason; 9] = [
+        Self::NotTls,
+        Self::BadHello,
+        Self::BadDigest,
+        Self::UnknownSni,
+        Self::BadTimestamp,
+        Self::Replay,
+        Self::BadObfs2,
+        Self::ModeNotAllowed,
+        Self::BadRecord,
+    ];
+
+    /// A dense index (for counter arrays).
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::NotTls => "not_tls",
@@ -341,7 +359,13 @@ impl Handshake {
         let mut scalar = [0u8; 32];
         rand(&mut scalar);
         let share = mtgate_crypto::x25519_public_key(scalar);
-        let resp = faketls::build_server_hello_ordered(&hello, &cfg.users[user].key, &share, &fake, cfg.versions_first);
+        let resp = faketls::build_server_hello_ordered(
+            &hello,
+            &cfg.users[user].key,
+            &share,
+            &fake,
+            cfg.versions_first,
+        );
         self.state = State::TlsInner {
             user,
             stripper: RecordStripper::new(),

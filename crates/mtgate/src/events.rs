@@ -175,6 +175,17 @@ pub struct Counters {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub upstream_failures: AtomicU64,
+    /// Connections fronted to the mask host.
+    pub fronted: AtomicU64,
+    /// Handshake failures by kind (indexed by `RejectReason::index`).
+    pub rejected_by: [AtomicU64; 9],
+}
+
+impl Counters {
+    /// Handshake failures of one kind so far.
+    pub fn rejected(&self, r: RejectReason) -> u64 {
+        self.rejected_by[r.index()].load(Relaxed)
+    }
 }
 
 impl EventSink for Counters {
@@ -189,14 +200,18 @@ impl EventSink for Counters {
             Event::UpstreamFailed { .. } => {
                 self.upstream_failures.fetch_add(1, Relaxed);
             }
+            Event::Fronted { .. } => {
+                self.fronted.fetch_add(1, Relaxed);
+            }
             Event::Closed {
                 reason, up, down, ..
             } => {
                 self.closed.fetch_add(1, Relaxed);
                 self.bytes_up.fetch_add(*up, Relaxed);
                 self.bytes_down.fetch_add(*down, Relaxed);
-                if matches!(reason, CloseReason::Rejected(_)) {
+                if let CloseReason::Rejected(r) = reason {
                     self.rejected.fetch_add(1, Relaxed);
+                    self.rejected_by[r.index()].fetch_add(1, Relaxed);
                 }
             }
             _ => {}

@@ -164,7 +164,10 @@ pub fn parse_flight(raw: &[u8]) -> Observation {
         }
         pos += 5 + len;
     }
-    Observation { flight, versions_first }
+    Observation {
+        flight,
+        versions_first,
+    }
 }
 
 fn server_hello_versions_first(b: &[u8]) -> Option<bool> {
@@ -176,7 +179,12 @@ fn server_hello_versions_first(b: &[u8]) -> Option<bool> {
 }
 
 /// Several probes; the lengths seen (deduplicated order kept) and the extension order.
-pub async fn learn(addr: &str, sni: &str, probes: usize, timeout: Duration) -> Option<(Vec<u32>, bool)> {
+pub async fn learn(
+    addr: &str,
+    sni: &str,
+    probes: usize,
+    timeout: Duration,
+) -> Option<(Vec<u32>, bool)> {
     let mut lens = Vec::new();
     let mut versions_first = false;
     for _ in 0..probes {

@@ -4,12 +4,12 @@
 
 use crate::config::{Config, User};
 use crate::events::Telemetry;
+use arc_swap::ArcSwap;
 use mtgate_proto::handshake::UserKey;
 use mtgate_proto::replay::ReplayCache;
 use mtgate_proto::HandshakeConfig;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use arc_swap::ArcSwap;
 
 pub struct Runtime {
     pub config: Config,
@@ -68,7 +68,10 @@ impl Runtime {
 }
 
 /// Learns the mask site's profile now and then every `interval`, in the background.
-pub fn spawn_profiler(rt: std::sync::Arc<Runtime>, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_profiler(
+    rt: std::sync::Arc<Runtime>,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let sni = rt.config.domains[0].clone();
         let addr = rt.config.mask_host.clone();
@@ -78,7 +81,9 @@ pub fn spawn_profiler(rt: std::sync::Arc<Runtime>, interval: std::time::Duration
                     tracing::info!(mask = %addr, ?lens, versions_first = vf, "learned mask site profile");
                     rt.apply_profile(lens, vf);
                 }
-                None => tracing::warn!(mask = %addr, "mask site profile unavailable; using tls.fake_cert_len"),
+                None => {
+                    tracing::warn!(mask = %addr, "mask site profile unavailable; using tls.fake_cert_len")
+                }
             }
             tokio::time::sleep(interval).await;
         }

@@ -416,7 +416,10 @@ impl Config {
             mask_preconnect: t.mask_preconnect.unwrap_or(true),
             unknown_sni_mask,
             learn_profile: t.learn_profile.unwrap_or(true),
-            profile_interval: t.profile_interval.unwrap_or(Duration::from_secs(3600)).max(Duration::from_secs(10)),
+            profile_interval: t
+                .profile_interval
+                .unwrap_or(Duration::from_secs(3600))
+                .max(Duration::from_secs(10)),
             max_past: t.max_clock_skew_past.unwrap_or(Duration::from_secs(600)),
             max_future: t.max_clock_skew_future.unwrap_or(Duration::from_secs(120)),
             replay_cache_size,

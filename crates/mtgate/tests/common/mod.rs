@@ -31,7 +31,10 @@ impl Proxy {
 
     /// As [`Proxy::start`], with DCs 1..5 and 203 at `dc`.
     pub async fn start_with_dc(toml: &str, dc: SocketAddr) -> Proxy {
-        let dcs: String = [1, 2, 3, 4, 5, 203].iter().map(|n| format!("{n} = [\"{dc}\"]\n")).collect();
+        let dcs: String = [1, 2, 3, 4, 5, 203]
+            .iter()
+            .map(|n| format!("{n} = [\"{dc}\"]\n"))
+            .collect();
         let text = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nhandshake_timeout = \"3s\"\n[dcs]\n{dcs}{toml}"
         );
@@ -68,7 +71,8 @@ impl MaskSite {
     pub async fn start(idle: Duration) -> MaskSite {
         let cert = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).expect("cert");
         let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
-        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -81,10 +85,13 @@ impl MaskSite {
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(Ok(mut tls)) = tokio::time::timeout(idle, acceptor.accept(sock)).await else {
+                    let Ok(Ok(mut tls)) = tokio::time::timeout(idle, acceptor.accept(sock)).await
+                    else {
                         return;
                     };
                     let mut buf = [0u8; 4096];
@@ -128,7 +135,13 @@ pub struct Seen {
 
 /// Connects, sends `chunks` (with `gap` between them), optionally half-closes,
 /// then reads until the peer closes or `limit` passes.
-pub async fn probe(addr: SocketAddr, chunks: &[Vec<u8>], gap: Duration, half_close: bool, limit: Duration) -> Seen {
+pub async fn probe(
+    addr: SocketAddr,
+    chunks: &[Vec<u8>],
+    gap: Duration,
+    half_close: bool,
+    limit: Duration,
+) -> Seen {
     let start = tokio::time::Instant::now();
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     for (i, c) in chunks.iter().enumerate() {
@@ -162,7 +175,10 @@ pub async fn probe(addr: SocketAddr, chunks: &[Vec<u8>], gap: Duration, half_clo
 /// Record shapes equal up to `slack` bytes per record length (signature
 /// encodings make a site's flight vary by a byte or two between connections).
 pub fn shapes_match(a: &[(u8, usize)], b: &[(u8, usize)], slack: usize) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.abs_diff(y.1) <= slack)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && x.1.abs_diff(y.1) <= slack)
 }
 
 /// The TLS record layout of a byte stream: (type, length) per record; the

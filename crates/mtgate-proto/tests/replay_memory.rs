@@ -1,0 +1,100 @@
+//! Memory test (issue 4): one million unique valid handshakes through the
+//! handshake machine leave the replay cache's heap at its stated, fixed cap.
+//! A counting global allocator measures live heap bytes for real.
+
+use mtgate_crypto::Key16;
+use mtgate_proto::handshake::UserKey;
+use mtgate_proto::obfs2::{build_header, DcIndex, ProtoTag};
+use mtgate_proto::replay::ReplayCache;
+use mtgate_proto::{Handshake, HandshakeConfig, Outcome};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every method forwards to the system allocator with the same layout
+// and pointer it was given; the counter is only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Relaxed);
+        // SAFETY: forwarded unchanged (caller upholds GlobalAlloc's contract).
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Relaxed);
+        // SAFETY: `p` was allocated by `System` with layout `l` above.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn a_million_unique_handshakes_keep_replay_memory_at_its_cap() {
+    const CAP: usize = 65_536;
+    let key = Key16::new([3; 16]);
+    let cfg = HandshakeConfig {
+        users: vec![UserKey {
+            key: key.clone(),
+            classic: true,
+            secure: true,
+            fake_tls: false,
+        }],
+        domains: vec![],
+        max_past_secs: 600,
+        max_future_secs: 120,
+        fake_cert_len: (100, 200),
+        observed_cert_lens: vec![],
+        versions_first: false,
+    };
+    let base = LIVE.load(Relaxed);
+    let mut cache = ReplayCache::new(CAP, 1_000_000);
+    let allocated = LIVE.load(Relaxed) - base;
+    let stated = cache.memory_bytes() as isize;
+    // The cache states its own footprint; the allocator agrees within 10 %.
+    assert!(
+        (allocated - stated).abs() * 10 <= stated,
+        "allocated {allocated} vs stated {stated}"
+    );
+
+    let mut random = [0u8; 64];
+    let mut accepted = 0u32;
+    let mut peak = 0isize;
+    for i in 0u32..1_000_000 {
+        random[..4].copy_from_slice(&[0x42, 1, 2, 3]);
+        random[4..8].copy_from_slice(&[1, 1, 1, 1]);
+        random[8..12].copy_from_slice(&i.to_le_bytes());
+        let (hdr, _) = build_header(&random, ProtoTag::Padded, DcIndex(2), Some(&key));
+        let mut hs = Handshake::new();
+        match hs.feed(&hdr, 1_700_000_000, &cfg, &mut cache, &mut |_| {}) {
+            Outcome::Accepted(_) => accepted += 1,
+            o => panic!("handshake {i}: {o:?}"),
+        }
+        drop(hs);
+        if i % 50_000 == 0 {
+            peak = peak.max(LIVE.load(Relaxed) - base);
+        }
+    }
+    let after = LIVE.load(Relaxed) - base;
+    assert_eq!(accepted, 1_000_000);
+    assert!(cache.len() <= cache.capacity());
+    assert_eq!(
+        after, allocated,
+        "replay cache heap changed under the flood"
+    );
+    assert!(peak <= allocated, "peak {peak} above the cap {allocated}");
+    println!(
+        "replay cache: capacity {} entries, {} bytes allocated, unchanged after 1e6 handshakes",
+        cache.capacity(),
+        allocated
+    );
+    // The most recent handshakes are still refused as replays.
+    random[8..12].copy_from_slice(&999_999u32.to_le_bytes());
+    let (hdr, _) = build_header(&random, ProtoTag::Padded, DcIndex(2), Some(&key));
+    assert!(matches!(
+        Handshake::new().feed(&hdr, 1_700_000_000, &cfg, &mut cache, &mut |_| {}),
+        Outcome::Reject(_)
+    ));
+}
