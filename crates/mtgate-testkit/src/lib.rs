@@ -1,1 +1,20 @@
-//! placeholder
+//! mtgate-testkit: fake Telegram peers and scripted clients for mtgate's tests
+//! and benchmarks. Never on the product path.
+//!
+//! * [`fake_dc`]: [`FakeDc`], a Telegram-DC look-alike on loopback (obfuscated2
+//!   without a secret; answers the first auth-key exchange steps, or echoes);
+//! * [`client`]: [`ObfsClient`], a scripted client speaking plain obfuscated2 or
+//!   FakeTLS to a proxy (or, without a secret, straight to a DC);
+//! * [`mtproto`]: the few unencrypted MTProto messages both of them need.
+//!
+//! All cryptography goes through `mtgate-crypto` and all codecs through
+//! `mtgate-proto`; this crate names no crypto library itself. The binary
+//! `mtgate-fake-dc` runs a [`FakeDc`] as a process (see `src/bin/fake_dc.rs`).
+
+pub mod client;
+pub mod fake_dc;
+pub mod mtproto;
+
+pub use client::{ClientMode, ClientOptions, ObfsClient};
+pub use fake_dc::{FakeDc, FakeDcConfig, FakeDcMode, FakeDcStats};
+pub use mtproto::{DhParamsOk, ReqDhParams, ResPq};

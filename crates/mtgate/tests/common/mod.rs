@@ -31,12 +31,17 @@ impl Proxy {
 
     /// As [`Proxy::start`], with DCs 1..5 and 203 at `dc`.
     pub async fn start_with_dc(toml: &str, dc: SocketAddr) -> Proxy {
-        let dcs: String = [1, 2, 3, 4, 5, 203]
-            .iter()
-            .map(|n| format!("{n} = [\"{dc}\"]\n"))
-            .collect();
+        Self::start_full("127.0.0.1:0", "", toml, &[dc]).await
+    }
+
+    /// Full control: listen address, extra `[server]` lines, the rest, and the
+    /// addresses of DCs 1..5 and 203.
+    pub async fn start_full(listen: &str, server_extra: &str, toml: &str, dc: &[SocketAddr]) -> Proxy {
+        let list = dc.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let dcs: String = [1, 2, 3, 4, 5, 203].iter().map(|n| format!("{n} = [{list}]\n")).collect();
+        let hs = if server_extra.contains("handshake_timeout") { "" } else { "handshake_timeout = \"3s\"\n" };
         let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nhandshake_timeout = \"3s\"\n[dcs]\n{dcs}{toml}"
+            "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\n{hs}{server_extra}\n[dcs]\n{dcs}{toml}"
         );
         let cfg = Config::from_toml(&text, &Overrides::default()).expect("config");
         let counters = Arc::new(Counters::default());
