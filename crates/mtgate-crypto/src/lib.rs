@@ -16,6 +16,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+pub mod cbc;
+pub use cbc::{AesCbcDec, AesCbcEnc};
+
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 
 /// Streaming AES-256-CTR. The keystream position is kept between calls, so a
@@ -33,7 +36,8 @@ impl AesCtr {
     }
 
     /// XORs the next `buf.len()` keystream bytes into `buf` (encrypt == decrypt).
-    #[inline]
+    /// Deliberately not `#[inline]`: it stays compiled at this crate's opt level
+    /// even in debug builds of callers (release builds inline it through LTO).
     pub fn apply(&mut self, buf: &mut [u8]) {
         self.inner.apply_keystream(buf);
     }

@@ -14,6 +14,7 @@
 
 pub mod faketls;
 pub mod handshake;
+pub mod me;
 pub mod obfs2;
 pub mod replay;
 pub mod secret;

@@ -13,6 +13,7 @@ pub mod dc;
 pub mod events;
 pub mod links;
 pub mod mask;
+pub mod me;
 pub mod pool;
 pub mod profile;
 pub mod relay;

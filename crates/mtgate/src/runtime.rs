@@ -18,6 +18,8 @@ pub struct Runtime {
     pub handshake: ArcSwap<HandshakeConfig>,
     pub replay: Mutex<ReplayCache>,
     pub telemetry: Telemetry,
+    /// Middle-proxy mode (`None` when `[me]` is off).
+    pub me: Option<crate::me::MeService>,
     conn_ids: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl Runtime {
         };
         let window = config.max_past.as_secs() + config.max_future.as_secs();
         Self {
+            me: crate::me::MeService::start(&config),
             replay: Mutex::new(ReplayCache::new(config.replay_cache_size, window)),
             config,
             users,

@@ -103,6 +103,12 @@ async fn run(
         mode: accepted.mode,
         dc: accepted.dc.0,
     });
+    // Middle-proxy mode (with its fallback to direct), see crate::me.
+    let (stream, accepted) =
+        match crate::me::route(rt, id, stream, accepted, traffic, shutdown.clone()).await {
+            crate::me::Routed::Done(reason) => return reason,
+            crate::me::Routed::Direct(stream, accepted) => (stream, accepted),
+        };
     let mut on_fail = |dc: u16, e: &str| {
         rt.telemetry
             .emit(Event::UpstreamFailed { id, dc, error: e })

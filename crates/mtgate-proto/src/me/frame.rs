@@ -100,7 +100,7 @@ impl RpcWriter {
     /// Appends one frame whose body is the concatenation of `parts`.
     pub fn write(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), FrameError> {
         let body: usize = parts.iter().map(|p| p.len()).sum();
-        if body == 0 || body % 4 != 0 {
+        if body == 0 || !body.is_multiple_of(4) {
             return Err(FrameError::BadBody(body));
         }
         let total = body + FRAME_OVERHEAD;
@@ -122,7 +122,7 @@ impl RpcWriter {
 
     /// Appends filler words until `out.len()` is a multiple of 16.
     pub fn pad(out: &mut Vec<u8>) {
-        while out.len() % 16 != 0 {
+        while !out.len().is_multiple_of(16) {
             out.extend_from_slice(&FILLER);
         }
     }
@@ -268,8 +268,10 @@ mod tests {
                 "5052504454494d4502761d8104000000"
             ))
         );
-        let mut r = RpcReader::default();
-        r.seq = SEQ_HANDSHAKE;
+        let mut r = RpcReader {
+            seq: SEQ_HANDSHAKE,
+            ..Default::default()
+        };
         let p = r.next(&out).unwrap();
         assert_eq!(p.consumed, 44);
         assert_eq!(&out[p.frame.unwrap().body], &hs[..]);
@@ -303,15 +305,21 @@ mod tests {
         w.seq = 1;
         w.set_checksum(Checksum::Crc32c);
         out.clear();
-        w.write(&[&h("5d42cf1f0900400000000000")], &mut out).unwrap();
+        w.write(&[&h("5d42cf1f0900400000000000")], &mut out)
+            .unwrap();
         assert_eq!(out, h("18000000010000005d42cf1f090040000000000087b660a1"));
         // The ME's PING (seq 11) with two filler words.
-        let mut r = RpcReader::default();
-        r.seq = 11;
+        let mut r = RpcReader {
+            seq: 11,
+            ..Default::default()
+        };
         r.set_checksum(Checksum::Crc32c);
         let ping = h("180000000b000000dfa2305788776655443322111cdf4eeb0400000004000000");
         let p = r.next(&ping).unwrap();
-        assert_eq!(&ping[p.frame.unwrap().body], &h("dfa230578877665544332211")[..]);
+        assert_eq!(
+            &ping[p.frame.unwrap().body],
+            &h("dfa230578877665544332211")[..]
+        );
         assert_eq!(r.next(&ping[24..]).unwrap().consumed, 8);
     }
 
@@ -320,7 +328,10 @@ mod tests {
         let mut w = RpcWriter::new();
         let mut good = Vec::new();
         w.write(&[b"abcd"], &mut good).unwrap();
-        assert_eq!(w.write(&[b"abc"], &mut Vec::new()), Err(FrameError::BadBody(3)));
+        assert_eq!(
+            w.write(&[b"abc"], &mut Vec::new()),
+            Err(FrameError::BadBody(3))
+        );
         assert_eq!(w.write(&[], &mut Vec::new()), Err(FrameError::BadBody(0)));
 
         let mut bad_crc = good.clone();
@@ -329,16 +340,18 @@ mod tests {
             RpcReader::default().next(&bad_crc),
             Err(FrameError::BadChecksum { .. })
         ));
-        let mut r = RpcReader::default();
-        r.seq = 5;
-        assert_eq!(
-            r.next(&good),
-            Err(FrameError::BadSeq { got: -2, want: 5 })
-        );
+        let mut r = RpcReader {
+            seq: 5,
+            ..Default::default()
+        };
+        assert_eq!(r.next(&good), Err(FrameError::BadSeq { got: -2, want: 5 }));
         for len in [0i32, -16, 12, 18, 8] {
             let mut b = good.clone();
             b[..4].copy_from_slice(&len.to_le_bytes());
-            assert_eq!(RpcReader::default().next(&b), Err(FrameError::BadLength(len)));
+            assert_eq!(
+                RpcReader::default().next(&b),
+                Err(FrameError::BadLength(len))
+            );
         }
         let mut big = good.clone();
         big[..4].copy_from_slice(&64u32.to_le_bytes());

@@ -252,9 +252,15 @@ mod tests {
         assert_eq!(me.check_answer(&ours, me_body.len()), Ok(()));
 
         // Captured: the official proxy's nonce and the ME's answer.
-        let proxy = Nonce::parse(&h("aa87cb7ab33201d5010000003f53036b4387a4bc36f84e76f3019274ae215332")).unwrap();
+        let proxy = Nonce::parse(&h(
+            "aa87cb7ab33201d5010000003f53036b4387a4bc36f84e76f3019274ae215332",
+        ))
+        .unwrap();
         assert_eq!(proxy.ts, 1_795_380_031);
-        let me = Nonce::parse(&h("aa87cb7ab33201d5010000003f53036b000102030405060708090a0b0c0d0e0f")).unwrap();
+        let me = Nonce::parse(&h(
+            "aa87cb7ab33201d5010000003f53036b000102030405060708090a0b0c0d0e0f",
+        ))
+        .unwrap();
         assert_eq!(me.check_answer(&proxy, 32), Ok(()));
     }
 
@@ -263,7 +269,10 @@ mod tests {
         let ours = Nonce::ours(&[1, 2, 3, 4, 5], 1000, [0; 16]);
         let mut me = ours;
         me.ts = 1031;
-        assert_eq!(me.check_answer(&ours, 32), Err(HandshakeError::ClockSkew(31)));
+        assert_eq!(
+            me.check_answer(&ours, 32),
+            Err(HandshakeError::ClockSkew(31))
+        );
         me.ts = 970;
         assert_eq!(me.check_answer(&ours, 32), Ok(()));
         me.key_select = [9; 4];
@@ -271,15 +280,31 @@ mod tests {
         me = ours;
         for s in [0, 3] {
             me.schema = s;
-            assert_eq!(me.check_answer(&ours, 32), Err(HandshakeError::BadSchema(s)));
+            assert_eq!(
+                me.check_answer(&ours, 32),
+                Err(HandshakeError::BadSchema(s))
+            );
         }
         me.schema = CRYPTO_AES;
-        assert_eq!(me.check_answer(&ours, 36), Err(HandshakeError::BadLength(36)));
+        assert_eq!(
+            me.check_answer(&ours, 36),
+            Err(HandshakeError::BadLength(36))
+        );
         assert!(matches!(
-            Nonce::parse(&HandshakeMsg { flags: 0, sender_pid: ProcessId::default(), peer_pid: ProcessId::default() }.encode()),
+            Nonce::parse(
+                &HandshakeMsg {
+                    flags: 0,
+                    sender_pid: ProcessId::default(),
+                    peer_pid: ProcessId::default()
+                }
+                .encode()
+            ),
             Err(HandshakeError::BadType { .. })
         ));
-        assert_eq!(Nonce::parse(&[0xaa, 0x87]), Err(HandshakeError::BadLength(2)));
+        assert_eq!(
+            Nonce::parse(&[0xaa, 0x87]),
+            Err(HandshakeError::BadLength(2))
+        );
     }
 
     #[test]
@@ -312,15 +337,34 @@ mod tests {
     fn handshake_checks() {
         let ours = HandshakeMsg {
             flags: FLAG_CRC32C,
-            sender_pid: ProcessId { ip: 0x7f00_0001, port: 5, pid: 77, utime: 1000 },
+            sender_pid: ProcessId {
+                ip: 0x7f00_0001,
+                port: 5,
+                pid: 77,
+                utime: 1000,
+            },
             peer_pid: ProcessId::default(),
         };
-        let mut me = HandshakeMsg { flags: 0, sender_pid: ProcessId::default(), peer_pid: ours.sender_pid };
+        let mut me = HandshakeMsg {
+            flags: 0,
+            sender_pid: ProcessId::default(),
+            peer_pid: ours.sender_pid,
+        };
         assert_eq!(me.check_answer(&ours), Ok(Checksum::Crc32));
-        me.peer_pid = ProcessId { ip: 0, port: 5, pid: 0, utime: 0 };
+        me.peer_pid = ProcessId {
+            ip: 0,
+            port: 5,
+            pid: 0,
+            utime: 0,
+        };
         assert_eq!(me.check_answer(&ours), Ok(Checksum::Crc32));
         // The oracle's bad-peer-pid fault.
-        me.peer_pid = ProcessId { ip: 0x0a00_0001, port: 1, pid: 1, utime: 1 };
+        me.peer_pid = ProcessId {
+            ip: 0x0a00_0001,
+            port: 1,
+            pid: 1,
+            utime: 1,
+        };
         assert_eq!(me.check_answer(&ours), Err(HandshakeError::PidMismatch));
         me.peer_pid = ours.sender_pid;
         // The oracle's handshake-flags fault.
@@ -328,11 +372,17 @@ mod tests {
         assert_eq!(me.check_answer(&ours), Err(HandshakeError::BadFlags(1)));
         me.flags = FLAG_CRC32C;
         let no_offer = HandshakeMsg { flags: 0, ..ours };
-        assert_eq!(me.check_answer(&no_offer), Err(HandshakeError::Crc32cUnasked));
+        assert_eq!(
+            me.check_answer(&no_offer),
+            Err(HandshakeError::Crc32cUnasked)
+        );
         let mut err = h("da be 27 6a f8 ff ff ff".replace(' ', "").as_str());
         err.extend_from_slice(&[0; 12]);
         assert_eq!(HandshakeMsg::parse(&err), Err(HandshakeError::Refused(-8)));
-        assert_eq!(HandshakeMsg::parse(&ours.encode()[..28]), Err(HandshakeError::BadLength(28)));
+        assert_eq!(
+            HandshakeMsg::parse(&ours.encode()[..28]),
+            Err(HandshakeError::BadLength(28))
+        );
     }
 
     proptest! {

@@ -165,9 +165,15 @@ mod tests {
             &h("333333333333333333333333333333332222222222222222222222222222222200f1536532af9a95409c434c49454e54076433c6b82200010203040506070809")[..]
         );
         let k = derive(&inp).unwrap();
-        assert_eq!(k.write_key.to_vec(), h("551715f341d06b49118434ae96dc137b64de837ce806f3490d47abc1f457ce94"));
+        assert_eq!(
+            k.write_key.to_vec(),
+            h("551715f341d06b49118434ae96dc137b64de837ce806f3490d47abc1f457ce94")
+        );
         assert_eq!(k.write_iv.to_vec(), h("80e1fbe3e7e73ae317edc7ca08b401ae"));
-        assert_eq!(k.read_key.to_vec(), h("79c5a864edb0a2fbbfe902ffa8099f2f67a7732101babafad83d4241ea66308d"));
+        assert_eq!(
+            k.read_key.to_vec(),
+            h("79c5a864edb0a2fbbfe902ffa8099f2f67a7732101babafad83d4241ea66308d")
+        );
         assert_eq!(k.read_iv.to_vec(), h("3ffc8697b0e6c199921846d2a70b761d"));
     }
 
@@ -181,13 +187,19 @@ mod tests {
             &h("00f1536500000000409c434c49454e5400000000b82200010203040506070809")[..]
         );
         assert_eq!(
-            &s[182..],
+            &s[198..],
             &h("20010db800000000000000000000000720010b28f23df001000000000000000d22222222222222222222222222222222")[..]
         );
         let k = derive(&inp).unwrap();
-        assert_eq!(k.write_key.to_vec(), h("739a09882c377a1fe64f35dec9756b83fa219b410deec233656d62369cbde864"));
+        assert_eq!(
+            k.write_key.to_vec(),
+            h("739a09882c377a1fe64f35dec9756b83fa219b410deec233656d62369cbde864")
+        );
         assert_eq!(k.write_iv.to_vec(), h("42b9e1e45a0b5b9538f3334d3a9e06a5"));
-        assert_eq!(k.read_key.to_vec(), h("1d8f712a87aa56dd60f8b390ae3c33cff922efe0b557e904c8fcff6beaf4334b"));
+        assert_eq!(
+            k.read_key.to_vec(),
+            h("1d8f712a87aa56dd60f8b390ae3c33cff922efe0b557e904c8fcff6beaf4334b")
+        );
         assert_eq!(k.read_iv.to_vec(), h("2928399c60d6f5849da42f5fd9511509"));
     }
 
@@ -208,11 +220,20 @@ mod tests {
             secret: &secret,
         };
         let s = kdf_string(&inp, Purpose::Client).unwrap();
-        assert_eq!(&s[32..54], &h("3f53036b0100007fcb96434c49454e540100007fd270")[..]);
+        assert_eq!(
+            &s[32..54],
+            &h("3f53036b0100007fcb96434c49454e540100007fd270")[..]
+        );
         let k = derive(&inp).unwrap();
-        assert_eq!(k.write_key.to_vec(), h("69a0b406e91356bb0d1887bb5893cf72243460732f895ac0090db286f941da03"));
+        assert_eq!(
+            k.write_key.to_vec(),
+            h("69a0b406e91356bb0d1887bb5893cf72243460732f895ac0090db286f941da03")
+        );
         assert_eq!(k.write_iv.to_vec(), h("2e8ae7490767baead34158675730664a"));
-        assert_eq!(k.read_key.to_vec(), h("3419cc77e43e40d3cf45dc67ae8417e7ae642b304b140eef3574813a66bab5be"));
+        assert_eq!(
+            k.read_key.to_vec(),
+            h("3419cc77e43e40d3cf45dc67ae8417e7ae642b304b140eef3574813a66bab5be")
+        );
         assert_eq!(k.read_iv.to_vec(), h("cba25d90cd458fa3a39735f6052513ce"));
         assert_eq!(format!("{k:?}"), "MeKeys(<redacted>)");
     }

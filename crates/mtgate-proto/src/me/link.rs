@@ -128,7 +128,11 @@ impl MeRx {
     pub fn commit(&mut self, n: usize) {
         self.len = (self.len + n).min(self.buf.len());
         let end = self.plain_end + ((self.len - self.plain_end) & !15);
-        if self.dec.decrypt(&mut self.buf[self.plain_end..end]).is_err() {
+        if self
+            .dec
+            .decrypt(&mut self.buf[self.plain_end..end])
+            .is_err()
+        {
             unreachable!("whole blocks only");
         }
         self.plain_end = end;
@@ -144,7 +148,8 @@ impl MeRx {
         let p = self.reader.next(&self.buf[self.start..self.plain_end])?;
         let base = self.start;
         self.start += p.consumed;
-        Ok(p.frame.map(move |f| (f.seq, &self.buf[base + f.body.start..base + f.body.end])))
+        Ok(p.frame
+            .map(move |f| (f.seq, &self.buf[base + f.body.start..base + f.body.end])))
     }
 }
 

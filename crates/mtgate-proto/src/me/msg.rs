@@ -99,7 +99,7 @@ pub fn tl_string(bytes: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&[0xfe, l[0], l[1], l[2]]);
     }
     out.extend_from_slice(bytes);
-    while (out.len() - start) % 4 != 0 {
+    while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -126,7 +126,7 @@ pub fn req_flags(tag: ProtoTag, packet: &[u8], ad_tag: bool, quick_ack: bool) ->
 /// The official proxy's checks before forwarding a client packet (PROTOCOL §7.7).
 pub fn check_client_packet(p: &[u8]) -> Result<(), MsgError> {
     let bad = Err(MsgError::BadPacket(p.len()));
-    if p.len() < 28 || p.len() % 4 != 0 || p.len() > MAX_CLIENT_PACKET {
+    if p.len() < 28 || !p.len().is_multiple_of(4) || p.len() > MAX_CLIENT_PACKET {
         return bad;
     }
     if p[..8] != [0; 8] {
@@ -195,7 +195,9 @@ impl<'a> ProxyReq<'a> {
             need("RPC_PROXY_REQ extra", b, at + 4)?;
             let extra = le32(b, at) as usize;
             at += 4;
-            let block = b.get(at..at.saturating_add(extra)).ok_or(MsgError::BadExtra)?;
+            let block = b
+                .get(at..at.saturating_add(extra))
+                .ok_or(MsgError::BadExtra)?;
             at += extra;
             if flags & flags::HAS_AD_TAG != 0 {
                 if block.len() < 24 || le32(block, 0) != TL_PROXY_TAG || block[4] != 16 {

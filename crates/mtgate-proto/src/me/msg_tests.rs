@@ -8,7 +8,7 @@ fn h(s: &str) -> Vec<u8> {
 
 /// The req_pq_multi of §12.2 (40 bytes).
 fn req_pq_multi() -> Vec<u8> {
-    h("00000000000000000000000004000000c2b1a06514000000f18e7ebea0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
+    h("000000000000000004000000c2b1a06514000000f18e7ebea0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
 }
 
 #[test]
@@ -70,7 +70,10 @@ fn proxy_req_captured_12_11() {
     assert_eq!(req.conn_id, 0x40_0009);
     assert_eq!(req.client, "127.0.0.1:59936".parse().unwrap());
     assert_eq!(req.proxy, "127.0.0.1:28443".parse().unwrap());
-    assert_eq!(req.flags, req_flags(ProtoTag::Intermediate, req.payload, true, false));
+    assert_eq!(
+        req.flags,
+        req_flags(ProtoTag::Intermediate, req.payload, true, false)
+    );
     assert_eq!(check_client_packet(req.payload), Ok(()));
     let mut again = Vec::new();
     req.encode(&mut again);
@@ -108,10 +111,22 @@ fn no_ad_tag_means_no_extra_block() {
 fn flags_table_7_7() {
     let enc = [1u8; 56];
     let plain = req_pq_multi();
-    assert_eq!(req_flags(ProtoTag::Abridged, &plain, true, false), 0x4002_100a);
-    assert_eq!(req_flags(ProtoTag::Padded, &plain, true, false), 0x2002_100a);
-    assert_eq!(req_flags(ProtoTag::Intermediate, &enc, true, false), 0x2002_1008);
-    assert_eq!(req_flags(ProtoTag::Intermediate, &enc, true, true), 0xa002_1008);
+    assert_eq!(
+        req_flags(ProtoTag::Abridged, &plain, true, false),
+        0x4002_100a
+    );
+    assert_eq!(
+        req_flags(ProtoTag::Padded, &plain, true, false),
+        0x2002_100a
+    );
+    assert_eq!(
+        req_flags(ProtoTag::Intermediate, &enc, true, false),
+        0x2002_1008
+    );
+    assert_eq!(
+        req_flags(ProtoTag::Intermediate, &enc, true, true),
+        0xa002_1008
+    );
     assert_eq!(req_flags(ProtoTag::Abridged, &enc, true, true), 0xc002_1008);
 }
 
@@ -137,17 +152,38 @@ fn me_messages_12_8() {
     );
     assert_eq!(simple_ack(0x0102_0304_0506_0708, 0x89ab_cdef).to_vec(), ack);
     let ext = h("a234b65e0807060504030201");
-    assert_eq!(MeMsg::parse(&ext), Ok(MeMsg::CloseExt { conn_id: 0x0102_0304_0506_0708 }));
+    assert_eq!(
+        MeMsg::parse(&ext),
+        Ok(MeMsg::CloseExt {
+            conn_id: 0x0102_0304_0506_0708
+        })
+    );
     assert_eq!(close_ext(0x0102_0304_0506_0708).to_vec(), ext);
     let cc = h("5d42cf1f0807060504030201");
     assert_eq!(close_conn(0x0102_0304_0506_0708).to_vec(), cc);
-    assert_eq!(MeMsg::parse(&cc), Ok(MeMsg::CloseConn { conn_id: 0x0102_0304_0506_0708 }));
+    assert_eq!(
+        MeMsg::parse(&cc),
+        Ok(MeMsg::CloseConn {
+            conn_id: 0x0102_0304_0506_0708
+        })
+    );
     // §12.11 PING / PONG ids.
     let ping_body = h("dfa230578877665544332211");
-    assert_eq!(MeMsg::parse(&ping_body), Ok(MeMsg::Ping { id: 0x1122_3344_5566_7788 }));
-    assert_eq!(pong(0x1122_3344_5566_7788).to_vec(), h("a7ea30848877665544332211"));
+    assert_eq!(
+        MeMsg::parse(&ping_body),
+        Ok(MeMsg::Ping {
+            id: 0x1122_3344_5566_7788
+        })
+    );
+    assert_eq!(
+        pong(0x1122_3344_5566_7788).to_vec(),
+        h("a7ea30848877665544332211")
+    );
     assert_eq!(ping(0x1122_3344_5566_7788).to_vec(), ping_body);
-    assert_eq!(MeMsg::parse(&[1, 2, 3, 4]), Ok(MeMsg::Unknown { op: 0x0403_0201 }));
+    assert_eq!(
+        MeMsg::parse(&[1, 2, 3, 4]),
+        Ok(MeMsg::Unknown { op: 0x0403_0201 })
+    );
     assert!(MeMsg::parse(&ack[..15]).is_err());
     assert!(MeMsg::parse(&ans[..15]).is_err());
     assert!(MeMsg::parse(&[0x0d]).is_err());
@@ -168,7 +204,10 @@ fn tl_strings() {
 fn client_packet_checks() {
     assert_eq!(check_client_packet(&req_pq_multi()), Ok(()));
     assert!(check_client_packet(&[1; 56]).is_ok());
-    assert!(check_client_packet(&[1; 52]).is_err(), "encrypted packets are >= 56 bytes");
+    assert!(
+        check_client_packet(&[1; 52]).is_err(),
+        "encrypted packets are >= 56 bytes"
+    );
     assert!(check_client_packet(&[0; 24]).is_err());
     assert!(check_client_packet(&[1; 57]).is_err());
     let mut wrong_fn = req_pq_multi();

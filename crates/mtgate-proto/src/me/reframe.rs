@@ -21,7 +21,11 @@ pub fn answer(
     padding: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let pad = if tag == ProtoTag::Padded { padding } else { &[] };
+    let pad = if tag == ProtoTag::Padded {
+        padding
+    } else {
+        &[]
+    };
     let mut hdr = [0u8; 4];
     let n = encode_header(tag, data.len(), pad.len(), false, &mut hdr)?;
     out.reserve(n + data.len() + pad.len());

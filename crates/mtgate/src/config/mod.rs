@@ -5,9 +5,11 @@
 //! key at fault. `mtgate check` and `mtgate run` call exactly this code.
 //! Command-line flags are applied as a [`Overrides`] on the raw form first.
 
+pub mod me;
 pub mod raw;
 
 use crate::dc::{DcTable, UnknownDcRule};
+pub use me::MeConfig;
 use mtgate_crypto::Key16;
 use mtgate_proto::secret::{validate_domain, ProxySecret, SecretKind};
 use raw::RawConfig;
@@ -147,6 +149,8 @@ pub struct Config {
     pub users: Vec<User>,
     pub log_level: String,
     pub log_json: bool,
+    /// Middle-proxy (ME) mode and the promotion tag (`[me]`).
+    pub me: MeConfig,
 }
 
 /// Values given on the command line; they override the file.
@@ -351,6 +355,7 @@ impl Config {
 
         let mut users = Vec::new();
         let mut seen_keys: Vec<Key16> = Vec::new();
+        let mut user_ad_tags = std::collections::BTreeMap::new();
         for (name, ru) in raw.users {
             let key = format!("users.{name}");
             if name.is_empty()
@@ -373,6 +378,9 @@ impl Config {
                 ));
             }
             seen_keys.push(secret.key.clone());
+            if let Some(t) = &ru.ad_tag {
+                user_ad_tags.insert(name.clone(), me::parse_ad_tag(&format!("{key}.ad_tag"), t)?);
+            }
             let modes = match &ru.modes {
                 Some(m) => Modes::parse(&format!("{key}.modes"), m)?,
                 None => default_modes,
@@ -383,6 +391,8 @@ impl Config {
                 modes,
             });
         }
+
+        let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -430,6 +440,7 @@ impl Config {
             users,
             log_level,
             log_json,
+            me,
         })
     }
 }
@@ -471,6 +482,7 @@ fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigErro
             raw::RawUser {
                 secret,
                 modes: None,
+                ad_tag: None,
             },
         );
     }

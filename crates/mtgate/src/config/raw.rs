@@ -21,6 +21,9 @@ pub struct RawConfig {
     pub users: BTreeMap<String, RawUser>,
     #[serde(default)]
     pub log: RawLog,
+    /// Middle-proxy (ME) mode.
+    #[serde(default)]
+    pub me: RawMe,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +76,8 @@ pub struct RawUpstream {
 pub struct RawUser {
     pub secret: String,
     pub modes: Option<Vec<String>>,
+    /// This user's promotion tag (32 hex digits); overrides `me.ad_tag`.
+    pub ad_tag: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,4 +85,28 @@ pub struct RawUser {
 pub struct RawLog {
     pub level: Option<String>,
     pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMe {
+    pub enabled: Option<bool>,
+    pub ad_tag: Option<String>,
+    pub proxy_secret_file: Option<String>,
+    pub proxy_config_file: Option<String>,
+    pub proxy_config_v6_file: Option<String>,
+    pub nat_ip: Option<String>,
+    pub fallback_direct: Option<bool>,
+    pub connections_per_addr: Option<usize>,
+    pub queue_size: Option<usize>,
+    pub max_clients_per_connection: Option<usize>,
+    pub crc32c: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
 }

@@ -1,0 +1,424 @@
+//! Results, targets and output: the JSON document and the printed table.
+//!
+//! Every measurement lands in [`Report`] (serialised as-is with `--json`). The
+//! targets of the performance issue are evaluated as ratios within one run
+//! ([`Report::evaluate`]) and printed with PASS/FAIL; a missed target is a
+//! measurement, never an error. A test that could not produce a number is
+//! recorded in `errors` and makes the harness exit non-zero.
+
+use crate::procs::Machine;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BulkResult {
+    pub target: String,
+    pub conns: usize,
+    pub secs: f64,
+    /// Payload bytes echoed back to the clients in the window.
+    pub echoed_bytes: u64,
+    /// Echoed payload per second (one direction), 10^6 bytes.
+    pub mb_per_s: f64,
+    pub proxy_cpu_s: Option<f64>,
+    /// Proxy CPU seconds per wall second (2.0 = both cores).
+    pub proxy_cpu_util: Option<f64>,
+    /// Proxy CPU seconds per 10^9 bytes relayed (both directions counted).
+    pub proxy_cpu_s_per_gb: Option<f64>,
+    pub loadgen_cpu_util: f64,
+    /// CPU used by neither (other processes, unattributed kernel work).
+    pub other_cpu_util: Option<f64>,
+    pub failed_conns: u64,
+    /// MB/s of every round, in order (this result is the median round).
+    pub rounds: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HandshakeResult {
+    pub target: String,
+    pub concurrency: usize,
+    pub secs: f64,
+    pub completed: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Completed cycles per wall second.
+    pub per_s: f64,
+    pub proxy_cpu_s: Option<f64>,
+    /// Completed cycles per proxy CPU second ("per core").
+    pub per_proxy_cpu_s: Option<f64>,
+    pub loadgen_cpu_util: f64,
+    pub other_cpu_util: Option<f64>,
+    /// Cycles per second of every round, in order (this result is the median round).
+    pub rounds: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyResult {
+    pub target: String,
+    pub conns: usize,
+    pub msgs_per_s: f64,
+    pub msg_len: usize,
+    pub samples: usize,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub proxy_cpu_util: Option<f64>,
+    /// Busy CPU of the whole machine (both tests of the pair and everything else).
+    pub machine_cpu_util: f64,
+    /// The target measured at the same time (relay rows: the subject; subject rows: the relay).
+    pub paired_with: Option<String>,
+    /// p99 of every round, in order (this result is the median round by p99).
+    pub rounds: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleResult {
+    pub target: String,
+    pub conns: usize,
+    pub open_secs: f64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub rss_per_conn: f64,
+    /// System-wide kernel TCP memory growth per connection (all four sockets
+    /// of a relayed connection; not part of any RSS).
+    pub kernel_tcp_mem_per_conn: Option<f64>,
+    pub checked_round_trips: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scaling {
+    /// ee bulk throughput with 16 connections: 1 and 2 worker threads.
+    pub bulk_1: Option<BulkResult>,
+    pub bulk_2: Option<BulkResult>,
+    pub handshakes_1: Option<HandshakeResult>,
+    pub handshakes_2: Option<HandshakeResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub measured: String,
+    pub goal: String,
+    pub ratio: Option<f64>,
+    /// `None` when it could not be evaluated (a number is missing).
+    pub pass: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub smoke: bool,
+    pub external_target: Option<String>,
+    pub proxy_workers: usize,
+    pub loadgen_threads: usize,
+    pub fronting: bool,
+    pub bulk_secs: f64,
+    pub bulk_max_bytes: u64,
+    pub handshake_concurrency: usize,
+    pub latency_conns: usize,
+    pub latency_rate_per_conn: u32,
+    pub latency_msg_len: usize,
+    pub idle_conns: usize,
+    pub rounds: usize,
+    pub nofile_limit: u64,
+    /// 1-minute load average when the run started (other work on the machine).
+    pub loadavg_at_start: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub aes_ctr_gb_per_s: Option<f64>,
+    pub bulk: Vec<BulkResult>,
+    pub handshakes: Vec<HandshakeResult>,
+    pub latency: Vec<LatencyResult>,
+    pub idle: Option<IdleResult>,
+    pub scaling: Option<Scaling>,
+    pub targets: Vec<Target>,
+    pub errors: Vec<String>,
+    pub total_secs: f64,
+}
+
+fn ratio_target(
+    name: &str,
+    measured: String,
+    goal: String,
+    ratio: Option<f64>,
+    ok: impl Fn(f64) -> bool,
+) -> Target {
+    Target {
+        name: name.into(),
+        measured,
+        goal,
+        ratio,
+        pass: ratio.map(ok),
+    }
+}
+
+impl Report {
+    fn bulk_of(&self, target: &str, conns: usize) -> Option<&BulkResult> {
+        self.bulk
+            .iter()
+            .find(|b| b.target == target && b.conns == conns)
+    }
+    fn hs_of(&self, target: &str) -> Option<&HandshakeResult> {
+        self.handshakes.iter().find(|h| h.target == target)
+    }
+    fn lat_of(&self, target: &str) -> Option<&LatencyResult> {
+        self.latency.iter().find(|l| l.target == target)
+    }
+    /// The relay's latency measured alongside `subject`.
+    fn relay_lat_with(&self, subject: &str) -> Option<&LatencyResult> {
+        self.latency
+            .iter()
+            .find(|l| l.target == "relay" && l.paired_with.as_deref() == Some(subject))
+            .or_else(|| self.lat_of("relay"))
+    }
+
+    /// Evaluates the issue's targets for `subject` (e.g. `mtgate ee`) against the relay.
+    pub fn evaluate(&mut self, subject: &str) {
+        let mut t = Vec::new();
+        let relay = "relay";
+        let (s16, r16) = (self.bulk_of(subject, 16), self.bulk_of(relay, 16));
+        let r = s16.zip(r16).map(|(s, r)| s.mb_per_s / r.mb_per_s);
+        t.push(ratio_target(
+            &format!("{subject} bulk, 16 conns ≥ 0.85× relay"),
+            fmt_pair(s16.map(|b| b.mb_per_s), r16.map(|b| b.mb_per_s), "MB/s"),
+            "≥ 0.85×".into(),
+            r,
+            |x| x >= 0.85,
+        ));
+        let floor = r16
+            .and_then(|r| r.proxy_cpu_s_per_gb)
+            .zip(self.aes_ctr_gb_per_s)
+            .map(|(relay_cpu, aes)| relay_cpu + 2.0 / aes);
+        let cpu = s16.and_then(|s| s.proxy_cpu_s_per_gb);
+        t.push(ratio_target(
+            &format!("{subject} CPU/GB ≤ 1.15× (relay CPU/GB + 2 AES passes)"),
+            fmt_pair(cpu, floor, "s/GB"),
+            "≤ 1.15×".into(),
+            cpu.zip(floor).map(|(c, f)| c / f),
+            |x| x <= 1.15,
+        ));
+        let (hs, hr) = (self.hs_of(subject), self.hs_of(relay));
+        t.push(ratio_target(
+            &format!("{subject} handshakes/s ≥ 0.8× relay connections/s"),
+            fmt_pair(hs.map(|h| h.per_s), hr.map(|h| h.per_s), "/s"),
+            "≥ 0.80×".into(),
+            hs.zip(hr).map(|(s, r)| s.per_s / r.per_s),
+            |x| x >= 0.8,
+        ));
+        let (ls, lr) = (self.lat_of(subject), self.relay_lat_with(subject));
+        t.push(ratio_target(
+            &format!("{subject} p99 latency ≤ 1.1× relay p99"),
+            fmt_pair(ls.map(|l| l.p99_us), lr.map(|l| l.p99_us), "µs"),
+            "≤ 1.10×".into(),
+            ls.zip(lr).map(|(s, r)| s.p99_us / r.p99_us),
+            |x| x <= 1.1,
+        ));
+        let idle = self.idle.as_ref().map(|i| i.rss_per_conn);
+        t.push(Target {
+            name: format!("{subject} RSS per idle authenticated connection ≤ 4 KiB"),
+            measured: idle.map_or("n/a".into(), |b| format!("{b:.0} B")),
+            goal: "≤ 4096 B".into(),
+            ratio: idle.map(|b| b / 4096.0),
+            pass: idle.map(|b| b <= 4096.0),
+        });
+        if let Some(sc) = &self.scaling {
+            let b = sc
+                .bulk_2
+                .as_ref()
+                .zip(sc.bulk_1.as_ref())
+                .map(|(b2, b1)| b2.mb_per_s / b1.mb_per_s);
+            t.push(ratio_target(
+                &format!("{subject} bulk, 2 workers vs 1"),
+                fmt_pair(
+                    sc.bulk_2.as_ref().map(|x| x.mb_per_s),
+                    sc.bulk_1.as_ref().map(|x| x.mb_per_s),
+                    "MB/s",
+                ),
+                "> 1.0× (any gain)".into(),
+                b,
+                |x| x > 1.0,
+            ));
+            let h = sc
+                .handshakes_2
+                .as_ref()
+                .zip(sc.handshakes_1.as_ref())
+                .map(|(h2, h1)| h2.per_s / h1.per_s);
+            t.push(ratio_target(
+                &format!("{subject} handshakes, 2 workers vs 1"),
+                fmt_pair(
+                    sc.handshakes_2.as_ref().map(|x| x.per_s),
+                    sc.handshakes_1.as_ref().map(|x| x.per_s),
+                    "/s",
+                ),
+                "> 1.0× (any gain)".into(),
+                h,
+                |x| x > 1.0,
+            ));
+        }
+        self.targets = t;
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            o,
+            "machine: {} CPUs, {}, kernel {}, {:.1} GiB",
+            m.nproc, m.cpu_model, m.kernel, m.mem_total_gib
+        );
+        let s = &self.settings;
+        let _ = writeln!(
+            o,
+            "settings: {}proxy workers {}, load generator threads {}, fronting {}, load average at start {:.2}",
+            if s.smoke { "SMOKE, " } else { "" },
+            s.proxy_workers,
+            s.loadgen_threads,
+            if s.fronting { "on (local mask sink)" } else { "off" },
+            s.loadavg_at_start
+        );
+        let _ = writeln!(o, "CPU columns: CPU-seconds per second (2.00 = both cores); \"other\" = neither proxy nor bench (other processes, unattributed softirq)");
+        if let Some(a) = self.aes_ctr_gb_per_s {
+            let _ = writeln!(o, "AES-256-CTR (mtgate_crypto::AesCtr, 16 KiB buffers, 1 thread): {a:.2} GB/s = {:.3} CPU-s per GB per pass", 1.0 / a);
+        }
+        if !self.bulk.is_empty() {
+            let _ = writeln!(o, "\nbulk echo throughput (MB/s of payload each way; CPU/GB over bytes relayed in both directions)");
+            let _ = writeln!(
+                o,
+                "{:<16} {:>6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>5}",
+                "target", "conns", "MB/s", "proxy CPU", "CPU-s/GB", "loadgen", "other", "fail"
+            );
+            for b in &self.bulk {
+                let _ = writeln!(
+                    o,
+                    "{:<16} {:>6} {:>10.1} {:>10} {:>10} {:>8.2} {:>6} {:>5}",
+                    b.target,
+                    b.conns,
+                    b.mb_per_s,
+                    opt(b.proxy_cpu_util, 2),
+                    opt(b.proxy_cpu_s_per_gb, 3),
+                    b.loadgen_cpu_util,
+                    opt(b.other_cpu_util, 2),
+                    b.failed_conns
+                );
+            }
+        }
+        if !self.handshakes.is_empty() {
+            let _ = writeln!(o, "\nconnect + handshake + first round trip + close");
+            let _ = writeln!(
+                o,
+                "{:<16} {:>6} {:>8} {:>15} {:>10} {:>8} {:>6} {:>7} {:>6}",
+                "target",
+                "conc.",
+                "per s",
+                "per proxy CPU-s",
+                "proxy CPU",
+                "loadgen",
+                "other",
+                "done",
+                "errors"
+            );
+            for h in &self.handshakes {
+                let _ = writeln!(
+                    o,
+                    "{:<16} {:>6} {:>8.0} {:>15} {:>10} {:>8.2} {:>6} {:>7} {:>6}",
+                    h.target,
+                    h.concurrency,
+                    h.per_s,
+                    opt(h.per_proxy_cpu_s, 0),
+                    opt(h.proxy_cpu_s.map(|c| c / h.secs), 2),
+                    h.loadgen_cpu_util,
+                    opt(h.other_cpu_util, 2),
+                    h.completed,
+                    h.errors
+                );
+            }
+        }
+        if !self.latency.is_empty() {
+            let l0 = &self.latency[0];
+            let _ = writeln!(
+                o,
+                "\nround-trip latency (µs), {} B messages, {} conns × {} msg/s per target; each subject measured at the same time as the relay",
+                l0.msg_len,
+                l0.conns,
+                self.settings.latency_rate_per_conn
+            );
+            let _ = writeln!(
+                o,
+                "{:<26} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "target", "p50", "p90", "p99", "p99.9", "max", "+p50", "+p99", "machine"
+            );
+            for l in &self.latency {
+                let name = match (&l.paired_with, l.target == "relay") {
+                    (Some(p), true) => format!("relay (with {})", p.trim_start_matches("mtgate ")),
+                    _ => l.target.clone(),
+                };
+                let base = (l.target != "relay")
+                    .then(|| self.relay_lat_with(&l.target))
+                    .flatten();
+                let _ = writeln!(
+                    o,
+                    "{:<26} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8} {:>8} {:>8.2}",
+                    name,
+                    l.p50_us,
+                    l.p90_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.max_us,
+                    base.map_or("".into(), |b| format!("{:+.1}", l.p50_us - b.p50_us)),
+                    base.map_or("".into(), |b| format!("{:+.1}", l.p99_us - b.p99_us)),
+                    l.machine_cpu_util,
+                );
+            }
+        }
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                o,
+                "\nidle: {} authenticated {} connections opened in {:.1} s; proxy RSS {:.1} → {:.1} MiB = {:.0} B per connection; kernel TCP memory {} per connection (4 sockets, not in RSS); {} sampled still relay",
+                i.conns,
+                i.target,
+                i.open_secs,
+                i.rss_before as f64 / 1048576.0,
+                i.rss_after as f64 / 1048576.0,
+                i.rss_per_conn,
+                i.kernel_tcp_mem_per_conn.map_or("n/a".into(), |b| format!("{b:.0} B")),
+                i.checked_round_trips
+            );
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(o, "\ntargets (ratios within this run)");
+            for t in &self.targets {
+                let verdict = match t.pass {
+                    Some(true) => "PASS",
+                    Some(false) => "FAIL",
+                    None => "n/a ",
+                };
+                let _ = writeln!(
+                    o,
+                    "  {verdict}  {:<58} {:>8}  goal {:<18} {}",
+                    t.name,
+                    t.ratio.map_or("".into(), |r| format!("{r:.2}×")),
+                    t.goal,
+                    t.measured
+                );
+            }
+        }
+        for e in &self.errors {
+            let _ = writeln!(o, "ERROR: {e}");
+        }
+        let _ = writeln!(o, "\ntotal {:.0} s", self.total_secs);
+        o
+    }
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("n/a".into(), |x| format!("{x:.prec$}"))
+}
+
+fn fmt_pair(a: Option<f64>, b: Option<f64>, unit: &str) -> String {
+    format!("{} vs {} {unit}", opt(a, 2), opt(b, 2))
+}

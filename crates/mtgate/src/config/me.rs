@@ -1,0 +1,170 @@
+//! The typed `[me]` section: middle-proxy mode and the promotion (ad) tag.
+//! See docs/config.md `## [me]` for every key.
+
+use super::{invalid, raw::RawMe, ConfigError};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Middle-proxy (ME) mode settings.
+#[derive(Clone, Debug)]
+pub struct MeConfig {
+    /// Serve clients through Telegram's middle-ends (default: when an ad tag is set).
+    pub enabled: bool,
+    /// The promotion tag sent with every request (16 bytes).
+    pub ad_tag: Option<[u8; 16]>,
+    /// Per-user tags (`users.NAME.ad_tag`), overriding `ad_tag`.
+    pub user_ad_tags: BTreeMap<String, [u8; 16]>,
+    pub proxy_secret_file: Option<PathBuf>,
+    pub proxy_config_file: Option<PathBuf>,
+    pub proxy_config_v6_file: Option<PathBuf>,
+    /// Our public address as the middle-ends see it (NAT), per family.
+    pub nat_ip: Option<IpAddr>,
+    /// Use direct mode for a client whose DC has no ready middle-end connection.
+    pub fallback_direct: bool,
+    /// Connections kept to each middle-end address.
+    pub connections_per_addr: usize,
+    /// Messages queued toward one middle-end connection before clients wait.
+    pub queue_size: usize,
+    /// Clients multiplexed on one middle-end connection at most.
+    pub max_clients_per_connection: usize,
+    /// Offer CRC32C in the RPC handshake.
+    pub crc32c: bool,
+    /// Send our own RPC_PING this often (off by default).
+    pub ping_interval: Option<Duration>,
+    /// Time for TCP connect + nonce + handshake.
+    pub handshake_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl MeConfig {
+    /// The tag for `user`: their own, else the global one.
+    pub fn ad_tag_for(&self, user: &str) -> Option<[u8; 16]> {
+        self.user_ad_tags.get(user).copied().or(self.ad_tag)
+    }
+}
+
+/// Parses a 32-hex-digit ad tag, naming `key` on error.
+pub fn parse_ad_tag(key: &str, s: &str) -> Result<[u8; 16], ConfigError> {
+    let mut tag = [0u8; 16];
+    hex::decode_to_slice(s.trim(), &mut tag)
+        .map_err(|_| invalid(key, "want 32 hex digits (the tag @MTProxybot gave)"))?;
+    Ok(tag)
+}
+
+fn range(
+    key: &str,
+    v: Option<usize>,
+    default: usize,
+    lo: usize,
+    hi: usize,
+) -> Result<usize, ConfigError> {
+    let v = v.unwrap_or(default);
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("must be {lo}..={hi}")))
+    }
+}
+
+impl MeConfig {
+    pub(super) fn from_raw(
+        r: RawMe,
+        user_ad_tags: BTreeMap<String, [u8; 16]>,
+    ) -> Result<Self, ConfigError> {
+        let ad_tag = r
+            .ad_tag
+            .as_deref()
+            .map(|t| parse_ad_tag("me.ad_tag", t))
+            .transpose()?;
+        let enabled = r
+            .enabled
+            .unwrap_or(ad_tag.is_some() || !user_ad_tags.is_empty());
+        let file = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            match v {
+                Some(p) if p.trim().is_empty() => Err(invalid(key, "must not be empty")),
+                Some(p) => Ok(Some(PathBuf::from(p))),
+                None => Ok(None),
+            }
+        };
+        let proxy_secret_file = file("me.proxy_secret_file", r.proxy_secret_file)?;
+        let proxy_config_file = file("me.proxy_config_file", r.proxy_config_file)?;
+        let proxy_config_v6_file = file("me.proxy_config_v6_file", r.proxy_config_v6_file)?;
+        if enabled {
+            if proxy_secret_file.is_none() {
+                return Err(invalid(
+                    "me.proxy_secret_file",
+                    "required when ME mode is on (the proxy-secret from core.telegram.org/getProxySecret)",
+                ));
+            }
+            if proxy_config_file.is_none() && proxy_config_v6_file.is_none() {
+                return Err(invalid(
+                    "me.proxy_config_file",
+                    "required when ME mode is on (proxy-multi.conf from core.telegram.org/getProxyConfig)",
+                ));
+            }
+        }
+        let nat_ip = r
+            .nat_ip
+            .as_deref()
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| invalid("me.nat_ip", format!("`{s}` is not an IP address")))
+            })
+            .transpose()?;
+        let handshake_timeout = r.handshake_timeout.unwrap_or(Duration::from_secs(5));
+        let backoff_initial = r.backoff_initial.unwrap_or(Duration::from_secs(1));
+        let backoff_max = r.backoff_max.unwrap_or(Duration::from_secs(30));
+        for (k, d) in [
+            ("me.handshake_timeout", handshake_timeout),
+            ("me.backoff_initial", backoff_initial),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(k, "must be greater than zero"));
+            }
+        }
+        if backoff_max < backoff_initial {
+            return Err(invalid(
+                "me.backoff_max",
+                "must be at least me.backoff_initial",
+            ));
+        }
+        if r.ping_interval
+            .is_some_and(|d| d < Duration::from_millis(100))
+        {
+            return Err(invalid("me.ping_interval", "must be at least 100ms"));
+        }
+        Ok(Self {
+            enabled,
+            ad_tag,
+            user_ad_tags,
+            proxy_secret_file,
+            proxy_config_file,
+            proxy_config_v6_file,
+            nat_ip,
+            fallback_direct: r.fallback_direct.unwrap_or(true),
+            connections_per_addr: range(
+                "me.connections_per_addr",
+                r.connections_per_addr,
+                2,
+                1,
+                64,
+            )?,
+            queue_size: range("me.queue_size", r.queue_size, 1024, 1, 1 << 20)?,
+            max_clients_per_connection: range(
+                "me.max_clients_per_connection",
+                r.max_clients_per_connection,
+                65_536,
+                1,
+                1 << 22,
+            )?,
+            crc32c: r.crc32c.unwrap_or(false),
+            ping_interval: r.ping_interval,
+            handshake_timeout,
+            backoff_initial,
+            backoff_max,
+        })
+    }
+}

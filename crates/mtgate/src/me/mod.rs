@@ -1,0 +1,190 @@
+//! Middle-proxy (ME) mode: clients reach Telegram through its middle-ends,
+//! multiplexed over a few encrypted RPC links, with the promotion (ad) tag on
+//! every request (PROTOCOL §7). The codecs are in `mtgate_proto::me`; this
+//! module is the I/O around them:
+//!
+//! * [`files`]: proxy-secret and proxy-multi.conf from local files, with a
+//!   last good copy in the state directory (no HTTPS fetching here);
+//! * [`conn`]: opening one link (connect, nonce, keys with the NAT address,
+//!   handshake);
+//! * [`mux`]: one ready link carrying many clients;
+//! * [`pool`]: links per address, reconnecting with back-off; binding clients;
+//! * [`client`]: one client's packets in, answers and quick-acks out.
+//!
+//! [`MeService`] is built with the runtime; the session calls [`route`] after
+//! the handshake, which serves the client over ME or hands it back for direct
+//! mode (fallback) when no middle-end of its DC is ready.
+
+pub mod client;
+pub mod conn;
+pub mod files;
+pub mod mux;
+pub mod pool;
+
+pub use client::{serve_client, MeClient};
+pub use mux::Bound;
+
+use crate::config::{Config, IpPreference, MeConfig};
+use crate::events::{CloseReason, Event};
+use crate::relay::Traffic;
+use crate::runtime::Runtime;
+use mtgate_proto::{Accepted, DcIndex};
+use pool::Pool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// ME mode for one runtime. Dropping it stops its connections.
+pub struct MeService {
+    cfg: MeConfig,
+    prefer_v6: bool,
+    /// `None` when the files could not be loaded or no async runtime was running.
+    pool: Option<Arc<Pool>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for MeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeService")
+            .field("ready", &self.ready_connections())
+            .finish()
+    }
+}
+
+impl MeService {
+    /// Loads the files and starts the pool when `[me]` is enabled. Without a
+    /// running tokio runtime (as in `mtgate check`) only the files are checked.
+    pub fn start(config: &Config) -> Option<Self> {
+        let cfg = config.me.clone();
+        if !cfg.enabled {
+            return None;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let running = tokio::runtime::Handle::try_current().is_ok();
+        let pool = match files::load(&cfg, &config.state_dir, running) {
+            Err(e) => {
+                tracing::error!(error = %e, fallback_direct = cfg.fallback_direct, "ME mode: cannot load the middle-end files");
+                None
+            }
+            Ok(f) if running => {
+                tracing::info!(
+                    addresses = f.all_addrs().len(),
+                    clusters = f.clusters.len(),
+                    "ME mode on"
+                );
+                Some(Pool::start(f, cfg.clone(), stop_rx))
+            }
+            Ok(_) => None,
+        };
+        Some(Self {
+            prefer_v6: config.prefer == IpPreference::V6,
+            cfg,
+            pool,
+            stop,
+        })
+    }
+
+    /// Binds a client of `dc` to a ready middle-end link of its cluster.
+    pub async fn bind(&self, dc: DcIndex) -> Option<Bound> {
+        self.pool.as_ref()?.bind(dc.0, self.prefer_v6).await
+    }
+
+    /// Whether a client with no ready middle-end goes direct (else it is closed).
+    pub fn fallback_direct(&self) -> bool {
+        self.cfg.fallback_direct
+    }
+
+    /// Ready middle-end links now.
+    pub fn ready_connections(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.ready())
+    }
+
+    /// Waits until at least `n` links are ready (for tests and start-up checks).
+    pub async fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.ready_connections() < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+impl Drop for MeService {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Where [`route`] sent a client.
+pub enum Routed {
+    /// Served over ME (or refused); the session is over.
+    Done(CloseReason),
+    /// Not for ME (off, or no middle-end ready and fallback on): go direct.
+    Direct(TcpStream, Box<Accepted>),
+}
+
+/// After the handshake: serve the client over ME, or hand it back for direct mode.
+pub async fn route(
+    rt: &Runtime,
+    id: u64,
+    stream: TcpStream,
+    accepted: Box<Accepted>,
+    traffic: &Traffic,
+    shutdown: watch::Receiver<bool>,
+) -> Routed {
+    let Some(me) = rt.me.as_ref() else {
+        return Routed::Direct(stream, accepted);
+    };
+    let started = Instant::now();
+    let dc = accepted.dc;
+    let Some(bound) = me.bind(dc).await else {
+        let error = if me.fallback_direct() {
+            "no ready middle-end; falling back to direct"
+        } else {
+            "no ready middle-end"
+        };
+        rt.telemetry.emit(Event::UpstreamFailed {
+            id,
+            dc: dc.abs(),
+            error,
+        });
+        return if me.fallback_direct() {
+            Routed::Direct(stream, accepted)
+        } else {
+            Routed::Done(CloseReason::UpstreamConnectFailed)
+        };
+    };
+    rt.telemetry.emit(Event::UpstreamConnected {
+        id,
+        dc: dc.abs(),
+        addr: bound.conn.peer,
+        took: started.elapsed(),
+    });
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let peer = stream.peer_addr().unwrap_or(unspecified);
+    let local = stream.local_addr().unwrap_or(unspecified);
+    let local = SocketAddr::new(
+        conn::public_ip(local.ip(), rt.config.me.nat_ip),
+        local.port(),
+    );
+    let a = *accepted;
+    let client = MeClient {
+        stream,
+        ciphers: a.ciphers,
+        tls: a.tls,
+        early: a.early,
+        tag: a.tag,
+        ad_tag: rt.config.me.ad_tag_for(&rt.users[a.user].name),
+        peer,
+        local,
+    };
+    Routed::Done(serve_client(bound, client, rt.config.idle_timeout, traffic, shutdown).await)
+}
+
+#[cfg(test)]
+mod tests;
