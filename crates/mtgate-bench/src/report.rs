@@ -119,6 +119,9 @@ pub struct Settings {
     pub latency_rate_per_conn: u32,
     pub latency_msg_len: usize,
     pub idle_conns: usize,
+    /// What was asked for; `idle_conns` is less when RLIMIT_NOFILE cannot be
+    /// raised far enough (the proxy and the bench each need 2 fds per connection).
+    pub idle_conns_requested: usize,
     pub rounds: usize,
     pub nofile_limit: u64,
     /// 1-minute load average when the run started (other work on the machine).
@@ -274,11 +277,12 @@ impl Report {
         let s = &self.settings;
         let _ = writeln!(
             o,
-            "settings: {}proxy workers {}, load generator threads {}, fronting {}, load average at start {:.2}",
+            "settings: {}proxy workers {}, load generator threads {}, fronting {}, {} round(s) (median shown), load average at start {:.2}",
             if s.smoke { "SMOKE, " } else { "" },
             s.proxy_workers,
             s.loadgen_threads,
             if s.fronting { "on (local mask sink)" } else { "off" },
+            s.rounds,
             s.loadavg_at_start
         );
         let _ = writeln!(o, "CPU columns: CPU-seconds per second (2.00 = both cores); \"other\" = neither proxy nor bench (other processes, unattributed softirq)");
@@ -376,6 +380,13 @@ impl Report {
             }
         }
         if let Some(i) = &self.idle {
+            if self.settings.idle_conns < self.settings.idle_conns_requested {
+                let _ = writeln!(
+                    o,
+                    "\nnote: {} idle connections instead of {}: RLIMIT_NOFILE is {} and cannot be raised (2 fds per connection in the proxy and in the bench)",
+                    self.settings.idle_conns, self.settings.idle_conns_requested, self.settings.nofile_limit
+                );
+            }
             let _ = writeln!(
                 o,
                 "\nidle: {} authenticated {} connections opened in {:.1} s; proxy RSS {:.1} → {:.1} MiB = {:.0} B per connection; kernel TCP memory {} per connection (4 sockets, not in RSS); {} sampled still relay",

@@ -2,9 +2,9 @@
 //! sizes (full or `--smoke`).
 //!
 //! Self mode: AES speed; the idle-memory test on a fresh mtgate; then the
-//! relay and mtgate side by side (bulk for each connection count across relay,
-//! classic, dd and ee; latency; handshakes); then 1 vs N worker threads on a
-//! second mtgate. Target mode (`--target`) runs the same load against an
+//! relay and mtgate side by side in rounds ([`crate::matrix`]: bulk for each
+//! connection count across relay, classic, dd and ee; latency; handshakes);
+//! then N vs 1 worker threads (the N-worker mtgate, then a fresh 1-worker one). Target mode (`--target`) runs the same load against an
 //! already-running proxy and the relay, with CPU and memory only if
 //! `--target-pid` is given.
 //!
@@ -37,6 +37,7 @@ struct Plan {
     hs_max: u64,
     latency: LatencyOpts,
     idle_conns: usize,
+    idle_requested: usize,
     aes_secs: Duration,
     rounds: usize,
 }
@@ -47,6 +48,7 @@ impl Plan {
         let secs = Duration::from_secs_f64(a.secs.unwrap_or(if s { 1.0 } else { 2.0 }));
         // The bench holds a client and a DC socket per idle connection.
         let fd_room = (nofile.saturating_sub(200) / 2) as usize;
+        let idle_requested = a.idle_conns.unwrap_or(if s { 200 } else { 10_000 });
         Plan {
             bulk: BulkOpts {
                 conns: 1,
@@ -63,10 +65,8 @@ impl Plan {
                 warmup: Duration::from_millis(if s { 100 } else { 500 }),
                 duration: if s { Duration::from_millis(500) } else { secs },
             },
-            idle_conns: a
-                .idle_conns
-                .unwrap_or(if s { 200 } else { 10_000 })
-                .min(fd_room),
+            idle_conns: idle_requested.min(fd_room),
+            idle_requested,
             aes_secs: Duration::from_millis(if s { 100 } else { 700 }),
             rounds: a.rounds.unwrap_or(if s { 1 } else { 3 }).max(1),
         }
@@ -244,6 +244,7 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
             latency_rate_per_conn: plan.latency.rate,
             latency_msg_len: plan.latency.msg_len,
             idle_conns: plan.idle_conns,
+            idle_conns_requested: plan.idle_requested,
             rounds: plan.rounds,
             nofile_limit: nofile,
             loadavg_at_start: load0,

@@ -13,7 +13,12 @@ fn run_once(state: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let mut child = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state)
-        .args(["--public-host", "proxy.example.net", "--mask-host", "127.0.0.1:1"])
+        .args([
+            "--public-host",
+            "proxy.example.net",
+            "--mask-host",
+            "127.0.0.1:1",
+        ])
         .args(extra)
         .env("HOME", state)
         .stdout(Stdio::piped())
@@ -33,7 +38,11 @@ fn run_once(state: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     // Everything is printed at once after start: stop at the QR code, or after a quiet second.
     loop {
-        let wait = if lines.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::from_secs(1) };
+        let wait = if lines.is_empty() {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_secs(1)
+        };
         match rx.recv_timeout(wait) {
             Ok(Ok(line)) => {
                 let qr = line.contains('█');
@@ -55,20 +64,44 @@ fn run_without_a_file_generates_one_secret_and_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let first = run_once(dir.path(), &[]);
     assert!(first[0].starts_with("LISTENING 127.0.0.1:"), "{first:?}");
-    let links: Vec<&String> = first.iter().filter(|l| l.contains("proxy?server=proxy.example.net")).collect();
-    assert_eq!(links.len(), 2, "one tg:// and one t.me link for the default ee-only user: {first:?}");
+    let links: Vec<&String> = first
+        .iter()
+        .filter(|l| l.contains("proxy?server=proxy.example.net"))
+        .collect();
+    assert_eq!(
+        links.len(),
+        2,
+        "one tg:// and one t.me link for the default ee-only user: {first:?}"
+    );
     assert!(links[0].trim().starts_with("tg://proxy?") && links[0].contains("secret=ee"));
     assert!(links[1].trim().starts_with("https://t.me/proxy?"));
     assert!(first.iter().any(|l| l.contains('█')), "a QR code is drawn");
     let secret = std::fs::read_to_string(dir.path().join("secret")).unwrap();
     assert_eq!(secret.trim().len(), 32);
-    assert!(links[0].contains(secret.trim()), "the link carries the stored key");
+    assert!(
+        links[0].contains(secret.trim()),
+        "the link carries the stored key"
+    );
     // Second start: same secret.
     let second = run_once(dir.path(), &[]);
     let again: Vec<&String> = second.iter().filter(|l| l.contains("tg://proxy")).collect();
-    let port = |l: &str| l.split("port=").nth(1).unwrap().split('&').next().unwrap().to_string();
-    assert_eq!(again[0].replace(&port(again[0]), "P"), links[0].replace(&port(links[0]), "P"));
-    assert_eq!(std::fs::read_to_string(dir.path().join("secret")).unwrap(), secret);
+    let port = |l: &str| {
+        l.split("port=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        again[0].replace(&port(again[0]), "P"),
+        links[0].replace(&port(links[0]), "P")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secret")).unwrap(),
+        secret
+    );
 }
 
 #[test]
@@ -76,13 +109,24 @@ fn run_takes_the_essentials_as_flags() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_once(
         dir.path(),
-        &["--secret", "bob=00112233445566778899aabbccddeeff", "--modes", "dd,classic", "--dc", "2=127.0.0.1:1", "--no-qr"],
+        &[
+            "--secret",
+            "bob=00112233445566778899aabbccddeeff",
+            "--modes",
+            "dd,classic",
+            "--dc",
+            "2=127.0.0.1:1",
+            "--no-qr",
+        ],
     );
     let all = out.join("\n");
     assert!(all.contains("user bob:"), "{all}");
     assert!(all.contains("secret=dd00112233445566778899aabbccddeeff"));
     assert!(all.contains("secret=00112233445566778899aabbccddeeff"));
-    assert!(!dir.path().join("secret").exists(), "no generated secret when users are given");
+    assert!(
+        !dir.path().join("secret").exists(),
+        "no generated secret when users are given"
+    );
 }
 
 #[test]
@@ -90,7 +134,11 @@ fn check_accepts_good_files_and_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[server]\nlisten = [\"127.0.0.1:8443\"]\n[users.a]\nsecret = \"00112233445566778899aabbccddeeff\"\n").unwrap();
-    let o = Command::new(BIN).args(["check"]).arg(&good).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["check"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("ok"));
     for (text, key) in [
@@ -102,13 +150,23 @@ fn check_accepts_good_files_and_names_the_bad_key() {
     ] {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).unwrap();
-        let o = Command::new(BIN).args(["check"]).arg(&bad).output().unwrap();
+        let o = Command::new(BIN)
+            .args(["check"])
+            .arg(&bad)
+            .output()
+            .unwrap();
         assert!(!o.status.success(), "{text} must be refused");
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(key), "error for {text:?} should name {key}: {err}");
+        assert!(
+            err.contains(key),
+            "error for {text:?} should name {key}: {err}"
+        );
         assert!(!err.contains("panicked"));
     }
-    let o = Command::new(BIN).args(["check", "/nonexistent/mtgate.toml"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["check", "/nonexistent/mtgate.toml"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
 }
 
@@ -117,7 +175,16 @@ fn link_writes_a_png_qr_code_and_secret_prints_every_form() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("alice.png");
     let o = Command::new(BIN)
-        .args(["link", "--secret", "alice=00112233445566778899aabbccddeeff", "--public-host", "p.example", "--listen", "0.0.0.0:443", "--png"])
+        .args([
+            "link",
+            "--secret",
+            "alice=00112233445566778899aabbccddeeff",
+            "--public-host",
+            "p.example",
+            "--listen",
+            "0.0.0.0:443",
+            "--png",
+        ])
         .arg(&png)
         .output()
         .unwrap();
@@ -126,13 +193,34 @@ fn link_writes_a_png_qr_code_and_secret_prints_every_form() {
     assert!(stdout.contains("https://t.me/proxy?server=p.example&port=443&secret=7gARIjNEVWZ3iJmqu8zd7v93d3cuZ29vZ2xlLmNvbQ"), "{stdout}");
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-    let o = Command::new(BIN).args(["link", "--secret", "alice=00112233445566778899aabbccddeeff", "--user", "nobody"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "link",
+            "--secret",
+            "alice=00112233445566778899aabbccddeeff",
+            "--user",
+            "nobody",
+        ])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
 
-    let o = Command::new(BIN).args(["secret", "--domain", "www.example.org"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["secret", "--domain", "www.example.org"])
+        .output()
+        .unwrap();
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && s.contains("dd") && s.contains("ee (FakeTLS) b64:"), "{s}");
-    for cmd in [&["--help"][..], &["run", "--help"], &["check", "--help"], &["link", "--help"], &["secret", "--help"]] {
+    assert!(
+        o.status.success() && s.contains("dd") && s.contains("ee (FakeTLS) b64:"),
+        "{s}"
+    );
+    for cmd in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["link", "--help"],
+        &["secret", "--help"],
+    ] {
         let o = Command::new(BIN).args(cmd).output().unwrap();
         assert!(o.status.success() && !o.stdout.is_empty(), "{cmd:?}");
     }

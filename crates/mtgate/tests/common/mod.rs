@@ -36,10 +36,26 @@ impl Proxy {
 
     /// Full control: listen address, extra `[server]` lines, the rest, and the
     /// addresses of DCs 1..5 and 203.
-    pub async fn start_full(listen: &str, server_extra: &str, toml: &str, dc: &[SocketAddr]) -> Proxy {
-        let list = dc.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-        let dcs: String = [1, 2, 3, 4, 5, 203].iter().map(|n| format!("{n} = [{list}]\n")).collect();
-        let hs = if server_extra.contains("handshake_timeout") { "" } else { "handshake_timeout = \"3s\"\n" };
+    pub async fn start_full(
+        listen: &str,
+        server_extra: &str,
+        toml: &str,
+        dc: &[SocketAddr],
+    ) -> Proxy {
+        let list = dc
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let dcs: String = [1, 2, 3, 4, 5, 203]
+            .iter()
+            .map(|n| format!("{n} = [{list}]\n"))
+            .collect();
+        let hs = if server_extra.contains("handshake_timeout") {
+            ""
+        } else {
+            "handshake_timeout = \"3s\"\n"
+        };
         let text = format!(
             "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\n{hs}{server_extra}\n[dcs]\n{dcs}{toml}"
         );
