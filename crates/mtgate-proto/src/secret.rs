@@ -45,8 +45,17 @@ impl ProxySecret {
     /// Parses any form of PROTOCOL §1.2: hex first, then base64url (padding optional).
     pub fn parse(s: &str) -> Result<Self, SecretError> {
         let s = s.trim();
-        let bytes = decode_hex_or_b64(s)?;
-        Self::from_bytes(&bytes)
+        // Hex first (as tdlib does); a string that is valid hex but of no usable
+        // shape may still be base64url (22 base64 characters can all be hex digits).
+        let from_hex = hex::decode(s).map_err(|_| SecretError::Encoding).and_then(|b| Self::from_bytes(&b));
+        match from_hex {
+            Ok(v) => Ok(v),
+            Err(hex_err) => match decode_b64(s) {
+                Ok(b) => Self::from_bytes(&b),
+                Err(_) if hex_err != SecretError::Encoding => Err(hex_err),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     /// Interprets the binary layout of a client secret.
@@ -189,10 +198,7 @@ impl ProxyLink {
     }
 }
 
-fn decode_hex_or_b64(s: &str) -> Result<Vec<u8>, SecretError> {
-    if let Ok(b) = hex::decode(s) {
-        return Ok(b);
-    }
+fn decode_b64(s: &str) -> Result<Vec<u8>, SecretError> {
     let trimmed = s.trim_end_matches('=');
     URL_SAFE_NO_PAD
         .decode(trimmed)
@@ -265,6 +271,14 @@ mod tests {
             assert_eq!(ProxySecret::parse(s).unwrap(), ee);
         }
         assert_eq!(ProxySecret::parse("3QARIjNEVWZ3iJmqu8zd7v8").unwrap(), dd);
+    }
+
+    #[test]
+    fn base64_plain_secret_that_looks_like_hex() {
+        // Found by the fuzzer: this key's base64url form is 22 hex digits.
+        let k = ProxySecret::parse("d34d34d34d34d34d34d34d34d34d34d0").unwrap();
+        assert_eq!(k.to_base64url(), "000000000000000000000A");
+        assert_eq!(ProxySecret::parse(&k.to_base64url()).unwrap(), k);
     }
 
     #[test]
