@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 echo "== cargo build (binaries used by the real-client tests)"
 cargo build --workspace --bins
 
+echo "== Python venv for the fake middle-end oracle (ME-mode tests)"
+FAKE_ME_REQ="${MTGATE_FAKE_ME_DIR:-../shared/oracles/fake_me}/requirements.txt"
+if [ ! -x .venv-me/bin/python ] || ! .venv-me/bin/python -c "import cryptography" 2>/dev/null; then
+    python3 -m venv .venv-me
+    .venv-me/bin/pip install --quiet --disable-pip-version-check -r "$FAKE_ME_REQ"
+fi
+export MTGATE_ME_REQUIRED=1
+
 echo "== cargo test"
 cargo test --workspace
 

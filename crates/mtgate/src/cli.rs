@@ -1,6 +1,7 @@
 //! The command line: `run`, `check`, `link`, `secret`. `anyhow` lives here and
 //! in `main` only; everything below returns typed errors.
 
+use crate::admin::{AdminServer, AdminState, Metrics, MetricsSink};
 use crate::config::{Config, Overrides, User};
 use crate::events::{Counters, LogSink, Telemetry};
 use crate::runtime::Runtime;
@@ -195,9 +196,17 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let rt = builder.enable_all().build()?;
     rt.block_on(async move {
-        let telemetry = Telemetry::new(vec![Arc::new(LogSink), Arc::new(Counters::default())]);
+        let metrics = Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())));
+        let admin_state = AdminState::new(metrics.clone());
+        let _admin = start_admin(&cfg, admin_state.clone()).await;
+        let telemetry = Telemetry::new(vec![
+            Arc::new(LogSink),
+            Arc::new(Counters::default()),
+            Arc::new(MetricsSink(metrics)),
+        ]);
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
         let server = Server::start(runtime.clone()).await?;
+        admin_state.health.mark_started();
         if cfg.fronting && cfg.learn_profile {
             crate::runtime::spawn_profiler(runtime, cfg.profile_interval);
         }
@@ -214,9 +223,26 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         wait_for_signal().await;
         tracing::info!("shutting down");
+        admin_state.health.mark_draining();
         server.shutdown(Duration::from_secs(5)).await;
         Ok(())
     })
+}
+
+/// Starts the admin listener if configured. A bind failure is logged, not
+/// fatal: the proxy keeps serving clients (health probes then fail visibly).
+async fn start_admin(cfg: &Config, state: Arc<AdminState>) -> Option<AdminServer> {
+    let addr = cfg.admin_listen?;
+    match AdminServer::start(addr, state).await {
+        Ok(a) => {
+            tracing::info!(addr = %a.local_addr, "admin listener (metrics, health) started");
+            Some(a)
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot start the admin listener; continuing without it");
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() {

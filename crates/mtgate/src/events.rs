@@ -90,6 +90,8 @@ pub enum Event<'a> {
     Closed {
         id: u64,
         user: Option<&'a str>,
+        /// The client mode, once the handshake named one (additive, for metrics).
+        mode: Option<ClientMode>,
         reason: CloseReason,
         up: u64,
         down: u64,
@@ -152,6 +154,7 @@ impl EventSink for LogSink {
                 up,
                 down,
                 lasted,
+                ..
             } => tracing::info!(
                 conn = id,
                 user = user.unwrap_or("-"),

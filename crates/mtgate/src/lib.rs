@@ -5,8 +5,10 @@
 //! * [`relay`] + [`pool`]: the hot path; [`upstream`] + [`dc`]: where bytes go;
 //! * [`mask`]: fronting for connections that are not ours;
 //! * [`events`]: what sessions report, and the sinks that listen;
+//! * [`admin`]: the admin listener (Prometheus metrics, health checks);
 //! * [`state`], [`links`], [`cli`]: the operator's side.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dc;

@@ -34,12 +34,13 @@ pub async fn serve(
     rt.telemetry.emit(Event::Opened { id, peer });
     let _ = stream.set_nodelay(true);
     let traffic = Traffic::default();
-    let mut user_name: Option<usize> = None;
+    let mut user_name: Option<(usize, mtgate_proto::ClientMode)> = None;
     let reason = run(stream, id, &rt, &traffic, &mut user_name, shutdown).await;
-    let user = user_name.map(|u| rt.users[u].name.as_str());
+    let user = user_name.map(|(u, _)| rt.users[u].name.as_str());
     rt.telemetry.emit(Event::Closed {
         id,
         user,
+        mode: user_name.map(|(_, m)| m),
         reason,
         up: traffic.up.load(Relaxed),
         down: traffic.down.load(Relaxed),
@@ -64,7 +65,7 @@ async fn run(
     id: u64,
     rt: &Arc<Runtime>,
     traffic: &Traffic,
-    user_out: &mut Option<usize>,
+    user_out: &mut Option<(usize, mtgate_proto::ClientMode)>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> CloseReason {
     let mut hs = Handshake::new();
@@ -96,7 +97,7 @@ async fn run(
         }
     };
     drop(link);
-    *user_out = Some(accepted.user);
+    *user_out = Some((accepted.user, accepted.mode));
     rt.telemetry.emit(Event::Authenticated {
         id,
         user: &rt.users[accepted.user].name,

@@ -438,3 +438,38 @@ async fn me_ipv6_middle_end() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_files_are_reread_and_applied() {
+    if !available() {
+        return;
+    }
+    let fake = FakeMe::start(2, &[]).await;
+    let proxy = MeProxy::start(&fake, &[("reload_interval", "\"200ms\"")], dead_dc()).await;
+    assert!(proxy.wait_ready(2).await);
+    // A broken download changes nothing (the last good copy stays in force).
+    std::fs::write(&proxy.conf, "garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(proxy.ready(), 2);
+    // The second address leaves the file: its link closes, DC 2 moves to the first.
+    let a = fake.listen[0];
+    std::fs::write(
+        &proxy.conf,
+        format!("default 2;\nproxy_for 1 {a};\nproxy_for 2 {a};\n"),
+    )
+    .unwrap();
+    assert!(
+        fake.wait_events("rpc_closed", 1, T).await,
+        "retired link closed"
+    );
+    assert_eq!(proxy.ready(), 1);
+    let (ok, out) = fake_client(proxy.addr, &["--dc", "2", "--scenario", "reqpq"], T).await;
+    assert!(ok, "{out}");
+    let last = fake.events("proxy_req").pop().unwrap();
+    let listen = rpc_listen(&fake);
+    assert_eq!(
+        listen.get(field(&last, "rpc").unwrap()),
+        Some(&a.to_string())
+    );
+    proxy.stop().await;
+}

@@ -37,6 +37,8 @@ pub struct MeConfig {
     pub handshake_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How often the files are read again (changes are applied live).
+    pub reload_interval: Duration,
 }
 
 impl MeConfig {
@@ -131,6 +133,10 @@ impl MeConfig {
                 "must be at least me.backoff_initial",
             ));
         }
+        let reload_interval = r.reload_interval.unwrap_or(Duration::from_secs(600));
+        if reload_interval < Duration::from_millis(100) {
+            return Err(invalid("me.reload_interval", "must be at least 100ms"));
+        }
         if r.ping_interval
             .is_some_and(|d| d < Duration::from_millis(100))
         {
@@ -165,6 +171,7 @@ impl MeConfig {
             handshake_timeout,
             backoff_initial,
             backoff_max,
+            reload_interval,
         })
     }
 }

@@ -151,6 +151,8 @@ pub struct Config {
     pub log_json: bool,
     /// Middle-proxy (ME) mode and the promotion tag (`[me]`).
     pub me: MeConfig,
+    /// The admin (metrics, health) listener; `None` when `admin.enabled = false`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Values given on the command line; they override the file.
@@ -393,6 +395,7 @@ impl Config {
         }
 
         let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
+        let admin_listen = admin_listen(&raw.admin, &listen)?;
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -441,8 +444,35 @@ impl Config {
             log_level,
             log_json,
             me,
+            admin_listen,
         })
     }
+}
+
+/// `[admin]`: the admin address, refused if it would share a client listener's port.
+fn admin_listen(
+    a: &raw::RawAdmin,
+    listen: &[SocketAddr],
+) -> Result<Option<SocketAddr>, ConfigError> {
+    if !a.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let text = a.listen.as_deref().unwrap_or(crate::admin::DEFAULT_LISTEN);
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| invalid("admin.listen", format!("`{text}` is not an ip:port address")))?;
+    let clash = listen.iter().any(|l| {
+        l.port() != 0
+            && l.port() == addr.port()
+            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+    });
+    if clash {
+        return Err(invalid(
+            "admin.listen",
+            format!("`{addr}` overlaps a server.listen address"),
+        ));
+    }
+    Ok(Some(addr))
 }
 
 fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigError> {

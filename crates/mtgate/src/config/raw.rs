@@ -24,6 +24,16 @@ pub struct RawConfig {
     /// Middle-proxy (ME) mode.
     #[serde(default)]
     pub me: RawMe,
+    /// The admin listener (metrics, health).
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,4 +119,6 @@ pub struct RawMe {
     pub backoff_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
 }

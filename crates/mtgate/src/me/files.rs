@@ -31,7 +31,7 @@ pub enum FilesError {
 }
 
 /// The loaded files: the secret and the clusters of both families merged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeFiles {
     pub secret: Vec<u8>,
     /// `(dc, addresses)`, IPv4 file first then IPv6.

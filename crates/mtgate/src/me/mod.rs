@@ -74,7 +74,14 @@ impl MeService {
                     clusters = f.clusters.len(),
                     "ME mode on"
                 );
-                Some(Pool::start(f, cfg.clone(), stop_rx))
+                let pool = Pool::start(f, cfg.clone(), stop_rx.clone());
+                tokio::spawn(reload(
+                    pool.clone(),
+                    cfg.clone(),
+                    config.state_dir.clone(),
+                    stop_rx,
+                ));
+                Some(pool)
             }
             Ok(_) => None,
         };
@@ -111,6 +118,33 @@ impl MeService {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         true
+    }
+}
+
+/// Reads the files again every `reload_interval` and applies what changed.
+/// A file that is missing or broken keeps the last good copy in force.
+async fn reload(
+    pool: Arc<Pool>,
+    cfg: MeConfig,
+    state_dir: std::path::PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.reload_interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match files::load(&cfg, &state_dir, true) {
+            Ok(f) if f != pool.files() => {
+                tracing::info!(
+                    addresses = f.all_addrs().len(),
+                    "ME files changed; applying"
+                );
+                pool.apply(f);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ME files unreadable; keeping the ones in force"),
+        }
     }
 }
 

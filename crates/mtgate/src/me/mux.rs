@@ -204,7 +204,7 @@ pub async fn run(
     rx: MeRx,
     up: mpsc::Receiver<Up>,
     ping_interval: Option<Duration>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
 ) -> ConnEnd {
     let (rd, wr) = stream.into_split();
     let pongs = AtomicUsize::new(0);
@@ -212,7 +212,7 @@ pub async fn run(
         e = read_loop(&conn, rd, rx, &pongs) => e,
         e = write_loop(wr, tx, up) => e,
         e = ping_loop(&conn, ping_interval, &pongs) => e,
-        _ = stop.wait_for(|s| *s) => ConnEnd::Shutdown,
+        _ = stop => ConnEnd::Shutdown,
     };
     conn.shut();
     end

@@ -7,6 +7,8 @@
 //! losses alike (reset once a link stayed up for a minute) — and try again.
 //! Failures are logged once, then as a rate-limited summary. A client is bound
 //! to a random ready connection of its DC's cluster (preferred family first).
+//! [`Pool::apply`] swaps in re-read files: new addresses get supervisors,
+//! removed ones are retired (their links close, and with them their clients).
 
 use super::conn::{self, LinkError, LinkParams};
 use super::files::MeFiles;
@@ -16,7 +18,7 @@ use mtgate_proto::me::conf::MeAddr;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
@@ -65,6 +67,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One middle-end address: its ready links and its back-off.
 struct AddrState {
     addr: MeAddr,
+    /// Set when the address left the files: its supervisors end.
+    retired: watch::Sender<bool>,
     ready: Mutex<Vec<Arc<MeConn>>>,
     backoff: Mutex<Backoff>,
     /// Some attempt has finished (so waiting for this address is pointless).
@@ -95,41 +99,34 @@ impl AddrState {
     }
 }
 
-/// Every address's state and the cluster map.
-pub struct Pool {
+/// The files in force and the state of each of their addresses.
+struct Snapshot {
     files: MeFiles,
-    cfg: MeConfig,
     addrs: HashMap<MeAddr, Arc<AddrState>>,
+}
+
+/// The pool: the current snapshot and what outlives it.
+pub struct Pool {
+    now: RwLock<Arc<Snapshot>>,
+    cfg: MeConfig,
     changed: Notify,
     next_conn_id: AtomicU64,
     pid: u16,
     start_time: u32,
+    stop: watch::Receiver<bool>,
 }
 
 impl Pool {
     /// Builds the pool and spawns its supervisors on the current runtime.
     pub fn start(files: MeFiles, cfg: MeConfig, stop: watch::Receiver<bool>) -> Arc<Self> {
-        let addrs = files
-            .all_addrs()
-            .into_iter()
-            .map(|a| {
-                let st = AddrState {
-                    addr: a.clone(),
-                    ready: Mutex::new(Vec::new()),
-                    backoff: Mutex::new(Backoff::new(cfg.backoff_initial, cfg.backoff_max)),
-                    settled: AtomicBool::new(false),
-                    failures: AtomicU64::new(0),
-                    last_report: Mutex::new(None),
-                };
-                (a, Arc::new(st))
-            })
-            .collect();
         let mut seed = [0u8; 8];
         mtgate_crypto::fill_random(&mut seed);
         let pool = Arc::new(Self {
-            files,
+            now: RwLock::new(Arc::new(Snapshot {
+                files: files.clone(),
+                addrs: HashMap::new(),
+            })),
             cfg,
-            addrs,
             changed: Notify::new(),
             next_conn_id: AtomicU64::new(u64::from_le_bytes(seed) >> 1),
             pid: std::process::id() as u16,
@@ -137,46 +134,91 @@ impl Pool {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as u32)
                 .unwrap_or(0),
+            stop,
         });
-        for st in pool.addrs.values() {
-            for _ in 0..pool.cfg.connections_per_addr {
-                tokio::spawn(supervise(pool.clone(), st.clone(), stop.clone()));
+        pool.apply(files);
+        pool
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.now.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The files in force.
+    pub fn files(&self) -> MeFiles {
+        self.snapshot().files.clone()
+    }
+
+    /// Puts `files` in force: supervisors for new addresses, retirement for
+    /// addresses no longer listed; unchanged addresses keep their links.
+    pub fn apply(self: &Arc<Self>, files: MeFiles) {
+        let old = self.snapshot();
+        let mut addrs = HashMap::new();
+        for a in files.all_addrs() {
+            if let Some(st) = old.addrs.get(&a) {
+                addrs.insert(a, st.clone());
+                continue;
+            }
+            let st = Arc::new(AddrState {
+                addr: a.clone(),
+                retired: watch::channel(false).0,
+                ready: Mutex::new(Vec::new()),
+                backoff: Mutex::new(Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max)),
+                settled: AtomicBool::new(false),
+                failures: AtomicU64::new(0),
+                last_report: Mutex::new(None),
+            });
+            for _ in 0..self.cfg.connections_per_addr {
+                tokio::spawn(supervise(self.clone(), st.clone()));
+            }
+            addrs.insert(a, st);
+        }
+        for (a, st) in &old.addrs {
+            if !addrs.contains_key(a) {
+                tracing::info!(me = %a, "ME address no longer listed; closing its connections");
+                st.retired.send_replace(true);
             }
         }
-        pool
+        *self.now.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot { files, addrs });
+        self.changed.notify_waiters();
     }
 
     /// Ready links over all addresses.
     pub fn ready(&self) -> usize {
-        self.addrs.values().map(|s| lock(&s.ready).len()).sum()
+        self.snapshot()
+            .addrs
+            .values()
+            .map(|s| lock(&s.ready).len())
+            .sum()
     }
 
     /// Binds a client of `dc` to a ready link. While the cluster's addresses
     /// are still on their first attempt, waits (up to the handshake timeout)
     /// for one to come up; afterwards answers at once.
     pub async fn bind(&self, dc: i16, prefer_v6: bool) -> Option<Bound> {
-        let addrs = self.files.addrs_for(dc)?;
         let deadline = tokio::time::Instant::now() + self.cfg.handshake_timeout;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(b) = self.try_bind(addrs, prefer_v6) {
+            let snap = self.snapshot();
+            let addrs = snap.files.addrs_for(dc)?;
+            if let Some(b) = self.try_bind(&snap, addrs, prefer_v6) {
                 return Some(b);
             }
             let settled = addrs
                 .iter()
-                .all(|a| self.addrs.get(a).is_none_or(|s| s.settled.load(Relaxed)));
+                .all(|a| snap.addrs.get(a).is_none_or(|s| s.settled.load(Relaxed)));
             if settled || tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
             }
         }
     }
 
-    fn try_bind(&self, addrs: &[MeAddr], prefer_v6: bool) -> Option<Bound> {
+    fn try_bind(&self, snap: &Snapshot, addrs: &[MeAddr], prefer_v6: bool) -> Option<Bound> {
         let (mut preferred, mut other) = (Vec::new(), Vec::new());
         for a in addrs {
-            let Some(st) = self.addrs.get(a) else {
+            let Some(st) = snap.addrs.get(a) else {
                 continue;
             };
             for c in lock(&st.ready).iter() {
@@ -209,9 +251,9 @@ impl Pool {
         None
     }
 
-    fn params(&self) -> LinkParams<'_> {
+    fn params<'a>(&self, snap: &'a Snapshot) -> LinkParams<'a> {
         LinkParams {
-            secret: &self.files.secret,
+            secret: &snap.files.secret,
             nat_ip: self.cfg.nat_ip,
             offer_crc32c: self.cfg.crc32c,
             timeout: self.cfg.handshake_timeout,
@@ -221,13 +263,28 @@ impl Pool {
     }
 }
 
-async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>, mut stop: watch::Receiver<bool>) {
+/// Resolves when the pool stops or `st` is retired.
+async fn ended(mut stop: watch::Receiver<bool>, mut retired: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = retired.wait_for(|s| *s) => {}
+    }
+}
+
+async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>) {
+    let (stop, retired) = (pool.stop.clone(), st.retired.subscribe());
+    let ended = || ended(stop.clone(), retired.clone());
     loop {
-        let params = pool.params();
+        if *stop.borrow() || *retired.borrow() {
+            return;
+        }
+        let snap = pool.snapshot();
+        let params = pool.params(&snap);
         let attempt = tokio::select! {
             r = conn::open(&st.addr, &params) => r,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = ended() => return,
         };
+        drop(snap);
         let delay = match attempt {
             Ok(link) => {
                 let (conn, up) = MeConn::new(
@@ -248,7 +305,7 @@ async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>, mut stop: watch::Receive
                     link.rx,
                     up,
                     pool.cfg.ping_interval,
-                    stop.clone(),
+                    ended(),
                 )
                 .await;
                 lock(&st.ready).retain(|c| !Arc::ptr_eq(c, &conn));
@@ -273,7 +330,7 @@ async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>, mut stop: watch::Receive
         };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = ended() => return,
         }
     }
 }

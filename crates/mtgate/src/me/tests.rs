@@ -72,6 +72,10 @@ fn errors_name_the_key() {
         "[me]\nenabled = true\n{FILES}ping_interval = \"1ms\"\n"
     ))
     .starts_with("me.ping_interval:"));
+    assert!(err(&format!(
+        "[me]\nenabled = true\n{FILES}reload_interval = \"0s\"\n"
+    ))
+    .starts_with("me.reload_interval:"));
     assert!(err("[me]\nbogus = 1\n").contains("me"));
     assert!(
         err("[users.a]\nsecret = \"00112233445566778899aabbccddeeff\"\nad_tag = \"12\"\n")

@@ -212,6 +212,8 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// mtgate in ME mode, in-process.
 pub struct MeProxy {
     pub addr: SocketAddr,
+    /// The proxy-multi.conf it reads (rewrite it to test reloading).
+    pub conf: PathBuf,
     pub runtime: Arc<Runtime>,
     pub counters: Arc<Counters>,
     server: Option<Server>,
@@ -288,6 +290,7 @@ impl MeProxy {
         let server = Server::start(runtime.clone()).await.expect("start");
         MeProxy {
             addr: server.local_addrs[0],
+            conf,
             runtime,
             counters,
             server: Some(server),

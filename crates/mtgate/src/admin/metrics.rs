@@ -1,0 +1,335 @@
+//! Prometheus metrics fed by session events (DESIGN §3 "events, not calls into
+//! metrics").
+//!
+//! [`Metrics`] owns a `prometheus-client` registry; [`MetricsSink`] is the
+//! [`EventSink`] that updates it, so the session and relay never name a metrics
+//! backend. Process and buffer-pool figures are read at scrape time by a
+//! collector. Every label set is bounded: no per-IP labels, the `user` label is
+//! one of the configured user names (or `none` before a handshake names one),
+//! `dc` is a DC-table index, `reason` and `mode` are closed enums.
+//! The full list is in docs/metrics.md.
+
+use crate::events::{CloseReason, Event, EventSink};
+use mtgate_proto::{ClientMode, RejectReason};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// The `user` label for connections no handshake attributed to a user.
+pub const NO_USER: &str = "none";
+/// The `mode` label for connections that never finished a handshake.
+pub const NO_MODE: &str = "none";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    mode: &'static str,
+    user: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptedLabels {
+    mode: &'static str,
+    user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    user: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DcLabels {
+    dc: String,
+}
+
+fn connect_histogram() -> Histogram {
+    // 1 ms .. ~8 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// Every metric mtgate exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    users: HashSet<String>,
+    active: Gauge,
+    connections: Family<ConnLabels, Counter>,
+    accepted: Family<AcceptedLabels, Counter>,
+    fronted: Family<ReasonLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    bytes: Family<BytesLabels, Counter>,
+    connect_seconds: Family<DcLabels, Histogram, fn() -> Histogram>,
+    connect_failures: Family<DcLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl Metrics {
+    /// Builds the registry for these configured user names (the only values
+    /// the `user` label takes besides `none`).
+    pub fn new<'a>(users: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut registry = Registry::with_prefix("mtgate");
+        let m = Self {
+            registry: Registry::default(),
+            users: users.into_iter().map(str::to_owned).collect(),
+            active: Gauge::default(),
+            connections: Family::default(),
+            accepted: Family::default(),
+            fronted: Family::default(),
+            rejected: Family::default(),
+            bytes: Family::default(),
+            connect_seconds: Family::new_with_constructor(connect_histogram),
+            connect_failures: Family::default(),
+        };
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections closed, by client mode, user and close reason",
+            m.connections.clone(),
+        );
+        registry.register(
+            "handshakes_accepted",
+            "Handshakes accepted, by client mode and user",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "handshakes_fronted",
+            "Rejected handshakes forwarded to the mask host, by reject reason",
+            m.fronted.clone(),
+        );
+        registry.register(
+            "handshakes_rejected",
+            "Handshakes rejected (fronted or closed), by reject reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Client payload bytes relayed, by user and direction (up = client to DC), counted at close",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Time to connect to a DC, by DC index",
+            m.connect_seconds.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Failed connects to a DC address, by DC index",
+            m.connect_failures.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        // Known label sets start at zero so rates and dashboards see them at once.
+        for r in RejectReason::ALL {
+            let l = ReasonLabels { reason: r.name() };
+            let _ = m.rejected.get_or_create(&l);
+            let _ = m.fronted.get_or_create(&l);
+        }
+        for u in &m.users {
+            for direction in ["up", "down"] {
+                let _ = m.bytes.get_or_create(&BytesLabels {
+                    user: u.clone(),
+                    direction,
+                });
+            }
+        }
+        Self { registry, ..m }
+    }
+
+    /// The `user` label value for a user name from an event.
+    fn user_label(&self, user: Option<&str>) -> String {
+        match user {
+            Some(u) if self.users.contains(u) => u.to_owned(),
+            Some(_) => "other".to_owned(),
+            None => NO_USER.to_owned(),
+        }
+    }
+
+    /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    fn on_event(&self, e: &Event<'_>) {
+        match e {
+            Event::Opened { .. } => {
+                self.active.inc();
+            }
+            Event::Authenticated { user, mode, .. } => {
+                self.accepted
+                    .get_or_create(&AcceptedLabels {
+                        mode: mode.name(),
+                        user: self.user_label(Some(user)),
+                    })
+                    .inc();
+            }
+            Event::UpstreamConnected { dc, took, .. } => {
+                self.connect_seconds
+                    .get_or_create(&DcLabels { dc: dc.to_string() })
+                    .observe(took.as_secs_f64());
+            }
+            Event::UpstreamFailed { dc, .. } => {
+                self.connect_failures
+                    .get_or_create(&DcLabels { dc: dc.to_string() })
+                    .inc();
+            }
+            Event::Fronted { reason, .. } => {
+                self.fronted
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.name(),
+                    })
+                    .inc();
+            }
+            Event::Closed {
+                user,
+                mode,
+                reason,
+                up,
+                down,
+                ..
+            } => self.on_closed(*user, *mode, *reason, *up, *down),
+        }
+    }
+
+    fn on_closed(
+        &self,
+        user: Option<&str>,
+        mode: Option<ClientMode>,
+        reason: CloseReason,
+        up: u64,
+        down: u64,
+    ) {
+        self.active.dec();
+        let user = self.user_label(user);
+        if let CloseReason::Rejected(r) = reason {
+            self.rejected
+                .get_or_create(&ReasonLabels { reason: r.name() })
+                .inc();
+        }
+        if up > 0 || down > 0 || user != NO_USER {
+            for (direction, n) in [("up", up), ("down", down)] {
+                self.bytes
+                    .get_or_create(&BytesLabels {
+                        user: user.clone(),
+                        direction,
+                    })
+                    .inc_by(n);
+            }
+        }
+        self.connections
+            .get_or_create(&ConnLabels {
+                mode: mode.map(ClientMode::name).unwrap_or(NO_MODE),
+                user,
+                reason: reason.label(),
+            })
+            .inc();
+    }
+}
+
+/// The [`EventSink`] that keeps [`Metrics`] current.
+#[derive(Clone, Debug)]
+pub struct MetricsSink(pub Arc<Metrics>);
+
+impl EventSink for MetricsSink {
+    fn emit(&self, e: &Event<'_>) {
+        self.0.on_event(e);
+    }
+}
+
+/// Figures read at scrape time: the buffer pool and the process itself.
+#[derive(Debug)]
+struct ProcessCollector;
+
+fn open_fds() -> Option<i64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as i64)
+}
+
+fn resident_bytes() -> Option<i64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn put<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    m: M,
+) -> Result<(), std::fmt::Error> {
+    let me = enc.encode_descriptor(name, help, None, m.metric_type())?;
+    m.encode(me)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = &crate::pool::STATS;
+        put(
+            &mut enc,
+            "pool_hits",
+            "Relay buffers taken from a free list",
+            ConstCounter::new(p.hits.load(Relaxed)),
+        )?;
+        put(
+            &mut enc,
+            "pool_misses",
+            "Relay buffers newly allocated",
+            ConstCounter::new(p.misses.load(Relaxed)),
+        )?;
+        put(
+            &mut enc,
+            "pool_buffers_in_use",
+            "Relay buffers holding in-flight data now",
+            ConstGauge::new(p.in_use.load(Relaxed) as i64),
+        )?;
+        if let Some(n) = open_fds() {
+            put(
+                &mut enc,
+                "process_open_fds",
+                "Open file descriptors",
+                ConstGauge::new(n),
+            )?;
+        }
+        if let Some(n) = resident_bytes() {
+            put(
+                &mut enc,
+                "process_resident_memory_bytes",
+                "Resident set size",
+                ConstGauge::new(n),
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! The admin listener: a small HTTP/1.1 server (hyper), separate from the
+//! client port and on loopback by default (`[admin] listen`).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | Prometheus / OpenMetrics text ([`metrics::Metrics`]) |
+//! | `/health/live` | 200 while the process serves HTTP at all |
+//! | `/health/startup` | 200 once every client listener is bound ([`Health::mark_started`]), else 503 |
+//! | `/health/ready` | 200 when started and not draining, else 503 |
+//!
+//! Only `GET` and `HEAD` are answered (405 otherwise); unknown paths get 404.
+//! Connections are capped ([`MAX_CONNS`]) and must send their request head
+//! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
+
+pub mod metrics;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use metrics::{Metrics, MetricsSink};
+
+/// Admin connections served at once; more are closed at accept.
+pub const MAX_CONNS: usize = 64;
+/// How long a client may take to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default admin address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The process's lifecycle as the health endpoints report it.
+#[derive(Debug, Default)]
+pub struct Health {
+    started: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Every client listener is bound: startup and readiness pass from now on.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+    /// Shutdown began: readiness fails from now on (liveness still passes).
+    pub fn mark_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+    pub fn ready(&self) -> bool {
+        self.started() && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// What the admin server reads: the metrics and the lifecycle.
+#[derive(Debug)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            health: Health::default(),
+        })
+    }
+}
+
+/// A running admin server; dropping it (or [`AdminServer::stop`]) stops accepting.
+pub struct AdminServer {
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves in the background.
+    pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let task = tokio::spawn(accept_loop(listener, state));
+        Ok(Self { local_addr, task })
+    }
+
+    /// Stops accepting (connections in progress finish on their own).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
+    let conns = Arc::new(Semaphore::new(MAX_CONNS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+fn check(ok: bool, yes: &'static str, no: &'static str) -> Response<Full<Bytes>> {
+    if ok {
+        text(StatusCode::OK, yes)
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, no)
+    }
+}
+
+/// Answers one request (routing on the path only; the query is ignored).
+pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    }
+    let h = &state.health;
+    match req.uri().path() {
+        "/metrics" => match state.metrics.encode() {
+            Ok(body) => reply(StatusCode::OK, OPENMETRICS, body),
+            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        },
+        "/health/live" => text(StatusCode::OK, "live\n"),
+        "/health/startup" => check(h.started(), "started\n", "starting\n"),
+        "/health/ready" => check(
+            h.ready(),
+            "ready\n",
+            if h.started() {
+                "draining\n"
+            } else {
+                "starting\n"
+            },
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
