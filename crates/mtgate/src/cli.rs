@@ -267,6 +267,10 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     } else {
         cfg.users.len()
     };
+    if cfg.me.enabled {
+        crate::me::files::load(&cfg.me, &cfg.state_dir, false)
+            .map_err(|e| anyhow::anyhow!("me: {e}"))?;
+    }
     // Build the runtime exactly as `run` does (without binding sockets).
     let _rt = Runtime::build(cfg.clone(), cfg.users.clone(), Telemetry::default());
     println!(
