@@ -20,8 +20,11 @@ echo "== cargo test"
 cargo test --workspace
 
 echo "== real clients (Telethon, TDLib)"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest, yaml" 2>/dev/null; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/realclients/requirements.txt
 fi
 .venv/bin/python -m pytest -q tests/realclients
+
+echo "== packaging (systemd unit, Helm chart, Grafana dashboard)"
+MTGATE_BIN="$PWD/target/debug/mtgate" .venv/bin/python -m pytest -q tests/deploy

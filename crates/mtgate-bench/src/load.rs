@@ -211,6 +211,7 @@ pub async fn bulk(t: &Target, pid: Option<u32>, o: BulkOpts) -> anyhow::Result<B
         other_cpu_util: m0.other_util(&m1),
         failed_conns: failures.load(Relaxed),
         rounds: Vec::new(),
+        rounds_cpu_s_per_gb: Vec::new(),
     })
 }
 

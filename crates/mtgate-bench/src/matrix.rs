@@ -48,9 +48,9 @@ impl<T: Clone> Cells<T> {
             None => self.cells.push((key, vec![v])),
         }
     }
-    /// The median round of each cell by `metric`, with every round's metric
-    /// stored through `set_rounds`.
-    fn medians(self, metric: impl Fn(&T) -> f64, set_rounds: impl Fn(&mut T, Vec<f64>)) -> Vec<T> {
+    /// The median round of each cell by `metric`; `set_rounds` records what
+    /// every round measured into it.
+    fn medians(self, metric: impl Fn(&T) -> f64, set_rounds: impl Fn(&mut T, &[T])) -> Vec<T> {
         self.cells
             .into_iter()
             .map(|(_, vs)| {
@@ -58,7 +58,7 @@ impl<T: Clone> Cells<T> {
                 let mut order: Vec<usize> = (0..vs.len()).collect();
                 order.sort_by(|&a, &b| all[a].total_cmp(&all[b]));
                 let mut m = vs[order[(order.len() - 1) / 2]].clone();
-                set_rounds(&mut m, all);
+                set_rounds(&mut m, &vs);
                 m
             })
             .collect()
@@ -145,9 +145,21 @@ impl Matrix<'_> {
             }
         }
         (
-            bulk.medians(|b| b.mb_per_s, |b, r| b.rounds = r),
-            lat.medians(|l| l.p99_us, |l, r| l.rounds = r),
-            hs.medians(|h| h.per_s, |h, r| h.rounds = r),
+            bulk.medians(
+                |b| b.mb_per_s,
+                |b, all| {
+                    b.rounds = all.iter().map(|x| x.mb_per_s).collect();
+                    b.rounds_cpu_s_per_gb = all.iter().map(|x| x.proxy_cpu_s_per_gb).collect();
+                },
+            ),
+            lat.medians(
+                |l| l.p99_us,
+                |l, all| l.rounds = all.iter().map(|x| x.p99_us).collect(),
+            ),
+            hs.medians(
+                |h| h.per_s,
+                |h, all| h.rounds = all.iter().map(|x| x.per_s).collect(),
+            ),
         )
     }
 }

@@ -30,6 +30,8 @@ pub struct BulkResult {
     pub failed_conns: u64,
     /// MB/s of every round, in order (this result is the median round).
     pub rounds: Vec<f64>,
+    /// Proxy CPU-s/GB of every round, in order (null where unknown).
+    pub rounds_cpu_s_per_gb: Vec<Option<f64>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -100,7 +102,11 @@ pub struct Target {
     pub name: String,
     pub measured: String,
     pub goal: String,
+    /// With several rounds: the median of the per-round ratios (each round's
+    /// subject against the relay of the same round); else the ratio of the values.
     pub ratio: Option<f64>,
+    /// The per-round ratios, in round order (empty with one round).
+    pub round_ratios: Vec<f64>,
     /// `None` when it could not be evaluated (a number is missing).
     pub pass: Option<bool>,
 }
@@ -155,8 +161,47 @@ fn ratio_target(
         measured,
         goal,
         ratio,
+        round_ratios: Vec::new(),
         pass: ratio.map(ok),
     }
+}
+
+/// Per-round ratios `f(s[i], r[i])` when both sides have the same rounds (more
+/// than one), skipping rounds where either value is missing.
+fn round_ratios(s: &[Option<f64>], r: &[Option<f64>], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    if s.len() != r.len() || s.len() < 2 {
+        return Vec::new();
+    }
+    s.iter()
+        .zip(r)
+        .filter_map(|(a, b)| Some(f((*a)?, (*b)?)))
+        .filter(|x| x.is_finite())
+        .collect()
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Replaces `t.ratio` by the median of `rr` when there are per-round ratios.
+fn with_rounds(mut t: Target, rr: Vec<f64>, ok: impl Fn(f64) -> bool) -> Target {
+    if let Some(m) = median(&rr) {
+        t.ratio = Some(m);
+        t.pass = Some(ok(m));
+        t.round_ratios = rr;
+    }
+    t
+}
+
+fn somes(v: &[f64]) -> Vec<Option<f64>> {
+    v.iter().map(|x| Some(*x)).collect()
 }
 
 impl Report {
@@ -185,11 +230,18 @@ impl Report {
         let relay = "relay";
         let (s16, r16) = (self.bulk_of(subject, 16), self.bulk_of(relay, 16));
         let r = s16.zip(r16).map(|(s, r)| s.mb_per_s / r.mb_per_s);
-        t.push(ratio_target(
-            &format!("{subject} bulk, 16 conns ≥ 0.85× relay"),
-            fmt_pair(s16.map(|b| b.mb_per_s), r16.map(|b| b.mb_per_s), "MB/s"),
-            "≥ 0.85×".into(),
-            r,
+        let rr = s16.zip(r16).map_or(Vec::new(), |(s, r)| {
+            round_ratios(&somes(&s.rounds), &somes(&r.rounds), |a, b| a / b)
+        });
+        t.push(with_rounds(
+            ratio_target(
+                &format!("{subject} bulk, 16 conns ≥ 0.85× relay"),
+                fmt_pair(s16.map(|b| b.mb_per_s), r16.map(|b| b.mb_per_s), "MB/s"),
+                "≥ 0.85×".into(),
+                r,
+                |x| x >= 0.85,
+            ),
+            rr,
             |x| x >= 0.85,
         ));
         let floor = r16
@@ -197,27 +249,51 @@ impl Report {
             .zip(self.aes_ctr_gb_per_s)
             .map(|(relay_cpu, aes)| relay_cpu + 2.0 / aes);
         let cpu = s16.and_then(|s| s.proxy_cpu_s_per_gb);
-        t.push(ratio_target(
-            &format!("{subject} CPU/GB ≤ 1.15× (relay CPU/GB + 2 AES passes)"),
-            fmt_pair(cpu, floor, "s/GB"),
-            "≤ 1.15×".into(),
-            cpu.zip(floor).map(|(c, f)| c / f),
+        let aes_pass = self.aes_ctr_gb_per_s.map_or(f64::NAN, |a| 2.0 / a);
+        let rr = s16.zip(r16).map_or(Vec::new(), |(s, r)| {
+            round_ratios(&s.rounds_cpu_s_per_gb, &r.rounds_cpu_s_per_gb, |c, rc| {
+                c / (rc + aes_pass)
+            })
+        });
+        t.push(with_rounds(
+            ratio_target(
+                &format!("{subject} CPU/GB ≤ 1.15× (relay CPU/GB + 2 AES passes)"),
+                fmt_pair(cpu, floor, "s/GB"),
+                "≤ 1.15×".into(),
+                cpu.zip(floor).map(|(c, f)| c / f),
+                |x| x <= 1.15,
+            ),
+            rr,
             |x| x <= 1.15,
         ));
         let (hs, hr) = (self.hs_of(subject), self.hs_of(relay));
-        t.push(ratio_target(
-            &format!("{subject} handshakes/s ≥ 0.8× relay connections/s"),
-            fmt_pair(hs.map(|h| h.per_s), hr.map(|h| h.per_s), "/s"),
-            "≥ 0.80×".into(),
-            hs.zip(hr).map(|(s, r)| s.per_s / r.per_s),
+        let rr = hs.zip(hr).map_or(Vec::new(), |(s, r)| {
+            round_ratios(&somes(&s.rounds), &somes(&r.rounds), |a, b| a / b)
+        });
+        t.push(with_rounds(
+            ratio_target(
+                &format!("{subject} handshakes/s ≥ 0.8× relay connections/s"),
+                fmt_pair(hs.map(|h| h.per_s), hr.map(|h| h.per_s), "/s"),
+                "≥ 0.80×".into(),
+                hs.zip(hr).map(|(s, r)| s.per_s / r.per_s),
+                |x| x >= 0.8,
+            ),
+            rr,
             |x| x >= 0.8,
         ));
         let (ls, lr) = (self.lat_of(subject), self.relay_lat_with(subject));
-        t.push(ratio_target(
-            &format!("{subject} p99 latency ≤ 1.1× relay p99"),
-            fmt_pair(ls.map(|l| l.p99_us), lr.map(|l| l.p99_us), "µs"),
-            "≤ 1.10×".into(),
-            ls.zip(lr).map(|(s, r)| s.p99_us / r.p99_us),
+        let rr = ls.zip(lr).map_or(Vec::new(), |(s, r)| {
+            round_ratios(&somes(&s.rounds), &somes(&r.rounds), |a, b| a / b)
+        });
+        t.push(with_rounds(
+            ratio_target(
+                &format!("{subject} p99 latency ≤ 1.1× relay p99"),
+                fmt_pair(ls.map(|l| l.p99_us), lr.map(|l| l.p99_us), "µs"),
+                "≤ 1.10×".into(),
+                ls.zip(lr).map(|(s, r)| s.p99_us / r.p99_us),
+                |x| x <= 1.1,
+            ),
+            rr,
             |x| x <= 1.1,
         ));
         let idle = self.idle.as_ref().map(|i| i.rss_per_conn);
@@ -226,6 +302,7 @@ impl Report {
             measured: idle.map_or("n/a".into(), |b| format!("{b:.0} B")),
             goal: "≤ 4096 B".into(),
             ratio: idle.map(|b| b / 4096.0),
+            round_ratios: Vec::new(),
             pass: idle.map(|b| b <= 4096.0),
         });
         if let Some(sc) = &self.scaling {
@@ -401,7 +478,10 @@ impl Report {
             );
         }
         if !self.targets.is_empty() {
-            let _ = writeln!(o, "\ntargets (ratios within this run)");
+            let _ = writeln!(
+                o,
+                "\ntargets (ratios within this run; with rounds: median of per-round ratios, rounds in [..])"
+            );
             for t in &self.targets {
                 let verdict = match t.pass {
                     Some(true) => "PASS",
@@ -410,11 +490,18 @@ impl Report {
                 };
                 let _ = writeln!(
                     o,
-                    "  {verdict}  {:<58} {:>8}  goal {:<18} {}",
+                    "  {verdict}  {:<58} {:>8}  goal {:<18} {}{}",
                     t.name,
                     t.ratio.map_or("".into(), |r| format!("{r:.2}×")),
                     t.goal,
-                    t.measured
+                    t.measured,
+                    if t.round_ratios.is_empty() {
+                        String::new()
+                    } else {
+                        let v: Vec<String> =
+                            t.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+                        format!("  [{}]", v.join(" "))
+                    }
                 );
             }
         }

@@ -196,7 +196,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let rt = builder.enable_all().build()?;
     rt.block_on(async move {
-        let metrics = Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())));
+        let metrics =
+            Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())).with_dc_table(&cfg.dcs));
         let admin_state = AdminState::new(metrics.clone());
         let _admin = start_admin(&cfg, admin_state.clone()).await;
         let telemetry = Telemetry::new(vec![
@@ -206,7 +207,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         ]);
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
         let server = Server::start(runtime.clone()).await?;
-        admin_state.health.mark_started();
+        admin_state.health.mark_started_and_notify();
         if cfg.fronting && cfg.learn_profile {
             crate::runtime::spawn_profiler(runtime, cfg.profile_interval);
         }
@@ -223,7 +224,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         wait_for_signal().await;
         tracing::info!("shutting down");
-        admin_state.health.mark_draining();
+        admin_state.health.mark_draining_and_notify();
         server.shutdown(Duration::from_secs(5)).await;
         Ok(())
     })
@@ -245,16 +246,32 @@ async fn start_admin(cfg: &Config, state: Arc<AdminState>) -> Option<AdminServer
     }
 }
 
+/// The next delivery of `sig`, or never when it could not be installed.
+#[cfg(unix)]
+async fn next_signal(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+            // SIGHUP (systemd ExecReload) must not kill the process; reload is not
+            // implemented yet, so it is only logged.
+            let mut hup = signal(SignalKind::hangup()).ok();
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = tokio::signal::ctrl_c() => return,
+                    Some(_) = next_signal(hup.as_mut()) => {
+                        tracing::warn!("SIGHUP: config reload is not implemented yet; restart to apply changes");
+                    }
+                }
             }
-            return;
         }
     }
     let _ = tokio::signal::ctrl_c().await;

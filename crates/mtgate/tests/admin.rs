@@ -53,13 +53,14 @@ impl Stack {
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nhandshake_timeout = \"3s\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
              [tls]\ndomains = [\"mask.test\"]\nmask_host = \"{mask}\"\nlearn_profile = false\n\
-             [dcs]\n2 = [\"{dc}\"]\n\
+             [dcs]\n1 = [\"{dc}\"]\n2 = [\"{dc}\"]\n3 = [\"{dc}\"]\n4 = [\"{dc}\"]\n5 = [\"{dc}\"]\n203 = [\"{dc}\"]\n7 = [\"127.0.0.1:1\"]\n\
              [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"classic\", \"dd\", \"ee\"]\n\
              [users.bob]\nsecret = \"{BOB_HEX}\"\nmodes = [\"dd\"]\n"
         );
         let cfg = Config::from_toml(&text, &Overrides::default()).expect("config");
         let users = cfg.users.clone();
-        let metrics = Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())));
+        let metrics =
+            Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())).with_dc_table(&cfg.dcs));
         let state = AdminState::new(metrics.clone());
         let admin = AdminServer::start(cfg.admin_listen.expect("admin on"), state.clone())
             .await
@@ -95,7 +96,10 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("timed out waiting for {what}:\n{}", self.scrape().await.text);
+        panic!(
+            "timed out waiting for {what}:\n{}",
+            self.scrape().await.text
+        );
     }
 }
 
@@ -123,10 +127,13 @@ async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-/// A parsed scrape: sample name → list of (labels, value).
+/// One sample's labels and value.
+type Sample = (BTreeMap<String, String>, f64);
+
+/// A parsed scrape: sample name → its samples.
 struct Scrape {
     text: String,
-    samples: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+    samples: BTreeMap<String, Vec<Sample>>,
 }
 
 impl Scrape {
@@ -148,7 +155,10 @@ impl Scrape {
             .get(name)
             .map(|v| {
                 v.iter()
-                    .filter(|(l, _)| want.iter().all(|(k, w)| l.get(*k).map(String::as_str) == Some(*w)))
+                    .filter(|(l, _)| {
+                        want.iter()
+                            .all(|(k, w)| l.get(*k).map(String::as_str) == Some(*w))
+                    })
                     .map(|(_, x)| x)
                     .sum()
             })
@@ -187,7 +197,9 @@ fn parse_sample(line: &str) -> Result<(String, BTreeMap<String, String>, f64), S
                 }
                 let end = after.find('"').ok_or("unterminated label value")?;
                 labels.insert(k.to_owned(), after[..end].to_owned());
-                rest = after[end + 1..].strip_prefix(',').unwrap_or(&after[end + 1..]);
+                rest = after[end + 1..]
+                    .strip_prefix(',')
+                    .unwrap_or(&after[end + 1..]);
             }
             (n, labels)
         }
@@ -202,7 +214,11 @@ fn parse_sample(line: &str) -> Result<(String, BTreeMap<String, String>, f64), S
 /// or the final `# EOF`; every sample belongs to a `# TYPE`d family.
 fn check_text_format(text: &str) {
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"), "exposition must end with # EOF");
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "exposition must end with # EOF"
+    );
     let mut families = BTreeSet::new();
     for line in &lines[..lines.len() - 1] {
         if let Some(rest) = line.strip_prefix("# ") {
@@ -262,12 +278,17 @@ async fn metrics_move_with_traffic_in_every_mode() {
             .await
             .expect("connect");
         c.send_raw(&payload).await.expect("send");
-        let back = c.recv_exact(N).await.unwrap_or_else(|e| panic!("{mode:?}: {e:#}"));
+        let back = c
+            .recv_exact(N)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e:#}"));
         assert_eq!(back, payload, "{mode:?}");
         clients.push(c);
     }
     let s1 = st
-        .scrape_until("5 active", |s| s.sum("mtgate_connections_active", &[]) == 5.0)
+        .scrape_until("5 active", |s| {
+            s.sum("mtgate_connections_active", &[]) == 5.0
+        })
         .await;
     let acc = |s: &Scrape, mode, user| {
         s.sum(
@@ -286,14 +307,11 @@ async fn metrics_move_with_traffic_in_every_mode() {
         assert!(c.closed_within(Duration::from_secs(5)).await);
     }
     let s2 = st
-        .scrape_until("0 active", |s| s.sum("mtgate_connections_active", &[]) == 0.0)
+        .scrape_until("0 active", |s| {
+            s.sum("mtgate_connections_active", &[]) == 0.0
+        })
         .await;
-    let bytes = |user, dir| {
-        s2.sum(
-            "mtgate_bytes_total",
-            &[("user", user), ("direction", dir)],
-        )
-    };
+    let bytes = |user, dir| s2.sum("mtgate_bytes_total", &[("user", user), ("direction", dir)]);
     assert!(bytes("alice", "up") >= (4 * N) as f64, "{}", s2.text);
     assert!(bytes("alice", "down") >= (4 * N) as f64, "{}", s2.text);
     assert!(bytes("bob", "up") >= N as f64 && bytes("bob", "down") >= N as f64);
@@ -302,14 +320,19 @@ async fn metrics_move_with_traffic_in_every_mode() {
         4.0
     );
     assert_eq!(
-        s2.sum("mtgate_connections_total", &[("user", "bob"), ("mode", "dd")]),
+        s2.sum(
+            "mtgate_connections_total",
+            &[("user", "bob"), ("mode", "dd")]
+        ),
         1.0
     );
 
     // Garbage: rejected by reason, fronted to the mask site, counted with no user.
     let rejected0 = s2.sum("mtgate_handshakes_rejected_total", &[]);
     for _ in 0..3 {
-        let mut s = tokio::net::TcpStream::connect(st.proxy).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(st.proxy)
+            .await
+            .expect("connect");
         s.write_all(&[0x42u8; 300]).await.expect("write");
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
@@ -359,7 +382,11 @@ async fn health_endpoints_follow_the_lifecycle() {
             get(a, "/health/ready").await.0,
         )
     };
-    assert_eq!(codes().await, (200, 503, 503), "before the listeners are bound");
+    assert_eq!(
+        codes().await,
+        (200, 503, 503),
+        "before the listeners are bound"
+    );
     state.health.mark_started();
     assert_eq!(codes().await, (200, 200, 200), "serving");
     state.health.mark_draining();
@@ -401,7 +428,8 @@ fn promql_metrics(expr: &str) -> Vec<String> {
     let mut i = 0;
     while let Some(p) = expr[i..].find("mtgate_") {
         let start = i + p;
-        let boundary = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
         let mut end = start;
         while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
             end += 1;
@@ -431,7 +459,10 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboard_queries_only_exported_metrics() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/mtgate.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/mtgate.json"
+    );
     let text = std::fs::read_to_string(path).expect("dashboard");
     let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
     let mut exprs = Vec::new();
@@ -451,9 +482,17 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
     c.recv_exact(5).await.expect("echo");
     c.shutdown().await.ok();
     assert!(c.closed_within(Duration::from_secs(5)).await);
+    // DC 7 points at a closed port: an upstream failure.
+    let mut f = ObfsClient::connect(st.proxy, &key(KEY_HEX), ClientMode::Secure, 7)
+        .await
+        .expect("connect");
+    f.send_raw(b"x").await.ok();
+    f.flush().await.ok();
+    assert!(f.closed_within(Duration::from_secs(5)).await);
     let s = st
-        .scrape_until("a closed connection", |s| {
-            s.sum("mtgate_connections_total", &[]) >= 1.0
+        .scrape_until("closed connections and a failure", |s| {
+            s.sum("mtgate_connections_total", &[]) >= 2.0
+                && s.sum("mtgate_upstream_connect_failures_total", &[("dc", "7")]) >= 1.0
         })
         .await;
     let mut missing = BTreeSet::new();
@@ -464,6 +503,9 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
             }
         }
     }
-    assert!(missing.is_empty(), "dashboard queries unknown metrics: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "dashboard queries unknown metrics: {missing:?}"
+    );
     stop(st).await;
 }

@@ -9,6 +9,7 @@
 //! `dc` is a DC-table index, `reason` and `mode` are closed enums.
 //! The full list is in docs/metrics.md.
 
+use crate::dc::{DcTable, UnknownDcRule};
 use crate::events::{CloseReason, Event, EventSink};
 use mtgate_proto::{ClientMode, RejectReason};
 use prometheus_client::collector::Collector;
@@ -66,6 +67,8 @@ fn connect_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     users: HashSet<String>,
+    /// DC indexes that get their own `dc` label value; others are `other`.
+    dcs: DcTable,
     active: Gauge,
     connections: Family<ConnLabels, Counter>,
     accepted: Family<AcceptedLabels, Counter>,
@@ -92,6 +95,7 @@ impl Metrics {
         let m = Self {
             registry: Registry::default(),
             users: users.into_iter().map(str::to_owned).collect(),
+            dcs: DcTable::telegram_defaults(UnknownDcRule::Close),
             active: Gauge::default(),
             connections: Family::default(),
             accepted: Family::default(),
@@ -164,6 +168,24 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Uses the configured DC table for the `dc` label (default: Telegram's
+    /// DCs 1..5 and 203). A client can name any DC index (ME mode reports it),
+    /// so indexes outside the table share the value `other`.
+    pub fn with_dc_table(mut self, dcs: &DcTable) -> Self {
+        self.dcs = dcs.clone();
+        self
+    }
+
+    fn dc_label(&self, dc: u16) -> DcLabels {
+        DcLabels {
+            dc: if self.dcs.has(dc) {
+                dc.to_string()
+            } else {
+                "other".to_owned()
+            },
+        }
+    }
+
     /// The `user` label value for a user name from an event.
     fn user_label(&self, user: Option<&str>) -> String {
         match user {
@@ -195,12 +217,12 @@ impl Metrics {
             }
             Event::UpstreamConnected { dc, took, .. } => {
                 self.connect_seconds
-                    .get_or_create(&DcLabels { dc: dc.to_string() })
+                    .get_or_create(&self.dc_label(*dc))
                     .observe(took.as_secs_f64());
             }
             Event::UpstreamFailed { dc, .. } => {
                 self.connect_failures
-                    .get_or_create(&DcLabels { dc: dc.to_string() })
+                    .get_or_create(&self.dc_label(*dc))
                     .inc();
             }
             Event::Fronted { reason, .. } => {

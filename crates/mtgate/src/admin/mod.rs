@@ -13,6 +13,8 @@
 //! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
 
 pub mod metrics;
+#[cfg(unix)]
+pub mod notify;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -48,6 +50,18 @@ impl Health {
     /// Every client listener is bound: startup and readiness pass from now on.
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::SeqCst);
+    }
+    /// [`Health::mark_started`], and tells systemd (`READY=1`, for `Type=notify`).
+    pub fn mark_started_and_notify(&self) {
+        self.mark_started();
+        #[cfg(unix)]
+        notify::notify("READY=1");
+    }
+    /// [`Health::mark_draining`], and tells systemd (`STOPPING=1`).
+    pub fn mark_draining_and_notify(&self) {
+        self.mark_draining();
+        #[cfg(unix)]
+        notify::notify("STOPPING=1");
     }
     /// Shutdown began: readiness fails from now on (liveness still passes).
     pub fn mark_draining(&self) {

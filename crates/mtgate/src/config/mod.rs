@@ -458,9 +458,12 @@ fn admin_listen(
         return Ok(None);
     }
     let text = a.listen.as_deref().unwrap_or(crate::admin::DEFAULT_LISTEN);
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| invalid("admin.listen", format!("`{text}` is not an ip:port address")))?;
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        invalid(
+            "admin.listen",
+            format!("`{text}` is not an ip:port address"),
+        )
+    })?;
     let clash = listen.iter().any(|l| {
         l.port() != 0
             && l.port() == addr.port()
