@@ -47,7 +47,9 @@ impl ProxySecret {
         let s = s.trim();
         // Hex first (as tdlib does); a string that is valid hex but of no usable
         // shape may still be base64url (22 base64 characters can all be hex digits).
-        let from_hex = hex::decode(s).map_err(|_| SecretError::Encoding).and_then(|b| Self::from_bytes(&b));
+        let from_hex = hex::decode(s)
+            .map_err(|_| SecretError::Encoding)
+            .and_then(|b| Self::from_bytes(&b));
         match from_hex {
             Ok(v) => Ok(v),
             Err(hex_err) => match decode_b64(s) {
