@@ -285,8 +285,15 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         cfg.users.len()
     };
     if cfg.me.enabled {
-        crate::me::files::load(&cfg.me, &cfg.state_dir, false)
-            .map_err(|e| anyhow::anyhow!("me: {e}"))?;
+        match crate::me::files::load(&cfg.me, &cfg.state_dir, false) {
+            // Fetched files may simply not have been fetched yet.
+            Err(e) if cfg.me.fetch.is_some() => {
+                eprintln!("me: {e} (to be fetched over HTTPS at start)")
+            }
+            r => {
+                r.map_err(|e| anyhow::anyhow!("me: {e}"))?;
+            }
+        }
     }
     // Build the runtime exactly as `run` does (without binding sockets).
     let _rt = Runtime::build(cfg.clone(), cfg.users.clone(), Telemetry::default());

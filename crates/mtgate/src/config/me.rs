@@ -19,6 +19,8 @@ pub struct MeConfig {
     pub proxy_secret_file: Option<PathBuf>,
     pub proxy_config_file: Option<PathBuf>,
     pub proxy_config_v6_file: Option<PathBuf>,
+    /// HTTPS fetching of the files without a local path (see [`MeFetch`]).
+    pub fetch: Option<MeFetch>,
     /// Our public address as the middle-ends see it (NAT), per family.
     pub nat_ip: Option<IpAddr>,
     /// Use direct mode for a client whose DC has no ready middle-end connection.
@@ -41,6 +43,28 @@ pub struct MeConfig {
     pub reload_interval: Duration,
 }
 
+/// Where and how the files are fetched over HTTPS (`[me] fetch = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeFetch {
+    /// `None` when `proxy_secret_file` is set (the local file wins).
+    pub secret_url: Option<String>,
+    pub config_url: Option<String>,
+    /// Only with `fetch_v6 = true` and no `proxy_config_v6_file`.
+    pub config_v6_url: Option<String>,
+    pub pins: Vec<crate::me::fetch::Pin>,
+    pub pin_mode: PinMode,
+    pub timeout: Duration,
+}
+
+/// What a certificate that matches no pin gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinMode {
+    /// Refused.
+    Strict,
+    /// Logged and counted; the usual (webpki-roots) verification decides.
+    Warn,
+}
+
 impl MeConfig {
     /// The tag for `user`: their own, else the global one.
     pub fn ad_tag_for(&self, user: &str) -> Option<[u8; 16]> {
@@ -55,6 +79,13 @@ pub fn parse_ad_tag(key: &str, s: &str) -> Result<[u8; 16], ConfigError> {
         .map_err(|_| invalid(key, "want 32 hex digits (the tag @MTProxybot gave)"))?;
     Ok(tag)
 }
+
+/// Default `me.proxy_secret_url`.
+pub const DEFAULT_SECRET_URL: &str = "https://core.telegram.org/getProxySecret";
+/// Default `me.proxy_config_url`.
+pub const DEFAULT_CONFIG_URL: &str = "https://core.telegram.org/getProxyConfig";
+/// Default `me.proxy_config_v6_url`.
+pub const DEFAULT_CONFIG_V6_URL: &str = "https://core.telegram.org/getProxyConfigV6";
 
 fn range(
     key: &str,
@@ -94,17 +125,84 @@ impl MeConfig {
         let proxy_secret_file = file("me.proxy_secret_file", r.proxy_secret_file)?;
         let proxy_config_file = file("me.proxy_config_file", r.proxy_config_file)?;
         let proxy_config_v6_file = file("me.proxy_config_v6_file", r.proxy_config_v6_file)?;
-        if enabled {
+        let fetch = if r.fetch.unwrap_or(false) {
+            let url =
+                |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+                    let u = v.unwrap_or_else(|| default.to_owned());
+                    crate::me::fetch::HttpsUrl::parse(&u).map_err(|e| invalid(key, e))?;
+                    Ok(u)
+                };
+            let secret_url = url(
+                "me.proxy_secret_url",
+                r.proxy_secret_url,
+                DEFAULT_SECRET_URL,
+            )?;
+            let config_url = url(
+                "me.proxy_config_url",
+                r.proxy_config_url,
+                DEFAULT_CONFIG_URL,
+            )?;
+            let config_v6_url = url(
+                "me.proxy_config_v6_url",
+                r.proxy_config_v6_url,
+                DEFAULT_CONFIG_V6_URL,
+            )?;
+            let pins = r
+                .pins
+                .unwrap_or_default()
+                .iter()
+                .map(|p| crate::me::fetch::Pin::parse(p).map_err(|e| invalid("me.pins", e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pin_mode = match r.pin_mode.as_deref().unwrap_or("strict") {
+                "strict" => PinMode::Strict,
+                "warn" => PinMode::Warn,
+                o => {
+                    return Err(invalid(
+                        "me.pin_mode",
+                        format!("`{o}`: want \"strict\" or \"warn\""),
+                    ))
+                }
+            };
+            let timeout = r.fetch_timeout.unwrap_or(Duration::from_secs(30));
+            if timeout.is_zero() {
+                return Err(invalid("me.fetch_timeout", "must be greater than zero"));
+            }
+            Some(MeFetch {
+                secret_url: proxy_secret_file.is_none().then_some(secret_url),
+                config_url: proxy_config_file.is_none().then_some(config_url),
+                config_v6_url: (r.fetch_v6.unwrap_or(false) && proxy_config_v6_file.is_none())
+                    .then_some(config_v6_url),
+                pins,
+                pin_mode,
+                timeout,
+            })
+        } else {
+            for (k, set) in [
+                ("me.fetch_v6", r.fetch_v6.is_some()),
+                ("me.proxy_secret_url", r.proxy_secret_url.is_some()),
+                ("me.proxy_config_url", r.proxy_config_url.is_some()),
+                ("me.proxy_config_v6_url", r.proxy_config_v6_url.is_some()),
+                ("me.pins", r.pins.is_some()),
+                ("me.pin_mode", r.pin_mode.is_some()),
+                ("me.fetch_timeout", r.fetch_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(k, "only used with me.fetch = true"));
+                }
+            }
+            None
+        };
+        if enabled && fetch.is_none() {
             if proxy_secret_file.is_none() {
                 return Err(invalid(
                     "me.proxy_secret_file",
-                    "required when ME mode is on (the proxy-secret from core.telegram.org/getProxySecret)",
+                    "required when ME mode is on without me.fetch = true (the proxy-secret from core.telegram.org/getProxySecret)",
                 ));
             }
             if proxy_config_file.is_none() && proxy_config_v6_file.is_none() {
                 return Err(invalid(
                     "me.proxy_config_file",
-                    "required when ME mode is on (proxy-multi.conf from core.telegram.org/getProxyConfig)",
+                    "required when ME mode is on without me.fetch = true (proxy-multi.conf from core.telegram.org/getProxyConfig)",
                 ));
             }
         }
@@ -149,6 +247,7 @@ impl MeConfig {
             proxy_secret_file,
             proxy_config_file,
             proxy_config_v6_file,
+            fetch,
             nat_ip,
             fallback_direct: r.fallback_direct.unwrap_or(true),
             connections_per_addr: range(

@@ -9,7 +9,7 @@ pub mod me;
 pub mod raw;
 
 use crate::dc::{DcTable, UnknownDcRule};
-pub use me::MeConfig;
+pub use me::{MeConfig, MeFetch, PinMode};
 use mtgate_crypto::Key16;
 use mtgate_proto::secret::{validate_domain, ProxySecret, SecretKind};
 use raw::RawConfig;

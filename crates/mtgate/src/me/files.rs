@@ -3,8 +3,9 @@
 //! `proxy-secret` (32..=256 raw bytes) and `proxy-multi.conf` (IPv4 and/or
 //! IPv6). Each good file is copied to `state_dir/me/` (temp file + rename);
 //! when a configured file is missing or bad, that last good copy is used
-//! instead, so a botched download does not take ME mode down. Fetching the
-//! files over HTTPS is not done here: an operator (or cron) puts them in place.
+//! instead, so a botched download does not take ME mode down. A file with no
+//! local path but fetched over HTTPS ([`super::fetch`], `[me] fetch = true`)
+//! is read from that copy, which only a good fetch replaces.
 
 use crate::config::MeConfig;
 use mtgate_proto::me::conf::{ConfError, MeAddr, ProxyMultiConf};
@@ -75,7 +76,7 @@ fn read(path: &Path) -> Result<Vec<u8>, FilesError> {
     Ok(data)
 }
 
-fn check_secret(path: &Path, data: Vec<u8>) -> Result<Vec<u8>, FilesError> {
+pub(crate) fn check_secret(path: &Path, data: Vec<u8>) -> Result<Vec<u8>, FilesError> {
     if (MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&data.len()) {
         Ok(data)
     } else {
@@ -86,13 +87,13 @@ fn check_secret(path: &Path, data: Vec<u8>) -> Result<Vec<u8>, FilesError> {
     }
 }
 
-fn check_conf(path: &Path, data: Vec<u8>) -> Result<ProxyMultiConf, FilesError> {
+pub(crate) fn check_conf(path: &Path, data: Vec<u8>) -> Result<ProxyMultiConf, FilesError> {
     let p = || path.display().to_string();
     let text = String::from_utf8(data).map_err(|_| FilesError::NotText { path: p() })?;
     ProxyMultiConf::parse(&text).map_err(|source| FilesError::Conf { path: p(), source })
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -104,13 +105,17 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Loads one file: the configured path, else the last good copy in `keep`
-/// (refreshed from a good configured file when `save`).
+/// (refreshed from a good configured file when `save`). With no configured
+/// path (a fetched file) only the copy is read.
 fn load_one<T>(
-    configured: &Path,
+    configured: Option<&Path>,
     keep: &Path,
     save: bool,
     check: impl Fn(&Path, Vec<u8>) -> Result<T, FilesError>,
 ) -> Result<T, FilesError> {
+    let Some(configured) = configured else {
+        return read(keep).and_then(|d| check(keep, d));
+    };
     let first = read(configured).and_then(|d| check(configured, d.clone()).map(|v| (v, d)));
     match first {
         Ok((v, raw)) => {
@@ -143,7 +148,11 @@ pub fn keep_dir(state_dir: &Path) -> PathBuf {
 /// `state_dir` when `save` (not when only checking a configuration).
 pub fn load(cfg: &MeConfig, state_dir: &Path, save: bool) -> Result<MeFiles, FilesError> {
     let keep = keep_dir(state_dir);
-    let secret_path = cfg.proxy_secret_file.as_deref().ok_or(FilesError::NoConf)?;
+    let fetch = cfg.fetch.as_ref();
+    let secret_path = cfg.proxy_secret_file.as_deref();
+    if secret_path.is_none() && fetch.and_then(|f| f.secret_url.as_ref()).is_none() {
+        return Err(FilesError::NoConf);
+    }
     let secret = load_one(secret_path, &keep.join("proxy-secret"), save, check_secret)?;
     let mut files = MeFiles {
         secret,
@@ -151,13 +160,23 @@ pub fn load(cfg: &MeConfig, state_dir: &Path, save: bool) -> Result<MeFiles, Fil
         default_dc: None,
     };
     let confs = [
-        (&cfg.proxy_config_file, "proxy-multi.conf"),
-        (&cfg.proxy_config_v6_file, "proxy-multi-v6.conf"),
+        (
+            &cfg.proxy_config_file,
+            fetch.is_some_and(|f| f.config_url.is_some()),
+            "proxy-multi.conf",
+        ),
+        (
+            &cfg.proxy_config_v6_file,
+            fetch.is_some_and(|f| f.config_v6_url.is_some()),
+            "proxy-multi-v6.conf",
+        ),
     ];
     let mut any = false;
-    for (path, name) in confs {
-        let Some(path) = path else { continue };
-        let conf = load_one(path, &keep.join(name), save, check_conf)?;
+    for (path, fetched, name) in confs {
+        if path.is_none() && !fetched {
+            continue;
+        }
+        let conf = load_one(path.as_deref(), &keep.join(name), save, check_conf)?;
         any = true;
         files.default_dc = files.default_dc.or(conf.default_dc);
         for c in conf.clusters {

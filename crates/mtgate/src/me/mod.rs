@@ -4,7 +4,9 @@
 //! module is the I/O around them:
 //!
 //! * [`files`]: proxy-secret and proxy-multi.conf from local files, with a
-//!   last good copy in the state directory (no HTTPS fetching here);
+//!   last good copy in the state directory;
+//! * [`fetch`]: those files over HTTPS (`fetch = true`), with certificate
+//!   pinning, saved as that last good copy only when valid;
 //! * [`conn`]: opening one link (connect, nonce, keys with the NAT address,
 //!   handshake);
 //! * [`mux`]: one ready link carrying many clients;
@@ -17,6 +19,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod fetch;
 pub mod files;
 pub mod mux;
 pub mod pool;
@@ -40,8 +43,8 @@ use tokio::sync::watch;
 pub struct MeService {
     cfg: MeConfig,
     prefer_v6: bool,
-    /// `None` when the files could not be loaded or no async runtime was running.
-    pool: Option<Arc<Pool>>,
+    /// Unset while the files could not be loaded (yet) or no async runtime was running.
+    pool: Arc<std::sync::OnceLock<Arc<Pool>>>,
     stop: watch::Sender<bool>,
 }
 
@@ -63,10 +66,20 @@ impl MeService {
         }
         let (stop, stop_rx) = watch::channel(false);
         let running = tokio::runtime::Handle::try_current().is_ok();
-        let pool = match files::load(&cfg, &config.state_dir, running) {
+        let pool = Arc::new(std::sync::OnceLock::new());
+        let fetcher = match cfg.fetch.as_ref().map(fetch::Fetcher::new).transpose() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "ME mode: cannot set up HTTPS fetching");
+                None
+            }
+        };
+        match files::load(&cfg, &config.state_dir, running) {
+            Err(e) if fetcher.is_some() && running => {
+                tracing::info!(error = %e, "ME mode: no usable copy of the middle-end files yet; fetching them");
+            }
             Err(e) => {
                 tracing::error!(error = %e, fallback_direct = cfg.fallback_direct, "ME mode: cannot load the middle-end files");
-                None
             }
             Ok(f) if running => {
                 tracing::info!(
@@ -74,17 +87,19 @@ impl MeService {
                     clusters = f.clusters.len(),
                     "ME mode on"
                 );
-                let pool = Pool::start(f, cfg.clone(), stop_rx.clone());
-                tokio::spawn(reload(
-                    pool.clone(),
-                    cfg.clone(),
-                    config.state_dir.clone(),
-                    stop_rx,
-                ));
-                Some(pool)
+                let _ = pool.set(Pool::start(f, cfg.clone(), stop_rx.clone()));
             }
-            Ok(_) => None,
-        };
+            Ok(_) => {}
+        }
+        if running && (pool.get().is_some() || fetcher.is_some()) {
+            tokio::spawn(reload(
+                pool.clone(),
+                fetcher,
+                cfg.clone(),
+                config.state_dir.clone(),
+                stop_rx,
+            ));
+        }
         Some(Self {
             prefer_v6: config.prefer == IpPreference::V6,
             cfg,
@@ -95,7 +110,7 @@ impl MeService {
 
     /// Binds a client of `dc` to a ready middle-end link of its cluster.
     pub async fn bind(&self, dc: DcIndex) -> Option<Bound> {
-        self.pool.as_ref()?.bind(dc.0, self.prefer_v6).await
+        self.pool.get()?.bind(dc.0, self.prefer_v6).await
     }
 
     /// Whether a client with no ready middle-end goes direct (else it is closed).
@@ -105,7 +120,7 @@ impl MeService {
 
     /// Ready middle-end links now.
     pub fn ready_connections(&self) -> usize {
-        self.pool.as_ref().map_or(0, |p| p.ready())
+        self.pool.get().map_or(0, |p| p.ready())
     }
 
     /// Waits until at least `n` links are ready (for tests and start-up checks).
@@ -121,19 +136,50 @@ impl MeService {
     }
 }
 
-/// Reads the files again every `reload_interval` and applies what changed.
-/// A file that is missing or broken keeps the last good copy in force.
+/// Fetches (when configured, at once and then) and reads the files again
+/// every `reload_interval` and applies what changed; starts the pool once the
+/// files are first usable. A file that is missing, broken or not fetched
+/// keeps the last good copy in force.
 async fn reload(
-    pool: Arc<Pool>,
+    slot: Arc<std::sync::OnceLock<Arc<Pool>>>,
+    fetcher: Option<fetch::Fetcher>,
     cfg: MeConfig,
     state_dir: std::path::PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut first = fetcher.is_some();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(cfg.reload_interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if !first {
+            // Until the files are first usable, try again sooner.
+            let wait = if slot.get().is_some() {
+                cfg.reload_interval
+            } else {
+                cfg.reload_interval.min(Duration::from_secs(30))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
+        first = false;
+        if let Some(f) = &fetcher {
+            tokio::select! {
+                _ = f.refresh(&state_dir) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        let Some(pool) = slot.get() else {
+            match files::load(&cfg, &state_dir, true) {
+                Ok(f) => {
+                    tracing::info!(addresses = f.all_addrs().len(), "ME mode on");
+                    let _ = slot.set(Pool::start(f, cfg.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ME files still unusable; clients go direct or are refused")
+                }
+            }
+            continue;
+        };
         match files::load(&cfg, &state_dir, true) {
             Ok(f) if f != pool.files() => {
                 tracing::info!(
