@@ -9,12 +9,19 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-cargo build --release -p mtgate -p mtgate-bench
+# MTGATE_BENCH_PROFILE=debug (used by CI) skips the slow LTO release build: the
+# smoke run checks the harness, not the numbers.
+profile="${MTGATE_BENCH_PROFILE:-release}"
+if [ "$profile" = debug ]; then
+    cargo build -p mtgate -p mtgate-bench
+else
+    cargo build --release -p mtgate -p mtgate-bench
+fi
 
 out=bench-out
 mkdir -p "$out"
 json="$out/bench-smoke.json"
 
 # The bench bounds itself (global limit 240 s in smoke mode); this is a backstop.
-timeout 300 target/release/mtgate-bench --smoke --json "$json" "$@"
+timeout 300 "target/$profile/mtgate-bench" --smoke --json "$json" "$@"
 echo "bench-smoke: ok ($json)"

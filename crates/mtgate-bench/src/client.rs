@@ -281,6 +281,35 @@ impl RecordCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dc::start_echo_dc;
+
+    /// A client in relay mode speaks the DC's own header, so it can talk to
+    /// the echo DC directly: the verified and the raw echo both work.
+    #[tokio::test]
+    async fn echo_dc_round_trips() {
+        let dc = start_echo_dc(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let t = Target {
+            label: "direct".into(),
+            addr: dc,
+            mode: Mode::Relay,
+            key: Key16::generate(),
+            domain: "bench.example".into(),
+            dc: 2,
+        };
+        let mut c = connect(&t, false).await.unwrap();
+        let mut scratch = Vec::new();
+        for len in [1usize, 256, 70_000] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
+            c.round_trip(&msg, &mut scratch).await.unwrap();
+        }
+        let mut raw = connect(&t, true).await.unwrap();
+        raw.stream.write_all(b"verbatim").await.unwrap();
+        let mut back = [0u8; 8];
+        raw.stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"verbatim");
+    }
 
     #[test]
     fn record_counter_handles_any_split() {

@@ -187,7 +187,8 @@ pub async fn bulk(t: &Target, pid: Option<u32>, o: BulkOpts) -> anyhow::Result<B
     let bytes = b1 - b0;
     let relayed_gb = 2.0 * bytes as f64 / 1e9;
     let proxy_cpu = match (m0.proxy, m1.proxy) {
-        (Some(a), Some(b)) => Some(b - a),
+        // Zero ticks (a window shorter than the clock tick) tells nothing.
+        (Some(a), Some(b)) if b > a => Some(b - a),
         _ => None,
     };
     if bytes == 0 {
@@ -278,7 +279,8 @@ pub async fn handshakes(
         );
     }
     let proxy_cpu = match (m0.proxy, m1.proxy) {
-        (Some(a), Some(b)) => Some(b - a),
+        // Zero ticks (a window shorter than the clock tick) tells nothing.
+        (Some(a), Some(b)) if b > a => Some(b - a),
         _ => None,
     };
     Ok(HandshakeResult {

@@ -520,3 +520,19 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 fn fmt_pair(a: Option<f64>, b: Option<f64>, unit: &str) -> String {
     format!("{} vs {} {unit}", opt(a, 2), opt(b, 2))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_round_ratios() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        let s = [Some(2.0), None, Some(9.0)];
+        let r = [Some(4.0), Some(1.0), Some(3.0)];
+        assert_eq!(round_ratios(&s, &r, |a, b| a / b), vec![0.5, 3.0]);
+        assert!(round_ratios(&s[..1], &r[..1], |a, b| a / b).is_empty());
+    }
+}
