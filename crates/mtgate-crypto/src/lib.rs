@@ -19,7 +19,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub mod cbc;
 pub use cbc::{AesCbcDec, AesCbcEnc};
 
-type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
+// CTR only ever encrypts blocks: the encrypt-only key schedule halves the cipher state.
+type Aes256Ctr = ctr::Ctr128BE<aes::Aes256Enc>;
 
 /// Streaming AES-256-CTR. The keystream position is kept between calls, so a
 /// connection's cipher is created once and fed every byte of one direction.

@@ -160,7 +160,9 @@ async fn handshake_phase(
     mut link: Option<&mut MaskLink>,
 ) -> Phase {
     let deadline = tokio::time::Instant::now() + rt.config.handshake_timeout;
-    let mut buf = [0u8; 4096];
+    // On the heap, and only during the handshake: a stack array would size every
+    // connection's task for it, idle ones included.
+    let mut buf = vec![0u8; 4096];
     // Once we answered (FakeTLS ServerHello) the connection can no longer be fronted.
     let mut responded = false;
     let front_or_close = |reason, client_eof, responded: bool| {
