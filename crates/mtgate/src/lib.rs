@@ -16,6 +16,7 @@ pub mod events;
 pub mod links;
 pub mod mask;
 pub mod me;
+pub mod policy;
 pub mod pool;
 pub mod profile;
 pub mod relay;

@@ -56,6 +56,7 @@ fn user(key: Key16, modes: Modes) -> User {
         name: DEFAULT_USER.into(),
         key,
         modes,
+        limits: Default::default(),
     }
 }
 

@@ -6,16 +6,20 @@
 //! Command-line flags are applied as a [`Overrides`] on the raw form first.
 
 pub mod me;
+pub mod policy;
 pub mod raw;
+pub mod user_limits;
 
 use crate::dc::{DcTable, UnknownDcRule};
 pub use me::{MeConfig, MeFetch, PinMode};
 use mtgate_crypto::Key16;
 use mtgate_proto::secret::{validate_domain, ProxySecret, SecretKind};
+pub use policy::PolicyConfig;
 use raw::RawConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+pub use user_limits::UserLimits;
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ pub struct User {
     pub name: String,
     pub key: Key16,
     pub modes: Modes,
+    /// Limits, quotas and bandwidth (`[users.NAME.limits]`).
+    pub limits: UserLimits,
 }
 
 impl User {
@@ -153,6 +159,8 @@ pub struct Config {
     pub me: MeConfig,
     /// The admin (metrics, health) listener; `None` when `admin.enabled = false`.
     pub admin_listen: Option<SocketAddr>,
+    /// Security policy (`[policy]`).
+    pub policy: PolicyConfig,
 }
 
 /// Values given on the command line; they override the file.
@@ -387,14 +395,17 @@ impl Config {
                 Some(m) => Modes::parse(&format!("{key}.modes"), m)?,
                 None => default_modes,
             };
+            let limits = UserLimits::from_raw(&format!("{key}.limits"), ru.limits)?;
             users.push(User {
                 name,
                 key: secret.key,
                 modes,
+                limits,
             });
         }
 
         let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
+        let policy = PolicyConfig::from_raw(raw.policy)?;
         let admin_listen = admin_listen(&raw.admin, &listen)?;
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
@@ -445,6 +456,7 @@ impl Config {
             log_json,
             me,
             admin_listen,
+            policy,
         })
     }
 }
@@ -516,6 +528,7 @@ fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigErro
                 secret,
                 modes: None,
                 ad_tag: None,
+                limits: None,
             },
         );
     }

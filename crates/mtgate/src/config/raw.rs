@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// The admin listener (metrics, health).
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Security policy (ACL, rate limits, reputation, geo).
+    #[serde(default)]
+    pub policy: super::policy::RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +91,8 @@ pub struct RawUser {
     pub modes: Option<Vec<String>>,
     /// This user's promotion tag (32 hex digits); overrides `me.ad_tag`.
     pub ad_tag: Option<String>,
+    /// Per-user limits, quotas and bandwidth.
+    pub limits: Option<super::user_limits::RawUserLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
