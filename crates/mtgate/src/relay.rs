@@ -53,31 +53,68 @@ impl Traffic {
     }
 }
 
+/// The four ciphers and the record stripper, boxed once per session so an idle
+/// session's future holds a pointer, not ~4 KB of key schedules (async fns keep
+/// their arguments for their whole life, so passing these by value would store
+/// them twice).
+struct Keys {
+    c_dec: AesCtr,
+    c_enc: AesCtr,
+    u_dec: AesCtr,
+    u_enc: AesCtr,
+    tls: Option<RecordStripper>,
+}
+
 /// Runs the relay until one side ends it; returns the close reason.
-pub async fn run(
+pub fn run(
     client: ClientSide,
     upstream: UpstreamSide,
+    idle: Duration,
+    traffic: &Traffic,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = CloseReason> + Send + '_ {
+    let keys = Box::new(Keys {
+        c_dec: client.ciphers.dec,
+        c_enc: client.ciphers.enc,
+        u_dec: upstream.ciphers.dec,
+        u_enc: upstream.ciphers.enc,
+        tls: client.tls,
+    });
+    run_boxed(
+        client.stream,
+        upstream.stream,
+        keys,
+        client.early,
+        idle,
+        traffic,
+        shutdown,
+    )
+}
+
+async fn run_boxed(
+    client: TcpStream,
+    upstream: TcpStream,
+    mut keys: Box<Keys>,
+    early: Vec<u8>,
     idle: Duration,
     traffic: &Traffic,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> CloseReason {
     let start = Instant::now();
     traffic.touch(start);
-    let (c_rd, mut c_wr) = client.stream.into_split();
-    let (u_rd, mut u_wr) = upstream.stream.into_split();
-    let CipherPair {
-        dec: mut c_dec,
-        enc: mut c_enc,
-    } = client.ciphers;
-    let CipherPair {
-        dec: mut u_dec,
-        enc: mut u_enc,
-    } = upstream.ciphers;
-    let mut tls = client.tls;
+    let (c_rd, mut c_wr) = client.into_split();
+    let (u_rd, mut u_wr) = upstream.into_split();
+    let Keys {
+        c_dec,
+        c_enc,
+        u_dec,
+        u_enc,
+        tls,
+    } = &mut *keys;
     let is_tls = tls.is_some();
 
-    if !client.early.is_empty() {
-        let mut early = client.early;
+    if !early.is_empty() {
+        let mut early = early;
         c_dec.apply(&mut early);
         u_enc.apply(&mut early);
         if u_wr.write_all(&early).await.is_err() {
@@ -86,12 +123,8 @@ pub async fn run(
         traffic.up.fetch_add(early.len() as u64, Relaxed);
     }
 
-    let up = pump_up(
-        c_rd, &mut u_wr, &mut c_dec, &mut u_enc, &mut tls, traffic, start,
-    );
-    let down = pump_down(
-        u_rd, &mut c_wr, &mut u_dec, &mut c_enc, is_tls, traffic, start,
-    );
+    let up = pump_up(c_rd, &mut u_wr, c_dec, u_enc, tls, traffic, start);
+    let down = pump_down(u_rd, &mut c_wr, u_dec, c_enc, is_tls, traffic, start);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let mut first: Option<CloseReason> = None;

@@ -76,7 +76,9 @@ async fn run(
             rt.config.mask_preconnect,
         )
     });
-    let phase = handshake_phase(&mut stream, &mut hs, rt, link.as_mut()).await;
+    // The handshake, fronting, ME and dial futures are boxed: an idle session's
+    // task is as big as its largest state, and those only live briefly.
+    let phase = Box::pin(handshake_phase(&mut stream, &mut hs, rt, link.as_mut())).await;
     let accepted = match phase {
         Phase::Accepted(a) => a,
         Phase::Close(r) => return r,
@@ -92,7 +94,7 @@ async fn run(
             if let CloseReason::Rejected(r) = reason {
                 rt.telemetry.emit(Event::Fronted { id, reason: r });
             }
-            mask::splice(stream, hs.received(), client_eof, link).await;
+            Box::pin(mask::splice(stream, hs.received(), client_eof, link)).await;
             return reason;
         }
     };
@@ -105,23 +107,31 @@ async fn run(
         dc: accepted.dc.0,
     });
     // Middle-proxy mode (with its fallback to direct), see crate::me.
-    let (stream, accepted) =
-        match crate::me::route(rt, id, stream, accepted, traffic, shutdown.clone()).await {
-            crate::me::Routed::Done(reason) => return reason,
-            crate::me::Routed::Direct(stream, accepted) => (stream, accepted),
-        };
+    let (stream, accepted) = match Box::pin(crate::me::route(
+        rt,
+        id,
+        stream,
+        accepted,
+        traffic,
+        shutdown.clone(),
+    ))
+    .await
+    {
+        crate::me::Routed::Done(reason) => return reason,
+        crate::me::Routed::Direct(stream, accepted) => (stream, accepted),
+    };
     let mut on_fail = |dc: u16, e: &str| {
         rt.telemetry
             .emit(Event::UpstreamFailed { id, dc, error: e })
     };
-    let connected = match upstream::connect_direct(
+    let connected = match Box::pin(upstream::connect_direct(
         &rt.config.dcs,
         accepted.dc,
         accepted.tag,
         rt.config.prefer,
         rt.config.connect_timeout,
         &mut on_fail,
-    )
+    ))
     .await
     {
         Ok(c) => c,
@@ -216,5 +226,29 @@ async fn handshake_phase(
                 return front_or_close(CloseReason::Rejected(r), false, responded)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle session's task is this future: keep the big, short-lived states
+    /// (handshake, fronting, ME, dialing, the ciphers) out of it.
+    #[tokio::test]
+    async fn session_future_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let a = l.local_addr().expect("addr");
+        let s = tokio::net::TcpStream::connect(a).await.expect("connect");
+        let cfg = crate::config::Config::from_overrides(&Default::default()).expect("config");
+        let rt = std::sync::Arc::new(crate::runtime::Runtime::build(
+            cfg,
+            vec![],
+            Default::default(),
+        ));
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let f = super::serve(s, a, rt, rx);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 2560, "session future is {size} bytes");
     }
 }
