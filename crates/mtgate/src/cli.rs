@@ -4,7 +4,8 @@
 use crate::admin::{AdminServer, AdminState, Metrics, MetricsSink};
 use crate::config::{Config, Overrides, User};
 use crate::events::{Counters, LogSink, Telemetry};
-use crate::runtime::Runtime;
+use crate::reload::Reloader;
+use crate::runtime::{Live, Runtime};
 use crate::server::Server;
 use crate::{links, state};
 use anyhow::Context;
@@ -157,13 +158,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The users to serve: the configured ones, or the generated default user.
 fn users_for(cfg: &Config) -> anyhow::Result<(Vec<User>, bool)> {
-    if !cfg.users.is_empty() {
-        return Ok((cfg.users.clone(), false));
-    }
-    let (u, created) = state::load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
-    Ok((vec![u], created))
+    Ok(state::users_for(cfg)?)
 }
 
 fn init_logs(cfg: &Config) {
@@ -203,13 +199,27 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let telemetry = Telemetry::new(vec![
             Arc::new(LogSink),
             Arc::new(Counters::default()),
-            Arc::new(MetricsSink(metrics)),
+            Arc::new(MetricsSink(metrics.clone())),
         ]);
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
-        let server = Server::start(runtime.clone()).await?;
+        let live = Live::new(runtime);
+        let server = Server::start_live(live.clone()).await?;
+        let reloader = Reloader::new(
+            a.common.config.clone(),
+            a.common.overrides(),
+            live.clone(),
+            Some(metrics.clone()),
+        );
+        admin_state.set_reload(cfg.admin_token.clone(), {
+            let r = reloader.clone();
+            Arc::new(move || r.reload().map(|s| s.to_string()).map_err(|e| e.to_string()))
+        });
+        if cfg.watch_config {
+            reloader.clone().spawn_watcher(Duration::from_secs(2));
+        }
         admin_state.health.mark_started_and_notify();
         if cfg.fronting && cfg.learn_profile {
-            crate::runtime::spawn_profiler(runtime, cfg.profile_interval);
+            crate::runtime::spawn_profiler(live.clone(), cfg.profile_interval);
         }
         let mut out = std::io::stdout().lock();
         for addr in &server.local_addrs {
@@ -222,7 +232,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         if let Some(png) = &a.qr_png {
             write_png(&cfg, &users[0], port, png)?;
         }
-        wait_for_signal().await;
+        wait_for_signal(&reloader).await;
         tracing::info!("shutting down");
         admin_state.health.mark_draining_and_notify();
         server.shutdown(Duration::from_secs(5)).await;
@@ -255,25 +265,27 @@ async fn next_signal(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()
     }
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP (systemd `ExecReload`) reloads the config.
+async fn wait_for_signal(reloader: &Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
-            // SIGHUP (systemd ExecReload) must not kill the process; reload is not
-            // implemented yet, so it is only logged.
             let mut hup = signal(SignalKind::hangup()).ok();
             loop {
                 tokio::select! {
                     _ = term.recv() => return,
                     _ = tokio::signal::ctrl_c() => return,
                     Some(_) = next_signal(hup.as_mut()) => {
-                        tracing::warn!("SIGHUP: config reload is not implemented yet; restart to apply changes");
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // The outcome is logged and counted by the reloader.
+                        let _ = reloader.reload();
                     }
                 }
             }
         }
     }
+    let _ = reloader;
     let _ = tokio::signal::ctrl_c().await;
 }
 

@@ -37,6 +37,12 @@ pub enum CloseReason {
     ClientProtocol,
     /// The server is shutting down.
     Shutdown,
+    /// The user was removed or disabled by a reload (after the grace time).
+    Drained,
+    /// Refused by the security policy (closed or fronted, never answered).
+    Policy(crate::policy::PolicyReason),
+    /// The user's data quota ran out during the relay.
+    QuotaExhausted,
 }
 
 impl CloseReason {
@@ -55,6 +61,9 @@ impl CloseReason {
             Self::UpstreamConnectFailed => "upstream_connect_failed",
             Self::ClientProtocol => "client_protocol",
             Self::Shutdown => "shutdown",
+            Self::Drained => "drained",
+            Self::Policy(r) => r.label(),
+            Self::QuotaExhausted => "quota_exhausted",
         }
     }
 }
@@ -86,6 +95,18 @@ pub enum Event<'a> {
     Fronted {
         id: u64,
         reason: RejectReason,
+    },
+    /// The configuration was reloaded (`ok`), or a reload was refused.
+    Reloaded {
+        ok: bool,
+        /// What changed, or why the new file was refused.
+        detail: &'a str,
+    },
+    /// A policy refused (or, in monitor mode, would have refused) a connection.
+    PolicyHit {
+        id: u64,
+        reason: crate::policy::PolicyReason,
+        enforced: bool,
     },
     Closed {
         id: u64,
@@ -146,6 +167,30 @@ impl EventSink for LogSink {
             }
             Event::Fronted { id, reason } => {
                 tracing::debug!(conn = id, reason = reason.name(), "fronted to mask host")
+            }
+            Event::Reloaded { ok: true, detail } => {
+                tracing::info!(detail, "configuration reloaded")
+            }
+            Event::Reloaded { ok: false, detail } => {
+                tracing::error!(
+                    error = detail,
+                    "configuration reload refused; keeping the running configuration"
+                )
+            }
+            Event::PolicyHit {
+                id,
+                reason,
+                enforced,
+            } => {
+                if *enforced {
+                    tracing::info!(conn = id, reason = reason.label(), "refused by policy")
+                } else {
+                    tracing::info!(
+                        conn = id,
+                        reason = reason.label(),
+                        "policy would refuse (monitor mode)"
+                    )
+                }
             }
             Event::Closed {
                 id,

@@ -71,7 +71,7 @@ pub fn run(
     upstream: UpstreamSide,
     idle: Duration,
     traffic: &Traffic,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: crate::stop::Stop,
 ) -> impl std::future::Future<Output = CloseReason> + Send + '_ {
     let keys = Box::new(Keys {
         c_dec: client.ciphers.dec,
@@ -98,7 +98,7 @@ async fn run_boxed(
     early: Vec<u8>,
     idle: Duration,
     traffic: &Traffic,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: crate::stop::Stop,
 ) -> CloseReason {
     let start = Instant::now();
     traffic.touch(start);
@@ -154,7 +154,7 @@ async fn run_boxed(
                     return CloseReason::IdleTimeout;
                 }
             }
-            _ = shutdown.changed() => return CloseReason::Shutdown,
+            r = shutdown.wait() => return r,
         }
     }
     first.unwrap_or(CloseReason::ClientClosed)

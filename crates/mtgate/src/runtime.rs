@@ -1,57 +1,121 @@
 //! The state every session shares: the typed config, the handshake's view of
-//! the users, the replay cache and the telemetry fan-out. Built once at start
-//! (`Runtime::build` is also what `mtgate check` runs).
+//! the users, the replay cache and the telemetry fan-out. `Runtime::build` runs
+//! at start (and is what `mtgate check` runs); a reload builds the next one with
+//! [`Runtime::rebuild`], which keeps the parts that must outlive a config (the
+//! replay cache, telemetry, the ME service, drain signals, connection ids) and
+//! [`Live`] swaps it in atomically. Each session holds the `Arc<Runtime>` it
+//! started with, so a reload never changes a running connection.
 
 use crate::config::{Config, User};
 use crate::events::Telemetry;
+use crate::stop::Drains;
 use arc_swap::ArcSwap;
 use mtgate_proto::handshake::UserKey;
 use mtgate_proto::replay::ReplayCache;
 use mtgate_proto::HandshakeConfig;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub struct Runtime {
     pub config: Config,
     pub users: Vec<User>,
     /// Swapped atomically when the mask-site profile is refreshed.
     pub handshake: ArcSwap<HandshakeConfig>,
-    pub replay: Mutex<ReplayCache>,
+    pub replay: Arc<Mutex<ReplayCache>>,
     pub telemetry: Telemetry,
     /// Middle-proxy mode (`None` when `[me]` is off).
-    pub me: Option<crate::me::MeService>,
-    conn_ids: AtomicU64,
+    pub me: Option<Arc<crate::me::MeService>>,
+    /// Per-user drain signals (reload removes or disables users).
+    pub drains: Arc<Drains>,
+    conn_ids: Arc<AtomicU64>,
+}
+
+/// The runtime new connections get; swapped by a reload.
+#[derive(Debug)]
+pub struct Live {
+    current: ArcSwap<Runtime>,
+}
+
+impl Live {
+    pub fn new(rt: Arc<Runtime>) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::new(rt),
+        })
+    }
+    /// The runtime to give a new connection.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+    /// Makes `rt` the runtime of every connection accepted from now on.
+    pub fn swap(&self, rt: Arc<Runtime>) -> Arc<Runtime> {
+        self.current.swap(rt)
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn handshake_config(config: &Config, users: &[User]) -> HandshakeConfig {
+    HandshakeConfig {
+        users: users
+            .iter()
+            .map(|u| UserKey {
+                key: u.key.clone(),
+                classic: u.modes.classic,
+                secure: u.modes.secure,
+                fake_tls: u.modes.fake_tls,
+            })
+            .collect(),
+        domains: config.domains.clone(),
+        max_past_secs: config.max_past.as_secs(),
+        max_future_secs: config.max_future.as_secs(),
+        fake_cert_len: config.fake_cert_len,
+        observed_cert_lens: Vec::new(),
+        versions_first: false,
+    }
 }
 
 impl Runtime {
     /// Builds the shared state for `users` (the configured ones, or the generated default).
     pub fn build(config: Config, users: Vec<User>, telemetry: Telemetry) -> Self {
-        let handshake = HandshakeConfig {
-            users: users
-                .iter()
-                .map(|u| UserKey {
-                    key: u.key.clone(),
-                    classic: u.modes.classic,
-                    secure: u.modes.secure,
-                    fake_tls: u.modes.fake_tls,
-                })
-                .collect(),
-            domains: config.domains.clone(),
-            max_past_secs: config.max_past.as_secs(),
-            max_future_secs: config.max_future.as_secs(),
-            fake_cert_len: config.fake_cert_len,
-            observed_cert_lens: Vec::new(),
-            versions_first: false,
-        };
         let window = config.max_past.as_secs() + config.max_future.as_secs();
         Self {
-            me: crate::me::MeService::start(&config),
-            replay: Mutex::new(ReplayCache::new(config.replay_cache_size, window)),
+            me: crate::me::MeService::start(&config).map(Arc::new),
+            replay: Arc::new(Mutex::new(ReplayCache::new(
+                config.replay_cache_size,
+                window,
+            ))),
+            handshake: ArcSwap::from_pointee(handshake_config(&config, &users)),
             config,
             users,
-            handshake: ArcSwap::from_pointee(handshake),
             telemetry,
-            conn_ids: AtomicU64::new(1),
+            drains: Arc::default(),
+            conn_ids: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The runtime for a reloaded `config`: new users, domains, limits and
+    /// timeouts; the same replay cache, telemetry, ME service, drain signals and
+    /// connection-id counter; the learned mask-site profile carried over.
+    pub fn rebuild(&self, config: Config, users: Vec<User>) -> Self {
+        let mut hc = handshake_config(&config, &users);
+        let old = self.handshake.load();
+        hc.observed_cert_lens = old.observed_cert_lens.clone();
+        hc.versions_first = old.versions_first;
+        Self {
+            me: self.me.clone(),
+            replay: self.replay.clone(),
+            handshake: ArcSwap::from_pointee(hc),
+            config,
+            users,
+            telemetry: self.telemetry.clone(),
+            drains: self.drains.clone(),
+            conn_ids: self.conn_ids.clone(),
         }
     }
 
@@ -66,19 +130,21 @@ impl Runtime {
         let mut hc = HandshakeConfig::clone(&self.handshake.load());
         hc.observed_cert_lens = lens;
         hc.versions_first = versions_first;
-        self.handshake.store(std::sync::Arc::new(hc));
+        self.handshake.store(Arc::new(hc));
     }
 }
 
 /// Learns the mask site's profile now and then every `interval`, in the background.
+/// The profile goes to whichever runtime is live (reloads keep it).
 pub fn spawn_profiler(
-    rt: std::sync::Arc<Runtime>,
+    live: Arc<Live>,
     interval: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let sni = rt.config.domains[0].clone();
-        let addr = rt.config.mask_host.clone();
         loop {
+            let rt = live.current();
+            let sni = rt.config.domains[0].clone();
+            let addr = rt.config.mask_host.clone();
             match crate::profile::learn(&addr, &sni, 3, rt.config.connect_timeout).await {
                 Some((lens, vf)) => {
                     tracing::info!(mask = %addr, ?lens, versions_first = vf, "learned mask site profile");

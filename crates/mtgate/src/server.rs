@@ -6,7 +6,7 @@
 //! accept errors such as EMFILE back off instead of spinning. Shutdown stops
 //! accepting and tells sessions to end.
 
-use crate::runtime::Runtime;
+use crate::runtime::{Live, Runtime};
 use crate::session;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -40,8 +40,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Server {
-    /// Binds every listener and starts accepting.
+    /// Binds every listener and starts accepting with `rt` (never reloaded).
     pub async fn start(rt: Arc<Runtime>) -> anyhow::Result<Self> {
+        Self::start_live(Live::new(rt)).await
+    }
+
+    /// Binds every listener and starts accepting; each new connection gets the
+    /// runtime `live` holds at that moment (a reload swaps it).
+    pub async fn start_live(live: Arc<Live>) -> anyhow::Result<Self> {
+        let rt = live.current();
         let (tx, rx) = watch::channel(false);
         let max = rt.config.max_connections;
         let conns = Arc::new(Semaphore::new(max));
@@ -60,7 +67,12 @@ impl Server {
             };
             let local = listener.local_addr()?;
             local_addrs.push(local);
-            tasks.spawn(accept_loop(listener, rt.clone(), conns.clone(), rx.clone()));
+            tasks.spawn(accept_loop(
+                listener,
+                live.clone(),
+                conns.clone(),
+                rx.clone(),
+            ));
         }
         Ok(Self {
             local_addrs,
@@ -89,7 +101,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
-    rt: Arc<Runtime>,
+    live: Arc<Live>,
     conns: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -112,7 +124,7 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
-        let rt = rt.clone();
+        let rt = live.current();
         let sd = shutdown.clone();
         tokio::spawn(async move {
             session::serve(stream, peer, rt, sd).await;

@@ -6,6 +6,7 @@ use crate::events::{CloseReason, Event};
 use crate::mask::{self, MaskLink};
 use crate::relay::{self, ClientSide, Traffic};
 use crate::runtime::Runtime;
+use crate::stop::Stop;
 use crate::upstream::{self, UpstreamError};
 use mtgate_proto::{Handshake, Outcome, RejectReason};
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub async fn serve(
     rt: Arc<Runtime>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let shutdown = Stop::new(shutdown);
     let id = rt.next_conn_id();
     let started = Instant::now();
     rt.telemetry.emit(Event::Opened { id, peer });
@@ -66,7 +68,7 @@ async fn run(
     rt: &Arc<Runtime>,
     traffic: &Traffic,
     user_out: &mut Option<(usize, mtgate_proto::ClientMode)>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Stop,
 ) -> CloseReason {
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
@@ -100,6 +102,7 @@ async fn run(
     };
     drop(link);
     *user_out = Some((accepted.user, accepted.mode));
+    let shutdown = shutdown.with_user(&rt.drains, &rt.users[accepted.user].name);
     rt.telemetry.emit(Event::Authenticated {
         id,
         user: &rt.users[accepted.user].name,

@@ -51,6 +51,16 @@ pub fn load_or_create_default_user(dir: &Path, modes: Modes) -> Result<(User, bo
     }
 }
 
+/// The users to serve: the configured ones, or the generated default user
+/// (and whether it was created just now).
+pub fn users_for(cfg: &crate::config::Config) -> Result<(Vec<User>, bool), StateError> {
+    if !cfg.users.is_empty() {
+        return Ok((cfg.users.clone(), false));
+    }
+    let (u, created) = load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
+    Ok((vec![u], created))
+}
+
 fn user(key: Key16, modes: Modes) -> User {
     User {
         name: DEFAULT_USER.into(),

@@ -54,6 +54,18 @@ struct BytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    reason: &'static str,
+    /// `enforce` (refused) or `monitor` (would have been refused).
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DcLabels {
     dc: String,
 }
@@ -66,7 +78,8 @@ fn connect_histogram() -> Histogram {
 /// Every metric mtgate exports, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
-    users: HashSet<String>,
+    /// Replaced on reload ([`Metrics::set_users`]).
+    users: std::sync::RwLock<HashSet<String>>,
     /// DC indexes that get their own `dc` label value; others are `other`.
     dcs: DcTable,
     active: Gauge,
@@ -77,12 +90,15 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     connect_seconds: Family<DcLabels, Histogram, fn() -> Histogram>,
     connect_failures: Family<DcLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    reload_ok: Gauge,
+    policy: Family<PolicyLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("users", &self.users.len())
+            .field("users", &self.users.read().map(|u| u.len()).unwrap_or(0))
             .finish()
     }
 }
@@ -94,7 +110,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mtgate");
         let m = Self {
             registry: Registry::default(),
-            users: users.into_iter().map(str::to_owned).collect(),
+            users: std::sync::RwLock::new(users.into_iter().map(str::to_owned).collect()),
             dcs: DcTable::telegram_defaults(UnknownDcRule::Close),
             active: Gauge::default(),
             connections: Family::default(),
@@ -104,6 +120,9 @@ impl Metrics {
             bytes: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
             connect_failures: Family::default(),
+            reloads: Family::default(),
+            reload_ok: Gauge::default(),
+            policy: Family::default(),
         };
         registry.register(
             "connections_active",
@@ -146,6 +165,21 @@ impl Metrics {
             m.connect_failures.clone(),
         );
         registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok, error)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the last reload applied (or none was tried), 0 if it was refused",
+            m.reload_ok.clone(),
+        );
+        registry.register(
+            "policy_refusals",
+            "Connections refused by the security policy (mode=enforce) or that would have been (mode=monitor), by reason",
+            m.policy.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -157,15 +191,42 @@ impl Metrics {
             let _ = m.rejected.get_or_create(&l);
             let _ = m.fronted.get_or_create(&l);
         }
-        for u in &m.users {
+        m.reload_ok.set(1);
+        for result in ["ok", "error"] {
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        for r in crate::policy::PolicyReason::ALL {
+            for mode in ["enforce", "monitor"] {
+                let _ = m.policy.get_or_create(&PolicyLabels {
+                    reason: r.label(),
+                    mode,
+                });
+            }
+        }
+        m.zero_user_bytes();
+        Self { registry, ..m }
+    }
+
+    fn zero_user_bytes(&self) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        for u in users.iter() {
             for direction in ["up", "down"] {
-                let _ = m.bytes.get_or_create(&BytesLabels {
+                let _ = self.bytes.get_or_create(&BytesLabels {
                     user: u.clone(),
                     direction,
                 });
             }
         }
-        Self { registry, ..m }
+    }
+
+    /// The configured users changed (reload): new names get their own `user`
+    /// label; series of removed users stay (counters never go back).
+    pub fn set_users<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
+        {
+            let mut set = self.users.write().unwrap_or_else(|p| p.into_inner());
+            set.extend(users.into_iter().map(str::to_owned));
+        }
+        self.zero_user_bytes();
     }
 
     /// Uses the configured DC table for the `dc` label (default: Telegram's
@@ -188,8 +249,14 @@ impl Metrics {
 
     /// The `user` label value for a user name from an event.
     fn user_label(&self, user: Option<&str>) -> String {
+        let known = user.is_some_and(|u| {
+            self.users
+                .read()
+                .map(|set| set.contains(u))
+                .unwrap_or(false)
+        });
         match user {
-            Some(u) if self.users.contains(u) => u.to_owned(),
+            Some(u) if known => u.to_owned(),
             Some(_) => "other".to_owned(),
             None => NO_USER.to_owned(),
         }
@@ -229,6 +296,21 @@ impl Metrics {
                 self.fronted
                     .get_or_create(&ReasonLabels {
                         reason: reason.name(),
+                    })
+                    .inc();
+            }
+            Event::Reloaded { ok, .. } => {
+                let result = if *ok { "ok" } else { "error" };
+                self.reloads.get_or_create(&ResultLabels { result }).inc();
+                self.reload_ok.set(i64::from(*ok));
+            }
+            Event::PolicyHit {
+                reason, enforced, ..
+            } => {
+                self.policy
+                    .get_or_create(&PolicyLabels {
+                        reason: reason.label(),
+                        mode: if *enforced { "enforce" } else { "monitor" },
                     })
                     .inc();
             }

@@ -8,7 +8,9 @@
 //! | `/health/startup` | 200 once every client listener is bound ([`Health::mark_started`]), else 503 |
 //! | `/health/ready` | 200 when started and not draining, else 503 |
 //!
-//! Only `GET` and `HEAD` are answered (405 otherwise); unknown paths get 404.
+//! | `POST /reload` | reload the config (`Authorization: Bearer <admin.token>`; 403 without a configured token) |
+//!
+//! Otherwise only `GET` and `HEAD` are answered (405); unknown paths get 404.
 //! Connections are capped ([`MAX_CONNS`]) and must send their request head
 //! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
 
@@ -16,6 +18,7 @@ pub mod metrics;
 #[cfg(unix)]
 pub mod notify;
 
+use crate::config::AdminToken;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
@@ -75,11 +78,23 @@ impl Health {
     }
 }
 
-/// What the admin server reads: the metrics and the lifecycle.
-#[derive(Debug)]
+/// Runs a reload; `Ok` carries the summary, `Err` the reason it was refused.
+pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the admin server reads: the metrics and the lifecycle, and what it may
+/// trigger (a reload, with a bearer token).
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub health: Health,
+    reload: std::sync::OnceLock<(Option<AdminToken>, ReloadFn)>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AdminState {
@@ -87,7 +102,46 @@ impl AdminState {
         Arc::new(Self {
             metrics,
             health: Health::default(),
+            reload: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Enables `POST /reload` (only with a token; without one it answers 403).
+    pub fn set_reload(&self, token: Option<AdminToken>, f: ReloadFn) {
+        let _ = self.reload.set((token, f));
+    }
+
+    fn post_reload<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let Some((token, f)) = self.reload.get() else {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        let Some(token) = token else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "reload over HTTP is disabled: set admin.token\n",
+            );
+        };
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !token.matches(given) {
+            return text(StatusCode::UNAUTHORIZED, "bad or missing bearer token\n");
+        }
+        match f() {
+            Ok(summary) => reply(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                format!("reloaded: {summary}\n"),
+            ),
+            Err(e) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "text/plain; charset=utf-8",
+                format!("refused, running configuration kept: {e}\n"),
+            ),
+        }
     }
 }
 
@@ -174,6 +228,9 @@ fn check(ok: bool, yes: &'static str, no: &'static str) -> Response<Full<Bytes>>
 
 /// Answers one request (routing on the path only; the query is ignored).
 pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && req.uri().path() == "/reload" {
+        return state.post_reload(req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }

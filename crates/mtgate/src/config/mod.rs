@@ -130,6 +130,10 @@ pub struct Config {
     pub workers: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// After a reload, how long a removed/disabled user's connections may go on.
+    pub drain_grace: Duration,
+    /// Reload when the config file changes (polled every 2 s).
+    pub watch_config: bool,
     pub domains: Vec<String>,
     /// Where rejected connections go by default (`host:port`; default: first domain, port 443).
     pub mask_host: String,
@@ -159,8 +163,28 @@ pub struct Config {
     pub me: MeConfig,
     /// The admin (metrics, health) listener; `None` when `admin.enabled = false`.
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for `POST /reload` on the admin listener (`None`: disabled).
+    pub admin_token: Option<AdminToken>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
+}
+
+/// The admin API token: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether `given` is this token (constant time in the token's length).
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// Values given on the command line; they override the file.
@@ -407,6 +431,16 @@ impl Config {
         let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
         let policy = PolicyConfig::from_raw(raw.policy)?;
         let admin_listen = admin_listen(&raw.admin, &listen)?;
+        let admin_token = match raw.admin.token {
+            None => None,
+            Some(t) if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(invalid(
+                    "admin.token",
+                    "use at least 16 printable characters without spaces",
+                ))
+            }
+            Some(t) => Some(AdminToken(t)),
+        };
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -433,6 +467,8 @@ impl Config {
             workers: s.workers.unwrap_or(0),
             handshake_timeout,
             idle_timeout,
+            drain_grace: s.drain_grace.unwrap_or(Duration::from_secs(30)),
+            watch_config: s.watch_config.unwrap_or(true),
             domains,
             mask_host,
             mask_hosts,
@@ -456,6 +492,7 @@ impl Config {
             log_json,
             me,
             admin_listen,
+            admin_token,
             policy,
         })
     }

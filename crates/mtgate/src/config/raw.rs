@@ -37,6 +37,8 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub listen: Option<String>,
+    /// Bearer token for the admin API's write endpoints (`POST /reload`).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +54,11 @@ pub struct RawServer {
     pub handshake_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    /// How long a removed or disabled user's connections may go on after a reload.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_grace: Option<Duration>,
+    /// Reload when the config file changes.
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

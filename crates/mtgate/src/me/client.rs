@@ -71,7 +71,7 @@ pub async fn serve_client(
     client: MeClient,
     idle: Duration,
     traffic: &Traffic,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: crate::stop::Stop,
 ) -> CloseReason {
     let clock = Clock {
         start: Instant::now(),
@@ -114,7 +114,7 @@ pub async fn serve_client(
                     return CloseReason::IdleTimeout;
                 }
             }
-            _ = shutdown.changed() => return CloseReason::Shutdown,
+            r = shutdown.wait() => return r,
         }
     }
 }

@@ -215,7 +215,7 @@ pub async fn route(
     stream: TcpStream,
     accepted: Box<Accepted>,
     traffic: &Traffic,
-    shutdown: watch::Receiver<bool>,
+    shutdown: crate::stop::Stop,
 ) -> Routed {
     let Some(me) = rt.me.as_ref() else {
         return Routed::Direct(stream, accepted);

@@ -25,3 +25,63 @@ pub enum Mode {
     #[default]
     Enforce,
 }
+
+/// Why a policy refused a connection (a bounded set: metric labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyReason {
+    /// An ACL rule says `blocked` (now).
+    AclBlocked,
+    /// The country is not allowed.
+    GeoBlocked,
+    /// Too many new connections per second from this source.
+    RateLimited,
+    /// Too many concurrent connections from this source.
+    TooManyConnections,
+    /// Too many failed handshakes from this source within the window.
+    TooManyFailures,
+    /// The source's reputation fell past the threshold; it is blocked for a while.
+    ReputationBlocked,
+    /// The user is disabled.
+    UserDisabled,
+    /// The user's expiry time has passed.
+    UserExpired,
+    /// The user has too many concurrent connections.
+    UserConnections,
+    /// The user was seen from too many distinct addresses within the window.
+    UserIps,
+    /// The user's data quota is used up.
+    UserQuota,
+}
+
+impl PolicyReason {
+    pub const ALL: [PolicyReason; 11] = [
+        Self::AclBlocked,
+        Self::GeoBlocked,
+        Self::RateLimited,
+        Self::TooManyConnections,
+        Self::TooManyFailures,
+        Self::ReputationBlocked,
+        Self::UserDisabled,
+        Self::UserExpired,
+        Self::UserConnections,
+        Self::UserIps,
+        Self::UserQuota,
+    ];
+
+    /// A short label (metrics, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AclBlocked => "acl_blocked",
+            Self::GeoBlocked => "geo_blocked",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConnections => "too_many_connections",
+            Self::TooManyFailures => "too_many_failures",
+            Self::ReputationBlocked => "reputation_blocked",
+            Self::UserDisabled => "user_disabled",
+            Self::UserExpired => "user_expired",
+            Self::UserConnections => "user_connections",
+            Self::UserIps => "user_ips",
+            Self::UserQuota => "user_quota",
+        }
+    }
+}

