@@ -109,6 +109,8 @@ pub struct ClientOptions {
     pub frame_padding: bool,
     /// Limit for connecting and for each send or receive.
     pub io_timeout: Duration,
+    /// Local address to connect from (e.g. `127.0.0.7` to be another source on loopback).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientOptions {
@@ -124,6 +126,7 @@ impl Default for ClientOptions {
             max_record: TDLIB_MAX_RECORD,
             frame_padding: true,
             io_timeout: Duration::from_secs(10),
+            bind: None,
         }
     }
 }
@@ -268,9 +271,19 @@ impl ObfsClient {
         opts: ClientOptions,
     ) -> anyhow::Result<Self> {
         let mut stream = timed(opts.io_timeout, "connect", async {
-            TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("connecting to {addr}"))
+            match opts.bind {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let sock = if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(ip, 0))?;
+                    sock.connect(addr).await
+                }
+            }
+            .with_context(|| format!("connecting to {addr}"))
         })
         .await?;
         stream.set_nodelay(true)?;

@@ -5,11 +5,13 @@
 //! mtgate never sends a byte of its own to such a client, and no deadline of
 //! mtgate's cuts a splice short: the mask site's own timeouts apply.
 //!
-//! To make the site's idle timeouts apply from the first moment, the session
-//! may open the mask connection as soon as a client connects ([`MaskLink`]),
-//! holding back the client's bytes until the handshake decides; a valid client
-//! drops it unused. If the site speaks or closes first (a silent prober hitting
-//! the site's timeout), that is mirrored at once.
+//! To make the site's idle timeouts apply from (nearly) the first moment, the
+//! session may open the mask connection shortly after a client connects
+//! ([`MaskLink`], `tls.mask_preconnect_delay`), holding back the client's bytes
+//! until the handshake decides. A valid client sends its handshake at once and
+//! is decided before the delay ends, so it costs no mask connection; a silent or
+//! trickling prober meets the site's own timeouts, shifted by the delay. If the
+//! site speaks or closes first, that is mirrored at once.
 
 use crate::pool::PooledBuf;
 use std::io::ErrorKind;
@@ -36,9 +38,18 @@ async fn dial(addr: String, timeout: Duration) -> Option<TcpStream> {
 }
 
 impl MaskLink {
-    /// Starts connecting now (`eager`) or only when [`MaskLink::into_stream`] needs it.
-    pub fn new(addr: String, timeout: Duration, eager: bool) -> Self {
-        let connecting = eager.then(|| tokio::spawn(dial(addr.clone(), timeout)));
+    /// Starts connecting after `preconnect` (if given), or only when
+    /// [`MaskLink::into_stream`] needs it.
+    pub fn new(addr: String, timeout: Duration, preconnect: Option<Duration>) -> Self {
+        let connecting = preconnect.map(|delay| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                dial(addr, timeout).await
+            })
+        });
         Self {
             addr,
             timeout,

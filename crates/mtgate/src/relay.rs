@@ -160,6 +160,34 @@ async fn run_boxed(
     first.unwrap_or(CloseReason::ClientClosed)
 }
 
+/// Reads once from `rd`. A short read (fewer bytes than `buf` holds) means
+/// the socket's receive queue was emptied, so the read readiness is cleared
+/// right here: the next `try_read` answers `WouldBlock` from tokio's readiness
+/// state, without the `recv` syscall that would only have returned EAGAIN.
+/// (Tokio keeps the readiness if a new edge arrived meanwhile, so no wakeup
+/// is lost.)
+fn read_some(rd: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let stream: &TcpStream = rd.as_ref();
+    let cap = buf.len();
+    let mut got = None;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        let sock = socket2::SockRef::from(stream);
+        let n = (&*sock).read(buf)?;
+        got = Some(n);
+        if n > 0 && n < cap {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match (r, got) {
+        (Ok(n), _) => Ok(n),
+        (Err(e), Some(n)) if e.kind() == ErrorKind::WouldBlock => Ok(n),
+        (Err(e), _) => Err(e),
+    }
+}
+
 /// Client → DC.
 async fn pump_up(
     rd: OwnedReadHalf,
@@ -174,7 +202,7 @@ async fn pump_up(
         rd.readable().await.map_err(|_| CloseReason::ClientError)?;
         let mut buf = PooledBuf::take();
         loop {
-            let n = match rd.try_read(&mut buf) {
+            let n = match read_some(&rd, &mut buf) {
                 Ok(0) => {
                     let _ = wr.shutdown().await;
                     return Ok(());
@@ -237,7 +265,7 @@ async fn pump_down(
             buf.len()
         };
         loop {
-            let n = match rd.try_read(&mut buf[off..cap]) {
+            let n = match read_some(&rd, &mut buf[off..cap]) {
                 Ok(0) => {
                     let _ = wr.shutdown().await;
                     return Ok(());

@@ -90,7 +90,7 @@ async fn run(
             };
             if let Some(sni_mask) = hs.sni().and_then(|d| rt.config.mask_hosts.get(d)) {
                 if sni_mask != link.addr() {
-                    link = MaskLink::new(sni_mask.clone(), rt.config.connect_timeout, false);
+                    link = MaskLink::new(sni_mask.clone(), rt.config.connect_timeout, None);
                 }
             }
             if let CloseReason::Rejected(r) = reason {

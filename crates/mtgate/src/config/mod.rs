@@ -141,8 +141,9 @@ pub struct Config {
     pub mask_hosts: std::collections::HashMap<String, String>,
     /// Front rejected connections (true) or close them silently (false).
     pub fronting: bool,
-    /// Open the mask connection as soon as a client connects.
-    pub mask_preconnect: bool,
+    /// Open the mask connection this long after a client connects, unless the
+    /// handshake decided first (`None`: only when fronting).
+    pub mask_preconnect: Option<Duration>,
     /// A ClientHello with an unknown SNI is fronted (true) or closed (false).
     pub unknown_sni_mask: bool,
     /// Learn the mask site's answer (sizes, extension order) and imitate it.
@@ -473,7 +474,10 @@ impl Config {
             mask_host,
             mask_hosts,
             fronting: t.fronting.unwrap_or(true),
-            mask_preconnect: t.mask_preconnect.unwrap_or(true),
+            mask_preconnect: t.mask_preconnect.unwrap_or(true).then(|| {
+                t.mask_preconnect_delay
+                    .unwrap_or(Duration::from_millis(200))
+            }),
             unknown_sni_mask,
             learn_profile: t.learn_profile.unwrap_or(true),
             profile_interval: t

@@ -69,6 +69,8 @@ pub struct RawTls {
     pub mask_hosts: Option<BTreeMap<String, String>>,
     pub fronting: Option<bool>,
     pub mask_preconnect: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub mask_preconnect_delay: Option<Duration>,
     pub unknown_sni: Option<String>,
     pub learn_profile: Option<bool>,
     #[serde(default, with = "humantime_serde")]
