@@ -201,6 +201,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics.clone())),
         ]);
+        let mut signals = Signals::install();
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
         let live = Live::new(runtime);
         let server = Server::start_live(live.clone()).await?;
@@ -232,7 +233,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         if let Some(png) = &a.qr_png {
             write_png(&cfg, &users[0], port, png)?;
         }
-        wait_for_signal(&reloader).await;
+        signals.wait(&reloader).await;
         tracing::info!("shutting down");
         admin_state.health.mark_draining_and_notify();
         server.shutdown(Duration::from_secs(5)).await;
@@ -265,28 +266,49 @@ async fn next_signal(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()
     }
 }
 
-/// Waits for SIGTERM or Ctrl-C; SIGHUP (systemd `ExecReload`) reloads the config.
-async fn wait_for_signal(reloader: &Reloader) {
+/// The signals `run` reacts to, installed before the listeners are announced
+/// (an early SIGHUP must reload, not kill the process by its default action).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            let mut hup = signal(SignalKind::hangup()).ok();
-            loop {
-                tokio::select! {
-                    _ = term.recv() => return,
-                    _ = tokio::signal::ctrl_c() => return,
-                    Some(_) = next_signal(hup.as_mut()) => {
-                        tracing::info!("SIGHUP: reloading the configuration");
-                        // The outcome is logged and counted by the reloader.
-                        let _ = reloader.reload();
-                    }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for SIGTERM or Ctrl-C; SIGHUP (systemd `ExecReload`) reloads the config.
+    async fn wait(&mut self, reloader: &Reloader) {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = next_signal(self.term.as_mut()) => return,
+                _ = tokio::signal::ctrl_c() => return,
+                Some(_) = next_signal(self.hup.as_mut()) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged and counted by the reloader.
+                    let _ = reloader.reload();
                 }
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = reloader;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-    let _ = reloader;
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {

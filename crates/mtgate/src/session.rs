@@ -23,15 +23,35 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Serves one accepted client connection.
-pub async fn serve(
+/// Serves one accepted client connection, inside a `conn` tracing span that
+/// carries the connection id and peer, and the user and mode once known, so
+/// every log line of the connection can be correlated.
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     rt: Arc<Runtime>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send {
+    use tracing::Instrument;
+    let id = rt.next_conn_id();
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        %peer,
+        user = tracing::field::Empty,
+        mode = tracing::field::Empty
+    );
+    serve_in_span(stream, peer, rt, shutdown, id).instrument(span)
+}
+
+async fn serve_in_span(
+    stream: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<Runtime>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    id: u64,
 ) {
     let shutdown = Stop::new(shutdown);
-    let id = rt.next_conn_id();
     let started = Instant::now();
     rt.telemetry.emit(Event::Opened { id, peer });
     let _ = stream.set_nodelay(true);
@@ -103,6 +123,9 @@ async fn run(
     drop(link);
     *user_out = Some((accepted.user, accepted.mode));
     let shutdown = shutdown.with_user(&rt.drains, &rt.users[accepted.user].name);
+    let span = tracing::Span::current();
+    span.record("user", rt.users[accepted.user].name.as_str());
+    span.record("mode", accepted.mode.name());
     rt.telemetry.emit(Event::Authenticated {
         id,
         user: &rt.users[accepted.user].name,

@@ -4,6 +4,9 @@
 //! file is refused and the old config keeps serving. The process-level
 //! triggers (SIGHUP, file change, `POST /reload`) run the real binary.
 
+mod common;
+
+use common::MtgateProcess;
 use mtgate::admin::{Metrics, MetricsSink};
 use mtgate::config::{Config, Overrides};
 use mtgate::events::Telemetry;
@@ -14,10 +17,9 @@ use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -275,44 +277,6 @@ async fn invalid_file_is_refused_and_old_config_keeps_serving() {
 
 // ---- the real binary: SIGHUP, file watching, POST /reload ----
 
-struct Child {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(path: &Path, state: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mtgate"))
-        .args(["run", "--no-qr", "--config"])
-        .arg(path)
-        .env("HOME", state)
-        .env("MTGATE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn mtgate");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("LISTENING ") => {
-                break l["LISTENING ".len()..].parse().expect("addr")
-            }
-            Some(Ok(_)) => continue,
-            _ => panic!("mtgate exited before listening"),
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Child { child, addr }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -352,7 +316,7 @@ async fn process_reloads_on_sighup_file_change_and_admin_request() {
         .expect("write config")
     };
     write(&[("alice", ALICE)]);
-    let child = spawn(&path, dir.path());
+    let child = MtgateProcess::spawn(&path, dir.path(), Stdio::null());
     assert!(connect_ok(child.addr, ALICE).await);
 
     // SIGHUP.
@@ -361,11 +325,7 @@ async fn process_reloads_on_sighup_file_change_and_admin_request() {
         !connect_ok(child.addr, BOB).await,
         "no reload without a trigger"
     );
-    let st = Command::new("kill")
-        .args(["-HUP", &child.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+    child.signal("HUP");
     assert!(
         wait_until_ok(child.addr, BOB, Duration::from_secs(5)).await,
         "SIGHUP reloads"
@@ -426,7 +386,7 @@ async fn process_reloads_when_the_file_changes() {
         config_text("127.0.0.1:0", dc.local_addr(), &extra, &[("alice", ALICE)]),
     )
     .expect("write");
-    let child = spawn(&path, dir.path());
+    let child = MtgateProcess::spawn(&path, dir.path(), Stdio::null());
     assert!(connect_ok(child.addr, ALICE).await);
     std::fs::write(
         &path,

@@ -224,3 +224,73 @@ pub fn unix_now() -> u32 {
         .map(|d| d.as_secs() as u32)
         .unwrap_or(0)
 }
+
+/// A running `mtgate run` process (killed on drop) and its first client address.
+pub struct MtgateProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for MtgateProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MtgateProcess {
+    /// Starts `mtgate run --no-qr --config PATH` with `HOME` = `home` and
+    /// waits for its `LISTENING` line; stdout keeps being drained. `stderr`:
+    /// where its logs go.
+    pub fn spawn(
+        path: &std::path::Path,
+        home: &std::path::Path,
+        stderr: std::process::Stdio,
+    ) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mtgate"))
+            .args(["run", "--no-qr", "--config"])
+            .arg(path)
+            .env("HOME", home)
+            .env_remove("MTGATE_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn mtgate");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("LISTENING ") => {
+                    break l["LISTENING ".len()..].parse().expect("addr")
+                }
+                Some(Ok(_)) => continue,
+                _ => panic!("mtgate exited before listening"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Self { child, addr }
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let st = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{name}");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}

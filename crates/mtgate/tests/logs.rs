@@ -1,0 +1,96 @@
+//! Logs of the real binary (issue 6): JSON lines, one `conn` span per
+//! connection carrying its id, peer, user and mode, the close reason on the
+//! closing line, and no secret anywhere.
+
+mod common;
+
+use common::MtgateProcess;
+use mtgate_crypto::Key16;
+use mtgate_proto::obfs2::ProtoTag;
+use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+const SECRET: &str = "5a5a5a5a0123456789abcdef5a5a5a5a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_a_span_per_connection_and_no_secret() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .expect("dc");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mtgate.toml");
+    let dcs: String = [1, 2, 3, 4, 5, 203]
+        .iter()
+        .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+             handshake_timeout = \"1s\"\n[admin]\nenabled = false\n[log]\nformat = \"json\"\nlevel = \"debug\"\n\
+             [tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n\
+             [dcs]\n{dcs}[users.alice]\nsecret = \"{SECRET}\"\nmodes = [\"classic\", \"dd\"]\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write");
+    let mut p = MtgateProcess::spawn(&path, dir.path(), Stdio::piped());
+    let mut stderr = p.child.stderr.take().expect("stderr");
+    let key = Key16::new(hex::decode(SECRET).unwrap().try_into().unwrap());
+    let mut c = ObfsClient::connect(p.addr, &key, ClientMode::Classic(ProtoTag::Intermediate), 2)
+        .await
+        .expect("connect");
+    c.req_pq_multi().await.expect("round trip");
+    drop(c);
+    // A probe with garbage: closed without a user.
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.expect("probe");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x55; 64])
+        .await
+        .expect("garbage");
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.signal("TERM");
+    assert!(
+        p.wait_exit(Duration::from_secs(10)).is_some(),
+        "exits on SIGTERM"
+    );
+    let mut text = String::new();
+    stderr.read_to_string(&mut text).expect("read logs");
+
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    let msg = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_string();
+    let auth = lines
+        .iter()
+        .find(|v| msg(v) == "client authenticated")
+        .expect("an authenticated line");
+    let span = &auth["span"];
+    assert_eq!(span["name"], "conn");
+    assert!(span["id"].as_u64().is_some(), "{auth}");
+    assert!(span["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+    let id = span["id"].as_u64();
+    let closed = lines
+        .iter()
+        .find(|v| msg(v) == "closed" && v["span"]["id"].as_u64() == id)
+        .expect("the closing line of that connection");
+    assert_eq!(closed["span"]["user"], "alice");
+    assert_eq!(closed["span"]["mode"], "classic");
+    assert!(closed["fields"]["reason"].as_str().is_some());
+    // The probe's connection closes with a reject reason and no user.
+    assert!(lines.iter().any(|v| msg(v) == "closed"
+        && v["span"]["user"].is_null()
+        && v["fields"]["reason"] == "bad_obfs2"));
+    // No secret, in any form, in any line.
+    for needle in [SECRET, &SECRET[..16], &SECRET[16..]] {
+        assert!(!text.contains(needle), "a secret leaked into the logs");
+    }
+}
