@@ -120,7 +120,10 @@ async fn run(
             return reason;
         }
     };
+    // The handshake's buffers (the client's first bytes, the SNI) and the
+    // unused mask link must not stay with an idle connection.
     drop(link);
+    drop(hs);
     *user_out = Some((accepted.user, accepted.mode));
     let shutdown = shutdown.with_user(&rt.drains, &rt.users[accepted.user].name);
     let span = tracing::Span::current();
