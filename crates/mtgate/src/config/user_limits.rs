@@ -375,7 +375,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
             scale *= 10;
         }
         let scaled = f.checked_mul(u128::from(mult)).ok_or_else(overflow)?;
-        if scaled % scale != 0 {
+        if !scaled.is_multiple_of(scale) {
             return Err(SizeError::Fraction(text.to_owned()));
         }
         value = value.checked_add(scaled / scale).ok_or_else(overflow)?;
@@ -397,7 +397,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     if bytes != 0 {
         for (name, m) in UNITS {
-            if bytes % m == 0 {
+            if bytes.is_multiple_of(m) {
                 return format!("{}{name}", bytes / m);
             }
         }
