@@ -176,3 +176,32 @@ proptest! {
         prop_assert_eq!(parse_size(&format!("{n} {}", unit.0.to_lowercase())), Ok(n * unit.1));
     }
 }
+
+#[test]
+fn through_the_whole_config() {
+    let text = r#"
+[users.alice]
+secret = "0123456789abcdef0123456789abcdef"
+[users.alice.limits]
+quota = "1GiB"
+expires = 2027-01-01T00:00:00Z
+
+[users.bob]
+secret = "fedcba9876543210fedcba9876543210"
+"#;
+    let c = crate::config::Config::from_toml(text, &Default::default()).unwrap();
+    let alice = c.users.iter().find(|u| u.name == "alice").unwrap();
+    assert_eq!(alice.limits.quota, Some(1 << 30));
+    assert_eq!(alice.limits.expires_ms, Some(1_798_761_600_000));
+    let bob = c.users.iter().find(|u| u.name == "bob").unwrap();
+    assert_eq!(bob.limits, UserLimits::default());
+
+    let bad = text.replace("\"1GiB\"", "\"1 GiBi\"");
+    let e = crate::config::Config::from_toml(&bad, &Default::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with("users.alice.limits.quota: "),
+        "{e}"
+    );
+    let unknown = text.replace("quota =", "qouta =");
+    assert!(crate::config::Config::from_toml(&unknown, &Default::default()).is_err());
+}

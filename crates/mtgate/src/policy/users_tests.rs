@@ -419,6 +419,42 @@ fn export_import_round_trip() {
 }
 
 #[test]
+fn survives_a_restart_through_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(crate::policy::persist::STATE_FILE);
+    let users = [(
+        "a",
+        UserLimits {
+            quota: Some(1000),
+            ..period(QuotaPeriod::Weekly, 500)
+        },
+    )];
+    let (t, clock) = table(NY, "2026-07-01T12:00:00Z", &users);
+    let l = t.admit("a", ip(A)).unwrap();
+    assert_eq!(l.charge(Dir::Up, 499), Charge::Ok);
+    crate::policy::persist::save(&path, &t.export()).unwrap();
+    drop((l, t));
+
+    let t2 = UserTable::new(NY, clock);
+    t2.reconfigure(&with_names(&users));
+    let snap: UsersSnapshot = crate::policy::persist::load(&path).unwrap().unwrap();
+    t2.import(&snap);
+    let l = t2.admit("a", ip(A)).unwrap();
+    assert_eq!(
+        l.charge(Dir::Down, 1),
+        Charge::Exhausted,
+        "the week's usage came back"
+    );
+}
+
+#[test]
+fn shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<UserTable>();
+    send_sync::<UserLease>();
+}
+
+#[test]
 fn user_bandwidth_is_shared_by_connections() {
     let rate = 1_000_000;
     let lim = UserLimits {
