@@ -10,7 +10,7 @@ use std::time::Duration;
 
 impl UserLease {
     /// Adds a per-connection cap of `bytes_per_sec` in each direction, on top
-    /// of the user's caps (for the ACL "limited" level).
+    /// of the user's caps (for the ACL "limited" level); 0 means no cap.
     pub fn with_conn_bandwidth(mut self, bytes_per_sec: u64) -> Self {
         self.conn_bw = Some([
             Bucket::new(Some(bytes_per_sec)),

@@ -41,7 +41,7 @@ pub struct UsageView {
     pub recent_ips: usize,
     /// The current calendar period, if a calendar quota is set.
     pub period: Option<PeriodUsage>,
-    /// `[start, end)` of that period, Unix ms.
+    /// Where that period ends (exclusive), Unix ms.
     pub period_end_ms: Option<i64>,
     pub over_quota: bool,
 }
