@@ -13,7 +13,11 @@
 //!
 //! Every policy runs in [`Mode::Monitor`] (log and count only) or [`Mode::Enforce`].
 
+pub mod bandwidth;
 pub mod clock;
+pub mod persist;
+pub mod quota;
+pub mod users;
 
 /// Whether a policy only reports what it would do, or does it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

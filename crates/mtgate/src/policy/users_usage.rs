@@ -1,0 +1,179 @@
+//! What the user table reports and persists: counters for metrics
+//! ([`UserStats`]), one user's usage ([`UsageView`]), and the snapshot of
+//! lifetime and period usage carried across restarts ([`UsersSnapshot`]).
+
+use super::{period_from_code, UserState, UserTable};
+use crate::config::user_limits::QuotaPeriod;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::Arc;
+
+/// One user's counters for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserStat {
+    pub name: Arc<str>,
+    /// Lifetime bytes client → Telegram.
+    pub up: u64,
+    /// Lifetime bytes Telegram → client.
+    pub down: u64,
+    /// Open connections.
+    pub active: u32,
+    pub over_quota: bool,
+}
+
+/// Counters for every user, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserStats {
+    /// Users at or over a quota (lifetime or current period).
+    pub over_quota: usize,
+    /// Sorted by name.
+    pub per_user: Vec<UserStat>,
+}
+
+/// One user's usage, for the admin API and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageView {
+    pub up: u64,
+    pub down: u64,
+    pub active: u32,
+    /// Unique IP keys currently recent (0 without `max_ips`).
+    pub recent_ips: usize,
+    /// The current calendar period, if a calendar quota is set.
+    pub period: Option<PeriodUsage>,
+    /// Where that period ends (exclusive), Unix ms.
+    pub period_end_ms: Option<i64>,
+    pub over_quota: bool,
+}
+
+/// Usage in one calendar period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodUsage {
+    pub period: QuotaPeriod,
+    /// Unix ms of the period's start.
+    pub start_ms: i64,
+    /// Bytes up + down in it.
+    pub used: u64,
+}
+
+/// One user's persisted usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUsage {
+    pub up: u64,
+    pub down: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<PeriodUsage>,
+}
+
+/// The persisted usage of every user, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersSnapshot {
+    #[serde(default)]
+    pub users: BTreeMap<String, UserUsage>,
+}
+
+impl UserTable {
+    fn sorted(&self) -> Vec<Arc<UserState>> {
+        let mut v: Vec<_> = self.users.load().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Counters for metrics (one pass, no lock on the hot path).
+    pub fn stats(&self) -> UserStats {
+        let now = self.shared.clock.wall_ms();
+        let per_user: Vec<UserStat> = self
+            .sorted()
+            .iter()
+            .map(|st| UserStat {
+                name: Arc::clone(&st.name),
+                up: st.up.load(Relaxed),
+                down: st.down.load(Relaxed),
+                active: st.active.load(Relaxed),
+                over_quota: st.over_quota(now),
+            })
+            .collect();
+        UserStats {
+            over_quota: per_user.iter().filter(|u| u.over_quota).count(),
+            per_user,
+        }
+    }
+
+    /// One user's usage.
+    pub fn usage(&self, user: &str) -> Option<UsageView> {
+        let st = self.users.load().get(user).cloned()?;
+        let now = self.shared.clock.wall_ms();
+        let over_quota = st.over_quota(now);
+        let period = current_period(&st, now);
+        let recent_ips = st.cold().recent.len();
+        Some(UsageView {
+            up: st.up.load(Relaxed),
+            down: st.down.load(Relaxed),
+            active: st.active.load(Relaxed),
+            recent_ips,
+            period,
+            period_end_ms: period.map(|_| st.period_end_ms.load(Acquire)),
+            over_quota,
+        })
+    }
+
+    /// The usage to persist: lifetime bytes and the current period's, by user.
+    pub fn export(&self) -> UsersSnapshot {
+        let now = self.shared.clock.wall_ms();
+        let users = self
+            .users
+            .load()
+            .values()
+            .map(|st| {
+                let u = UserUsage {
+                    up: st.up.load(Relaxed),
+                    down: st.down.load(Relaxed),
+                    period: current_period(st, now),
+                };
+                (st.name.to_string(), u)
+            })
+            .collect();
+        UsersSnapshot { users }
+    }
+
+    /// Restores persisted usage into the configured users (call after
+    /// [`reconfigure`](Self::reconfigure)). Counters take the larger of the
+    /// current and the saved value, so importing twice counts nothing twice.
+    /// A period's usage is restored only if it is the current period (same
+    /// kind, start within it). Users not configured are ignored. Returns the
+    /// number of users restored.
+    pub fn import(&self, snap: &UsersSnapshot) -> usize {
+        let _w = self.writer();
+        let now = self.shared.clock.wall_ms();
+        let users = self.users.load();
+        let mut restored = 0;
+        for (name, u) in &snap.users {
+            let Some(st) = users.get(name.as_str()) else {
+                continue;
+            };
+            st.up.fetch_max(u.up, Relaxed);
+            st.down.fetch_max(u.down, Relaxed);
+            if let (Some(saved), Some(cur)) = (u.period, current_period(st, now)) {
+                let end = st.period_end_ms.load(Acquire);
+                if saved.period == cur.period
+                    && saved.start_ms >= cur.start_ms
+                    && saved.start_ms < end
+                {
+                    st.period_used.fetch_max(saved.used, Relaxed);
+                }
+            }
+            restored += 1;
+        }
+        restored
+    }
+}
+
+fn current_period(st: &UserState, now: i64) -> Option<PeriodUsage> {
+    let period = period_from_code(st.period_kind.load(Acquire))?;
+    st.roll(now);
+    Some(PeriodUsage {
+        period,
+        start_ms: st.period_start_ms.load(Relaxed),
+        used: st.period_used.load(Relaxed),
+    })
+}
