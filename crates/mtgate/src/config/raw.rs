@@ -52,6 +52,11 @@ pub struct RawServer {
     pub handshake_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    /// Unix control socket for the zero-downtime handover ("" disables it).
+    pub handover_socket: Option<String>,
+    /// How long open sessions may run on after SIGTERM or a handover.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
