@@ -4,10 +4,10 @@
 use crate::admin::{AdminServer, AdminState, Metrics, MetricsSink};
 use crate::config::{Config, Overrides, User};
 use crate::events::{Counters, LogSink, Telemetry};
-use crate::runtime::Runtime;
-use crate::server::Server;
 #[cfg(unix)]
 use crate::handover;
+use crate::runtime::Runtime;
+use crate::server::Server;
 use crate::{links, state};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -414,7 +414,11 @@ fn spawn_watchdog(period: Duration, probe: crate::server::AcceptProbe) {
             if scheduler && probe.healthy() {
                 crate::admin::notify::notify("WATCHDOG=1");
             } else {
-                tracing::error!(scheduler, accept = probe.healthy(), "watchdog: not pinging systemd");
+                tracing::error!(
+                    scheduler,
+                    accept = probe.healthy(),
+                    "watchdog: not pinging systemd"
+                );
             }
         }
     });

@@ -120,9 +120,10 @@ pub fn systemd_listeners() -> Result<Vec<Inherited>, HandoverError> {
         // opened before this point got other numbers, because the inherited
         // fds were already taken.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        out.push(into_listener(owned, None).map_err(|e| {
-            HandoverError::Activation(format!("fd {fd} from systemd: {e}"))
-        })?);
+        out.push(
+            into_listener(owned, None)
+                .map_err(|e| HandoverError::Activation(format!("fd {fd} from systemd: {e}")))?,
+        );
     }
     Ok(out)
 }
@@ -137,9 +138,10 @@ fn into_listener(fd: OwnedFd, configured: Option<SocketAddr>) -> io::Result<Inhe
             "not a listening stream socket",
         ));
     }
-    let local = sock.local_addr()?.as_socket().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4/IPv6 socket")
-    })?;
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4/IPv6 socket"))?;
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
     Ok(Inherited {
@@ -262,10 +264,7 @@ where
 
 /// Serves one takeover request: sends the fds, waits for `TAKEN`. `None`
 /// when the request was refused (nothing was handed over).
-async fn give<F>(
-    stream: UnixStream,
-    offer: &F,
-) -> Result<Option<(u32, UnixStream)>, HandoverError>
+async fn give<F>(stream: UnixStream, offer: &F) -> Result<Option<(u32, UnixStream)>, HandoverError>
 where
     F: Fn() -> io::Result<Vec<Offer>>,
 {
@@ -394,9 +393,12 @@ impl Takeover {
     /// for its `BYE` (it has stopped accepting). Returns whether `BYE` came.
     pub async fn complete(mut self) -> Result<bool, HandoverError> {
         let msg = format!("TAKEN {}\n", std::process::id());
-        tokio::time::timeout(STEP_TIMEOUT, self.stream.get_mut().write_all(msg.as_bytes()))
-            .await
-            .map_err(|_| HandoverError::Timeout("sending TAKEN"))??;
+        tokio::time::timeout(
+            STEP_TIMEOUT,
+            self.stream.get_mut().write_all(msg.as_bytes()),
+        )
+        .await
+        .map_err(|_| HandoverError::Timeout("sending TAKEN"))??;
         match read_line(&mut self.stream, STEP_TIMEOUT, "waiting for BYE").await {
             Ok(l) if l == "BYE" => Ok(true),
             Ok(l) => Err(proto(format!("expected BYE, got `{}`", clip(&l)))),
@@ -475,8 +477,9 @@ async fn recv_with_fds(s: &UnixStream) -> Result<(String, Vec<OwnedFd>), Handove
         .async_io(Interest::READABLE, || {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_LISTENERS]);
             let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<UnixAddr>(raw, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-                .map_err(io::Error::from)?;
+            let msg =
+                recvmsg::<UnixAddr>(raw, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+                    .map_err(io::Error::from)?;
             let mut fds = Vec::new();
             // `cmsgs()` fails on MSG_CTRUNC; the buffer holds MAX_LISTENERS fds,
             // and the sender never sends more.

@@ -283,7 +283,11 @@ impl Churn {
             .await
             .expect("churn ends")
             .expect("churn task");
-        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let f = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         (
             self.ok.load(Ordering::SeqCst),
             f,
@@ -302,7 +306,10 @@ async fn clients_keep_relaying_through_a_takeover() {
         &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "20s"),
     );
     let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a.listening().await.unwrap_or_else(|| panic!("A: {}", a.log()));
+    let addr = a
+        .listening()
+        .await
+        .unwrap_or_else(|| panic!("A: {}", a.log()));
 
     // Established clients: ~3 s of exchanges each, spanning the handover.
     let long = spawn_long_clients(addr, 8, 120, Duration::from_millis(25));
@@ -384,7 +391,10 @@ async fn sigterm_stops_accepting_drains_and_exits_zero() {
         &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "10s"),
     );
     let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a.listening().await.unwrap_or_else(|| panic!("A: {}", a.log()));
+    let addr = a
+        .listening()
+        .await
+        .unwrap_or_else(|| panic!("A: {}", a.log()));
     let mut c = connect(addr).await.expect("connect");
     round_trip(&mut c, 0, 0).await.expect("first round trip");
 
@@ -426,15 +436,24 @@ async fn drain_deadline_and_second_signal_end_sessions() {
         &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "1s"),
     );
     let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a.listening().await.unwrap_or_else(|| panic!("A: {}", a.log()));
+    let addr = a
+        .listening()
+        .await
+        .unwrap_or_else(|| panic!("A: {}", a.log()));
     let mut c = connect(addr).await.expect("connect");
     round_trip(&mut c, 0, 0).await.expect("round trip");
     let t = Instant::now();
     a.signal("-TERM");
     let s = a.wait_exit(Duration::from_secs(6)).await.expect("exits");
     assert!(s.success(), "{s:?}");
-    assert!(t.elapsed() >= Duration::from_millis(900), "waited the drain");
-    assert!(c.closed_within(Duration::from_secs(3)).await, "session ended");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited the drain"
+    );
+    assert!(
+        c.closed_within(Duration::from_secs(3)).await,
+        "session ended"
+    );
 
     // A long deadline: the second SIGTERM exits at once.
     let cfg = write_config(
@@ -443,7 +462,10 @@ async fn drain_deadline_and_second_signal_end_sessions() {
         &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "60s"),
     );
     let mut a = Proc::spawn("A2", dir.path(), &cfg, &[]);
-    let addr = a.listening().await.unwrap_or_else(|| panic!("A2: {}", a.log()));
+    let addr = a
+        .listening()
+        .await
+        .unwrap_or_else(|| panic!("A2: {}", a.log()));
     let mut c = connect(addr).await.expect("connect");
     round_trip(&mut c, 0, 0).await.expect("round trip");
     a.signal("-TERM");
@@ -463,7 +485,10 @@ async fn failed_takeovers_leave_the_old_process_serving() {
     let good = config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "10s");
     let cfg = write_config(dir.path(), "config.toml", &good);
     let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a.listening().await.unwrap_or_else(|| panic!("A: {}", a.log()));
+    let addr = a
+        .listening()
+        .await
+        .unwrap_or_else(|| panic!("A: {}", a.log()));
     let long = spawn_long_clients(addr, 2, 60, Duration::from_millis(25));
     let churn = Churn::start(addr);
 
@@ -474,7 +499,10 @@ async fn failed_takeovers_leave_the_old_process_serving() {
         &good.replace(KEY_HEX, "not-a-secret"),
     );
     let mut b1 = Proc::spawn("B1", dir.path(), &broken, &["--takeover"]);
-    let s = b1.wait_exit(Duration::from_secs(10)).await.expect("B1 exits");
+    let s = b1
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("B1 exits");
     assert!(!s.success());
 
     // 2. B receives the fds, then cannot bind an extra address: it gives up
@@ -492,7 +520,10 @@ async fn failed_takeovers_leave_the_old_process_serving() {
         ),
     );
     let mut b2 = Proc::spawn("B2", dir.path(), &extra, &["--takeover"]);
-    let s = b2.wait_exit(Duration::from_secs(15)).await.expect("B2 exits");
+    let s = b2
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("B2 exits");
     assert!(!s.success(), "B2 fails: {}", b2.log());
     assert!(b2.log().contains("cannot listen on"), "{}", b2.log());
     drop(busy);

@@ -31,11 +31,7 @@ pub fn watchdog_period() -> Option<std::time::Duration> {
     )
 }
 
-fn parse_watchdog(
-    usec: Option<&str>,
-    pid: Option<&str>,
-    me: u32,
-) -> Option<std::time::Duration> {
+fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<std::time::Duration> {
     if let Some(p) = pid {
         if p.trim().parse::<u32>().ok() != Some(me) {
             return None;
