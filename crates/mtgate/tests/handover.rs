@@ -68,22 +68,27 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, dir: &Path, config: &Path, extra: &[&str]) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(BIN)
-            .args(["run", "--no-qr", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--no-qr", "--config"])
             .arg(config)
             .args(extra)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        Proc::start(name, dir, cmd)
+    }
+
+    fn start(name: &'static str, dir: &Path, mut cmd: Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = cmd
             .env("MTGATE_LOG", "mtgate=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn mtgate");
-        let mut child = child;
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -312,7 +317,7 @@ async fn clients_keep_relaying_through_a_takeover() {
         .unwrap_or_else(|| panic!("A: {}", a.log()));
 
     // Established clients: ~3 s of exchanges each, spanning the handover.
-    let long = spawn_long_clients(addr, 8, 120, Duration::from_millis(25));
+    let long = spawn_long_clients(addr, 8, 160, Duration::from_millis(25));
     let churn = Churn::start(addr);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -369,6 +374,7 @@ async fn clients_keep_relaying_through_a_takeover() {
     );
     assert!(ok > 100, "enough new connections were tried: {ok}");
     assert!(after > 50, "new connections after the takeover: {after}");
+    eprintln!("{ok} new connections, {after} after the takeover, none failed");
 
     // B serves, and on SIGTERM exits 0 too.
     one_shot(addr, 1).await.expect("B serves");
@@ -556,4 +562,79 @@ async fn failed_takeovers_leave_the_old_process_serving() {
     assert!(failures.is_empty(), "{failures:?}");
     assert!(ok > 20, "{ok}");
     one_shot(addr, 8).await.expect("C serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_socket_activation_readiness_and_watchdog() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dc = echo_dc().await;
+    // The "systemd" side: a bound listener, and a notify socket.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let cfg = write_config(
+        dir.path(),
+        "config.toml",
+        &config(dir.path(), &[&addr.to_string()], dc.local_addr(), "5s"),
+    );
+    // Pass the listener as fd 3 with LISTEN_PID = the pid that execs mtgate
+    // (the shell's `$$`, kept across `exec`; bash, as dash only redirects fds 0..9). The duplicate given to the shell
+    // must survive exec, so it is not close-on-exec.
+    let dup = socket2::Socket::from(std::os::fd::OwnedFd::from(
+        listener.try_clone().expect("dup"),
+    ));
+    dup.set_cloexec(false).expect("no cloexec");
+    let fd = dup.as_raw_fd();
+    let mv = if fd == 3 {
+        String::new()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; ")
+    };
+    let script = format!("{mv}LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" run --no-qr --config \"$1\"");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(BIN)
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID");
+    let mut a = Proc::start("A", dir.path(), cmd);
+    drop(dup);
+    // mtgate could not have bound `addr` itself: the test still holds it.
+    assert_eq!(a.listening().await, Some(addr), "{}", a.log());
+    one_shot(addr, 1)
+        .await
+        .expect("serves on the inherited socket");
+
+    let read = |until: Instant| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while Instant::now() < until {
+            if let Ok(n) = notify.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let got = read(Instant::now() + Duration::from_millis(1500));
+    assert!(got.iter().any(|m| m == "READY=1"), "{got:?}");
+    let pings = got.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 3, "watchdog pings every 200 ms: {got:?}");
+
+    a.signal("-TERM");
+    let s = a.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert!(s.success(), "{s:?}");
+    let got = read(Instant::now() + Duration::from_millis(300));
+    assert!(got.iter().any(|m| m == "STOPPING=1"), "{got:?}");
+    // The socket was systemd's: it stays open (here, in the test) after mtgate exits.
+    assert!(std::net::TcpStream::connect(addr).is_ok());
+    drop(listener);
 }
