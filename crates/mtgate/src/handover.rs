@@ -5,7 +5,7 @@
 //!
 //! A running `mtgate run` listens on a Unix stream socket, the *control socket*
 //! (`server.handover_socket`, default `<state_dir>/mtgate.handover.sock`, mode
-//! 0600, peers of another uid refused). The **new** process initiates: started
+//! 0600, peers of another uid than ours or root refused). The **new** process initiates: started
 //! with `mtgate run --takeover`, it connects and speaks this line protocol
 //! (every message is ASCII lines; at most [`MAX_MESSAGE`] bytes):
 //!
@@ -173,8 +173,9 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path` (a stale socket file there is replaced), restricted to our
-    /// user, and serves takeover requests in the background. `offer` is called
+    /// Binds `path` (a stale socket file there is replaced; one that another
+    /// running process still answers on is an error), restricted to our user,
+    /// and serves takeover requests in the background. `offer` is called
     /// per request for fresh duplicates of the listeners. After one successful
     /// takeover it sends one [`TakenOver`] on `taken` and stops.
     pub fn start<F>(
@@ -191,6 +192,12 @@ impl ControlSocket {
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another running mtgate answers there (start with --takeover to replace it)",
+            )));
         }
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -232,7 +239,7 @@ where
             }
         };
         match stream.peer_cred() {
-            Ok(c) if c.uid() == uid || uid == 0 => {}
+            Ok(c) if c.uid() == uid || c.uid() == 0 => {}
             Ok(c) => {
                 tracing::warn!(peer_uid = c.uid(), "handover refused: another user");
                 continue;
@@ -249,6 +256,8 @@ where
                     return;
                 }
                 let mut stream = stream;
+                // Free the path before `BYE`: the new process binds it next.
+                drop(listener);
                 if wait.await.is_ok() {
                     let _ = tokio::time::timeout(STEP_TIMEOUT, stream.write_all(b"BYE\n")).await;
                 }
