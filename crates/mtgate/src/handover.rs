@@ -20,7 +20,9 @@
 //! old         stops accepting (closes its own copies only: the kernel socket stays
 //!             open through the new process's fds, so no SYN is refused), then
 //! old → new   BYE
-//! old         drains its sessions up to `server.drain_timeout`, exits 0
+//! old         marks itself draining (`/health/ready` 503; to systemd it sends
+//!             `MAINPID=<new pid>` rather than `STOPPING=1`: the service goes on),
+//!             drains its sessions up to `server.drain_timeout`, exits 0
 //! ```
 //!
 //! If the connection ends (or [`TAKEN_TIMEOUT`] passes) before `TAKEN`, the old
