@@ -308,3 +308,49 @@ async fn accept_loop(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::events::Telemetry;
+
+    fn runtime() -> Arc<Runtime> {
+        let cfg = Config::from_toml(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[tls]\nmask_host = \"127.0.0.1:1\"\n",
+            &Overrides::default(),
+        )
+        .expect("config");
+        Arc::new(Runtime::build(cfg, Vec::new(), Telemetry::default()))
+    }
+
+    #[tokio::test]
+    async fn stop_accepting_closes_listeners_and_the_probe_follows() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut s = Server::start_with(runtime(), vec![l]).expect("start");
+        assert_eq!(s.local_addrs, vec![addr]);
+        let probe = s.accept_probe();
+        assert!(probe.healthy());
+        let fds = s.listener_fds().expect("fds");
+        assert_eq!(fds.len(), 1);
+        assert_eq!(fds[0].0, addr);
+        drop(fds);
+        s.stop_accepting().await;
+        assert!(probe.healthy(), "stopped on purpose is healthy");
+        assert!(s.listener_fds().expect("fds").is_empty());
+        // The socket is closed: a connection is refused.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    #[test]
+    fn a_dead_accept_loop_is_unhealthy() {
+        let (_tx, rx) = watch::channel(false);
+        let probe = AcceptProbe {
+            stopped: rx,
+            alive: Arc::new(AtomicUsize::new(1)),
+            expected: 2,
+        };
+        assert!(!probe.healthy());
+    }
+}
