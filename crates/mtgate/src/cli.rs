@@ -274,7 +274,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             match handover::ControlSocket::start(path, offer, taken_tx) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::error!(error = %e, "no handover socket; a zero-downtime upgrade of this process is not possible");
+                    tracing::warn!(error = %e, "no handover socket: this process cannot hand its listeners to a new one");
                     None
                 }
             }
