@@ -64,6 +64,7 @@ class SystemdUnit(unittest.TestCase):
             "ExecReload=/bin/kill -HUP $MAINPID",
             "Type=notify",
             "NotifyAccess=main",
+            "WatchdogSec=30s",
         ]:
             self.assertIn(d + "\n", self.text, d)
 
@@ -75,8 +76,11 @@ class SystemdUnit(unittest.TestCase):
             path = os.path.join(d, "mtgate.service")
             with open(path, "w") as f:
                 f.write(text)
+            # The socket unit (socket activation) is verified with its service.
+            sock = os.path.join(d, "mtgate.socket")
+            shutil.copy(os.path.join(DEPLOY, "systemd", "mtgate.socket"), sock)
             r = subprocess.run(
-                ["systemd-analyze", "verify", path],
+                ["systemd-analyze", "verify", path, sock],
                 capture_output=True,
                 text=True,
                 timeout=60,

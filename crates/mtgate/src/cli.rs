@@ -4,6 +4,8 @@
 use crate::admin::{AdminServer, AdminState, Metrics, MetricsSink};
 use crate::config::{Config, Overrides, User};
 use crate::events::{Counters, LogSink, Telemetry};
+#[cfg(unix)]
+use crate::handover;
 use crate::reload::Reloader;
 use crate::runtime::{Live, Runtime};
 use crate::server::Server;
@@ -123,6 +125,11 @@ struct RunArgs {
     /// Also write the first user's QR code to this PNG file.
     #[arg(long)]
     qr_png: Option<PathBuf>,
+    /// Zero-downtime upgrade: take the listening sockets over from the mtgate
+    /// answering on `server.handover_socket`, which then drains and exits.
+    /// With no process answering there, start normally.
+    #[arg(long)]
+    takeover: bool,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +165,7 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The users to serve: the configured ones, or the generated default user.
 fn users_for(cfg: &Config) -> anyhow::Result<(Vec<User>, bool)> {
     Ok(state::users_for(cfg)?)
 }
@@ -179,6 +187,13 @@ fn init_logs(cfg: &Config) {
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let cfg = a.common.load()?;
     init_logs(&cfg);
+    // Before any thread exists: this reads and clears LISTEN_FDS/LISTEN_PID.
+    #[cfg(unix)]
+    let activated = handover::systemd_listeners().context("systemd socket activation")?;
+    #[cfg(unix)]
+    if !activated.is_empty() {
+        tracing::info!(count = activated.len(), "listening sockets from systemd");
+    }
     let (users, created) = users_for(&cfg)?;
     if created {
         eprintln!(
@@ -191,7 +206,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         builder.worker_threads(cfg.workers);
     }
     let rt = builder.enable_all().build()?;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         let metrics =
             Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())).with_dc_table(&cfg.dcs));
         let admin_state = AdminState::new(metrics.clone());
@@ -201,10 +216,39 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics.clone())),
         ]);
-        let mut signals = Signals::install();
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
-        let live = Live::new(runtime);
-        let server = Server::start_live(live.clone()).await?;
+        let mut signals = Signals::new();
+
+        #[cfg(unix)]
+        let mut takeover = match (a.takeover, &cfg.handover_socket) {
+            (false, _) => None,
+            (true, None) => anyhow::bail!("--takeover needs server.handover_socket"),
+            (true, Some(path)) => {
+                let t = handover::request(path)
+                    .await
+                    .context("taking the listeners over")?;
+                if t.is_none() {
+                    tracing::warn!(path = %path.display(), "--takeover: no running mtgate answered; starting fresh");
+                }
+                t
+            }
+        };
+        #[cfg(unix)]
+        let listeners = {
+            let handed = takeover
+                .as_mut()
+                .map(|t| std::mem::take(&mut t.listeners))
+                .unwrap_or_default();
+            assemble_listeners(&cfg.listen, activated, handed)?
+        };
+        #[cfg(not(unix))]
+        let listeners = cfg
+            .listen
+            .iter()
+            .map(|a| Ok((*a, crate::server::bind_configured(*a)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let live = Live::new(runtime.clone());
+        let mut server = Server::start_labeled(live.clone(), listeners)?;
         let reloader = Reloader::new(
             a.common.config.clone(),
             a.common.overrides(),
@@ -218,7 +262,39 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         if cfg.watch_config {
             reloader.clone().spawn_watcher(Duration::from_secs(2));
         }
+        #[cfg(unix)]
+        if let Some(t) = takeover {
+            match t.complete().await {
+                Ok(true) => tracing::info!("took the listeners over; the old process drains"),
+                Ok(false) => tracing::warn!("took the listeners over; the old process did not confirm"),
+                Err(e) => tracing::warn!(error = %e, "took the listeners over; the old process did not confirm"),
+            }
+        }
+        #[cfg(unix)]
+        let (taken_tx, mut taken_rx) = tokio::sync::mpsc::channel(1);
+        #[cfg(unix)]
+        let control = cfg.handover_socket.as_ref().and_then(|path| {
+            let source = server.listener_source();
+            let offer = move || {
+                Ok(source
+                    .fds()?
+                    .into_iter()
+                    .map(|(configured, fd)| handover::Offer { configured, fd })
+                    .collect())
+            };
+            match handover::ControlSocket::start(path, offer, taken_tx) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no handover socket: this process cannot hand its listeners to a new one");
+                    None
+                }
+            }
+        });
         admin_state.health.mark_started_and_notify();
+        #[cfg(unix)]
+        if let Some(period) = crate::admin::notify::watchdog_period() {
+            spawn_watchdog(period, server.accept_probe());
+        }
         if cfg.fronting && cfg.learn_profile {
             crate::runtime::spawn_profiler(live.clone(), cfg.profile_interval);
         }
@@ -233,12 +309,130 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         if let Some(png) = &a.qr_png {
             write_png(&cfg, &users[0], port, png)?;
         }
-        signals.wait(&reloader).await;
-        tracing::info!("shutting down");
-        admin_state.health.mark_draining_and_notify();
-        server.shutdown(Duration::from_secs(5)).await;
+
+        // Run until a signal, or until a new process has taken the listeners.
+        #[cfg(unix)]
+        let taken = tokio::select! {
+            _ = signals.next(Some(&reloader)) => None,
+            Some(t) = taken_rx.recv() => Some(t),
+        };
+        #[cfg(not(unix))]
+        signals.next(Some(&reloader)).await;
+        admin_state.health.mark_draining();
+        #[cfg(unix)]
+        match &taken {
+            // The service goes on in the new process: hand systemd the main
+            // pid instead of announcing a stop.
+            Some(t) => {
+                tracing::info!(new_pid = t.pid, "listeners taken over; draining");
+                crate::admin::notify::notify(&format!("MAINPID={}", t.pid));
+            }
+            None => {
+                tracing::info!("shutting down: no new connections; draining");
+                crate::admin::notify::notify("STOPPING=1");
+            }
+        }
+        server.stop_accepting().await;
+        #[cfg(unix)]
+        {
+            let handed_over = taken.is_some();
+            if let Some(t) = taken {
+                let _ = t.done.send(());
+            }
+            if let Some(c) = control {
+                // After a handover the path belongs to the new process.
+                c.close(!handed_over);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+        tokio::select! {
+            cut = server.drain(deadline) => {
+                if cut > 0 {
+                    tracing::warn!(sessions = cut, "drain deadline passed; remaining sessions ended");
+                }
+                tracing::info!("drained; exiting");
+            }
+            _ = signals.next(None) => {
+                tracing::warn!(sessions = server.active(), "second signal: exiting now");
+            }
+        }
         Ok(())
-    })
+    });
+    // Do not wait for anything still running (a second signal means now).
+    rt.shutdown_background();
+    res
+}
+
+/// Matches the configured addresses to listeners handed over by the previous
+/// process (by configured address, then local address) or passed by systemd
+/// (by local address); binds the rest. Handed-over listeners no longer
+/// configured are closed; systemd's are used as given.
+#[cfg(unix)]
+fn assemble_listeners(
+    listen: &[std::net::SocketAddr],
+    mut activated: Vec<handover::Inherited>,
+    mut handed: Vec<handover::Inherited>,
+) -> anyhow::Result<Vec<(std::net::SocketAddr, std::net::TcpListener)>> {
+    fn take(
+        pool: &mut Vec<handover::Inherited>,
+        addr: std::net::SocketAddr,
+        by_label: bool,
+    ) -> Option<std::net::TcpListener> {
+        let pos = by_label
+            .then(|| pool.iter().position(|i| i.configured == addr))
+            .flatten()
+            .or_else(|| {
+                pool.iter()
+                    .position(|i| i.listener.local_addr().ok() == Some(addr))
+            })?;
+        Some(pool.remove(pos).listener)
+    }
+    let mut out = Vec::new();
+    for &addr in listen {
+        let l = match take(&mut handed, addr, true) {
+            Some(l) => l,
+            None => match take(&mut activated, addr, false) {
+                Some(l) => l,
+                None => crate::server::bind_configured(addr)?,
+            },
+        };
+        out.push((addr, l));
+    }
+    for i in activated {
+        tracing::info!(addr = %i.configured, "socket from systemd not in server.listen; serving it as given");
+        out.push((i.configured, i.listener));
+    }
+    for i in handed {
+        tracing::warn!(addr = %i.configured, "handed-over listener no longer in server.listen; closing it");
+    }
+    Ok(out)
+}
+
+/// Sends `WATCHDOG=1` every half period while the runtime schedules tasks
+/// (this task runs, and a spawned probe task completes) and every accept
+/// loop is alive (or was stopped on purpose, while draining).
+#[cfg(unix)]
+fn spawn_watchdog(period: Duration, probe: crate::server::AcceptProbe) {
+    tracing::info!(?period, "systemd watchdog armed");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let scheduler = tokio::time::timeout(period / 4, tokio::spawn(async {}))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if scheduler && probe.healthy() {
+                crate::admin::notify::notify("WATCHDOG=1");
+            } else {
+                tracing::error!(
+                    scheduler,
+                    accept = probe.healthy(),
+                    "watchdog: not pinging systemd"
+                );
+            }
+        }
+    });
 }
 
 /// Starts the admin listener if configured. A bind failure is logged, not
@@ -266,8 +460,8 @@ async fn next_signal(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()
     }
 }
 
-/// The signals `run` reacts to, installed before the listeners are announced
-/// (an early SIGHUP must reload, not kill the process by its default action).
+/// The stop signals (SIGTERM, SIGINT), installed once so a second one is seen
+/// while draining.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
@@ -276,7 +470,7 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> Self {
+    fn new() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -289,18 +483,22 @@ impl Signals {
         Self {}
     }
 
-    /// Waits for SIGTERM or Ctrl-C; SIGHUP (systemd `ExecReload`) reloads the config.
-    async fn wait(&mut self, reloader: &Reloader) {
+    /// Waits for SIGTERM or SIGINT; meanwhile SIGHUP (systemd `ExecReload`)
+    /// reloads the config (`reloader`), or is ignored while draining (`None`).
+    async fn next(&mut self, reloader: Option<&Reloader>) {
         #[cfg(unix)]
         loop {
             tokio::select! {
-                _ = next_signal(self.term.as_mut()) => return,
+                Some(_) = next_signal(self.term.as_mut()) => return,
                 _ = tokio::signal::ctrl_c() => return,
-                Some(_) = next_signal(self.hup.as_mut()) => {
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    // The outcome is logged and counted by the reloader.
-                    let _ = reloader.reload();
-                }
+                Some(_) = next_signal(self.hup.as_mut()) => match reloader {
+                    Some(r) => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // The outcome is logged and counted by the reloader.
+                        let _ = r.reload();
+                    }
+                    None => tracing::warn!("SIGHUP ignored: draining"),
+                },
             }
         }
         #[cfg(not(unix))]

@@ -6,6 +6,7 @@
 //! * [`mask`]: fronting for connections that are not ours;
 //! * [`events`]: what sessions report, and the sinks that listen;
 //! * [`admin`]: the admin listener (Prometheus metrics, health checks);
+//! * [`handover`]: zero-downtime restart (listeners passed to a new process, systemd socket activation);
 //! * [`state`], [`links`], [`cli`]: the operator's side.
 
 pub mod admin;
@@ -13,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod dc;
 pub mod events;
+#[cfg(unix)]
+pub mod handover;
 pub mod links;
 pub mod mask;
 pub mod me;

@@ -3,14 +3,24 @@
 //! Each configured address gets a listener; `[::]` is bound dual-stack
 //! (IPV6_V6ONLY off) so IPv4 and IPv6 clients share one port. A semaphore caps
 //! concurrent connections (a connection over the cap is closed at once);
-//! accept errors such as EMFILE back off instead of spinning. Shutdown stops
-//! accepting and tells sessions to end.
+//! accept errors such as EMFILE back off instead of spinning.
+//!
+//! Lifecycle (zero-downtime restart, see `handover`): a server starts on
+//! listeners it binds ([`Server::start`]) or is given ([`Server::start_with`],
+//! [`Server::start_labeled`]: inherited from systemd or from the previous
+//! process); [`Server::listener_fds`] duplicates the listening sockets for a
+//! successor; [`Server::stop_accepting`] closes this process's listeners without
+//! touching sessions; [`Server::drain`] waits for sessions up to a deadline and
+//! then tells the rest to end. Each accept loop runs inside a small wrapper
+//! ([`guarded_accept`]) that adds the stop signal and the liveness count the
+//! systemd watchdog reads; the accept loop itself is unchanged.
 
 use crate::runtime::{Live, Runtime};
 use crate::session;
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -19,14 +29,27 @@ use tokio::task::JoinSet;
 /// A running server.
 pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
+    /// The configured address each listener serves (same order as `local_addrs`).
+    pub configured: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     conns: Arc<Semaphore>,
     max: usize,
+    /// The listeners, shared with the accept loops; emptied by `stop_accepting`.
+    listeners: Arc<Mutex<Vec<Arc<TcpListener>>>>,
+    /// Tells the accept loops to stop (sessions go on).
+    stop: watch::Sender<bool>,
+    /// Accept loops running now.
+    alive: Arc<AtomicUsize>,
 }
 
 /// Binds a listening socket (dual-stack for the IPv6 unspecified address).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
+}
+
+/// [`bind`], as a std listener (non-blocking).
+pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
@@ -36,50 +59,76 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
-    TcpListener::from_std(sock.into())
+    Ok(sock.into())
 }
 
 impl Server {
-    /// Binds every listener and starts accepting with `rt` (never reloaded).
+    /// Binds every listener and starts accepting.
     pub async fn start(rt: Arc<Runtime>) -> anyhow::Result<Self> {
         Self::start_live(Live::new(rt)).await
     }
 
-    /// Binds every listener and starts accepting; each new connection gets the
-    /// runtime `live` holds at that moment (a reload swaps it).
+    /// Binds every configured listener and starts accepting; each new
+    /// connection gets the runtime `live` holds at that moment (a reload swaps it).
     pub async fn start_live(live: Arc<Live>) -> anyhow::Result<Self> {
+        let mut listeners = Vec::new();
+        for addr in &live.current().config.listen {
+            listeners.push((*addr, bind_configured(*addr)?));
+        }
+        Ok(Self::start_labeled(live, listeners)?)
+    }
+
+    /// Starts accepting on listeners bound elsewhere (systemd, a previous
+    /// process); each serves its own local address.
+    pub fn start_with(
+        live: Arc<Live>,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> std::io::Result<Self> {
+        let labeled = listeners
+            .into_iter()
+            .map(|l| Ok((l.local_addr()?, l)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Self::start_labeled(live, labeled)
+    }
+
+    /// [`Server::start_with`], naming the configured address each listener serves.
+    pub fn start_labeled(
+        live: Arc<Live>,
+        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> std::io::Result<Self> {
         let rt = live.current();
         let (tx, rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let max = rt.config.max_connections;
         let conns = Arc::new(Semaphore::new(max));
+        let alive = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
-        for addr in &rt.config.listen {
-            let listener = match bind(*addr) {
-                Ok(l) => l,
-                Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
-                    // No IPv6 on this host: fall back to IPv4 on the same port.
-                    let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
-                    tracing::warn!(%addr, error = %e, "IPv6 unavailable, listening on IPv4 only");
-                    bind(v4).with_context(|| format!("cannot listen on {v4}"))?
-                }
-                Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
-            };
-            let local = listener.local_addr()?;
-            local_addrs.push(local);
-            tasks.spawn(accept_loop(
-                listener,
-                live.clone(),
-                conns.clone(),
-                rx.clone(),
+        let mut configured = Vec::new();
+        let mut shared = Vec::new();
+        for (addr, std_listener) in listeners {
+            std_listener.set_nonblocking(true)?;
+            let listener = Arc::new(TcpListener::from_std(std_listener)?);
+            local_addrs.push(listener.local_addr()?);
+            configured.push(addr);
+            shared.push(listener.clone());
+            alive.fetch_add(1, Ordering::SeqCst);
+            tasks.spawn(guarded_accept(
+                accept_loop(listener, live.clone(), conns.clone(), rx.clone()),
+                stop_rx.clone(),
+                AliveGuard(alive.clone()),
             ));
         }
         Ok(Self {
             local_addrs,
+            configured,
             shutdown: tx,
             tasks,
             conns,
             max,
+            listeners: Arc::new(Mutex::new(shared)),
+            stop,
+            alive,
         })
     }
 
@@ -88,19 +137,153 @@ impl Server {
         self.max - self.conns.available_permits()
     }
 
-    /// Stops accepting, asks sessions to end, and waits up to `drain` for them.
-    pub async fn shutdown(mut self, drain: Duration) {
-        let _ = self.shutdown.send(true);
-        self.tasks.abort_all();
-        let deadline = tokio::time::Instant::now() + drain;
+    /// Duplicates of the listening sockets with the configured address each
+    /// serves, for a successor process. Empty once accepting stopped.
+    pub fn listener_fds(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
+        self.listener_source().fds()
+    }
+
+    /// A handle that gives out [`Server::listener_fds`] from another task.
+    pub fn listener_source(&self) -> ListenerSource {
+        ListenerSource {
+            configured: self.configured.clone(),
+            listeners: self.listeners.clone(),
+        }
+    }
+
+    /// The watchdog's view of the accept side (see [`AcceptProbe::healthy`]).
+    pub fn accept_probe(&self) -> AcceptProbe {
+        AcceptProbe {
+            stopped: self.stop.subscribe(),
+            alive: self.alive.clone(),
+            expected: self.local_addrs.len(),
+        }
+    }
+
+    /// Stops accepting and closes this process's listeners; open sessions go
+    /// on. A socket also held by another process (after a handover) stays
+    /// open there, so no connection to it is refused. Returns once every
+    /// accept loop has ended.
+    pub async fn stop_accepting(&mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        if let Ok(mut l) = self.listeners.lock() {
+            l.clear();
+        }
+    }
+
+    /// Waits until no session is left or `deadline` passes; then tells the
+    /// remaining sessions to end and gives them a moment to close. Returns the
+    /// number of sessions that had to be cut.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
         while self.active() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let cut = self.active();
+        if cut > 0 {
+            self.cut_sessions().await;
+        }
+        cut
+    }
+
+    /// Tells every session to end now and waits (briefly) for them to close.
+    pub async fn cut_sessions(&self) {
+        let _ = self.shutdown.send(true);
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.active() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops accepting, lets sessions finish for up to `drain`, then ends the rest.
+    pub async fn shutdown(mut self, drain: Duration) {
+        let deadline = tokio::time::Instant::now() + drain;
+        self.stop_accepting().await;
+        self.drain(deadline).await;
+    }
+}
+
+/// Binds a configured address; `[::]` falls back to `0.0.0.0` on hosts
+/// without IPv6.
+pub fn bind_configured(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let sock = match bind_std(addr) {
+        Ok(l) => l,
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            // No IPv6 on this host: fall back to IPv4 on the same port.
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, error = %e, "IPv6 unavailable, listening on IPv4 only");
+            bind_std(v4).with_context(|| format!("cannot listen on {v4}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+    };
+    Ok(sock)
+}
+
+/// Gives out duplicates of a server's listening sockets (see [`Server::listener_fds`]).
+#[derive(Clone)]
+pub struct ListenerSource {
+    configured: Vec<SocketAddr>,
+    listeners: Arc<Mutex<Vec<Arc<TcpListener>>>>,
+}
+
+impl ListenerSource {
+    /// Duplicates (`dup`, close-on-exec) of the listeners still open.
+    pub fn fds(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
+        let l = self
+            .listeners
+            .lock()
+            .map_err(|_| std::io::Error::other("listener list poisoned"))?;
+        l.iter()
+            .zip(&self.configured)
+            .map(|(l, c)| {
+                let dup = socket2::SockRef::from(l.as_ref()).try_clone()?;
+                Ok((*c, std::os::fd::OwnedFd::from(dup)))
+            })
+            .collect()
+    }
+}
+
+/// Whether the accept loops are alive, readable from another task.
+#[derive(Clone)]
+pub struct AcceptProbe {
+    stopped: watch::Receiver<bool>,
+    alive: Arc<AtomicUsize>,
+    expected: usize,
+}
+
+impl AcceptProbe {
+    /// Every accept loop is running, or accepting was stopped on purpose.
+    pub fn healthy(&self) -> bool {
+        *self.stopped.borrow() || self.alive.load(Ordering::SeqCst) == self.expected
+    }
+}
+
+/// Counts a running accept loop; dropped when the loop ends, even by a panic.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs an accept loop until `stop` turns true. Cancelling `accept` is safe:
+/// a connection is either returned by `accept()` (and handed to its session
+/// before the loop awaits again) or stays in the kernel queue for whoever
+/// accepts next, e.g. the process that took the socket over.
+async fn guarded_accept(
+    accept: impl std::future::Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
+    _alive: AliveGuard,
+) {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = accept => {}
     }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     live: Arc<Live>,
     conns: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -130,5 +313,51 @@ async fn accept_loop(
             session::serve(stream, peer, rt, sd).await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::events::Telemetry;
+
+    fn runtime() -> Arc<Runtime> {
+        let cfg = Config::from_toml(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[tls]\nmask_host = \"127.0.0.1:1\"\n",
+            &Overrides::default(),
+        )
+        .expect("config");
+        Arc::new(Runtime::build(cfg, Vec::new(), Telemetry::default()))
+    }
+
+    #[tokio::test]
+    async fn stop_accepting_closes_listeners_and_the_probe_follows() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut s = Server::start_with(Live::new(runtime()), vec![l]).expect("start");
+        assert_eq!(s.local_addrs, vec![addr]);
+        let probe = s.accept_probe();
+        assert!(probe.healthy());
+        let fds = s.listener_fds().expect("fds");
+        assert_eq!(fds.len(), 1);
+        assert_eq!(fds[0].0, addr);
+        drop(fds);
+        s.stop_accepting().await;
+        assert!(probe.healthy(), "stopped on purpose is healthy");
+        assert!(s.listener_fds().expect("fds").is_empty());
+        // The socket is closed: a connection is refused.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    #[test]
+    fn a_dead_accept_loop_is_unhealthy() {
+        let (_tx, rx) = watch::channel(false);
+        let probe = AcceptProbe {
+            stopped: rx,
+            alive: Arc::new(AtomicUsize::new(1)),
+            expected: 2,
+        };
+        assert!(!probe.healthy());
     }
 }

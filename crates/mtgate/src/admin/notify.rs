@@ -2,8 +2,11 @@
 //! datagram to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace).
 //! With no `$NOTIFY_SOCKET` (not started by systemd `Type=notify`) it does nothing.
 //!
-//! mtgate sends `READY=1` once every client listener is bound and
-//! `STOPPING=1` when shutdown begins. No watchdog pings are sent.
+//! mtgate sends `READY=1` once every client listener is bound,
+//! `STOPPING=1` when shutdown begins, `MAINPID=<pid>` when it hands its
+//! listeners to a new process, and `WATCHDOG=1` every half
+//! [`watchdog_period`] while its runtime and accept loops are alive (the
+//! loop lives in `cli`).
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
@@ -16,6 +19,26 @@ pub fn notify(state: &str) {
     if let Err(e) = notify_to(&path.to_string_lossy(), state) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
+}
+
+/// The watchdog period systemd asked for (`WATCHDOG_USEC`, for us when
+/// `WATCHDOG_PID` is our pid or absent); `None` when no watchdog is armed.
+pub fn watchdog_period() -> Option<std::time::Duration> {
+    parse_watchdog(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<std::time::Duration> {
+    if let Some(p) = pid {
+        if p.trim().parse::<u32>().ok() != Some(me) {
+            return None;
+        }
+    }
+    let us: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    Some(std::time::Duration::from_micros(us))
 }
 
 /// Sends `state` to the notification socket at `path`.
@@ -48,6 +71,23 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn watchdog_period_is_for_us_only() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_watchdog(Some("20000000"), None, 7),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            parse_watchdog(Some("20000000"), Some("7"), 7),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(parse_watchdog(Some("20000000"), Some("8"), 7), None);
+        assert_eq!(parse_watchdog(Some("0"), None, 7), None);
+        assert_eq!(parse_watchdog(Some("x"), None, 7), None);
+        assert_eq!(parse_watchdog(None, None, 7), None);
     }
 
     #[test]

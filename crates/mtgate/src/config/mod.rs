@@ -134,6 +134,10 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Reload when the config file changes (polled every 2 s).
     pub watch_config: bool,
+    /// The handover control socket (`server.handover_socket`); `None` when disabled.
+    pub handover_socket: Option<PathBuf>,
+    /// How long sessions may finish after SIGTERM or a handover (`server.drain_timeout`).
+    pub drain_timeout: Duration,
     pub domains: Vec<String>,
     /// Where rejected connections go by default (`host:port`; default: first domain, port 443).
     pub mask_host: String,
@@ -204,6 +208,11 @@ pub struct Overrides {
     pub prefer_ipv6: bool,
     pub workers: Option<usize>,
 }
+
+/// `server.drain_timeout` when not set.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The handover socket's file name in the state directory (the default path).
+pub const HANDOVER_SOCKET_NAME: &str = "mtgate.handover.sock";
 
 /// The default client port.
 pub const DEFAULT_PORT: u16 = 443;
@@ -281,6 +290,23 @@ impl Config {
                 return Err(invalid(k, "must be greater than zero"));
             }
         }
+        let drain_timeout = s.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let state_dir = s
+            .state_dir
+            .clone()
+            .map(PathBuf::from)
+            .unwrap_or_else(default_state_dir);
+        let handover_socket = match s.handover_socket.as_deref() {
+            None => Some(state_dir.join(HANDOVER_SOCKET_NAME)),
+            Some("") => None,
+            Some(p) if p.len() > 100 => {
+                return Err(invalid(
+                    "server.handover_socket",
+                    "path too long for a Unix socket (at most 100 bytes)",
+                ))
+            }
+            Some(p) => Some(PathBuf::from(p)),
+        };
         if let Some(h) = &s.public_host {
             if h.is_empty() || h.contains(['/', '?', '&', ' ']) {
                 return Err(invalid(
@@ -459,10 +485,7 @@ impl Config {
         Ok(Config {
             listen,
             public_host: s.public_host,
-            state_dir: s
-                .state_dir
-                .map(PathBuf::from)
-                .unwrap_or_else(default_state_dir),
+            state_dir,
             default_modes,
             max_connections,
             workers: s.workers.unwrap_or(0),
@@ -470,6 +493,8 @@ impl Config {
             idle_timeout,
             drain_grace: s.drain_grace.unwrap_or(Duration::from_secs(30)),
             watch_config: s.watch_config.unwrap_or(true),
+            handover_socket,
+            drain_timeout,
             domains,
             mask_host,
             mask_hosts,

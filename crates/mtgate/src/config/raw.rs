@@ -59,6 +59,11 @@ pub struct RawServer {
     pub drain_grace: Option<Duration>,
     /// Reload when the config file changes.
     pub watch_config: Option<bool>,
+    /// Unix control socket for the zero-downtime handover ("" disables it).
+    pub handover_socket: Option<String>,
+    /// How long open sessions may run on after SIGTERM or a handover.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

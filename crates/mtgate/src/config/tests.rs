@@ -115,3 +115,34 @@ fn flags_override_the_file() {
     })
     .is_err());
 }
+
+#[test]
+fn handover_socket_and_drain_timeout() {
+    let c = Config::from_toml(
+        "[server]\nstate_dir = \"/var/lib/x\"\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.handover_socket.as_deref(),
+        Some(std::path::Path::new("/var/lib/x/mtgate.handover.sock"))
+    );
+    assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    let c = Config::from_toml(
+        "[server]\nhandover_socket = \"/run/m.sock\"\ndrain_timeout = \"3s\"\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.handover_socket.as_deref(),
+        Some(std::path::Path::new("/run/m.sock"))
+    );
+    assert_eq!(c.drain_timeout, Duration::from_secs(3));
+    let c = Config::from_toml("[server]\nhandover_socket = \"\"\n", &Overrides::default()).unwrap();
+    assert!(c.handover_socket.is_none());
+    assert!(err(&format!(
+        "[server]\nhandover_socket = \"/{}\"\n",
+        "a".repeat(120)
+    ))
+    .contains("server.handover_socket"));
+}
