@@ -109,7 +109,7 @@ impl VaesCtr {
         // 2. Whole groups of PAR_BLOCKS blocks.
         let mut chunks = buf.chunks_exact_mut(PAR_BYTES);
         for chunk in &mut chunks {
-            let ks = keystream(&rk, ctr);
+            let ks = keystream::<PAR_ZMM>(&rk, ctr);
             ctr = ctr.wrapping_add(PAR_BLOCKS as u128);
             let p = chunk.as_mut_ptr();
             for (i, k) in ks.iter().enumerate() {
@@ -123,47 +123,61 @@ impl VaesCtr {
             }
         }
 
-        // 3. The tail: 1..PAR_BYTES - 1 bytes, with masked loads and stores.
+        // 3. The tail: 1..PAR_BYTES - 1 bytes, in as few zmm registers as cover it.
         let tail = chunks.into_remainder();
         let len = tail.len();
-        if len == 0 {
-            self.ctr = ctr.to_be_bytes();
-            return;
-        }
-        let blocks = len.div_ceil(16);
-        let ks = keystream(&rk, ctr);
-        self.ctr = ctr.wrapping_add(blocks as u128).to_be_bytes();
-        let p = tail.as_mut_ptr();
-        for (i, k) in ks.iter().enumerate() {
-            let off = 64 * i;
-            if off >= len {
-                break;
-            }
-            let n = (len - off).min(64);
-            let mask: u64 = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-            // SAFETY: the mask has bits 0..n set and n <= len - off, so only the bytes
-            // `off..off + n` of `tail` are read and written; AVX-512 masked loads and
-            // stores do not access (and cannot fault on) bytes whose mask bit is clear.
-            // Any alignment is allowed; `tail` is a unique borrow.
-            unsafe {
-                let q = p.add(off).cast::<i8>();
-                let x = _mm512_maskz_loadu_epi8(mask, q);
-                _mm512_mask_storeu_epi8(q, mask, _mm512_xor_si512(x, *k));
-            }
-        }
+        self.ctr = ctr.wrapping_add(len.div_ceil(16) as u128).to_be_bytes();
+        let last = match len {
+            0 => return,
+            1..=64 => xor_tail::<1>(&rk, ctr, tail),
+            65..=128 => xor_tail::<2>(&rk, ctr, tail),
+            _ => xor_tail::<PAR_ZMM>(&rk, ctr, tail),
+        };
         let used = len % 16;
         if used != 0 {
             // Keep the last, partly used block for the next call.
-            let last = len / 16;
-            let mut all = [0u8; PAR_BYTES];
-            for (i, k) in ks.iter().enumerate() {
-                // SAFETY: `all` is PAR_ZMM * 64 bytes and i < PAR_ZMM, so the store is in bounds.
-                unsafe { _mm512_storeu_si512(all.as_mut_ptr().add(64 * i).cast(), *k) };
-            }
-            self.ks.copy_from_slice(&all[16 * last..16 * last + 16]);
+            // SAFETY: `self.ks` is a 16-byte array, exactly what an unaligned 128-bit
+            // store writes.
+            unsafe { _mm_storeu_si128(self.ks.as_mut_ptr().cast(), last) };
             self.pos = used as u8;
-            all.zeroize();
         }
+    }
+}
+
+/// XORs the keystream of counters `ctr, ctr + 1, …` into `tail` (1..=64 * N bytes) with
+/// masked loads and stores; returns the keystream block that covers the last byte.
+#[inline]
+#[target_feature(enable = "aes,avx512f,avx512bw,vaes")]
+fn xor_tail<const N: usize>(rk: &[__m512i; RK], ctr: u128, tail: &mut [u8]) -> __m128i {
+    let len = tail.len();
+    debug_assert!(len >= 1 && len <= 64 * N);
+    let ks = keystream::<N>(rk, ctr);
+    let p = tail.as_mut_ptr();
+    for (i, k) in ks.iter().enumerate() {
+        let off = 64 * i;
+        if off >= len {
+            break;
+        }
+        let n = (len - off).min(64);
+        let mask: u64 = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        // SAFETY: the mask has bits 0..n set and n <= len - off, so only the bytes
+        // `off..off + n` of `tail` are read and written; AVX-512 masked loads and
+        // stores do not access (and cannot fault on) bytes whose mask bit is clear.
+        // Any alignment is allowed; `tail` is a unique borrow.
+        unsafe {
+            let q = p.add(off).cast::<i8>();
+            let x = _mm512_maskz_loadu_epi8(mask, q);
+            _mm512_mask_storeu_epi8(q, mask, _mm512_xor_si512(x, *k));
+        }
+    }
+    // Block (len - 1) / 16 holds the last byte; it is < 4 * N since len <= 64 * N.
+    let last = (len - 1) / 16;
+    let z = ks[last / 4];
+    match last % 4 {
+        0 => _mm512_extracti32x4_epi32::<0>(z),
+        1 => _mm512_extracti32x4_epi32::<1>(z),
+        2 => _mm512_extracti32x4_epi32::<2>(z),
+        _ => _mm512_extracti32x4_epi32::<3>(z),
     }
 }
 
@@ -187,11 +201,11 @@ fn broadcast_keys(rk: &[[u8; 16]; RK]) -> [__m512i; RK] {
     out
 }
 
-/// Keystream of the PAR_BLOCKS blocks with counters `ctr, ctr + 1, …` (mod 2^128).
+/// Keystream of the 4 * N blocks with counters `ctr, ctr + 1, …` (mod 2^128).
 #[inline]
 #[target_feature(enable = "aes,avx512f,avx512bw,vaes")]
-fn keystream(rk: &[__m512i; RK], ctr: u128) -> [__m512i; PAR_ZMM] {
-    let mut b = counter_blocks(ctr);
+fn keystream<const N: usize>(rk: &[__m512i; RK], ctr: u128) -> [__m512i; N] {
+    let mut b = counter_blocks::<N>(ctr);
     for x in &mut b {
         *x = _mm512_xor_si512(*x, rk[0]);
     }
@@ -206,15 +220,15 @@ fn keystream(rk: &[__m512i; RK], ctr: u128) -> [__m512i; PAR_ZMM] {
     b
 }
 
-/// The counter blocks `ctr, ctr + 1, …, ctr + PAR_BLOCKS - 1` (mod 2^128), big-endian,
+/// The counter blocks `ctr, ctr + 1, …, ctr + 4 * N - 1` (mod 2^128), big-endian,
 /// four to a zmm register in ascending order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn counter_blocks(ctr: u128) -> [__m512i; PAR_ZMM] {
+fn counter_blocks<const N: usize>(ctr: u128) -> [__m512i; N] {
     let lo = ctr as u64;
-    let mut out = [_mm512_setzero_si512(); PAR_ZMM];
-    if lo <= u64::MAX - (PAR_BLOCKS as u64 - 1) {
-        // No carry out of the low 64 bits: add 0..PAR_BLOCKS to the low half of each lane
+    let mut out = [_mm512_setzero_si512(); N];
+    if lo <= u64::MAX - (4 * N as u64 - 1) {
+        // No carry out of the low 64 bits: add 0..4 * N to the low half of each lane
         // (little-endian lanes: qword 0 = low, qword 1 = high), then byte-swap each lane.
         let base = _mm512_broadcast_i32x4(_mm_set_epi64x((ctr >> 64) as u64 as i64, lo as i64));
         let bswap = _mm512_broadcast_i32x4(_mm_set_epi8(
@@ -227,14 +241,13 @@ fn counter_blocks(ctr: u128) -> [__m512i; PAR_ZMM] {
         }
     } else {
         // Rare: the low half wraps inside this group; carry with u128 arithmetic.
-        let mut bytes = [[0u8; 16]; PAR_BLOCKS];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = ctr.wrapping_add(i as u128).to_be_bytes();
-        }
         for (i, o) in out.iter_mut().enumerate() {
-            // SAFETY: `bytes` holds PAR_BLOCKS * 16 = PAR_ZMM * 64 contiguous bytes and
-            // i < PAR_ZMM, so the 64 bytes at offset 64 * i are in bounds.
-            *o = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast::<u8>().add(64 * i).cast()) };
+            let mut bytes = [[0u8; 16]; 4];
+            for (j, b) in bytes.iter_mut().enumerate() {
+                *b = ctr.wrapping_add((4 * i + j) as u128).to_be_bytes();
+            }
+            // SAFETY: `bytes` is 4 * 16 = 64 contiguous bytes, what a 512-bit load reads.
+            *o = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
         }
     }
     out
@@ -287,10 +300,8 @@ fn expand_key(key: &[u8; 32]) -> [[u8; 16]; RK] {
         ($i:literal, $rcon:literal) => {
             k0 = expand_even(k0, _mm_aeskeygenassist_si128::<$rcon>(k1));
             rk[$i] = k0;
-            if $i + 1 < RK {
-                k1 = expand_odd(k1, _mm_aeskeygenassist_si128::<0>(k0));
-                rk[$i + 1] = k1;
-            }
+            k1 = expand_odd(k1, _mm_aeskeygenassist_si128::<0>(k0));
+            rk[$i + 1] = k1;
         };
     }
     step!(2, 0x01);
@@ -299,7 +310,8 @@ fn expand_key(key: &[u8; 32]) -> [[u8; 16]; RK] {
     step!(8, 0x08);
     step!(10, 0x10);
     step!(12, 0x20);
-    step!(14, 0x40);
+    // The 15th and last round key is an even one.
+    rk[14] = expand_even(k0, _mm_aeskeygenassist_si128::<0x40>(k1));
     let mut out = [[0u8; 16]; RK];
     for (o, k) in out.iter_mut().zip(&rk) {
         // SAFETY: `o` is a 16-byte array, exactly what an unaligned 128-bit store writes.
