@@ -19,20 +19,60 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub mod cbc;
 pub use cbc::{AesCbcDec, AesCbcEnc};
 
+#[cfg(target_arch = "x86_64")]
+mod ctr_vaes;
+
 // CTR only ever encrypts blocks: the encrypt-only key schedule halves the cipher state.
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256Enc>;
 
 /// Streaming AES-256-CTR. The keystream position is kept between calls, so a
 /// connection's cipher is created once and fed every byte of one direction.
+///
+/// Backend (chosen once per process by CPU detection, see docs/BENCHMARKS.md "Crypto
+/// backend"): on x86_64 with AES-NI, VAES, AVX-512F and AVX-512BW our own VAES code
+/// (`ctr_vaes`), else RustCrypto `aes` 0.8 + `ctr` 0.9 ("reference"). Both give the same
+/// keystream.
 pub struct AesCtr {
-    inner: Aes256Ctr,
+    inner: Backend,
+}
+
+// The VAES state stays inline (it is the hot path, and smaller than the 1 KiB of the
+// unboxed reference); only the fallback pays for a Box.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    #[cfg(target_arch = "x86_64")]
+    Vaes(ctr_vaes::VaesCtr),
+    /// Boxed: 1 KiB (the `aes` crate keeps a software key schedule beside the AES-NI one),
+    /// against 273 bytes for the VAES state, and idle connections hold four ciphers.
+    Reference(Box<Aes256Ctr>),
 }
 
 impl AesCtr {
     /// Creates the cipher at keystream offset 0.
     pub fn new(key: &[u8; 32], iv: &[u8; 16]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(c) = ctr_vaes::VaesCtr::new(key, iv) {
+            return Self {
+                inner: Backend::Vaes(c),
+            };
+        }
+        Self::new_reference(key, iv)
+    }
+
+    /// The same cipher on the RustCrypto backend whatever the CPU (tests, benchmarks).
+    #[doc(hidden)]
+    pub fn new_reference(key: &[u8; 32], iv: &[u8; 16]) -> Self {
         Self {
-            inner: Aes256Ctr::new(key.into(), iv.into()),
+            inner: Backend::Reference(Box::new(Aes256Ctr::new(key.into(), iv.into()))),
+        }
+    }
+
+    /// The backend this cipher runs on: `"vaes-avx512"` or `"rustcrypto"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes(_) => "vaes-avx512",
+            Backend::Reference(_) => "rustcrypto",
         }
     }
 
@@ -40,7 +80,11 @@ impl AesCtr {
     /// Deliberately not `#[inline]`: it stays compiled at this crate's opt level
     /// even in debug builds of callers (release builds inline it through LTO).
     pub fn apply(&mut self, buf: &mut [u8]) {
-        self.inner.apply_keystream(buf);
+        match &mut self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes(c) => c.apply(buf),
+            Backend::Reference(c) => c.apply_keystream(buf),
+        }
     }
 }
 
@@ -155,6 +199,127 @@ mod tests {
         c.apply(a);
         c.apply(b);
         assert_eq!(&wire[56..62], &h("dddddddd0200")[..]);
+    }
+
+    /// NIST SP 800-38A F.5.5 (CTR-AES256.Encrypt); the counter starts at f0f1…feff.
+    #[test]
+    fn ctr_matches_nist_sp800_38a_f55() {
+        let key: [u8; 32] = h("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+            .try_into()
+            .unwrap();
+        let iv: [u8; 16] = h("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff").try_into().unwrap();
+        let plain = h(concat!(
+            "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51",
+            "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+        ));
+        let wire = h(concat!(
+            "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5",
+            "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6"
+        ));
+        for c in [AesCtr::new(&key, &iv), AesCtr::new_reference(&key, &iv)] {
+            let mut c = c;
+            let mut buf = plain.clone();
+            c.apply(&mut buf);
+            assert_eq!(buf, wire, "{}", c.backend());
+            // Byte by byte across block edges too.
+            let mut c = AesCtr {
+                inner: AesCtr::new(&key, &iv).inner,
+            };
+            let mut buf = plain.clone();
+            for b in buf.chunks_mut(1) {
+                c.apply(b);
+            }
+            assert_eq!(buf, wire);
+        }
+    }
+
+    /// On a CPU with the features, `new` must pick the VAES backend: a silent fallback
+    /// to the reference would make the equivalence tests below compare it with itself.
+    #[test]
+    fn vaes_backend_is_used_when_the_cpu_has_it() {
+        let c = AesCtr::new(&[1; 32], &[2; 16]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = std::is_x86_feature_detected!("aes")
+                && std::is_x86_feature_detected!("vaes")
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw");
+            assert_eq!(c.backend() == "vaes-avx512", has, "backend {}", c.backend());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert_eq!(c.backend(), "rustcrypto");
+        assert_eq!(
+            AesCtr::new_reference(&[1; 32], &[2; 16]).backend(),
+            "rustcrypto"
+        );
+    }
+
+    #[test]
+    fn struct_size() {
+        // Idle connections hold four ciphers each: keep this small.
+        // (Before the VAES backend, AesCtr was a bare Ctr128BE<Aes256Enc>: 1024 bytes.)
+        let reference = std::mem::size_of::<Aes256Ctr>();
+        let now = std::mem::size_of::<AesCtr>();
+        println!("size_of: Ctr128BE<Aes256Enc> {reference}, AesCtr {now}");
+        assert!(now <= 288, "AesCtr grew to {now} bytes");
+    }
+
+    /// Counter wraps inside the 16-block main loop, the tail and the partial block.
+    #[test]
+    fn counter_carry_and_wrap_match_reference() {
+        let key = [0x5a; 32];
+        for base in [u64::MAX as u128, u128::MAX] {
+            for back in 0..40u128 {
+                let iv = base.wrapping_sub(back).to_be_bytes();
+                for len in [1usize, 15, 16, 17, 255, 256, 257, 700, 1500] {
+                    let mut a = vec![0u8; len];
+                    let mut b = a.clone();
+                    let mut x = AesCtr::new(&key, &iv);
+                    let mut y = AesCtr::new_reference(&key, &iv);
+                    let cut = len / 3;
+                    x.apply(&mut a[..cut]);
+                    x.apply(&mut a[cut..]);
+                    y.apply(&mut b);
+                    assert_eq!(a, b, "iv {iv:02x?} len {len}");
+                }
+            }
+        }
+    }
+
+    fn iv_strategy() -> impl proptest::strategy::Strategy<Value = [u8; 16]> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<[u8; 16]>(),
+            // Low 64 bits about to carry into the high 64 bits.
+            (any::<u64>(), 0u64..600).prop_map(|(hi, back)| {
+                ((u128::from(hi) << 64) | u128::from(u64::MAX - back)).to_be_bytes()
+            }),
+            // The whole 128-bit counter about to wrap to zero.
+            (0u128..600).prop_map(|back| (u128::MAX - back).to_be_bytes()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// Same bytes as the RustCrypto reference for any key, IV and split into calls.
+        #[test]
+        fn matches_reference_over_random_calls(
+            key in proptest::prelude::any::<[u8; 32]>(),
+            iv in iv_strategy(),
+            lens in proptest::collection::vec(0usize..5000, 0..12),
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let mut x = AesCtr::new(&key, &iv);
+            let mut y = AesCtr::new_reference(&key, &iv);
+            for (n, len) in lens.into_iter().enumerate() {
+                let data: Vec<u8> = (0..len).map(|i| (i as u8) ^ seed ^ (n as u8)).collect();
+                let mut a = data.clone();
+                let mut b = data;
+                x.apply(&mut a);
+                y.apply(&mut b);
+                proptest::prop_assert_eq!(a, b);
+            }
+        }
     }
 
     #[test]
