@@ -13,7 +13,11 @@
 //!
 //! Every policy runs in [`Mode::Monitor`] (log and count only) or [`Mode::Enforce`].
 
+pub mod acl;
 pub mod clock;
+pub mod error;
+pub mod geo;
+pub mod iptable;
 
 /// Whether a policy only reports what it would do, or does it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
