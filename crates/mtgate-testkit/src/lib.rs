@@ -18,6 +18,6 @@ pub mod mmdb;
 pub mod mtproto;
 
 pub use client::{ClientMode, ClientOptions, ObfsClient};
-pub use mmdb::write_mmdb;
 pub use fake_dc::{FakeDc, FakeDcConfig, FakeDcMode, FakeDcStats};
+pub use mmdb::write_mmdb;
 pub use mtproto::{DhParamsOk, ReqDhParams, ResPq};

@@ -376,10 +376,7 @@ fn acl(r: RawAcl, timezone: Tz) -> Result<AclConfig, ConfigError> {
     }
     let reload_interval = r.reload_interval.unwrap_or(Duration::from_secs(30));
     if reload_interval < Duration::from_secs(1) {
-        return Err(invalid(
-            "policy.acl.reload_interval",
-            "must be at least 1s",
-        ));
+        return Err(invalid("policy.acl.reload_interval", "must be at least 1s"));
     }
     Ok(AclConfig {
         mode: r.mode.unwrap_or_default(),
@@ -480,11 +477,17 @@ fn reputation(r: RawReputation) -> Result<ReputationConfig, ConfigError> {
     }
     let half_life = r.half_life.unwrap_or(d.half_life);
     if half_life < Duration::from_secs(1) {
-        return Err(invalid("policy.reputation.half_life", "must be at least 1s"));
+        return Err(invalid(
+            "policy.reputation.half_life",
+            "must be at least 1s",
+        ));
     }
     let block_time = r.block_time.unwrap_or(d.block_time);
     if block_time < Duration::from_secs(1) {
-        return Err(invalid("policy.reputation.block_time", "must be at least 1s"));
+        return Err(invalid(
+            "policy.reputation.block_time",
+            "must be at least 1s",
+        ));
     }
     let block_time_max = r.block_time_max.unwrap_or(d.block_time_max.max(block_time));
     if block_time_max < block_time {
@@ -529,7 +532,9 @@ fn reputation(r: RawReputation) -> Result<ReputationConfig, ConfigError> {
 }
 
 fn tracking(r: RawTracking) -> Result<TrackingConfig, ConfigError> {
-    let max_tracked = r.max_tracked.unwrap_or(TrackingConfig::default().max_tracked);
+    let max_tracked = r
+        .max_tracked
+        .unwrap_or(TrackingConfig::default().max_tracked);
     if !(1024..=MAX_TRACKED).contains(&max_tracked) {
         return Err(invalid(
             "policy.tracking.max_tracked",
@@ -545,12 +550,8 @@ fn country_list(key: &str, list: &[String]) -> Result<Vec<[u8; 2]>, ConfigError>
     }
     list.iter()
         .map(|c| {
-            crate::policy::geo::country_code(c).ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("`{c}` is not a two-letter ISO country code"),
-                )
-            })
+            crate::policy::geo::country_code(c)
+                .ok_or_else(|| invalid(key, format!("`{c}` is not a two-letter ISO country code")))
         })
         .collect()
 }
@@ -566,12 +567,7 @@ fn geo(r: RawGeo) -> Result<GeoConfig, ConfigError> {
         }
     };
     let list = match (&r.allow, &r.deny) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "policy.geo",
-                "set allow or deny, not both",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(invalid("policy.geo", "set allow or deny, not both")),
         (Some(a), None) => GeoList::Allow(country_list("policy.geo.allow", a)?),
         (None, Some(d)) => GeoList::Deny(country_list("policy.geo.deny", d)?),
         (None, None) => {

@@ -293,10 +293,7 @@ impl Acl {
             IpNet::V4(n) => self.v4.entry(n).or_default(),
             IpNet::V6(n) => self.v6.entry(n).or_default(),
         };
-        if list
-            .iter()
-            .any(|e| e.level == level && e.window == window)
-        {
+        if list.iter().any(|e| e.level == level && e.window == window) {
             return;
         }
         let e = Entry { level, window };

@@ -135,7 +135,9 @@ pub enum GeoVerdict {
     Allowed,
     /// `country` is `None` for an address the database does not place
     /// (refused by `unknown = "deny"`).
-    Denied { country: Option<[u8; 2]> },
+    Denied {
+        country: Option<[u8; 2]>,
+    },
 }
 
 /// Country allow/deny on a [`GeoDb`].

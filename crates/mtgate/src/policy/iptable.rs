@@ -22,8 +22,11 @@
 //!   blocked, then the lowest score, then the oldest touch goes first.
 //!
 //! Memory: [`ENTRY_BYTES`] (64) per entry (16-byte key + 48-byte state), plus
-//! the map's 8-byte stored hash and its index table (about 9-18 bytes a slot):
-//! roughly 90-110 bytes per tracked source, allocated up front.
+//! the map's 8-byte stored hash and its index (8 + 1 bytes a bucket, 1.1 to
+//! 2.3 buckets per entry at its steady size): about 96 bytes per tracked
+//! source (measured: 50 000 sources in 4.8 MB), at most
+//! [`memory_bytes`](IpTable::memory_bytes). Entries are allocated up front; the
+//! index doubles once under churn (hashbrown tombstones), then stays.
 
 use crate::config::policy::ReputationConfig;
 pub use crate::config::policy::{ConnLimits, IpTableConfig};
@@ -131,7 +134,9 @@ impl Key {
         if self.0 == 0 && self.1 >> 32 == 0xffff {
             IpAddr::V4(Ipv4Addr::from(self.1 as u32))
         } else {
-            IpAddr::V6(Ipv6Addr::from((u128::from(self.0) << 64) | u128::from(self.1)))
+            IpAddr::V6(Ipv6Addr::from(
+                (u128::from(self.0) << 64) | u128::from(self.1),
+            ))
         }
     }
 }
@@ -365,16 +370,22 @@ impl IpTable {
         self.shards.iter().map(|s| lock(s).cap).sum()
     }
 
-    /// The heap the table's maps hold (capacity-based estimate).
+    /// The most heap the table's maps hold: the entries (allocated up front)
+    /// and the hash index at its steady size. The index is allocated for the
+    /// capacity up front; under churn (evict one, insert one) hashbrown's
+    /// tombstones make it double once, after which it rehashes in place.
     pub fn memory_bytes(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let c = lock(s).map.capacity();
-                // Entries (hash + key + state) and hashbrown's index table.
-                c * (8 + ENTRY_BYTES) + (c * 8 / 7).next_power_of_two() * 9
-            })
-            .sum()
+        let shards = SHARDS * std::mem::size_of::<Mutex<Shard>>();
+        shards
+            + self
+                .shards
+                .iter()
+                .map(|s| {
+                    let c = lock(s).map.capacity();
+                    let buckets = (c * 8).div_ceil(7).next_power_of_two();
+                    c * (8 + ENTRY_BYTES) + 2 * buckets * (8 + 1) + 16
+                })
+                .sum::<usize>()
     }
 
     fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
@@ -505,11 +516,7 @@ impl IpTable {
         for s in self.shards.iter() {
             let s = lock(s);
             st.tracked += s.map.len();
-            st.active_blocks += s
-                .map
-                .values()
-                .filter(|e| e.blocked_until_ms > now)
-                .count();
+            st.active_blocks += s.map.values().filter(|e| e.blocked_until_ms > now).count();
         }
         st
     }
@@ -529,8 +536,7 @@ impl IpTable {
             let max = ms(s.cfg.reputation.block_time_max);
             for (k, e) in &s.map {
                 let score = e.decayed(now, hl);
-                let remembered =
-                    e.blocks > 0 && now < e.blocked_until_ms.saturating_add(max);
+                let remembered = e.blocks > 0 && now < e.blocked_until_ms.saturating_add(max);
                 if score < 1.0 && e.blocked_until_ms <= now && !remembered {
                     continue;
                 }

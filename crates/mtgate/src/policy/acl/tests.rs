@@ -31,7 +31,7 @@ fn cfg(rules: Vec<AclRule>) -> AclConfig {
 }
 
 // 2026-11-23 is a Monday. 12:00 UTC.
-const MON_NOON_UTC: i64 = 1_763_899_200_000;
+const MON_NOON_UTC: i64 = 1_795_435_200_000;
 const HOUR: i64 = 3_600_000;
 
 #[test]
@@ -43,10 +43,27 @@ fn monday_constant_is_a_monday_noon() {
 fn parse_net_forms() {
     assert_eq!(parse_net("1.2.3.4").unwrap().to_string(), "1.2.3.4/32");
     assert_eq!(parse_net("1.2.3.4/8").unwrap().to_string(), "1.0.0.0/8");
-    assert_eq!(parse_net("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
-    assert_eq!(parse_net("::ffff:10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
-    assert_eq!(parse_net("::ffff:10.0.0.0/104").unwrap().to_string(), "10.0.0.0/8");
-    for bad in ["", "1.2.3", "1.2.3.4/33", "::/129", "x", "1.2.3.4/", "1.2.3.4 5"] {
+    assert_eq!(
+        parse_net("2001:db8::1").unwrap().to_string(),
+        "2001:db8::1/128"
+    );
+    assert_eq!(
+        parse_net("::ffff:10.1.2.3").unwrap().to_string(),
+        "10.1.2.3/32"
+    );
+    assert_eq!(
+        parse_net("::ffff:10.0.0.0/104").unwrap().to_string(),
+        "10.0.0.0/8"
+    );
+    for bad in [
+        "",
+        "1.2.3",
+        "1.2.3.4/33",
+        "::/129",
+        "x",
+        "1.2.3.4/",
+        "1.2.3.4 5",
+    ] {
         assert_eq!(parse_net(bad), None, "{bad}");
     }
 }
@@ -59,7 +76,13 @@ fn firehol_list_parsing() {
     let got: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
     assert_eq!(
         got,
-        ["10.0.0.0/8", "1.2.3.4/32", "2001:db8::/32", "5.6.7.0/24", "::1/128"]
+        [
+            "10.0.0.0/8",
+            "1.2.3.4/32",
+            "2001:db8::/32",
+            "5.6.7.0/24",
+            "::1/128"
+        ]
     );
     assert_eq!(skipped, 2);
 }
@@ -129,7 +152,11 @@ fn most_specific_open_rule_wins() {
         rule("10.0.0.0/8", Level::Blocked, None),
         rule("10.1.0.0/16", Level::Full, None),
         rule("10.1.2.0/24", Level::Limited, Some(night)),
-        rule("10.1.2.0/24", Level::Blocked, Some(win(Some(&["tue"]), None))),
+        rule(
+            "10.1.2.0/24",
+            Level::Blocked,
+            Some(win(Some(&["tue"]), None)),
+        ),
         rule("2001:db8::/32", Level::Limited, None),
         rule("2001:db8:1::/48", Level::Blocked, None),
     ]))
@@ -142,9 +169,15 @@ fn most_specific_open_rule_wins() {
     assert_eq!(acl.lookup(ip("10.1.2.3"), noon), Some(Level::Full));
     assert_eq!(acl.lookup(ip("10.1.2.3"), night_t), Some(Level::Limited));
     // Tuesday noon: the Tuesday rule on the same /24.
-    assert_eq!(acl.lookup(ip("10.1.2.3"), noon + 24 * HOUR), Some(Level::Blocked));
+    assert_eq!(
+        acl.lookup(ip("10.1.2.3"), noon + 24 * HOUR),
+        Some(Level::Blocked)
+    );
     // Mapped IPv6 is IPv4.
-    assert_eq!(acl.lookup(ip("::ffff:10.1.2.3"), night_t), Some(Level::Limited));
+    assert_eq!(
+        acl.lookup(ip("::ffff:10.1.2.3"), night_t),
+        Some(Level::Limited)
+    );
     assert_eq!(acl.lookup(ip("11.0.0.1"), noon), None);
     assert_eq!(acl.level(ip("11.0.0.1"), noon), Level::Full);
     assert_eq!(acl.lookup(ip("2001:db8:2::1"), noon), Some(Level::Limited));
@@ -225,7 +258,11 @@ fn arb_window() -> impl Strategy<Value = Option<TimeWindow>> {
 }
 
 fn arb_level() -> impl Strategy<Value = Level> {
-    prop_oneof![Just(Level::Full), Just(Level::Limited), Just(Level::Blocked)]
+    prop_oneof![
+        Just(Level::Full),
+        Just(Level::Limited),
+        Just(Level::Blocked)
+    ]
 }
 
 fn arb_rule() -> impl Strategy<Value = AclRule> {

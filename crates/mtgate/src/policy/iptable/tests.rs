@@ -36,7 +36,10 @@ fn entry_is_64_bytes_with_its_key() {
 
 #[test]
 fn keys_normalize_and_mask() {
-    assert_eq!(Key::of(ip("::ffff:1.2.3.4"), 64), Key::of(ip("1.2.3.4"), 64));
+    assert_eq!(
+        Key::of(ip("::ffff:1.2.3.4"), 64),
+        Key::of(ip("1.2.3.4"), 64)
+    );
     assert_eq!(Key::of(ip("1.2.3.4"), 64).addr(), ip("1.2.3.4"));
     assert_eq!(
         Key::of(ip("2001:db8:1:2:3:4:5:6"), 64),
@@ -46,7 +49,10 @@ fn keys_normalize_and_mask() {
         Key::of(ip("2001:db8:1:2::1"), 64),
         Key::of(ip("2001:db8:1:3::1"), 64)
     );
-    assert_eq!(Key::of(ip("2001:db8:1:2::1"), 64).addr(), ip("2001:db8:1:2::"));
+    assert_eq!(
+        Key::of(ip("2001:db8:1:2::1"), 64).addr(),
+        ip("2001:db8:1:2::")
+    );
     assert_ne!(
         Key::of(ip("2001:db8::1"), 128),
         Key::of(ip("2001:db8::2"), 128)
@@ -56,7 +62,10 @@ fn keys_normalize_and_mask() {
 
 #[test]
 fn gcra_allows_burst_then_rate() {
-    let (t, clock, _) = table(1024);
+    let (t, clock, mut cfg) = table(1024);
+    // Refusals here must not add up to a block.
+    cfg.reputation.rate_limited = 0.0;
+    t.reconfigure(&cfg);
     let a = ip("192.0.2.1");
     let lim = ConnLimits {
         rate_per_sec: 2.0,
@@ -192,10 +201,7 @@ fn blocks_grow_on_repeat_offences_and_cap() {
     for _ in 0..3 {
         t.on_offence(a, Offence::Replay);
     }
-    assert_eq!(
-        (t.blocked_until(a).unwrap() - clock.wall_ms()) / 1000,
-        60
-    );
+    assert_eq!((t.blocked_until(a).unwrap() - clock.wall_ms()) / 1000, 60);
     assert_eq!(t.stats().active_blocks, 1);
 }
 
@@ -277,7 +283,11 @@ fn snapshot_round_trip_keeps_blocks_and_scores() {
     ));
     // Half a half-life passed: 40 → 40/√2.
     let want = 40.0 / 2f64.sqrt();
-    assert!((t2.score(scored) - want).abs() < 0.01, "{}", t2.score(scored));
+    assert!(
+        (t2.score(scored) - want).abs() < 0.01,
+        "{}",
+        t2.score(scored)
+    );
     // The block still counts as a repeat: the next one lasts twice as long.
     clock2.advance_ms((until - clock2.wall_ms()) as u64);
     for _ in 0..3 {
