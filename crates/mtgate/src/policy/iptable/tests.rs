@@ -320,6 +320,43 @@ fn reconfigure_shrinks_and_grows() {
     assert!(n <= 8192 && n > 4096, "{n}");
 }
 
+#[test]
+fn many_threads_keep_counts_consistent() {
+    let (t, _, mut cfg) = table(4096);
+    cfg.reputation.rate_limited = 0.1; // offences exercised, never a block
+    t.reconfigure(&cfg);
+    let t = Arc::new(t);
+    let lim = ConnLimits {
+        max_concurrent: 1_000_000,
+        ..BIG
+    };
+    let threads: Vec<_> = (0..4u32)
+        .map(|n| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    let a = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i % 64)));
+                    t.on_connect(a, &lim).unwrap();
+                    if i % 7 == n {
+                        t.on_offence(a, Offence::RateLimited);
+                    }
+                    t.on_disconnect(a);
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    for i in 0..64u32 {
+        assert_eq!(
+            t.active(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+            Some(0)
+        );
+    }
+    assert_eq!(t.stats().tracked, 64);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
