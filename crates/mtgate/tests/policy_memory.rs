@@ -36,6 +36,8 @@ static GLOBAL: Counting = Counting;
 /// hash, and its index (8 + 1 bytes a bucket, at most ~4.6 buckets per entry
 /// after the index's one doubling under churn).
 const BYTES_PER_SOURCE: usize = ENTRY_BYTES + 8 + 48;
+/// Other threads (the test harness) allocate too; the counter is global.
+const NOISE: isize = 8 * 1024;
 
 #[test]
 fn a_million_sources_keep_the_table_at_its_cap() {
@@ -52,8 +54,8 @@ fn a_million_sources_keep_the_table_at_its_cap() {
     let stated = table.memory_bytes() as isize;
     assert!(stated <= bound, "stated {stated} > bound {bound}");
     assert!(
-        allocated <= stated,
-        "allocated {allocated} > stated {stated}"
+        (allocated - stated).abs() <= NOISE,
+        "allocated {allocated} vs stated {stated}"
     );
 
     let limits = ConnLimits {
@@ -97,17 +99,20 @@ fn a_million_sources_keep_the_table_at_its_cap() {
     let st = table.stats();
     assert!(st.tracked <= CAP && st.tracked > CAP * 9 / 10, "{st:?}");
     assert!(st.evictions >= 1_000_000 - CAP as u64, "{st:?}");
-    // Bounded by the stated figure, and steady: the second half of the flood
-    // allocated nothing.
-    // (Peaks are sampled with the test harness running beside: allow it 64 KiB.)
+    // Nothing was allocated by the flood: the table's heap is what `new` took.
+    // The smallest growth the table could make (one shard's index doubling)
+    // is 36 KiB; NOISE only covers the test harness allocating beside us.
     assert!(
-        peak <= stated + 65_536,
+        peak <= stated + NOISE,
         "peak {peak} above the stated {stated}"
     );
-    assert!(after <= stated, "after {after} above the stated {stated}");
-    assert_eq!(
-        after, at_half,
-        "table heap still growing in the second half"
+    assert!(
+        (after - allocated).abs() <= NOISE,
+        "table heap changed under the flood: {allocated} -> {after}"
+    );
+    assert!(
+        (after - at_half).abs() <= NOISE,
+        "table heap still growing in the second half: {at_half} -> {after}"
     );
 
     // The legitimate sources kept their connection counts; the bad one its block.

@@ -358,6 +358,16 @@ impl Acl {
             .any(|s| FileStamp::of(&s.path).map_or(true, |now| now != *s))
     }
 
+    /// A fresh [`Acl`] from `cfg` if a list file changed (see
+    /// [`files_changed`](Self::files_changed)), else `None`. On error the
+    /// caller keeps using `self`.
+    pub fn rebuild_if_changed(&self, cfg: &AclConfig) -> Result<Option<Acl>, PolicyError> {
+        if !self.files_changed() {
+            return Ok(None);
+        }
+        Acl::build(cfg).map(Some)
+    }
+
     /// Lines of each list file that were not understood (or over the cap).
     pub fn skipped_lines(&self) -> &[(PathBuf, usize)] {
         &self.skipped

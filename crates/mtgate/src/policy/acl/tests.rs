@@ -146,6 +146,27 @@ fn windows_open_and_close_in_the_configured_time_zone() {
 }
 
 #[test]
+fn windows_follow_daylight_saving_time() {
+    let mut c = cfg(vec![rule(
+        "192.0.2.0/24",
+        Level::Limited,
+        Some(win(Some(&["mon"]), Some("09:00-10:00"))),
+    )]);
+    c.timezone = chrono_tz::Europe::Berlin;
+    let acl = Acl::build(&c).unwrap();
+    let a = ip("192.0.2.1");
+    // Monday 2026-07-06: Berlin is UTC+2, so 09:00 local is 07:00 UTC.
+    let july = 1_783_321_200_000; // 2026-07-06 07:00 UTC
+    assert_eq!(local_time(Tz::UTC, july), Some((0, 7 * 60)));
+    assert_eq!(acl.lookup(a, july - 1), None);
+    assert_eq!(acl.lookup(a, july), Some(Level::Limited));
+    assert_eq!(acl.lookup(a, july + HOUR), None);
+    // In November (UTC+1) the same window is 08:00-09:00 UTC.
+    assert_eq!(acl.lookup(a, MON_NOON_UTC - 4 * HOUR), Some(Level::Limited));
+    assert_eq!(acl.lookup(a, MON_NOON_UTC - 5 * HOUR), None);
+}
+
+#[test]
 fn most_specific_open_rule_wins() {
     let night = win(None, Some("22:00-06:00"));
     let acl = Acl::build(&cfg(vec![
@@ -208,7 +229,8 @@ fn list_files_load_count_skips_and_notice_changes() {
     writeln!(f, "192.0.2.1").unwrap();
     drop(f);
     assert!(acl.files_changed());
-    let acl2 = Acl::build(&c).unwrap();
+    let acl2 = acl.rebuild_if_changed(&c).unwrap().expect("changed");
+    assert!(acl2.rebuild_if_changed(&c).unwrap().is_none());
     assert_eq!(acl2.lookup(ip("192.0.2.1"), 0), Some(Level::Blocked));
     std::fs::remove_file(&p).unwrap();
     assert!(acl2.files_changed());
