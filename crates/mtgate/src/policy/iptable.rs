@@ -361,14 +361,23 @@ impl IpTable {
 
     /// Applies a new configuration, keeping the state. A smaller
     /// `max_tracked` evicts down to it; a larger one allocates the difference.
-    /// IPv6 sources already tracked under another prefix length age out.
+    /// When `ipv6_prefix` changes, IPv6 sources tracked under the old length
+    /// age out, and their active-connection counts are dropped (their
+    /// disconnects would land on the new keys and never bring them to 0).
     pub fn reconfigure(&self, cfg: &IpTableConfig) {
         let cap = shard_cap(cfg);
         let now = self.clock.mono_ms();
-        self.ipv6_prefix.store(cfg.rate.ipv6_prefix, Relaxed);
+        let old_prefix = self.ipv6_prefix.swap(cfg.rate.ipv6_prefix, Relaxed);
         for s in self.shards.iter() {
             let mut s = lock(s);
             s.cfg = *cfg;
+            if old_prefix != cfg.rate.ipv6_prefix {
+                for (k, e) in s.map.iter_mut() {
+                    if k.addr().is_ipv6() {
+                        e.active = 0;
+                    }
+                }
+            }
             while s.map.len() > cap {
                 if s.evict_one(now) {
                     self.evictions.fetch_add(1, Relaxed);
@@ -460,7 +469,20 @@ impl IpTable {
         Err(verdict)
     }
 
-    /// A connection accepted by [`on_connect`](Self::on_connect) ended.
+    /// Counts a connection from `ip` as active without any check: for a
+    /// connection let in although [`on_connect`](Self::on_connect) refused it
+    /// (a policy in monitor mode), so that its
+    /// [`on_disconnect`](Self::on_disconnect) balances.
+    pub fn admit(&self, ip: IpAddr) {
+        let now = self.clock.mono_ms();
+        let key = self.key_of(ip);
+        let mut s = self.shard(&key);
+        let e = s.slot(key, now, &self.evictions);
+        e.active = e.active.saturating_add(1);
+    }
+
+    /// A connection accepted by [`on_connect`](Self::on_connect) (or
+    /// [`admit`](Self::admit)) ended.
     pub fn on_disconnect(&self, ip: IpAddr) {
         let key = self.key_of(ip);
         let mut s = self.shard(&key);

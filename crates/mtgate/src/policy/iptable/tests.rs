@@ -321,6 +321,30 @@ fn reconfigure_shrinks_and_grows() {
 }
 
 #[test]
+fn admit_counts_and_prefix_change_drops_ipv6_counts() {
+    let (t, _, mut cfg) = table(1024);
+    let lim = ConnLimits {
+        max_concurrent: 1,
+        ..BIG
+    };
+    let a = ip("192.0.2.5");
+    let b = ip("2001:db8:1:2::1");
+    t.on_connect(a, &lim).unwrap();
+    assert_eq!(t.on_connect(a, &lim), Err(IpVerdict::TooManyConnections));
+    t.admit(a); // monitor mode let it in anyway
+    assert_eq!(t.active(a), Some(2));
+    t.on_connect(b, &lim).unwrap();
+    cfg.rate.ipv6_prefix = 48;
+    t.reconfigure(&cfg);
+    assert_eq!(t.active(a), Some(2));
+    assert_eq!(t.on_connect(b, &lim), Ok(())); // a fresh /48 source
+    t.on_disconnect(b);
+    t.on_disconnect(b);
+    assert_eq!(t.active(b), Some(0));
+    assert_eq!(t.active(ip("2001:db8:1::")), Some(0));
+}
+
+#[test]
 fn many_threads_keep_counts_consistent() {
     let (t, _, mut cfg) = table(4096);
     cfg.reputation.rate_limited = 0.1; // offences exercised, never a block
