@@ -409,3 +409,11 @@ proptest! {
         prop_assert!(snap.entries.len() <= 1024);
     }
 }
+
+#[test]
+fn tables_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<IpTable>();
+    check::<crate::policy::acl::Acl>();
+    check::<crate::policy::geo::GeoPolicy>();
+}
