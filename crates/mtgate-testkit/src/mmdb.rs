@@ -6,7 +6,9 @@
 //! them), a 16-byte zero separator, the data section (one map
 //! `{"country": {"iso_code": CC}}` per country, shared by every network of
 //! that country), then `\xAB\xCD\xEFMaxMind.com` and the metadata map.
-//! Later, more specific networks override earlier ones inside them.
+//! The most specific network containing an address gives its country
+//! (networks are inserted shortest prefix first); for equal networks the
+//! last one written wins.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -45,6 +47,12 @@ pub fn build_mmdb(networks: &[(&str, &str)]) -> io::Result<Vec<u8>> {
             IpAddr::V6(a) if len <= 128 => (u128::from(a), len),
             _ => return Err(bad(cidr)),
         };
+        if cc.is_empty() || cc.len() > 28 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("country code `{cc}`: 1..28 bytes"),
+            ));
+        }
         let off = *offsets.entry(cc.to_string()).or_insert_with(|| {
             let off = data.len() as u32;
             map_header(&mut data, 1);
@@ -56,6 +64,7 @@ pub fn build_mmdb(networks: &[(&str, &str)]) -> io::Result<Vec<u8>> {
         });
         nets.push((bits, len, off));
     }
+    nets.sort_by_key(|n| n.1);
     // Search tree: node i has records [left, right]; EMPTY or DATA_FLAG|offset or a node.
     let mut nodes: Vec<[u32; 2]> = vec![[EMPTY, EMPTY]];
     for (bits, len, off) in nets {

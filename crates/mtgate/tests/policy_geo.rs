@@ -104,3 +104,50 @@ fn reload_swaps_the_database_and_keeps_it_on_failure() {
     assert!(pol.reload_if_changed().is_err());
     assert_eq!(pol.db().country(ip("81.1.1.1")), Some(*b"RU"));
 }
+
+/// The reference: the longest written prefix containing the address (the
+/// last written among equals).
+fn naive(nets: &[(String, String)], a: IpAddr) -> Option<[u8; 2]> {
+    let mut best: Option<(u8, [u8; 2])> = None;
+    for (cidr, cc) in nets {
+        let n: ipnet::IpNet = cidr.parse().unwrap();
+        if n.contains(&a) && best.is_none_or(|(l, _)| n.prefix_len() >= l) {
+            best = Some((n.prefix_len(), [cc.as_bytes()[0], cc.as_bytes()[1]]));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn written_databases_read_back_as_longest_prefix_match(
+        raw in proptest::collection::vec((proptest::bool::ANY, 0u32..4, proptest::num::u32::ANY, 0u8..=32, 0u8..=96, 0usize..4), 1..25),
+        probes in proptest::collection::vec((proptest::bool::ANY, 0u32..4, proptest::num::u32::ANY), 1..40),
+    ) {
+        const CCS: [&str; 4] = ["DE", "NL", "US", "FR"];
+        let v4 = |hi: u32, lo: u32| std::net::Ipv4Addr::from((81u32 << 24) | (hi << 22) | (lo >> 10));
+        let v6 = |hi: u32, lo: u32| std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | (u128::from(hi) << 94) | (u128::from(lo) << 62));
+        let nets: Vec<(String, String)> = raw
+            .iter()
+            .map(|&(is4, hi, lo, l4, l6, c)| {
+                let n = if is4 {
+                    ipnet::IpNet::new(IpAddr::V4(v4(hi, lo)), l4.max(1)).unwrap()
+                } else {
+                    ipnet::IpNet::new(IpAddr::V6(v6(hi, lo)), l6.max(1)).unwrap()
+                };
+                (n.trunc().to_string(), CCS[c].to_string())
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = nets.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.mmdb");
+        write_mmdb(&p, &refs).unwrap();
+        let db = GeoDb::open(&p).unwrap();
+        for (is4, hi, lo) in probes {
+            let a = if is4 { IpAddr::V4(v4(hi, lo)) } else { IpAddr::V6(v6(hi, lo)) };
+            proptest::prop_assert_eq!(db.country(a), naive(&nets, a), "{}", a);
+        }
+    }
+}
