@@ -5,7 +5,8 @@
 //!   without a secret; answers the first auth-key exchange steps, or echoes);
 //! * [`client`]: [`ObfsClient`], a scripted client speaking plain obfuscated2 or
 //!   FakeTLS to a proxy (or, without a secret, straight to a DC);
-//! * [`mtproto`]: the few unencrypted MTProto messages both of them need.
+//! * [`mtproto`]: the few unencrypted MTProto messages both of them need;
+//! * [`mmdb`]: [`write_mmdb`], a tiny MaxMind DB writer for geo tests.
 //!
 //! All cryptography goes through `mtgate-crypto` and all codecs through
 //! `mtgate-proto`; this crate names no crypto library itself. The binary
@@ -13,8 +14,10 @@
 
 pub mod client;
 pub mod fake_dc;
+pub mod mmdb;
 pub mod mtproto;
 
 pub use client::{ClientMode, ClientOptions, ObfsClient};
 pub use fake_dc::{FakeDc, FakeDcConfig, FakeDcMode, FakeDcStats};
+pub use mmdb::write_mmdb;
 pub use mtproto::{DhParamsOk, ReqDhParams, ResPq};

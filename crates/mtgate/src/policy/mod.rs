@@ -13,8 +13,13 @@
 //!
 //! Every policy runs in [`Mode::Monitor`] (log and count only) or [`Mode::Enforce`].
 
+pub mod acl;
 pub mod bandwidth;
 pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod geo;
+pub mod iptable;
 pub mod persist;
 pub mod quota;
 pub mod users;
