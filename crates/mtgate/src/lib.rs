@@ -6,12 +6,13 @@
 //! * [`mask`]: fronting for connections that are not ours;
 //! * [`events`]: what sessions report, and the sinks that listen;
 //! * [`admin`]: the admin listener (Prometheus metrics, health checks);
-//! * [`state`], [`links`], [`cli`]: the operator's side.
+//! * [`state`], [`links`], [`cli`]: the operator's side; [`doctor`]: `mtgate doctor`.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dc;
+pub mod doctor;
 pub mod events;
 pub mod links;
 pub mod mask;
