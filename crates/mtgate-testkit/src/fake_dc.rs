@@ -37,8 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::mtproto::{
-    self, DhParamsOk, ReqDhParams, ResPq, TlReader, ENCRYPTED_DATA_LEN, FAKE_ANSWER_LEN,
-    FAKE_FINGERPRINT, FAKE_P, FAKE_Q,
+    self, DhParamsOk, ReqDhParams, TlReader, ENCRYPTED_DATA_LEN, FAKE_ANSWER_LEN, FAKE_FINGERPRINT,
+    FAKE_P, FAKE_Q,
 };
 
 /// What the fake DC does after a valid header.

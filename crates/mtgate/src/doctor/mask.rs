@@ -141,9 +141,7 @@ pub async fn visit(
     let (cfg, verdict) = tls_config(extra_ca)?;
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let handshake = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(MaskError::Connect)?;
+        let tcp = TcpStream::connect(addr).await.map_err(MaskError::Connect)?;
         let _ = tcp.set_nodelay(true);
         connector.connect(name, tcp).await.map_err(MaskError::Tls)
     };
@@ -349,7 +347,11 @@ pub async fn check(cfg: &Config, opts: &DoctorOpts, public_ip: Option<IpAddr>) -
                     "{host}: {} with SNI {domain} in {} ms{}",
                     v.version,
                     v.took.as_millis(),
-                    if v.date.is_some() { ", HTTP Date: seen" } else { "" }
+                    if v.date.is_some() {
+                        ", HTTP Date: seen"
+                    } else {
+                        ""
+                    }
                 ),
             ));
             checks.push(cert_check(&v, &domain));
@@ -362,11 +364,7 @@ pub async fn check(cfg: &Config, opts: &DoctorOpts, public_ip: Option<IpAddr>) -
             checks.push(if cfg.fronting {
                 Check::fail("mask host", detail, fix)
             } else {
-                Check::warn(
-                    "mask host",
-                    format!("{detail} (fronting is off)"),
-                    fix,
-                )
+                Check::warn("mask host", format!("{detail} (fronting is off)"), fix)
             });
         }
     }
@@ -452,7 +450,11 @@ mod tests {
         assert_eq!(i.issuer, i.subject);
         // rcgen's default validity ends in 4096.
         let t = i.not_after.unwrap();
-        assert!(format_date(t).starts_with("4096-01-01"), "{}", format_date(t));
+        assert!(
+            format_date(t).starts_with("4096-01-01"),
+            "{}",
+            format_date(t)
+        );
         assert!(cert_info(&[0x30, 0x82, 0xff]).is_none());
         assert!(cert_info(&[]).is_none());
     }

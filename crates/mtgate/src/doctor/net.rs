@@ -113,9 +113,7 @@ pub async fn probe_dc(
         .await
         .map_err(|e| match e {
             DialError::Timeout => DcProbeError::ConnectTimeout,
-            DialError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                DcProbeError::Send(e)
-            }
+            DialError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => DcProbeError::Send(e),
             DialError::Io(e) => DcProbeError::Connect(e),
         })?;
     let left = timeout.saturating_sub(started.elapsed());
@@ -282,9 +280,7 @@ pub async fn me_links(cfg: &Config, files: Option<&MeFiles>, timeout: Duration) 
             start_time,
         };
         let t = Instant::now();
-        crate::me::conn::open(a, &p)
-            .await
-            .map(|_link| t.elapsed())
+        crate::me::conn::open(a, &p).await.map(|_link| t.elapsed())
     });
     let results = futures_join_all(probes).await;
     let any_ok = results.iter().any(Result::is_ok);

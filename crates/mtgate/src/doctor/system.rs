@@ -280,10 +280,7 @@ mod tests {
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
         assert_eq!(parse_http_date("garbage"), None);
         assert_eq!(parse_asn1_time(0x17, b"941106084937Z"), Some(784_111_777));
-        assert_eq!(
-            parse_asn1_time(0x18, b"19941106084937Z"),
-            Some(784_111_777)
-        );
+        assert_eq!(parse_asn1_time(0x18, b"19941106084937Z"), Some(784_111_777));
         assert_eq!(parse_asn1_time(0x17, b"9411060849Z"), None);
         assert_eq!(format_date(784_111_777), "1994-11-06 08:49:37 UTC");
         assert_eq!(format_date(0), "1970-01-01 00:00:00 UTC");
