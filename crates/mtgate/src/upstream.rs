@@ -42,9 +42,12 @@ pub fn ordered(addrs: &[SocketAddr], prefer: IpPreference) -> Vec<SocketAddr> {
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Connect(std::io::Error),
     #[error("connect timed out")]
     Timeout,
+    /// Connected, but the header could not be sent.
+    #[error("{0}")]
+    Send(std::io::Error),
 }
 
 /// Connects to one DC address within `timeout` and sends the proxy's own
@@ -58,7 +61,8 @@ pub async fn dial(
 ) -> Result<UpstreamSide, DialError> {
     let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| DialError::Timeout)??;
+        .map_err(|_| DialError::Timeout)?
+        .map_err(DialError::Connect)?;
     let _ = stream.set_nodelay(true);
     let mut random = [0u8; HEADER_LEN];
     loop {
@@ -69,7 +73,7 @@ pub async fn dial(
     }
     // The client's signed index is passed on (a DC ignores it; it keeps media visible).
     let (header, ciphers) = obfs2::build_dc_header(&random, tag, dc);
-    stream.write_all(&header).await?;
+    stream.write_all(&header).await.map_err(DialError::Send)?;
     Ok(UpstreamSide { stream, ciphers })
 }
 

@@ -600,3 +600,36 @@ async fn low_fd_limit_fails() {
     assert!(fix(c).contains("ulimit -n 3064"), "{c:#}");
     assert_eq!(j["fail"], 1, "{j:#}");
 }
+
+/// Prints the example reports of docs/operations.md ("Doctor"):
+/// `cargo test -p mtgate --test doctor -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "prints the documentation examples"]
+async fn example_reports_for_the_docs() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let dc2 = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (site, pem) = Site::start(dir.path(), 0).await;
+    let mut setup = Setup::new(dc.local_addr(), site.addr);
+    setup.set_dc(2, vec![dc.local_addr(), dc2.local_addr()]);
+    let (cfg, pem_s) = (setup.write(), pem.display().to_string());
+    let cfg_s = cfg.display().to_string();
+    let out = doctor(&["--config", &cfg_s, "--mask-ca", &pem_s], None).await;
+    println!(
+        "$ mtgate doctor --config mtgate.toml --mask-ca mask-ca.pem\n{}",
+        out.stdout
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    setup.listen = busy.local_addr().unwrap().to_string();
+    setup.set_dc(2, vec![closed_port().await]);
+    let cfg_s = setup.write().display().to_string();
+    let out = doctor(&["--config", &cfg_s, "--timeout", "2s"], None).await;
+    println!(
+        "$ mtgate doctor --config mtgate.toml --timeout 2s\n{}(exit {:?})",
+        out.stdout, out.code
+    );
+}

@@ -41,12 +41,15 @@ pub enum MaskError {
     Setup(String),
 }
 
+/// webpki's verdict on the certificate, filled in during the handshake.
+type Verdict = Arc<Mutex<Option<Result<(), String>>>>;
+
 /// Accepts any certificate but remembers what webpki thought of it, so an
 /// untrusted site is reported (Warn) and still probed for version and clock.
 #[derive(Debug)]
 struct Recording {
     inner: Arc<WebPkiServerVerifier>,
-    verdict: Arc<Mutex<Option<Result<(), String>>>>,
+    verdict: Verdict,
 }
 
 impl ServerCertVerifier for Recording {
@@ -103,7 +106,7 @@ pub struct Visit {
 
 fn tls_config(
     extra_ca: &[CertificateDer<'static>],
-) -> Result<(Arc<ClientConfig>, Arc<Mutex<Option<Result<(), String>>>>), MaskError> {
+) -> Result<(Arc<ClientConfig>, Verdict), MaskError> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -116,7 +119,7 @@ fn tls_config(
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| MaskError::Setup(e.to_string()))?;
-    let verdict = Arc::new(Mutex::new(None));
+    let verdict: Verdict = Arc::new(Mutex::new(None));
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| MaskError::Setup(e.to_string()))?

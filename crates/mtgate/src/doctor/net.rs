@@ -113,8 +113,8 @@ pub async fn probe_dc(
         .await
         .map_err(|e| match e {
             DialError::Timeout => DcProbeError::ConnectTimeout,
-            DialError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => DcProbeError::Send(e),
-            DialError::Io(e) => DcProbeError::Connect(e),
+            DialError::Connect(e) => DcProbeError::Connect(e),
+            DialError::Send(e) => DcProbeError::Send(e),
         })?;
     let left = timeout.saturating_sub(started.elapsed());
     tokio::time::timeout(left, exchange(side, tag))
