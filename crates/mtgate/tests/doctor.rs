@@ -322,7 +322,7 @@ async fn healthy_setup_passes_every_check() {
         "clock",
     ] {
         assert!(
-            rows.iter().any(|r| r[6..].starts_with(name)),
+            rows.iter().any(|r| r[7..].starts_with(name)),
             "a row for {name}: {}",
             out.stdout
         );
@@ -505,7 +505,7 @@ async fn invalid_config_fails_naming_the_key() {
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     assert!(out.stdout.starts_with("STATUS"), "{}", out.stdout);
     let row = out.stdout.lines().nth(1).unwrap();
-    assert!(row.starts_with("FAIL  config"), "{}", out.stdout);
+    assert!(row.starts_with("FAIL   config"), "{}", out.stdout);
     assert!(row.contains("server.max_connections"), "{}", out.stdout);
     assert!(
         out.stdout.contains("fix: fix `server.max_connections`"),

@@ -347,9 +347,9 @@ pub async fn check(cfg: &Config, opts: &DoctorOpts, public_ip: Option<IpAddr>) -
             checks.push(Check::ok(
                 "mask host",
                 format!(
-                    "{host}: {} with SNI {domain} in {} ms{}",
+                    "{host}: {} with SNI {domain} in {}{}",
                     v.version,
-                    v.took.as_millis(),
+                    super::ms(v.took),
                     if v.date.is_some() {
                         ", HTTP Date: seen"
                     } else {

@@ -160,11 +160,11 @@ impl Report {
             .unwrap_or(5)
             .max(5);
         let mut out = String::new();
-        let _ = writeln!(out, "{:<6}{:<w$}  DETAIL", "STATUS", "CHECK");
+        let _ = writeln!(out, "{:<6} {:<w$}  DETAIL", "STATUS", "CHECK");
         for c in &self.checks {
-            let _ = writeln!(out, "{:<6}{:<w$}  {}", c.status.label(), c.name, c.detail);
+            let _ = writeln!(out, "{:<6} {:<w$}  {}", c.status.label(), c.name, c.detail);
             if let Some(f) = &c.fix {
-                let _ = writeln!(out, "{:<6}{:<w$}  fix: {f}", "", "");
+                let _ = writeln!(out, "{:<6} {:<w$}  fix: {f}", "", "");
             }
         }
         let verdict = match self.worst() {
@@ -272,6 +272,11 @@ fn config_ok(cfg: &Config, opts: &DoctorOpts) -> Check {
     )
 }
 
+/// A duration as milliseconds with one decimal (`0.4 ms`, `23.0 ms`).
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
 /// Parses `--timeout`: `5s`, `500ms`, `2m` or plain seconds.
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -332,7 +337,7 @@ mod tests {
         };
         assert!(r.failed());
         let t = r.render_text();
-        assert!(t.contains("FAIL  bind 0.0.0.0:443  in use"), "{t}");
+        assert!(t.contains("FAIL   bind 0.0.0.0:443  in use"), "{t}");
         assert!(t.contains("fix: stop it"), "{t}");
         assert!(t.contains("3 checks: 1 ok, 1 warn, 1 fail"), "{t}");
         let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();

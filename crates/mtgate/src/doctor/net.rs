@@ -205,8 +205,8 @@ pub async fn dcs(cfg: &Config, timeout: Duration) -> DcResults {
                 checks.push(Check::ok(
                     name,
                     format!(
-                        "TCP + obfuscated2 + req_pq_multi → resPQ in {} ms",
-                        rtt.as_millis()
+                        "TCP + obfuscated2 + req_pq_multi → resPQ in {}",
+                        super::ms(*rtt)
                     ),
                 ));
             }
@@ -290,7 +290,7 @@ pub async fn me_links(cfg: &Config, files: Option<&MeFiles>, timeout: Duration) 
         .map(|(a, r)| {
             let name = format!("me {a}");
             match r {
-                Ok(rtt) => Check::ok(name, format!("RPC handshake in {} ms", rtt.as_millis())),
+                Ok(rtt) => Check::ok(name, format!("RPC handshake in {}", super::ms(rtt))),
                 Err(e) => {
                     let fix = "check outbound TCP to the middle proxies, [me] nat_ip (this server's public IPv4 behind NAT), the proxy-secret and the clock".to_string();
                     if any_ok {
