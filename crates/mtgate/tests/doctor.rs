@@ -143,6 +143,7 @@ struct Setup {
     max_connections: usize,
     /// DC number → addresses; every one of 1..5 and 203 must be set.
     dcs: Vec<(u16, Vec<SocketAddr>)>,
+    /// Appended after `[dcs]` (whole tables).
     extra: String,
 }
 
@@ -180,14 +181,14 @@ impl Setup {
             .collect();
         assert_eq!(self.dcs.len(), 6, "every default DC is overridden");
         let text = format!(
-            "[server]\nlisten = [\"{}\"]\npublic_host = \"127.0.0.1\"\nmax_connections = {}\nstate_dir = \"{}\"\n{}\n\
+            "[server]\nlisten = [\"{}\"]\npublic_host = \"127.0.0.1\"\nmax_connections = {}\nstate_dir = \"{}\"\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n\n[dcs]\n{dcs}",
+             [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n\n[dcs]\n{dcs}{}",
             self.listen,
             self.max_connections,
             self.dir.path().join("state").display(),
-            self.extra,
             self.mask_host,
+            self.extra,
         );
         let p = self.dir.path().join("mtgate.toml");
         std::fs::write(&p, text).expect("write config");
@@ -632,4 +633,60 @@ async fn example_reports_for_the_docs() {
         "$ mtgate doctor --config mtgate.toml --timeout 2s\n{}(exit {:?})",
         out.stdout, out.code
     );
+}
+
+#[tokio::test]
+async fn me_mode_checks_the_files_and_each_middle_proxy() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (site, pem) = Site::start(dir.path(), 0).await;
+    let (silent, _task) = silent_listener().await;
+    let closed = closed_port().await;
+    let secret = dir.path().join("proxy-secret");
+    std::fs::write(&secret, [0x5au8; 128]).unwrap();
+    let conf = dir.path().join("proxy-multi.conf");
+    std::fs::write(
+        &conf,
+        format!("default 2;\nproxy_for 1 {closed};\nproxy_for 2 {silent};\n"),
+    )
+    .unwrap();
+    let mut setup = Setup::new(dc.local_addr(), site.addr);
+    setup.extra = format!(
+        "\n[me]\nenabled = true\nproxy_secret_file = \"{}\"\nproxy_config_file = \"{}\"\n",
+        secret.display(),
+        conf.display()
+    );
+    let out = doctor_on(&setup, Some(&pem), &["--timeout", "1s"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let j = out.json();
+    let files = one(&j, "me files");
+    assert_eq!(status(files), "ok", "{files:#}");
+    assert!(files["detail"]
+        .as_str()
+        .unwrap()
+        .contains("2 middle proxy address(es)"));
+    for a in [closed, silent] {
+        let c = one(&j, &format!("me {a}"));
+        assert_eq!(status(c), "fail", "no middle proxy works: {c:#}");
+        assert!(fix(c).contains("nat_ip"), "{c:#}");
+    }
+    assert!(
+        !out.stdout.contains("5a5a5a5a"),
+        "the proxy-secret is never printed"
+    );
+    assert!(
+        !setup.dir.path().join("state").join("me").exists(),
+        "the doctor starts no ME pool and saves no copies"
+    );
+
+    // The files missing: a config error names the key; a missing file is a failed check.
+    std::fs::remove_file(&secret).unwrap();
+    let out = doctor_on(&setup, Some(&pem), &["--timeout", "1s"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let j = out.json();
+    let files = one(&j, "me files");
+    assert_eq!(status(files), "fail", "{files:#}");
+    assert!(fix(files).contains("getProxySecret"), "{files:#}");
 }

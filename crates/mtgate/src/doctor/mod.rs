@@ -249,12 +249,25 @@ pub async fn run(cfg: &Config, opts: &DoctorOpts) -> Report {
 }
 
 fn config_ok(cfg: &Config, opts: &DoctorOpts) -> Check {
-    // Built exactly as `run` and `check` do (no socket is bound here).
-    let _rt = crate::runtime::Runtime::build(
-        cfg.clone(),
-        cfg.users.clone(),
-        crate::events::Telemetry::default(),
-    );
+    // Built exactly as `check` does: on a thread without a tokio runtime, so
+    // nothing is started (no ME pool, no copies of the ME files saved).
+    let c = cfg.clone();
+    let built = std::thread::spawn(move || {
+        let users = c.users.clone();
+        drop(crate::runtime::Runtime::build(
+            c,
+            users,
+            crate::events::Telemetry::default(),
+        ));
+    })
+    .join();
+    if built.is_err() {
+        return Check::fail(
+            "config",
+            format!("{}: loads, but building the runtime panicked", opts.source),
+            "report a bug with this config (secrets removed)",
+        );
+    }
     let users = if cfg.users.is_empty() {
         "the generated default user".to_string()
     } else {
