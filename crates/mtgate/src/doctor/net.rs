@@ -43,23 +43,29 @@ fn bind_one(addr: SocketAddr, key: &str) -> Check {
             let got = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             Check::ok(name, format!("{key}: can be bound ({got})"))
         }
-        Err(e) => {
-            let fix = match e.kind() {
-                std::io::ErrorKind::AddrInUse => format!(
-                    "another process listens on {addr} (is mtgate already running? `ss -ltnp 'sport = :{}'`); stop it or change {key}",
-                    addr.port()
-                ),
-                std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
-                    "ports below 1024 need privileges: grant CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; or `setcap cap_net_bind_service=+ep $(which mtgate)`), or use a port >= 1024 in {key}"
-                ),
-                std::io::ErrorKind::AddrNotAvailable => format!(
-                    "{} is not an address of this host; use one of its addresses (or 0.0.0.0 / [::]) in {key}",
-                    addr.ip()
-                ),
-                _ => format!("check {key} and the host's network configuration"),
-            };
-            Check::fail(name, format!("{key}: cannot bind: {e}"), fix)
-        }
+        Err(e) => Check::fail(
+            name,
+            format!("{key}: cannot bind: {e}"),
+            bind_fix(e.kind(), addr, key),
+        ),
+    }
+}
+
+/// The fix for a bind error of `kind` on `addr` (configured under `key`).
+fn bind_fix(kind: std::io::ErrorKind, addr: SocketAddr, key: &str) -> String {
+    match kind {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another process listens on {addr} (is mtgate already running? `ss -ltnp 'sport = :{}'`); stop it or change {key}",
+            addr.port()
+        ),
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "ports below 1024 need privileges: grant CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; or `setcap cap_net_bind_service=+ep $(which mtgate)`), or use a port >= 1024 in {key}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this host; use one of its addresses (or 0.0.0.0 / [::]) in {key}",
+            addr.ip()
+        ),
+        _ => format!("check {key} and the host's network configuration"),
     }
 }
 
@@ -326,4 +332,64 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn bind_fixes() {
+        let low: SocketAddr = "0.0.0.0:443".parse().unwrap();
+        let high: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        assert!(bind_fix(ErrorKind::PermissionDenied, low, "server.listen")
+            .contains("CAP_NET_BIND_SERVICE"));
+        assert!(
+            !bind_fix(ErrorKind::PermissionDenied, high, "server.listen")
+                .contains("CAP_NET_BIND_SERVICE")
+        );
+        assert!(bind_fix(ErrorKind::AddrInUse, high, "admin.listen")
+            .starts_with("another process listens on 0.0.0.0:8443"));
+        assert!(bind_fix(ErrorKind::AddrNotAvailable, high, "server.listen")
+            .contains("not an address of this host"));
+    }
+
+    #[tokio::test]
+    async fn a_non_dc_answer_is_refused() {
+        // A peer that speaks obfuscated2 like a DC but answers something other
+        // than a resPQ (here: a req_pq_multi) is not a DC.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut header = [0u8; 64];
+            if s.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let Some((tag, dc, mut c)) = mtgate_proto::obfs2::parse_dc_side_header(&header) else {
+                return;
+            };
+            assert_eq!((tag, dc.0), (ProtoTag::Intermediate, 2));
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            let mut out = Vec::new();
+            let msg = probe::req_pq_multi(probe::msg_id_at(1, 0, 0, 1), &[7; 16]);
+            transport::encode_frame(tag, &msg, &[], &mut out).unwrap();
+            c.enc.apply(&mut out);
+            let _ = s.write_all(&out).await;
+            let _ = s.read(&mut buf).await;
+        });
+        let e = probe_dc(addr, 2, Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DcProbeError::Answer(ProbeError::NotResPq(probe::REQ_PQ_MULTI))
+            ),
+            "{e}"
+        );
+        assert!(dc_fix(&e, addr, 2).contains("not like a Telegram DC"));
+    }
 }
