@@ -211,6 +211,9 @@ pub fn config_failed(source: &str, err: &ConfigError) -> Report {
         ConfigError::Read { path, .. } => {
             format!("check that {path} exists and is readable by this user (or pass --config)")
         }
+        ConfigError::Invalid { key, .. } if key.starts_with("--") => {
+            format!("fix the {key} flag (see `mtgate doctor --help`)")
+        }
         ConfigError::Invalid { key, .. } => {
             format!("fix `{key}` in {source} (see docs/config.md), then `mtgate check {source}`")
         }
