@@ -10,12 +10,14 @@
 //! * [`transport`]: abridged, intermediate and padded-intermediate framing;
 //! * [`faketls`]: ClientHello check, ServerHello build, TLS record layer;
 //! * [`replay`]: a bounded replay cache;
+//! * [`probe`]: `req_pq_multi` → `resPQ`, the unencrypted MTProto that proves a DC answers;
 //! * [`handshake`]: the server handshake state machine that ties them together.
 
 pub mod faketls;
 pub mod handshake;
 pub mod me;
 pub mod obfs2;
+pub mod probe;
 pub mod replay;
 pub mod secret;
 pub mod transport;

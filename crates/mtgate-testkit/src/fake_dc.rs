@@ -37,8 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::mtproto::{
-    self, DhParamsOk, ReqDhParams, ResPq, TlReader, ENCRYPTED_DATA_LEN, FAKE_ANSWER_LEN,
-    FAKE_FINGERPRINT, FAKE_P, FAKE_Q,
+    self, DhParamsOk, ReqDhParams, TlReader, ENCRYPTED_DATA_LEN, FAKE_ANSWER_LEN, FAKE_FINGERPRINT,
+    FAKE_P, FAKE_Q,
 };
 
 /// What the fake DC does after a valid header.
@@ -358,7 +358,7 @@ fn answer(payload: &[u8], ex: &mut Exchange, shared: &Shared) -> Option<Vec<u8>>
             fill_random(&mut server_nonce);
             ex.pq = Some((nonce, server_nonce));
             bump(&shared.res_pq, 1);
-            Some(ResPq::fake(nonce, server_nonce).to_body())
+            Some(mtproto::fake_res_pq(nonce, server_nonce).to_body())
         }
         mtproto::REQ_DH_PARAMS => {
             let nonce: [u8; 16] = TlReader::new(body.get(4..)?).array()?;

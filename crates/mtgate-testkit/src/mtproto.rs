@@ -1,5 +1,7 @@
 //! Just enough unencrypted MTProto for the fake DC and the scripted clients
-//! (see tests/realclients/README.md, "Fake DC behaviour").
+//! (see tests/realclients/README.md, "Fake DC behaviour"). The `req_pq_multi`
+//! / `resPQ` pair and the TL reader live in [`mtgate_proto::probe`] (the
+//! product's `doctor` uses them) and are re-exported here.
 //!
 //! An unencrypted message is `auth_key_id:int64 = 0 | msg_id:int64 |
 //! length:int32 | body`. Only the first two steps of the auth-key exchange are
@@ -10,19 +12,15 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `req_pq_multi#be7e8ef1 nonce:int128`
-pub const REQ_PQ_MULTI: u32 = 0xbe7e_8ef1;
-/// `req_pq#60469778 nonce:int128`
-pub const REQ_PQ: u32 = 0x6046_9778;
-/// `resPQ#05162463 nonce server_nonce pq:string fingerprints:Vector<long>`
-pub const RES_PQ: u32 = 0x0516_2463;
+pub use mtgate_proto::probe::{
+    parse_unencrypted, put_tl_string, wrap_unencrypted, ResPq, TlReader, REQ_PQ, REQ_PQ_MULTI,
+    RES_PQ, VECTOR,
+};
+
 /// `req_DH_params#d712e4be nonce server_nonce p:string q:string fingerprint:long encrypted_data:string`
 pub const REQ_DH_PARAMS: u32 = 0xd712_e4be;
 /// `server_DH_params_ok#d0e8075c nonce server_nonce encrypted_answer:string`
 pub const SERVER_DH_PARAMS_OK: u32 = 0xd0e8_075c;
-/// The boxed `Vector` constructor.
-pub const VECTOR: u32 = 0x1cb5_c415;
-
 /// The fake DC's `pq` (Telegram's documented example), big-endian.
 pub const FAKE_PQ: u64 = 0x17ED_4894_1A08_F981;
 /// Its factors, `p < q`.
@@ -35,76 +33,11 @@ pub const ENCRYPTED_DATA_LEN: usize = 256;
 /// Length of the fake DC's `encrypted_answer` (not a multiple of 16, so clients stop there).
 pub const FAKE_ANSWER_LEN: usize = 15;
 
-/// Appends a TL `bytes`/`string`: length prefix, data, zero padding to 4.
-pub fn put_tl_string(out: &mut Vec<u8>, data: &[u8]) {
-    let start = out.len();
-    if data.len() < 254 {
-        out.push(data.len() as u8);
-    } else {
-        let l = (data.len() as u32).to_le_bytes();
-        out.extend_from_slice(&[254, l[0], l[1], l[2]]);
-    }
-    out.extend_from_slice(data);
-    while !(out.len() - start).is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
 /// The big-endian bytes of `v` without leading zeros (TL encoding of a big integer).
 pub fn be_bytes_minimal(v: u64) -> Vec<u8> {
     let b = v.to_be_bytes();
     let skip = b.iter().take_while(|&&x| x == 0).count().min(7);
     b[skip..].to_vec()
-}
-
-/// A bounds-checked cursor over untrusted TL bytes.
-#[derive(Debug)]
-pub struct TlReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> TlReader<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
-    }
-
-    /// The next `n` bytes, if there are that many.
-    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    pub fn u32(&mut self) -> Option<u32> {
-        self.array::<4>().map(u32::from_le_bytes)
-    }
-
-    pub fn i64(&mut self) -> Option<i64> {
-        self.array::<8>().map(i64::from_le_bytes)
-    }
-
-    pub fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-
-    /// A TL `bytes`/`string` (with its padding skipped).
-    pub fn tl_string(&mut self) -> Option<&'a [u8]> {
-        let first = *self.take(1)?.first()?;
-        let (len, hdr) = if first < 254 {
-            (first as usize, 1)
-        } else if first == 254 {
-            let l = self.take(3)?;
-            (u32::from_le_bytes([l[0], l[1], l[2], 0]) as usize, 4)
-        } else {
-            return None;
-        };
-        let data = self.take(len)?;
-        let pad = (4 - (hdr + len) % 4) % 4;
-        self.take(pad)?;
-        Some(data)
-    }
 }
 
 /// A new message id: `(unix_time << 32) | fraction`, with the low two bits
@@ -114,106 +47,16 @@ pub fn next_msg_id(prev: u64, low_bits: u64) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let frac = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
-    let id = ((now.as_secs() << 32) | frac) & !3 | low_bits;
-    if id > prev {
-        id
-    } else {
-        (prev & !3).wrapping_add(4) | low_bits
-    }
+    mtgate_proto::probe::msg_id_at(now.as_secs(), now.subsec_nanos(), prev, low_bits)
 }
 
-/// Wraps `body` into an unencrypted MTProto message.
-pub fn wrap_unencrypted(msg_id: u64, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(20 + body.len());
-    m.extend_from_slice(&0u64.to_le_bytes());
-    m.extend_from_slice(&msg_id.to_le_bytes());
-    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-/// An unencrypted message's id and body. The body is everything after the
-/// 20-byte header (the `length` field is ignored); `None` if the message is
-/// shorter than a header or has a non-zero `auth_key_id`.
-pub fn parse_unencrypted(msg: &[u8]) -> Option<(u64, &[u8])> {
-    let mut r = TlReader::new(msg);
-    if r.i64()? != 0 {
-        return None;
-    }
-    let msg_id = r.array::<8>().map(u64::from_le_bytes)?;
-    let _untrusted_len = r.u32()?;
-    msg.get(20..).map(|b| (msg_id, b))
-}
-
-/// A `resPQ` answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResPq {
-    pub nonce: [u8; 16],
-    pub server_nonce: [u8; 16],
-    /// `pq` as big-endian bytes.
-    pub pq: Vec<u8>,
-    pub fingerprints: Vec<i64>,
-}
-
-impl ResPq {
-    /// `pq` as an integer, if it fits in 64 bits.
-    pub fn pq_u64(&self) -> Option<u64> {
-        if self.pq.len() > 8 {
-            return None;
-        }
-        Some(self.pq.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b)))
-    }
-
-    /// The TL body (constructor included).
-    pub fn to_body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(64);
-        b.extend_from_slice(&RES_PQ.to_le_bytes());
-        b.extend_from_slice(&self.nonce);
-        b.extend_from_slice(&self.server_nonce);
-        put_tl_string(&mut b, &self.pq);
-        b.extend_from_slice(&VECTOR.to_le_bytes());
-        b.extend_from_slice(&(self.fingerprints.len() as u32).to_le_bytes());
-        for f in &self.fingerprints {
-            b.extend_from_slice(&f.to_le_bytes());
-        }
-        b
-    }
-
-    /// Parses a `resPQ` body (constructor included); trailing bytes are ignored.
-    pub fn parse(body: &[u8]) -> Option<Self> {
-        let mut r = TlReader::new(body);
-        if r.u32()? != RES_PQ {
-            return None;
-        }
-        let nonce = r.array()?;
-        let server_nonce = r.array()?;
-        let pq = r.tl_string()?.to_vec();
-        if r.u32()? != VECTOR {
-            return None;
-        }
-        let n = r.u32()? as usize;
-        // Each entry is 8 bytes; refuse counts the body cannot hold before allocating.
-        if n > body.len() / 8 {
-            return None;
-        }
-        let fingerprints = (0..n).map(|_| r.i64()).collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            nonce,
-            server_nonce,
-            pq,
-            fingerprints,
-        })
-    }
-
-    /// The fake DC's answer for `nonce` and `server_nonce`.
-    pub fn fake(nonce: [u8; 16], server_nonce: [u8; 16]) -> Self {
-        Self {
-            nonce,
-            server_nonce,
-            pq: FAKE_PQ.to_be_bytes().to_vec(),
-            fingerprints: vec![FAKE_FINGERPRINT],
-        }
+/// The fake DC's answer for `nonce` and `server_nonce`.
+pub fn fake_res_pq(nonce: [u8; 16], server_nonce: [u8; 16]) -> ResPq {
+    ResPq {
+        nonce,
+        server_nonce,
+        pq: FAKE_PQ.to_be_bytes().to_vec(),
+        fingerprints: vec![FAKE_FINGERPRINT],
     }
 }
 
@@ -339,7 +182,7 @@ mod tests {
     fn res_pq_matches_readme_example() {
         let nonce: [u8; 16] = std::array::from_fn(|i| i as u8);
         let server_nonce: [u8; 16] = std::array::from_fn(|i| 0x10 + i as u8);
-        let body = ResPq::fake(nonce, server_nonce).to_body();
+        let body = fake_res_pq(nonce, server_nonce).to_body();
         assert_eq!(
             hex::encode(&body),
             "63241605000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\

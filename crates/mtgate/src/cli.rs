@@ -44,6 +44,10 @@ enum Cmd {
     },
     /// Print a user's tg:// and t.me links and a QR code (optionally as PNG).
     Link(LinkArgs),
+    /// Check a deployment: config, binds, each DC (TCP + obfuscated2 + resPQ),
+    /// the mask host (TLS, certificate, DNS), clock, fd limit. Prints a report with
+    /// a fix for each problem; exits 1 if any check fails.
+    Doctor(DoctorArgs),
     /// Generate a new random secret and print it in every form.
     Secret {
         /// Also print the `ee` (FakeTLS) form for this domain.
@@ -155,6 +159,7 @@ pub fn main() -> ExitCode {
         Cmd::Check { file } => check(&file),
         Cmd::Link(a) => link(a),
         Cmd::Secret { domain } => secret(&domain),
+        Cmd::Doctor(a) => return doctor(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -590,4 +595,88 @@ fn secret(domain: &str) -> anyhow::Result<()> {
     println!("ee (FakeTLS) hex: {}", ee.to_hex());
     println!("ee (FakeTLS) b64: {}", ee.to_base64url());
     Ok(())
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Limit for each network check, e.g. `5s` or `500ms`.
+    #[arg(long, default_value = "5s", value_parser = crate::doctor::parse_timeout)]
+    timeout: Duration,
+    /// PEM file of extra CA certificates trusted for the mask site's certificate.
+    #[arg(long, value_name = "PEM")]
+    mask_ca: Option<PathBuf>,
+    /// This server's public IP, to check that the FakeTLS domain resolves to it
+    /// (default: `server.public_host` when it is an IP).
+    #[arg(long)]
+    public_ip: Option<std::net::IpAddr>,
+}
+
+/// `mtgate doctor`: exit 0 when no check failed, 1 otherwise, 2 on bad arguments.
+fn doctor(a: DoctorArgs) -> ExitCode {
+    use crate::doctor::{self, DoctorOpts};
+    let source = a.common.config.as_ref().map_or_else(
+        || "flags and defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    let mask_ca = match &a.mask_ca {
+        None => Vec::new(),
+        Some(p) => match std::fs::read(p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| doctor::load_pem_certs(&b))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: --mask-ca {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let opts = DoctorOpts {
+        timeout: a.timeout,
+        mask_ca,
+        public_ip: a.public_ip,
+        source: source.clone(),
+    };
+    let ov = a.common.overrides();
+    let loaded = match &a.common.config {
+        Some(p) => Config::load(p, &ov),
+        None => Config::from_overrides(&ov),
+    };
+    let report = match loaded {
+        Err(e) => doctor::config_failed(&source, &e),
+        Ok(cfg) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = rt.block_on(doctor::run(&cfg, &opts));
+            // A DNS lookup stuck in a blocking thread must not hold the exit.
+            rt.shutdown_timeout(Duration::from_millis(100));
+            report
+        }
+    };
+    let text = if a.json {
+        report.to_json() + "\n"
+    } else {
+        report.render_text()
+    };
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -77,6 +77,11 @@ impl DcTable {
         self.entries.insert(id, addrs);
     }
 
+    /// Every DC number and its addresses, in DC order.
+    pub fn entries(&self) -> impl Iterator<Item = (u16, &[SocketAddr])> {
+        self.entries.iter().map(|(id, a)| (*id, a.as_slice()))
+    }
+
     pub fn has(&self, id: u16) -> bool {
         self.entries.contains_key(&id)
     }

@@ -7,12 +7,14 @@
 //! * [`events`]: what sessions report, and the sinks that listen;
 //! * [`admin`]: the admin listener (Prometheus metrics, health checks);
 //! * [`handover`]: zero-downtime restart (listeners passed to a new process, systemd socket activation);
-//! * [`state`], [`links`], [`cli`]: the operator's side.
+//! * [`reload`]: hot reload; [`policy`]: access control, rate limits, reputation, geo, user limits;
+//! * [`state`], [`links`], [`cli`]: the operator's side; [`doctor`]: `mtgate doctor`.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dc;
+pub mod doctor;
 pub mod events;
 #[cfg(unix)]
 pub mod handover;

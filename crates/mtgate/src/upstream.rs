@@ -38,6 +38,45 @@ pub fn ordered(addrs: &[SocketAddr], prefer: IpPreference) -> Vec<SocketAddr> {
     v
 }
 
+/// Why one address could not be dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out")]
+    Timeout,
+    /// Connected, but the header could not be sent.
+    #[error("{0}")]
+    Send(std::io::Error),
+}
+
+/// Connects to one DC address within `timeout` and sends the proxy's own
+/// obfuscated2 header (PROTOCOL §5.1) announcing `tag`; the stream is then
+/// ready for the transport `tag` names. `mtgate doctor` probes DCs with this.
+pub async fn dial(
+    addr: SocketAddr,
+    tag: ProtoTag,
+    dc: DcIndex,
+    timeout: Duration,
+) -> Result<UpstreamSide, DialError> {
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| DialError::Timeout)?
+        .map_err(DialError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let mut random = [0u8; HEADER_LEN];
+    loop {
+        mtgate_crypto::fill_random(&mut random);
+        if obfs2::is_valid_init(&random) {
+            break;
+        }
+    }
+    // The client's signed index is passed on (a DC ignores it; it keeps media visible).
+    let (header, ciphers) = obfs2::build_dc_header(&random, tag, dc);
+    stream.write_all(&header).await.map_err(DialError::Send)?;
+    Ok(UpstreamSide { stream, ciphers })
+}
+
 /// Dials the DC for `dc` and sends the obfuscated2 header with the client's tag.
 pub async fn connect_direct(
     table: &DcTable,
@@ -51,41 +90,20 @@ pub async fn connect_direct(
     let started = Instant::now();
     let mut last = String::from("no address");
     for addr in ordered(addrs, prefer) {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        match dial(addr, tag, dc, timeout).await {
+            Ok(side) => {
+                return Ok(Connected {
+                    side,
+                    dc: id,
+                    addr,
+                    took: started.elapsed(),
+                })
+            }
+            Err(e) => {
                 last = format!("{addr}: {e}");
                 failed(id, &last);
-                continue;
-            }
-            Err(_) => {
-                last = format!("{addr}: connect timed out");
-                failed(id, &last);
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let mut random = [0u8; HEADER_LEN];
-        loop {
-            mtgate_crypto::fill_random(&mut random);
-            if obfs2::is_valid_init(&random) {
-                break;
             }
         }
-        // The client's signed index is passed on (a DC ignores it; it keeps media visible).
-        let (header, ciphers) = obfs2::build_dc_header(&random, tag, dc);
-        let mut stream = stream;
-        if let Err(e) = stream.write_all(&header).await {
-            last = format!("{addr}: {e}");
-            failed(id, &last);
-            continue;
-        }
-        return Ok(Connected {
-            side: UpstreamSide { stream, ciphers },
-            dc: id,
-            addr,
-            took: started.elapsed(),
-        });
     }
     Err(UpstreamError::Unreachable { dc: id, last })
 }

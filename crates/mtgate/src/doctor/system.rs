@@ -1,0 +1,323 @@
+//! The doctor's host checks: file-descriptor limit, state directory, clock
+//! (against the mask site's `Date:` or the DCs' clocks), and the small date
+//! helpers they need (HTTP dates, ASN.1 times, civil dates).
+
+use super::Check;
+use crate::config::Config;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Descriptors a client costs at most (client socket, DC socket, a mask connection).
+const FDS_PER_CLIENT: u64 = 3;
+/// Descriptors a client costs at least (client socket and DC socket).
+const MIN_FDS_PER_CLIENT: u64 = 2;
+/// Listeners, admin, ME links, epoll, logs.
+const FDS_BASE: u64 = 64;
+/// Beyond this the clock is reported even when inside the FakeTLS window.
+const CLOCK_WARN_SECS: i64 = 10;
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The soft and hard `RLIMIT_NOFILE`, `None` where it cannot be read.
+// `rlim_t` is u64 on Linux but not on every unix.
+#[allow(clippy::unnecessary_cast)]
+fn nofile() -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes into `r`, a valid, exclusively borrowed
+        // rlimit on our stack; RLIMIT_NOFILE is a valid resource.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+        (rc == 0).then_some((r.rlim_cur as u64, r.rlim_max as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// `RLIMIT_NOFILE` against `server.max_connections`.
+pub fn fd_limit(cfg: &Config) -> Check {
+    fd_verdict(cfg.max_connections as u64, nofile())
+}
+
+fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
+    let name = "fd limit";
+    let Some((soft, hard)) = limit else {
+        return Check::ok(name, "not readable on this system; skipped");
+    };
+    let want = max_conns.saturating_mul(FDS_PER_CLIENT) + FDS_BASE;
+    let need = max_conns.saturating_mul(MIN_FDS_PER_CLIENT) + FDS_BASE;
+    let infinite = soft == libc_infinity();
+    let show = |v: u64| {
+        if v == libc_infinity() {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let detail = format!(
+        "RLIMIT_NOFILE soft {} (hard {}), server.max_connections = {max_conns} needs ~{want}",
+        show(soft),
+        show(hard)
+    );
+    let fix = format!(
+        "raise the limit to at least {want}: `LimitNOFILE={want}` in the systemd unit, `ulimit -n {want}` in the shell, or `--ulimit nofile={want}` for containers; or lower server.max_connections to {}",
+        soft.saturating_sub(FDS_BASE) / FDS_PER_CLIENT
+    );
+    if infinite || soft >= want {
+        Check::ok(name, detail)
+    } else if soft >= need {
+        Check::warn(name, detail, fix)
+    } else {
+        Check::fail(name, detail, fix)
+    }
+}
+
+#[allow(clippy::unnecessary_cast)]
+fn libc_infinity() -> u64 {
+    #[cfg(unix)]
+    {
+        libc::RLIM_INFINITY as u64
+    }
+    #[cfg(not(unix))]
+    {
+        u64::MAX
+    }
+}
+
+/// The state directory exists and is writable (or can be created).
+pub fn state_dir(cfg: &Config) -> Check {
+    let dir = &cfg.state_dir;
+    let name = "state dir";
+    let needed = cfg.users.is_empty() || cfg.me.enabled;
+    let fix = format!(
+        "make {} writable by the service user (systemd: StateDirectory=mtgate), or set server.state_dir",
+        dir.display()
+    );
+    let bad = |detail: String| {
+        if needed {
+            Check::fail(name, detail, fix.clone())
+        } else {
+            Check::warn(name, detail, fix.clone())
+        }
+    };
+    if !dir.exists() {
+        let parent = dir
+            .ancestors()
+            .skip(1)
+            .find(|p| p.exists())
+            .map(std::path::Path::to_path_buf);
+        return match parent {
+            Some(p) if writable(&p) => Check::ok(
+                name,
+                format!("{} does not exist yet; it will be created", dir.display()),
+            ),
+            _ => bad(format!(
+                "{} does not exist and cannot be created",
+                dir.display()
+            )),
+        };
+    }
+    if writable(dir) {
+        Check::ok(name, format!("{} is writable", dir.display()))
+    } else {
+        bad(format!("{} is not writable", dir.display()))
+    }
+}
+
+fn writable(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".mtgate-doctor-{}", std::process::id()));
+    let ok = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The local clock against the mask site's `Date:` (preferred) or the DCs'
+/// clocks; `(remote, local)` pairs in Unix seconds.
+pub fn clock(cfg: &Config, mask_date: Option<(i64, i64)>, dc_times: &[(i64, i64)]) -> Check {
+    let past = cfg.max_past.as_secs() as i64;
+    let future = cfg.max_future.as_secs() as i64;
+    let (source, skew) = match mask_date {
+        Some((remote, local)) => ("the mask site's Date: header", local - remote),
+        None => {
+            let mut skews: Vec<i64> = dc_times.iter().map(|(r, l)| l - r).collect();
+            skews.sort_unstable();
+            match skews.get(skews.len() / 2) {
+                Some(s) => ("the Telegram DCs' clocks", *s),
+                None => {
+                    return Check::warn(
+                        "clock",
+                        "no time source answered (no Date: from the mask site, no DC reached)",
+                        "make sure the clock is synchronised (`timedatectl status`, `chronyc tracking`)",
+                    )
+                }
+            }
+        }
+    };
+    let how = if skew >= 0 { "ahead of" } else { "behind" };
+    let detail = format!(
+        "local clock {}s {how} {source} (FakeTLS accepts client clocks {past}s behind to {future}s ahead)",
+        skew.abs()
+    );
+    let fix = "synchronise the clock: enable NTP (`timedatectl set-ntp true`, chrony or systemd-timesyncd); FakeTLS clients outside tls.max_clock_skew_past/future are refused";
+    // Our clock ahead by d makes honest clients look d seconds in the past.
+    let outside = (skew > 0 && skew > past) || (skew < 0 && -skew > future);
+    if outside {
+        Check::fail("clock", detail, fix)
+    } else if skew.abs() > CLOCK_WARN_SECS {
+        Check::warn("clock", detail, fix)
+    } else {
+        Check::ok("clock", detail)
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn unix_from(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
+    let ok = (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && (0..24).contains(&h)
+        && (0..60).contains(&mi)
+        && (0..=60).contains(&s);
+    ok.then(|| days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_date(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+fn num(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 IMF-fixdate).
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let mut it = s.split_whitespace();
+    let _weekday = it.next()?;
+    let d = num(it.next()?)?;
+    let mon = it.next()?;
+    let y = num(it.next()?)?;
+    let time = it.next()?;
+    if it.next()? != "GMT" {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mo = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(mon))? as i64 + 1;
+    let mut t = time.split(':');
+    let (h, mi, sec) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    unix_from(y, mo, d, h, mi, sec)
+}
+
+/// An ASN.1 UTCTime (tag 0x17, `YYMMDDHHMMSSZ`) or GeneralizedTime (0x18, `YYYYMMDDHHMMSSZ`).
+pub fn parse_asn1_time(tag: u8, b: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(b).ok()?.strip_suffix('Z')?;
+    let (y, rest) = match (tag, s.len()) {
+        (0x17, 12) => {
+            let yy = num(s.get(..2)?)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+        }
+        (0x18, 14) => (num(s.get(..4)?)?, s.get(4..)?),
+        _ => return None,
+    };
+    let f = |i: usize| num(rest.get(i..i + 2)?);
+    unix_from(y, f(0)?, f(2)?, f(4)?, f(6)?, f(8)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Status;
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    #[test]
+    fn dates() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
+        assert_eq!(parse_http_date("garbage"), None);
+        assert_eq!(parse_asn1_time(0x17, b"941106084937Z"), Some(784_111_777));
+        assert_eq!(parse_asn1_time(0x18, b"19941106084937Z"), Some(784_111_777));
+        assert_eq!(parse_asn1_time(0x17, b"9411060849Z"), None);
+        assert_eq!(format_date(784_111_777), "1994-11-06 08:49:37 UTC");
+        assert_eq!(format_date(0), "1970-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn fd_verdicts() {
+        assert_eq!(fd_verdict(100, Some((1024, 4096))).status, Status::Ok);
+        assert_eq!(fd_verdict(1000, Some((2500, 4096))).status, Status::Warn);
+        let f = fd_verdict(65_536, Some((1024, 4096)));
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.fix.unwrap().contains("LimitNOFILE=196672"));
+        assert_eq!(
+            fd_verdict(1 << 20, Some((libc_infinity(), libc_infinity()))).status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn clock_window() {
+        let cfg = Config::from_toml(
+            "[tls]\nmax_clock_skew_past = \"60s\"\nmax_clock_skew_future = \"30s\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let at = |skew: i64| clock(&cfg, Some((1000, 1000 + skew)), &[]).status;
+        assert_eq!(at(0), Status::Ok);
+        assert_eq!(at(-5), Status::Ok);
+        assert_eq!(at(20), Status::Warn);
+        assert_eq!(at(61), Status::Fail);
+        assert_eq!(at(-31), Status::Fail);
+        assert_eq!(at(-25), Status::Warn);
+        // DC clocks when the mask gave no date; nothing at all is a warning.
+        assert_eq!(
+            clock(&cfg, None, &[(1000, 1001), (1000, 1500), (1000, 1002)]).status,
+            Status::Ok
+        );
+        assert_eq!(clock(&cfg, None, &[]).status, Status::Warn);
+    }
+}
