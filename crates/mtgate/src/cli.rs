@@ -221,8 +221,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics.clone())),
         ]);
-        let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry));
+        let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry)?);
         let mut signals = Signals::new();
+        metrics.set_policy(runtime.policy.clone());
+        let mut persisting = spawn_policy_tasks(&runtime.policy, &cfg);
 
         #[cfg(unix)]
         let mut takeover = match (a.takeover, &cfg.handover_socket) {
@@ -269,7 +271,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         #[cfg(unix)]
         if let Some(t) = takeover {
-            match t.complete().await {
+            let done = t.complete().await;
+            // The old process wrote its last state before confirming: take it in.
+            runtime.policy.reload_state();
+            match done {
                 Ok(true) => tracing::info!("took the listeners over; the old process drains"),
                 Ok(false) => tracing::warn!("took the listeners over; the old process did not confirm"),
                 Err(e) => tracing::warn!(error = %e, "took the listeners over; the old process did not confirm"),
@@ -342,6 +347,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         {
             let handed_over = taken.is_some();
             if let Some(t) = taken {
+                // Write the policy state (usage, blocks) before confirming, so
+                // the new process reads it; it persists from now on.
+                persisting.finish().await;
                 let _ = t.done.send(());
             }
             if let Some(c) = control {
@@ -361,11 +369,59 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 tracing::warn!(sessions = server.active(), "second signal: exiting now");
             }
         }
+        persisting.finish().await;
         Ok(())
     });
     // Do not wait for anything still running (a second signal means now).
     rt.shutdown_background();
     res
+}
+
+/// Starts the policy's background work: the state writer (usage, blocks and
+/// reputation to the state directory, at most every `policy.persist_interval`,
+/// and once more when told to stop) and the re-reading of ACL list files and
+/// the geo database when they change.
+fn spawn_policy_tasks(policy: &Arc<crate::policy::engine::Policy>, cfg: &Config) -> StateWriter {
+    use crate::policy::persist::Persister;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let p = policy.clone();
+    let writer = Persister::new(policy.state_path(), cfg.policy.persist_interval)
+        .assume_written(&policy.snapshot());
+    let task = tokio::spawn(async move {
+        let stats = writer.run(move || p.snapshot(), stop_rx).await;
+        tracing::debug!(
+            writes = stats.writes,
+            failures = stats.failures,
+            "policy state writer stopped"
+        );
+    });
+    let p = policy.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(p.refresh_interval()).await;
+            p.refresh_files();
+        }
+    });
+    StateWriter {
+        stop,
+        task: Some(task),
+    }
+}
+
+/// The running policy-state writer.
+struct StateWriter {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StateWriter {
+    /// Tells the writer to write a last time and waits for it (at most 5 s); later calls do nothing.
+    async fn finish(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
 }
 
 /// Matches the configured addresses to listeners handed over by the previous
@@ -533,7 +589,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     // Build the runtime exactly as `run` does (without binding sockets).
-    let _rt = Runtime::build(cfg.clone(), cfg.users.clone(), Telemetry::default());
+    let _rt = Runtime::build(cfg.clone(), cfg.users.clone(), Telemetry::default())?;
     println!(
         "{}: ok ({} listener(s), {} user(s), domains: {})",
         file.display(),

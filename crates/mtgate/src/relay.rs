@@ -9,6 +9,8 @@
 //! thing that ends the session becomes its one [`CloseReason`].
 
 use crate::events::CloseReason;
+use crate::policy::engine::meter;
+use crate::policy::users::{Dir, UserLease};
 use crate::pool::{PooledBuf, RECORDS_PER_BUF};
 use mtgate_crypto::AesCtr;
 use mtgate_proto::faketls::{
@@ -63,31 +65,35 @@ struct Keys {
     u_dec: AesCtr,
     u_enc: AesCtr,
     tls: Option<RecordStripper>,
+    /// Client bytes that came with the handshake (sent first, then freed).
+    early: Vec<u8>,
 }
 
 /// Runs the relay until one side ends it; returns the close reason.
-pub fn run(
+pub fn run<'a>(
     client: ClientSide,
     upstream: UpstreamSide,
     idle: Duration,
-    traffic: &Traffic,
+    traffic: &'a Traffic,
     shutdown: crate::stop::Stop,
-) -> impl std::future::Future<Output = CloseReason> + Send + '_ {
+    lease: Option<&'a UserLease>,
+) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
     let keys = Box::new(Keys {
         c_dec: client.ciphers.dec,
         c_enc: client.ciphers.enc,
         u_dec: upstream.ciphers.dec,
         u_enc: upstream.ciphers.enc,
         tls: client.tls,
+        early: client.early,
     });
     run_boxed(
         client.stream,
         upstream.stream,
         keys,
-        client.early,
         idle,
         traffic,
         shutdown,
+        lease,
     )
 }
 
@@ -95,10 +101,10 @@ async fn run_boxed(
     client: TcpStream,
     upstream: TcpStream,
     mut keys: Box<Keys>,
-    early: Vec<u8>,
     idle: Duration,
     traffic: &Traffic,
     mut shutdown: crate::stop::Stop,
+    lease: Option<&UserLease>,
 ) -> CloseReason {
     let start = Instant::now();
     traffic.touch(start);
@@ -110,11 +116,18 @@ async fn run_boxed(
         u_dec,
         u_enc,
         tls,
+        early,
     } = &mut *keys;
+    let early = std::mem::take(early);
     let is_tls = tls.is_some();
 
     if !early.is_empty() {
         let mut early = early;
+        if let Some(l) = lease {
+            if let Err(r) = meter(l, Dir::Up, early.len()).await {
+                return r;
+            }
+        }
         c_dec.apply(&mut early);
         u_enc.apply(&mut early);
         if u_wr.write_all(&early).await.is_err() {
@@ -123,8 +136,8 @@ async fn run_boxed(
         traffic.up.fetch_add(early.len() as u64, Relaxed);
     }
 
-    let up = pump_up(c_rd, &mut u_wr, c_dec, u_enc, tls, traffic, start);
-    let down = pump_down(u_rd, &mut c_wr, u_dec, c_enc, is_tls, traffic, start);
+    let up = pump_up(c_rd, &mut u_wr, c_dec, u_enc, tls, traffic, start, lease);
+    let down = pump_down(u_rd, &mut c_wr, u_dec, c_enc, is_tls, traffic, start, lease);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let mut first: Option<CloseReason> = None;
@@ -189,6 +202,7 @@ fn read_some(rd: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Client → DC.
+#[allow(clippy::too_many_arguments)]
 async fn pump_up(
     rd: OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -197,6 +211,7 @@ async fn pump_up(
     tls: &mut Option<RecordStripper>,
     traffic: &Traffic,
     start: Instant,
+    lease: Option<&UserLease>,
 ) -> Result<(), CloseReason> {
     loop {
         rd.readable().await.map_err(|_| CloseReason::ClientError)?;
@@ -221,6 +236,9 @@ async fn pump_up(
             if n == 0 {
                 continue;
             }
+            if let Some(l) = lease {
+                meter(l, Dir::Up, n).await?;
+            }
             let data = &mut buf[..n];
             dec.apply(data);
             enc.apply(data);
@@ -239,6 +257,7 @@ async fn pump_up(
 /// at an offset that leaves room for the headers; the payload is ciphered in one
 /// pass and then slid forward record by record (each destination lies before its
 /// source), so several records leave in one write.
+#[allow(clippy::too_many_arguments)]
 async fn pump_down(
     rd: OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -247,6 +266,7 @@ async fn pump_down(
     tls: bool,
     traffic: &Traffic,
     start: Instant,
+    lease: Option<&UserLease>,
 ) -> Result<(), CloseReason> {
     const REC: usize = MAX_RECORD_PAYLOAD;
     let off = if tls {
@@ -275,6 +295,9 @@ async fn pump_down(
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(CloseReason::UpstreamError),
             };
+            if let Some(l) = lease {
+                meter(l, Dir::Down, n).await?;
+            }
             let data = &mut buf[off..off + n];
             dec.apply(data);
             enc.apply(data);

@@ -27,6 +27,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("state: {0}")]
     State(#[from] crate::state::StateError),
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::error::PolicyError),
 }
 
 /// What a reload changed.
@@ -96,8 +98,8 @@ pub fn diff(old: &Runtime, cfg: &Config, users: &[User]) -> Summary {
 }
 
 /// Whether a user may connect at all under its limits.
-fn user_enabled(_u: &User) -> bool {
-    true
+fn user_enabled(u: &User) -> bool {
+    u.limits.enabled
 }
 
 /// Reloads on request; shared by the signal handler, the file watcher and the admin API.
@@ -182,12 +184,12 @@ impl Reloader {
         let grace = cfg.drain_grace;
         // Detach the drain signals of drained users first, so sessions that start
         // after the swap subscribe to fresh ones and are not ended with them.
+        let new = Arc::new(old.rebuild(cfg, users)?);
         let detached: Vec<_> = summary
             .drained
             .iter()
             .filter_map(|u| old.drains.detach(u))
             .collect();
-        let new = Arc::new(old.rebuild(cfg, users));
         if let Some(m) = &self.metrics {
             m.set_users(new.users.iter().map(|u| u.name.as_str()));
         }

@@ -8,6 +8,9 @@
 
 use crate::config::{Config, User};
 use crate::events::Telemetry;
+use crate::policy::clock::{SharedClock, SystemClock};
+use crate::policy::engine::Policy;
+use crate::policy::error::PolicyError;
 use crate::stop::Drains;
 use arc_swap::ArcSwap;
 use mtgate_proto::handshake::UserKey;
@@ -27,6 +30,8 @@ pub struct Runtime {
     pub me: Option<Arc<crate::me::MeService>>,
     /// Per-user drain signals (reload removes or disables users).
     pub drains: Arc<Drains>,
+    /// The security policy (shared across reloads; it keeps its counters).
+    pub policy: Arc<Policy>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -82,9 +87,26 @@ fn handshake_config(config: &Config, users: &[User]) -> HandshakeConfig {
 
 impl Runtime {
     /// Builds the shared state for `users` (the configured ones, or the generated default).
-    pub fn build(config: Config, users: Vec<User>, telemetry: Telemetry) -> Self {
+    /// Fails only when a file the policy names (ACL list, geo database) cannot be read.
+    pub fn build(
+        config: Config,
+        users: Vec<User>,
+        telemetry: Telemetry,
+    ) -> Result<Self, PolicyError> {
+        Self::build_with_clock(config, users, telemetry, SystemClock::shared())
+    }
+
+    /// [`Runtime::build`] with the policy's clock given (tests move it by hand).
+    pub fn build_with_clock(
+        config: Config,
+        users: Vec<User>,
+        telemetry: Telemetry,
+        clock: SharedClock,
+    ) -> Result<Self, PolicyError> {
         let window = config.max_past.as_secs() + config.max_future.as_secs();
-        Self {
+        let policy = Arc::new(Policy::new(&config, &users, clock)?);
+        Ok(Self {
+            policy,
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -96,18 +118,24 @@ impl Runtime {
             telemetry,
             drains: Arc::default(),
             conn_ids: Arc::new(AtomicU64::new(1)),
-        }
+        })
     }
 
     /// The runtime for a reloaded `config`: new users, domains, limits and
     /// timeouts; the same replay cache, telemetry, ME service, drain signals and
-    /// connection-id counter; the learned mask-site profile carried over.
-    pub fn rebuild(&self, config: Config, users: Vec<User>) -> Self {
+    /// connection-id counter; the learned mask-site profile carried over. The
+    /// policy reads its files first (an error changes nothing), then applies
+    /// the new settings in place, keeping usage, blocks and reputation: call
+    /// this only when the result will be swapped in.
+    pub fn rebuild(&self, config: Config, users: Vec<User>) -> Result<Self, PolicyError> {
+        let prepared = Policy::prepare(&config)?;
+        self.policy.apply(&config, &users, prepared);
         let mut hc = handshake_config(&config, &users);
         let old = self.handshake.load();
         hc.observed_cert_lens = old.observed_cert_lens.clone();
         hc.versions_first = old.versions_first;
-        Self {
+        Ok(Self {
+            policy: self.policy.clone(),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),
@@ -116,7 +144,7 @@ impl Runtime {
             telemetry: self.telemetry.clone(),
             drains: self.drains.clone(),
             conn_ids: self.conn_ids.clone(),
-        }
+        })
     }
 
     pub fn next_conn_id(&self) -> u64 {

@@ -328,7 +328,7 @@ mod tests {
             &Overrides::default(),
         )
         .expect("config");
-        Arc::new(Runtime::build(cfg, Vec::new(), Telemetry::default()))
+        Arc::new(Runtime::build(cfg, Vec::new(), Telemetry::default()).expect("runtime"))
     }
 
     #[tokio::test]

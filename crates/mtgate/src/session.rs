@@ -2,8 +2,10 @@
 //! under a deadline, open the upstream, run the relay, and emit events. Exactly
 //! one [`CloseReason`] ends every session.
 
+use crate::config::policy::RefuseAction;
 use crate::events::{CloseReason, Event};
 use crate::mask::{self, MaskLink};
+use crate::policy::engine::Refusal;
 use crate::relay::{self, ClientSide, Traffic};
 use crate::runtime::Runtime;
 use crate::stop::Stop;
@@ -57,7 +59,7 @@ async fn serve_in_span(
     let _ = stream.set_nodelay(true);
     let traffic = Traffic::default();
     let mut user_name: Option<(usize, mtgate_proto::ClientMode)> = None;
-    let reason = run(stream, id, &rt, &traffic, &mut user_name, shutdown).await;
+    let reason = run(stream, peer, id, &rt, &traffic, &mut user_name, shutdown).await;
     let user = user_name.map(|(u, _)| rt.users[u].name.as_str());
     rt.telemetry.emit(Event::Closed {
         id,
@@ -82,14 +84,43 @@ enum Phase {
     Close(CloseReason),
 }
 
+/// A client the policy refused before reading a byte: fronted to the mask
+/// host (as any connection that is not ours) or closed, as configured.
+async fn refuse(stream: TcpStream, rt: &Runtime, refusal: Refusal) -> CloseReason {
+    if refusal.action == RefuseAction::Front && rt.config.fronting {
+        let link = MaskLink::new(
+            rt.config.default_mask_host(),
+            rt.config.connect_timeout,
+            None,
+        );
+        Box::pin(mask::splice(stream, &[], false, link)).await;
+    }
+    CloseReason::Policy(refusal.reason)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut stream: TcpStream,
+    peer: SocketAddr,
     id: u64,
     rt: &Arc<Runtime>,
     traffic: &Traffic,
     user_out: &mut Option<(usize, mtgate_proto::ClientMode)>,
     shutdown: Stop,
 ) -> CloseReason {
+    let ip = peer.ip();
+    let mut hit = |reason, enforced| {
+        rt.telemetry.emit(Event::PolicyHit {
+            id,
+            reason,
+            enforced,
+        })
+    };
+    // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
+    let source = match rt.policy.admit(ip, &mut hit) {
+        Ok(guard) => guard,
+        Err(refusal) => return refuse(stream, rt, refusal).await,
+    };
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
         MaskLink::new(
@@ -101,6 +132,14 @@ async fn run(
     // The handshake, fronting, ME and dial futures are boxed: an idle session's
     // task is as big as its largest state, and those only live briefly.
     let phase = Box::pin(handshake_phase(&mut stream, &mut hs, rt, link.as_mut())).await;
+    if let Phase::Close(CloseReason::Rejected(r))
+    | Phase::Front {
+        reason: CloseReason::Rejected(r),
+        ..
+    } = &phase
+    {
+        rt.policy.handshake_failed(ip, *r == RejectReason::Replay);
+    }
     let accepted = match phase {
         Phase::Accepted(a) => a,
         Phase::Close(r) => return r,
@@ -125,6 +164,16 @@ async fn run(
     drop(link);
     drop(hs);
     *user_out = Some((accepted.user, accepted.mode));
+    // The user's limits: enabled, expiry, connections, addresses, quota; the
+    // lease meters the relay (quota, bandwidth) and is released at the end.
+    let lease =
+        match rt
+            .policy
+            .admit_user(&rt.users[accepted.user].name, ip, source.limited, &mut hit)
+        {
+            Ok(lease) => lease,
+            Err(refusal) => return CloseReason::Policy(refusal.reason),
+        };
     let shutdown = shutdown.with_user(&rt.drains, &rt.users[accepted.user].name);
     let span = tracing::Span::current();
     span.record("user", rt.users[accepted.user].name.as_str());
@@ -143,6 +192,7 @@ async fn run(
         accepted,
         traffic,
         shutdown.clone(),
+        lease.as_ref(),
     ))
     .await
     {
@@ -186,6 +236,7 @@ async fn run(
         rt.config.idle_timeout,
         traffic,
         shutdown,
+        lease.as_ref(),
     )
     .await
 }
@@ -270,11 +321,9 @@ mod tests {
         let a = l.local_addr().expect("addr");
         let s = tokio::net::TcpStream::connect(a).await.expect("connect");
         let cfg = crate::config::Config::from_overrides(&Default::default()).expect("config");
-        let rt = std::sync::Arc::new(crate::runtime::Runtime::build(
-            cfg,
-            vec![],
-            Default::default(),
-        ));
+        let rt = std::sync::Arc::new(
+            crate::runtime::Runtime::build(cfg, vec![], Default::default()).expect("runtime"),
+        );
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let f = super::serve(s, a, rt, rx);
         let size = std::mem::size_of_val(&f);

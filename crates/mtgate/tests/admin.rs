@@ -69,7 +69,7 @@ impl Stack {
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics)),
         ]);
-        let runtime = Arc::new(Runtime::build(cfg, users, tel));
+        let runtime = Arc::new(Runtime::build(cfg, users, tel).expect("runtime"));
         let server = Server::start(runtime).await.expect("start");
         state.health.mark_started();
         Stack {

@@ -47,7 +47,9 @@ fn config(state: &Path, listen: &[&str], dc: SocketAddr, drain: &str) -> String 
          [admin]\nenabled = false\n\
          [tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n\
          [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n\
-         [log]\nlevel = \"debug\"\n[dcs]\n{dcs}",
+         [log]\nlevel = \"debug\"\n\
+         [policy.rate]\nnew_connections_per_second = 100000.0\nburst = 100000\n\
+         [dcs]\n{dcs}",
         state.display()
     )
 }

@@ -74,7 +74,7 @@ async fn start(text: &str) -> InProcess {
     let metrics = Arc::new(Metrics::new(cfg.users.iter().map(|u| u.name.as_str())));
     let tel = Telemetry::new(vec![Arc::new(MetricsSink(metrics.clone()))]);
     let users = cfg.users.clone();
-    let live = Live::new(Arc::new(Runtime::build(cfg, users, tel)));
+    let live = Live::new(Arc::new(Runtime::build(cfg, users, tel).expect("runtime")));
     let server = Server::start_live(live.clone()).await.expect("start");
     let reloader = Reloader::new(
         Some(path.clone()),

@@ -93,6 +93,9 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     reload_ok: Gauge,
     policy: Family<PolicyLabels, Counter>,
+    /// The policy engine, once the runtime exists: live per-user bytes and
+    /// the policy's tables are read from it at scrape time.
+    policy_src: Arc<std::sync::OnceLock<Arc<crate::policy::engine::Policy>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +126,7 @@ impl Metrics {
             reloads: Family::default(),
             reload_ok: Gauge::default(),
             policy: Family::default(),
+            policy_src: Arc::default(),
         };
         registry.register(
             "connections_active",
@@ -149,11 +153,10 @@ impl Metrics {
             "Handshakes rejected (fronted or closed), by reject reason",
             m.rejected.clone(),
         );
-        registry.register(
-            "bytes",
-            "Client payload bytes relayed, by user and direction (up = client to DC), counted at close",
-            m.bytes.clone(),
-        );
+        registry.register_collector(Box::new(PolicyCollector {
+            policy: m.policy_src.clone(),
+            bytes_at_close: m.bytes.clone(),
+        }));
         registry.register(
             "upstream_connect_seconds",
             "Time to connect to a DC, by DC index",
@@ -260,6 +263,13 @@ impl Metrics {
             Some(_) => "other".to_owned(),
             None => NO_USER.to_owned(),
         }
+    }
+
+    /// Attaches the policy engine (once): `mtgate_bytes_total` then counts live
+    /// (from the users' metered usage) instead of at connection close, and the
+    /// policy's gauges appear.
+    pub fn set_policy(&self, policy: Arc<crate::policy::engine::Policy>) {
+        let _ = self.policy_src.set(policy);
     }
 
     /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).
@@ -434,6 +444,75 @@ impl Collector for ProcessCollector {
                 ConstGauge::new(n),
             )?;
         }
+        Ok(())
+    }
+}
+
+/// The policy's figures, read at scrape time: per-user bytes (live), the
+/// per-source table, active blocks, users over quota.
+#[derive(Debug)]
+struct PolicyCollector {
+    policy: Arc<std::sync::OnceLock<Arc<crate::policy::engine::Policy>>>,
+    bytes_at_close: Family<BytesLabels, Counter>,
+}
+
+const BYTES_HELP: &str =
+    "Client payload bytes relayed, by user and direction (up = client to Telegram)";
+
+impl Collector for PolicyCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = self.policy.get() else {
+            // No policy engine attached: bytes as counted at connection close.
+            return put(&mut enc, "bytes", BYTES_HELP, self.bytes_at_close.clone());
+        };
+        let st = p.stats();
+        {
+            let mut fam = enc.encode_descriptor(
+                "bytes",
+                BYTES_HELP,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (user, up, down, _) in &st.per_user {
+                for (direction, v) in [("up", *up), ("down", *down)] {
+                    let labels = BytesLabels {
+                        user: user.to_string(),
+                        direction,
+                    };
+                    ConstCounter::new(v).encode(fam.encode_family(&labels)?)?;
+                }
+            }
+        }
+        put(
+            &mut enc,
+            "policy_sources_tracked",
+            "Sources (IPv4 addresses, IPv6 prefixes) in the per-source table",
+            ConstGauge::new(st.ips.tracked as i64),
+        )?;
+        put(
+            &mut enc,
+            "policy_blocks_active",
+            "Sources blocked now by their reputation",
+            ConstGauge::new(st.ips.active_blocks as i64),
+        )?;
+        put(
+            &mut enc,
+            "policy_blocks",
+            "Reputation blocks imposed",
+            ConstCounter::new(st.ips.blocks_total),
+        )?;
+        put(
+            &mut enc,
+            "policy_evictions",
+            "Per-source entries evicted to keep the table under its cap",
+            ConstCounter::new(st.ips.evictions),
+        )?;
+        put(
+            &mut enc,
+            "policy_users_over_quota",
+            "Users whose data quota is used up now",
+            ConstGauge::new(st.users_over_quota as i64),
+        )?;
         Ok(())
     }
 }

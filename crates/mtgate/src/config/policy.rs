@@ -160,8 +160,8 @@ impl Default for RateConfig {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
-            new_connections_per_second: 20.0,
-            burst: 40,
+            new_connections_per_second: 50.0,
+            burst: 200,
             max_connections_per_ip: 256,
             max_handshake_failures: 20,
             failure_window: Duration::from_secs(60),

@@ -257,13 +257,18 @@ fn config_ok(cfg: &Config, opts: &DoctorOpts) -> Check {
     let c = cfg.clone();
     let built = std::thread::spawn(move || {
         let users = c.users.clone();
-        drop(crate::runtime::Runtime::build(
-            c,
-            users,
-            crate::events::Telemetry::default(),
-        ));
+        crate::runtime::Runtime::build(c, users, crate::events::Telemetry::default())
+            .map(drop)
+            .map_err(|e| e.to_string())
     })
     .join();
+    if let Ok(Err(e)) = &built {
+        return Check::fail(
+            "config",
+            format!("{}: {e}", opts.source),
+            "fix the file the policy names (policy.acl.files, policy.geo.database) or its path",
+        );
+    }
     if built.is_err() {
         return Check::fail(
             "config",

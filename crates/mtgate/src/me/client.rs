@@ -6,6 +6,8 @@
 
 use super::mux::{Bound, Down, MeConn, Up};
 use crate::events::CloseReason;
+use crate::policy::engine::meter;
+use crate::policy::users::{Dir, UserLease};
 use crate::pool::PooledBuf;
 use crate::relay::Traffic;
 use mtgate_crypto::AesCtr;
@@ -72,6 +74,7 @@ pub async fn serve_client(
     idle: Duration,
     traffic: &Traffic,
     mut shutdown: crate::stop::Stop,
+    lease: Option<&UserLease>,
 ) -> CloseReason {
     let clock = Clock {
         start: Instant::now(),
@@ -93,6 +96,7 @@ pub async fn serve_client(
         dropped: false,
         traffic,
         clock: &clock,
+        lease,
     }
     .run(rd, client.early);
     let down = Downstream {
@@ -102,6 +106,7 @@ pub async fn serve_client(
         queued: &bound.queued,
         traffic,
         clock: &clock,
+        lease,
     }
     .run(wr, &mut bound.down);
     tokio::pin!(up, down);
@@ -135,12 +140,17 @@ struct Upstream<'a> {
     dropped: bool,
     traffic: &'a Traffic,
     clock: &'a Clock,
+    /// The user's lease: quota and bandwidth (see `policy::engine::meter`).
+    lease: Option<&'a UserLease>,
 }
 
 impl Upstream<'_> {
     /// Ok on the client's EOF.
     async fn run(mut self, rd: OwnedReadHalf, mut early: Vec<u8>) -> Result<(), CloseReason> {
         if !early.is_empty() {
+            if let Some(l) = self.lease {
+                meter(l, Dir::Up, early.len()).await?;
+            }
             self.dec.apply(&mut early);
             self.traffic.up.fetch_add(early.len() as u64, Relaxed);
             self.pending = early;
@@ -165,6 +175,9 @@ impl Upstream<'_> {
                         .map_err(|_| CloseReason::ClientProtocol)?,
                     None => n,
                 };
+                if let Some(l) = self.lease {
+                    meter(l, Dir::Up, n).await?;
+                }
                 let data = &mut buf[..n];
                 self.dec.apply(data);
                 self.pending.extend_from_slice(data);
@@ -226,6 +239,7 @@ struct Downstream<'a> {
     queued: &'a AtomicUsize,
     traffic: &'a Traffic,
     clock: &'a Clock,
+    lease: Option<&'a UserLease>,
 }
 
 impl Downstream<'_> {
@@ -246,6 +260,9 @@ impl Downstream<'_> {
                 }
             }
             self.queued.fetch_sub(took, Relaxed);
+            if let Some(l) = self.lease {
+                meter(l, Dir::Down, plain.len()).await?;
+            }
             self.enc.apply(&mut plain);
             let out = if self.tls {
                 wire.clear();

@@ -216,6 +216,7 @@ pub async fn route(
     accepted: Box<Accepted>,
     traffic: &Traffic,
     shutdown: crate::stop::Stop,
+    lease: Option<&crate::policy::users::UserLease>,
 ) -> Routed {
     let Some(me) = rt.me.as_ref() else {
         return Routed::Direct(stream, accepted);
@@ -263,7 +264,17 @@ pub async fn route(
         peer,
         local,
     };
-    Routed::Done(serve_client(bound, client, rt.config.idle_timeout, traffic, shutdown).await)
+    Routed::Done(
+        serve_client(
+            bound,
+            client,
+            rt.config.idle_timeout,
+            traffic,
+            shutdown,
+            lease,
+        )
+        .await,
+    )
 }
 
 #[cfg(test)]

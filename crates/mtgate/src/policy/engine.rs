@@ -298,6 +298,17 @@ impl Policy {
         tracing::info!(users, sources, "policy state restored");
     }
 
+    /// Reads the state file again and takes in what it holds (usage counters
+    /// take the larger value, so nothing counts twice): after a handover, the
+    /// old process's last state.
+    pub fn reload_state(&self) {
+        match persist::load::<PolicyState>(&self.state_path) {
+            Ok(Some(state)) => self.restore(state),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "policy state not reread"),
+        }
+    }
+
     /// Writes the state file now (atomically).
     pub fn save(&self) -> Result<(), PersistError> {
         persist::save(&self.state_path, &self.snapshot())

@@ -63,7 +63,7 @@ impl Proxy {
         let counters = Arc::new(Counters::default());
         let tel = Telemetry::new(vec![counters.clone()]);
         let users = cfg.users.clone();
-        let runtime = Arc::new(Runtime::build(cfg, users, tel));
+        let runtime = Arc::new(Runtime::build(cfg, users, tel).expect("runtime"));
         let server = Server::start(runtime.clone()).await.expect("start");
         Proxy {
             addr: server.local_addrs[0],

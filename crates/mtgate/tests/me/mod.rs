@@ -282,11 +282,9 @@ impl MeProxy {
         let cfg = Config::from_toml(&text, &Overrides::default()).expect("config");
         let counters = Arc::new(Counters::default());
         let users = cfg.users.clone();
-        let runtime = Arc::new(Runtime::build(
-            cfg,
-            users,
-            Telemetry::new(vec![counters.clone()]),
-        ));
+        let runtime = Arc::new(
+            Runtime::build(cfg, users, Telemetry::new(vec![counters.clone()])).expect("runtime"),
+        );
         let server = Server::start(runtime.clone()).await.expect("start");
         MeProxy {
             addr: server.local_addrs[0],
