@@ -17,6 +17,8 @@ pub const DOMAIN: &str = "mask.test";
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The state directory (kept until the proxy is dropped).
+    pub state: tempfile::TempDir,
     pub counters: Arc<Counters>,
     pub runtime: Arc<Runtime>,
     server: Option<Server>,
@@ -42,6 +44,17 @@ impl Proxy {
         toml: &str,
         dc: &[SocketAddr],
     ) -> Proxy {
+        Self::start_clocked(listen, server_extra, toml, dc, None).await
+    }
+
+    /// [`Proxy::start_full`] with the policy's clock given (e.g. a `ManualClock`).
+    pub async fn start_clocked(
+        listen: &str,
+        server_extra: &str,
+        toml: &str,
+        dc: &[SocketAddr],
+        clock: Option<mtgate::policy::clock::SharedClock>,
+    ) -> Proxy {
         let list = dc
             .iter()
             .map(|a| format!("\"{a}\""))
@@ -56,16 +69,26 @@ impl Proxy {
         } else {
             "handshake_timeout = \"3s\"\n"
         };
+        // A state directory of its own unless the test names one: policy state
+        // (usage, blocks) must never leak between tests.
+        let state = tempfile::tempdir().expect("state dir");
+        let sd = if server_extra.contains("state_dir") {
+            String::new()
+        } else {
+            format!("state_dir = \"{}\"\n", state.path().display())
+        };
         let text = format!(
-            "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\n{hs}{server_extra}\n[dcs]\n{dcs}{toml}"
+            "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\n{hs}{sd}{server_extra}\n[dcs]\n{dcs}{toml}"
         );
         let cfg = Config::from_toml(&text, &Overrides::default()).expect("config");
         let counters = Arc::new(Counters::default());
         let tel = Telemetry::new(vec![counters.clone()]);
         let users = cfg.users.clone();
-        let runtime = Arc::new(Runtime::build(cfg, users, tel).expect("runtime"));
+        let clock = clock.unwrap_or_else(mtgate::policy::clock::SystemClock::shared);
+        let runtime = Arc::new(Runtime::build_with_clock(cfg, users, tel, clock).expect("runtime"));
         let server = Server::start(runtime.clone()).await.expect("start");
         Proxy {
+            state,
             addr: server.local_addrs[0],
             counters,
             runtime,
