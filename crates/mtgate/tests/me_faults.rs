@@ -192,3 +192,41 @@ async fn me_slow_answers_are_delivered_and_a_stall_is_retried() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_learned_public_ip_from_public_host() {
+    if !available() {
+        return;
+    }
+    // The middle-end sees us as 127.9.9.9 (NAT); no `nat_ip` is configured,
+    // but `server.public_host` names that address and our local one is loopback.
+    let fake = FakeMe::start(1, &["--key-client-ip", "127.9.9.9"]).await;
+    let conf = fake.multi_conf();
+    let learned = MeProxy::start_with(&fake, &conf, &[], dead_dc(), "127.9.9.9").await;
+    let wrong = MeProxy::start_with(&fake, &conf, &[], dead_dc(), "127.8.8.8").await;
+    assert!(learned.wait_ready(1).await, "handshake with the learned address");
+    let keys = fake.events("keys_derived");
+    assert!(!keys.is_empty());
+    let mut c = classic(learned.addr, 2).await;
+    echo_once(&mut c, 256, T).await.expect("echo");
+    // Requests announce the learned address too.
+    let last = fake.events("proxy_req").pop().unwrap();
+    assert_eq!(field(&last, "our_ip"), Some("127.9.9.9"), "{last}");
+
+    // A wrong learned address fails the handshake visibly: counted, never
+    // ready, and its clients are refused instead of hanging.
+    let me = wrong.runtime.me.as_ref().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || me.stats().handshake_failures >= 2).await,
+        "{:?}",
+        me.stats()
+    );
+    assert_eq!(wrong.ready(), 0);
+    assert_eq!(me.stats().connect_failures, 0, "{:?}", me.stats());
+    let mut c = classic(wrong.addr, 2).await;
+    let _ = c.send_frame(&echo_packet(64)).await;
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(learned.ready(), 1);
+    learned.stop().await;
+    wrong.stop().await;
+}

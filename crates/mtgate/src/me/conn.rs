@@ -29,7 +29,7 @@ pub enum LinkError {
     Io(#[from] std::io::Error),
     #[error("set-up timed out (the middle-end or the path to it stalls)")]
     Timeout,
-    #[error("ME closed the connection during set-up (wrong proxy-secret, NAT address or clock?)")]
+    #[error("ME closed the connection during set-up (wrong proxy-secret, NAT address (me.nat_ip, server.public_host) or clock?)")]
     Closed,
     #[error("bad frame during set-up: {0} (a wrong proxy-secret or NAT address looks like this)")]
     Frame(#[from] FrameError),
