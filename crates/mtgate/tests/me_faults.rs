@@ -79,6 +79,12 @@ async fn me_restart_closes_clients_and_pool_reconnects() {
     let mut fake = FakeMe::start(1, &[]).await;
     let proxy = MeProxy::start(&fake, &[("connections_per_addr", "2")], dead_dc()).await;
     assert!(proxy.wait_ready(2).await, "both links ready");
+    let me = proxy.runtime.me.clone().unwrap();
+    assert!(
+        me.stats().ready_by_dc.contains(&(-2, 2)),
+        "{:?}",
+        me.stats()
+    );
     let mut clients = Vec::new();
     for dc in [2, -2, 2] {
         let mut c = classic(proxy.addr, dc).await;
@@ -101,6 +107,8 @@ async fn me_restart_closes_clients_and_pool_reconnects() {
         wait_until(Duration::from_secs(5), || proxy.ready() == 0).await,
         "dead links leave the pool"
     );
+    assert!(me.stats().ready_by_dc.iter().all(|(_, n)| *n == 0));
+    assert_eq!(me.stats().lost, 2, "{:?}", me.stats());
     // While it is down a new client is refused (fallback off), not left hanging.
     let mut c = classic(proxy.addr, 2).await;
     let _ = c.send_frame(&echo_packet(64)).await;
@@ -130,8 +138,9 @@ async fn me_restart_closes_clients_and_pool_reconnects() {
             .expect("echo after the restart");
     }
     // The failed attempts while it was down were counted.
-    let stats = proxy.runtime.me.as_ref().unwrap().stats();
+    let stats = me.stats();
     assert!(stats.connect_failures >= 2, "{stats:?}");
+    drop(me);
     proxy.stop().await;
 }
 
@@ -204,7 +213,10 @@ async fn me_learned_public_ip_from_public_host() {
     let conf = fake.multi_conf();
     let learned = MeProxy::start_with(&fake, &conf, &[], dead_dc(), "127.9.9.9").await;
     let wrong = MeProxy::start_with(&fake, &conf, &[], dead_dc(), "127.8.8.8").await;
-    assert!(learned.wait_ready(1).await, "handshake with the learned address");
+    assert!(
+        learned.wait_ready(1).await,
+        "handshake with the learned address"
+    );
     let keys = fake.events("keys_derived");
     assert!(!keys.is_empty());
     let mut c = classic(learned.addr, 2).await;
@@ -217,7 +229,9 @@ async fn me_learned_public_ip_from_public_host() {
     // ready, and its clients are refused instead of hanging.
     let me = wrong.runtime.me.as_ref().unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || me.stats().handshake_failures >= 2).await,
+        wait_until(Duration::from_secs(5), || me.stats().handshake_failures
+            >= 2)
+        .await,
         "{:?}",
         me.stats()
     );
