@@ -244,3 +244,51 @@ async fn me_learned_public_ip_from_public_host() {
     learned.stop().await;
     wrong.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_file_min_connections_unless_configured() {
+    if !available() {
+        return;
+    }
+    let fake = FakeMe::start(1, &[]).await;
+    let conf = format!(
+        "min_connections 3; max_connections 8;\n{}",
+        fake.multi_conf()
+    );
+    // No `connections_per_addr`: the file's min_connections (3) per address.
+    let from_file = MeProxy::start_with(
+        &fake,
+        &conf,
+        &[("connections_per_addr", "")],
+        dead_dc(),
+        "127.0.0.1",
+    )
+    .await;
+    assert!(from_file.wait_ready(3).await, "3 links from the file");
+    // Configured: the config wins (1).
+    let configured = MeProxy::start_with(&fake, &conf, &[], dead_dc(), "127.0.0.1").await;
+    assert!(configured.wait_ready(1).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(from_file.ready(), 3);
+    assert_eq!(configured.ready(), 1);
+    assert_eq!(fake.events("handshake_ok").len(), 4);
+    // max_connections caps min_connections.
+    let capped = format!(
+        "min_connections 5; max_connections 2;\n{}",
+        fake.multi_conf()
+    );
+    let capped = MeProxy::start_with(
+        &fake,
+        &capped,
+        &[("connections_per_addr", "")],
+        dead_dc(),
+        "127.0.0.1",
+    )
+    .await;
+    assert!(capped.wait_ready(2).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(capped.ready(), 2);
+    from_file.stop().await;
+    configured.stop().await;
+    capped.stop().await;
+}

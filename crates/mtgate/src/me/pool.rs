@@ -1,7 +1,9 @@
 //! The ME connection pool (PROTOCOL §7.9, §7.11).
 //!
 //! Every distinct middle-end address gets `connections_per_addr` supervisor
-//! tasks; each keeps one link up: open it ([`super::conn::open`]), run it
+//! tasks (when not configured, the files' `min_connections`, see
+//! [`MeFiles::links_per_addr`]; a changed count applies to addresses added
+//! afterwards); each keeps one link up: open it ([`super::conn::open`]), run it
 //! ([`super::mux::run`]) until it ends, then wait a per-address exponential
 //! back-off with jitter — after connect failures, handshake failures and
 //! losses alike (reset once a link stayed up for a minute) — and try again.
@@ -174,6 +176,7 @@ impl Pool {
     /// addresses no longer listed; unchanged addresses keep their links.
     pub fn apply(self: &Arc<Self>, files: MeFiles) {
         let old = self.snapshot();
+        let per_addr = files.links_per_addr(&self.cfg);
         let mut addrs = HashMap::new();
         for a in files.all_addrs() {
             if let Some(st) = old.addrs.get(&a) {
@@ -189,7 +192,7 @@ impl Pool {
                 failures: AtomicU64::new(0),
                 last_report: Mutex::new(None),
             });
-            for _ in 0..self.cfg.connections_per_addr {
+            for _ in 0..per_addr {
                 tokio::spawn(supervise(self.clone(), st.clone()));
             }
             addrs.insert(a, st);
