@@ -109,6 +109,17 @@ async fn me_restart_closes_clients_and_pool_reconnects() {
     );
     assert!(me.stats().ready_by_dc.iter().all(|(_, n)| *n == 0));
     assert_eq!(me.stats().lost, 2, "{:?}", me.stats());
+    // Every session of the lost links ended (nothing is left holding state).
+    let k = proxy.counters.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            k.closed.load(Relaxed) == k.opened.load(Relaxed)
+        })
+        .await,
+        "sessions left open: opened {}, closed {}",
+        k.opened.load(Relaxed),
+        k.closed.load(Relaxed)
+    );
     // While it is down a new client is refused (fallback off), not left hanging.
     let mut c = classic(proxy.addr, 2).await;
     let _ = c.send_frame(&echo_packet(64)).await;
