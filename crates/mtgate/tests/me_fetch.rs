@@ -387,6 +387,9 @@ async fn service_starts_from_the_first_fetch() {
         "the pool never connected to the fetched address"
     );
     assert_eq!(secret_copy(dir.path()), vec![6u8; 128]);
+    let st = service.stats();
+    assert!(st.fetching && st.last_fetch_ok.is_some(), "{st:?}");
+    assert_eq!((st.fetch_failures, st.pin_mismatches), (0, 0), "{st:?}");
     drop(service);
 }
 
@@ -423,4 +426,88 @@ async fn service_retries_until_the_first_good_fetch() {
         "the pool never started after a good fetch"
     );
     drop(service);
+}
+
+/// `GET /metrics` from the admin listener (HTTP/1.1, connection: close).
+async fn scrape(addr: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("admin answers in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    text.split_once("\r\n\r\n").expect("http head").1.to_owned()
+}
+
+/// A pin mismatch on the download host shows in `/metrics` (scraped over the
+/// admin socket) as `mtgate_me_fetch_pin_mismatches_total 1`, with the failed
+/// fetch counted; the ME link counters are there too. (Services of other
+/// tests in this binary never see a mismatch, so the sum is this one's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_mismatch_is_exported_in_metrics() {
+    let site = Site::start().await;
+    site.serve_good(3);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("proxy-multi.conf");
+    std::fs::write(&conf, "proxy_for 2 127.0.0.1:1;\n").unwrap();
+    // Only the secret is fetched (the config is a local file): one fetch, one mismatch.
+    let wrong = format!("sha256/{}", "A".repeat(43) + "=");
+    let text = format!(
+        "[server]\nstate_dir = \"{}\"\n[me]\nenabled = true\nfetch = true\n\
+         proxy_config_file = \"{}\"\nproxy_secret_url = \"https://{a}/secret\"\n\
+         pins = [\"{wrong}\"]\npin_mode = \"strict\"\n",
+        dir.path().display(),
+        conf.display(),
+        a = site.addr,
+    );
+    let config = Config::from_toml(&text, &Overrides::default()).expect("config");
+    let metrics = Arc::new(mtgate::admin::Metrics::new(["alice"]));
+    let state = mtgate::admin::AdminState::new(metrics);
+    let admin = mtgate::admin::AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .expect("admin");
+
+    let service = mtgate::me::MeService::start(&config).expect("service");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while service.stats().fetch_failures == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            service.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = service.stats();
+    assert_eq!((st.pin_mismatches, st.fetch_failures), (1, 1), "{st:?}");
+    assert_eq!(st.last_fetch_ok, None);
+    let body = scrape(admin.local_addr).await;
+    let line = |name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+            .to_owned()
+    };
+    assert_eq!(
+        line("mtgate_me_fetch_pin_mismatches_total "),
+        "mtgate_me_fetch_pin_mismatches_total 1"
+    );
+    // (Other tests of this binary run services too; only they add failures.)
+    let failures: u64 = line("mtgate_me_fetch_failures_total ")
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!(failures >= 1, "{body}");
+    assert!(line("mtgate_me_link_failures_total{stage=\"connect\"}")
+        .starts_with("mtgate_me_link_failures_total"));
+    assert!(
+        body.contains("# TYPE mtgate_me_connections_ready gauge"),
+        "{body}"
+    );
+    drop(service);
+    admin.stop();
 }

@@ -188,6 +188,7 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         registry.register_collector(Box::new(ProcessCollector));
+        registry.register_collector(Box::new(super::me_metrics::MeCollector));
         // Known label sets start at zero so rates and dashboards see them at once.
         for r in RejectReason::ALL {
             let l = ReasonLabels { reason: r.name() };

@@ -14,6 +14,7 @@
 //! Connections are capped ([`MAX_CONNS`]) and must send their request head
 //! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
 
+pub mod me_metrics;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;

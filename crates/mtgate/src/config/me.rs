@@ -27,6 +27,9 @@ pub struct MeConfig {
     pub fallback_direct: bool,
     /// Connections kept to each middle-end address.
     pub connections_per_addr: usize,
+    /// Whether `connections_per_addr` was set (else the file's
+    /// `min_connections` decides, when it has one).
+    pub connections_per_addr_set: bool,
     /// Messages queued toward one middle-end connection before clients wait.
     pub queue_size: usize,
     /// Clients multiplexed on one middle-end connection at most.
@@ -257,6 +260,7 @@ impl MeConfig {
                 1,
                 64,
             )?,
+            connections_per_addr_set: r.connections_per_addr.is_some(),
             queue_size: range("me.queue_size", r.queue_size, 1024, 1, 1 << 20)?,
             max_clients_per_connection: range(
                 "me.max_clients_per_connection",

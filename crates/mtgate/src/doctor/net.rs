@@ -280,6 +280,7 @@ pub async fn me_links(cfg: &Config, files: Option<&MeFiles>, timeout: Duration) 
         let p = crate::me::conn::LinkParams {
             secret: &files.secret,
             nat_ip: cfg.me.nat_ip,
+            public_host: cfg.public_host.as_deref(),
             offer_crc32c: cfg.me.crc32c,
             timeout,
             pid,

@@ -100,6 +100,7 @@ pub async fn serve_client(
     }
     .run(rd, client.early);
     let down = Downstream {
+        conn: &bound.conn,
         enc,
         tls: is_tls,
         tag: client.tag,
@@ -212,7 +213,8 @@ impl Upstream<'_> {
             if self.dropped {
                 fl |= flags::DROPPED;
             }
-            let mut body = Vec::with_capacity(96 + pkt.len());
+            let mut body = self.conn.take_buf();
+            body.reserve(96 + pkt.len());
             ProxyReq {
                 flags: fl,
                 conn_id: self.conn_id,
@@ -233,6 +235,7 @@ impl Upstream<'_> {
 
 /// ME → client.
 struct Downstream<'a> {
+    conn: &'a MeConn,
     enc: AesCtr,
     tls: bool,
     tag: ProtoTag,
@@ -302,6 +305,7 @@ impl Downstream<'_> {
                 if let Err(e) = reframe::answer(self.tag, &data, &pad[..n], plain) {
                     tracing::debug!(error = %e, len = data.len(), "ME answer cannot be framed for this client; dropped");
                 }
+                self.conn.give_buf(data);
             }
             Down::Ack(confirm) => {
                 *took += 4;

@@ -21,11 +21,15 @@ const KEEPALIVE: Duration = Duration::from_secs(40);
 pub enum LinkError {
     #[error("resolve: {0}")]
     Resolve(String),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("timed out")]
+    #[error("set-up timed out (the middle-end or the path to it stalls)")]
     Timeout,
-    #[error("ME closed the connection during set-up (wrong proxy-secret, NAT address or clock?)")]
+    #[error("ME closed the connection during set-up (wrong proxy-secret, NAT address (me.nat_ip, server.public_host) or clock?)")]
     Closed,
     #[error("bad frame during set-up: {0} (a wrong proxy-secret or NAT address looks like this)")]
     Frame(#[from] FrameError),
@@ -35,11 +39,25 @@ pub enum LinkError {
     Kdf(#[from] KdfError),
 }
 
+impl LinkError {
+    /// Whether the attempt failed before a TCP connection stood (else it
+    /// failed in the nonce/key/handshake exchange).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Resolve(_) | LinkError::Connect(_) | LinkError::ConnectTimeout
+        )
+    }
+}
+
 /// What a link set-up needs to know.
 pub struct LinkParams<'a> {
     pub secret: &'a [u8],
     /// Our public address for the key derivation (per family); else the local one.
     pub nat_ip: Option<IpAddr>,
+    /// `server.public_host`: learned as the key address when `nat_ip` is unset
+    /// and the local address is internal (see [`key_ip`]).
+    pub public_host: Option<&'a str>,
     pub offer_crc32c: bool,
     pub timeout: Duration,
     pub pid: u16,
@@ -53,6 +71,8 @@ pub struct Link {
     pub rx: MeRx,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Our address as it went into the keys (see [`key_ip`]).
+    pub key_ip: IpAddr,
     pub checksum: Checksum,
 }
 
@@ -107,16 +127,78 @@ fn set_keepalive(stream: &TcpStream) {
     }
 }
 
+/// Loopback, private (RFC 1918), shared (100.64/10, carrier NAT), link-local
+/// or unique-local: an address the middle-end cannot be seeing us from.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match unmap(ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s & 0xfe00) == 0xfc00
+                || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// The address of ours that goes into the key derivation (PROTOCOL §7.5):
+/// `nat_ip` when set (and of `local`'s family); else, when `local` is
+/// internal ([`is_internal`]) and `public_host` is given, that host: an IP
+/// literal as is, a name resolved (its first address of `local`'s family);
+/// else `local` itself. A name that does not resolve leaves `local`.
+pub async fn key_ip(local: IpAddr, nat: Option<IpAddr>, public_host: Option<&str>) -> IpAddr {
+    let local = unmap(local);
+    if nat.is_some() {
+        return public_ip(local, nat);
+    }
+    let Some(host) = public_host.map(str::trim).filter(|h| !h.is_empty()) else {
+        return local;
+    };
+    if !is_internal(local) {
+        return local;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return public_ip(local, Some(ip));
+    }
+    match tokio::net::lookup_host((host, 0)).await {
+        Ok(addrs) => {
+            let found = addrs
+                .map(|a| unmap(a.ip()))
+                .find(|ip| ip.is_ipv4() == local.is_ipv4());
+            found.unwrap_or(local)
+        }
+        Err(e) => {
+            tracing::debug!(host, error = %e, "cannot resolve server.public_host for the ME keys; using the local address");
+            local
+        }
+    }
+}
+
 /// Connects to `addr` and runs the whole set-up within `p.timeout`.
 pub async fn open(addr: &MeAddr, p: &LinkParams<'_>) -> Result<Link, LinkError> {
-    tokio::time::timeout(p.timeout, open_inner(addr, p))
+    let deadline = tokio::time::Instant::now() + p.timeout;
+    let connect = async {
+        let target = resolve(addr).await?;
+        TcpStream::connect(target).await.map_err(LinkError::Connect)
+    };
+    let stream = tokio::time::timeout_at(deadline, connect)
+        .await
+        .map_err(|_| LinkError::ConnectTimeout)??;
+    tokio::time::timeout_at(deadline, set_up(stream, p))
         .await
         .map_err(|_| LinkError::Timeout)?
 }
 
-async fn open_inner(addr: &MeAddr, p: &LinkParams<'_>) -> Result<Link, LinkError> {
-    let target = resolve(addr).await?;
-    let mut stream = TcpStream::connect(target).await?;
+async fn set_up(mut stream: TcpStream, p: &LinkParams<'_>) -> Result<Link, LinkError> {
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream);
     let local = stream.local_addr()?;
@@ -148,7 +230,7 @@ async fn open_inner(addr: &MeAddr, p: &LinkParams<'_>) -> Result<Link, LinkError
     let theirs = Nonce::parse(body)?;
     theirs.check_answer(&ours, body.len())?;
 
-    let me_ip = public_ip(local.ip(), p.nat_ip);
+    let me_ip = key_ip(local.ip(), p.nat_ip, p.public_host).await;
     let keys = kdf::derive(&kdf::KdfInput {
         nonce_server: theirs.nonce,
         nonce_client: nonce,
@@ -204,6 +286,7 @@ async fn open_inner(addr: &MeAddr, p: &LinkParams<'_>) -> Result<Link, LinkError
         rx,
         peer,
         local,
+        key_ip: me_ip,
         checksum,
     })
 }
@@ -232,5 +315,56 @@ mod tests {
         assert_eq!(public_ip(mapped, None), l4);
         assert_eq!(v4_host_order(nat4), 0xcb00_7109);
         assert_eq!(v4_host_order(l6), 0);
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "203.0.113.9",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_internal(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[tokio::test]
+    async fn key_ip_learns_public_host_only_behind_nat() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let public: IpAddr = "203.0.113.9".parse().unwrap();
+        let nat: IpAddr = "198.51.100.1".parse().unwrap();
+        // Configured NAT wins.
+        assert_eq!(key_ip(lo, Some(nat), Some("203.0.113.9")).await, nat);
+        // Learned from an IP literal behind NAT.
+        assert_eq!(key_ip(lo, None, Some("203.0.113.9")).await, public);
+        assert_eq!(key_ip(lo, None, Some("[203.0.113.9]")).await, public);
+        // A public local address is used as is.
+        assert_eq!(key_ip(public, None, Some("198.51.100.1")).await, public);
+        // Other family or nothing: the local address.
+        assert_eq!(key_ip(lo, None, Some("2001:db8::1")).await, lo);
+        assert_eq!(key_ip(lo, None, None).await, lo);
+        // A name is resolved (localhost is always there).
+        assert_eq!(
+            key_ip("10.0.0.1".parse().unwrap(), None, Some("localhost")).await,
+            lo
+        );
+        // A name that does not resolve leaves the local address.
+        assert_eq!(key_ip(lo, None, Some("no-such-host.invalid")).await, lo);
     }
 }

@@ -270,6 +270,8 @@ pub struct Fetcher {
     tls: tokio_rustls::TlsConnector,
     mismatches: Arc<AtomicU64>,
     failures: AtomicU64,
+    /// Unix seconds of the last refresh that got every file; 0: never.
+    last_ok: AtomicU64,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -314,6 +316,7 @@ impl Fetcher {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             mismatches,
             failures: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
         })
     }
 
@@ -325,6 +328,11 @@ impl Fetcher {
     /// Fetches that failed (network, TLS, status, size or content).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Unix time of the last refresh in which every file was fetched and valid.
+    pub fn last_success(&self) -> Option<u64> {
+        Some(self.last_ok.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// `GET url`: the body of a `200 OK`, at most [`MAX_BODY`] bytes.
@@ -406,6 +414,12 @@ impl Fetcher {
                 }
             }
             out.push(Outcome { name, result });
+        }
+        if !out.is_empty() && out.iter().all(|o| o.result.is_ok()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_ok.store(now, Ordering::Relaxed);
         }
         out
     }

@@ -38,9 +38,28 @@ pub struct MeFiles {
     /// `(dc, addresses)`, IPv4 file first then IPv6.
     pub clusters: Vec<(i16, Vec<MeAddr>)>,
     pub default_dc: Option<i16>,
+    /// The files' `min_connections` / `max_connections` (first file that has them).
+    pub min_connections: Option<u32>,
+    pub max_connections: Option<u32>,
 }
 
 impl MeFiles {
+    /// Links to keep per address: `connections_per_addr` when configured;
+    /// else the files' `min_connections` (capped by their `max_connections`,
+    /// within 1..=64), as the official proxy does; else the default.
+    pub fn links_per_addr(&self, cfg: &MeConfig) -> usize {
+        if cfg.connections_per_addr_set {
+            return cfg.connections_per_addr;
+        }
+        match self.min_connections {
+            Some(min) => {
+                let n = self.max_connections.map_or(min, |max| min.min(max));
+                (n as usize).clamp(1, 64)
+            }
+            None => cfg.connections_per_addr,
+        }
+    }
+
     /// The addresses for `dc` (its own cluster, else the default cluster).
     pub fn addrs_for(&self, dc: i16) -> Option<&[MeAddr]> {
         let find = |d: i16| self.clusters.iter().find(|c| c.0 == d);
@@ -158,6 +177,8 @@ pub fn load(cfg: &MeConfig, state_dir: &Path, save: bool) -> Result<MeFiles, Fil
         secret,
         clusters: Vec::new(),
         default_dc: None,
+        min_connections: None,
+        max_connections: None,
     };
     let confs = [
         (
@@ -179,6 +200,8 @@ pub fn load(cfg: &MeConfig, state_dir: &Path, save: bool) -> Result<MeFiles, Fil
         let conf = load_one(path.as_deref(), &keep.join(name), save, check_conf)?;
         any = true;
         files.default_dc = files.default_dc.or(conf.default_dc);
+        files.min_connections = files.min_connections.or(conf.min_connections);
+        files.max_connections = files.max_connections.or(conf.max_connections);
         for c in conf.clusters {
             match files.clusters.iter_mut().find(|(dc, _)| *dc == c.dc) {
                 Some((_, addrs)) => addrs.extend(c.addrs),

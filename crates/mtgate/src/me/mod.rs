@@ -11,7 +11,8 @@
 //!   handshake);
 //! * [`mux`]: one ready link carrying many clients;
 //! * [`pool`]: links per address, reconnecting with back-off; binding clients;
-//! * [`client`]: one client's packets in, answers and quick-acks out.
+//! * [`client`]: one client's packets in, answers and quick-acks out;
+//! * [`stats`]: failure counters and ready links for `/metrics`.
 //!
 //! [`MeService`] is built with the runtime; the session calls [`route`] after
 //! the handshake, which serves the client over ME or hands it back for direct
@@ -23,6 +24,7 @@ pub mod fetch;
 pub mod files;
 pub mod mux;
 pub mod pool;
+pub mod stats;
 
 pub use client::{serve_client, MeClient};
 pub use mux::Bound;
@@ -32,7 +34,7 @@ use crate::events::{CloseReason, Event};
 use crate::relay::Traffic;
 use crate::runtime::Runtime;
 use mtgate_proto::{Accepted, DcIndex};
-use pool::Pool;
+use pool::{Pool, PoolEnv};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,9 +45,39 @@ use tokio::sync::watch;
 pub struct MeService {
     cfg: MeConfig,
     prefer_v6: bool,
-    /// Unset while the files could not be loaded (yet) or no async runtime was running.
-    pool: Arc<std::sync::OnceLock<Arc<Pool>>>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+}
+
+type Slot = Arc<std::sync::OnceLock<Arc<Pool>>>;
+
+/// What the service shares with its background tasks and [`stats::live`].
+struct Shared {
+    /// Unset while the files could not be loaded (yet) or no async runtime was running.
+    pool: Slot,
+    fetcher: Option<Arc<fetch::Fetcher>>,
+    links: Arc<stats::LinkStats>,
+}
+
+impl stats::Source for Shared {
+    fn stats(&self) -> stats::MeStats {
+        let l = &self.links;
+        let f = self.fetcher.as_deref();
+        stats::MeStats {
+            connect_failures: l
+                .connect_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            handshake_failures: l
+                .handshake_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            lost: l.lost.load(std::sync::atomic::Ordering::Relaxed),
+            fetch_failures: f.map_or(0, fetch::Fetcher::failures),
+            pin_mismatches: f.map_or(0, fetch::Fetcher::pin_mismatches),
+            last_fetch_ok: f.and_then(fetch::Fetcher::last_success),
+            fetching: f.is_some(),
+            ready_by_dc: self.pool.get().map_or_else(Vec::new, |p| p.ready_by_dc()),
+        }
+    }
 }
 
 impl std::fmt::Debug for MeService {
@@ -66,9 +98,13 @@ impl MeService {
         }
         let (stop, stop_rx) = watch::channel(false);
         let running = tokio::runtime::Handle::try_current().is_ok();
-        let pool = Arc::new(std::sync::OnceLock::new());
+        let pool: Slot = Arc::new(std::sync::OnceLock::new());
+        let env = PoolEnv {
+            public_host: config.public_host.clone(),
+            stats: Arc::default(),
+        };
         let fetcher = match cfg.fetch.as_ref().map(fetch::Fetcher::new).transpose() {
-            Ok(f) => f,
+            Ok(f) => f.map(Arc::new),
             Err(e) => {
                 tracing::error!(error = %e, "ME mode: cannot set up HTTPS fetching");
                 None
@@ -87,30 +123,61 @@ impl MeService {
                     clusters = f.clusters.len(),
                     "ME mode on"
                 );
-                let _ = pool.set(Pool::start(f, cfg.clone(), stop_rx.clone()));
+                let _ = pool.set(Pool::start(f, cfg.clone(), stop_rx.clone(), env.clone()));
             }
             Ok(_) => {}
         }
         if running && (pool.get().is_some() || fetcher.is_some()) {
             tokio::spawn(reload(
                 pool.clone(),
-                fetcher,
+                fetcher.clone(),
                 cfg.clone(),
                 config.state_dir.clone(),
                 stop_rx,
+                env.clone(),
             ));
+        }
+        let shared = Arc::new(Shared {
+            pool,
+            fetcher,
+            links: env.stats,
+        });
+        if running {
+            let source: Arc<dyn stats::Source> = shared.clone();
+            stats::register(&source);
         }
         Some(Self {
             prefer_v6: config.prefer == IpPreference::V6,
             cfg,
-            pool,
+            shared,
             stop,
         })
     }
 
     /// Binds a client of `dc` to a ready middle-end link of its cluster.
     pub async fn bind(&self, dc: DcIndex) -> Option<Bound> {
-        self.pool.get()?.bind(dc.0, self.prefer_v6).await
+        self.shared.pool.get()?.bind(dc.0, self.prefer_v6).await
+    }
+
+    /// Failure counters, fetch figures and ready links per DC now.
+    pub fn stats(&self) -> stats::MeStats {
+        stats::Source::stats(&*self.shared)
+    }
+
+    /// Our client-facing address as announced in requests: `nat_ip`, else the
+    /// address learned for the keys behind NAT (see [`conn::key_ip`]), else `local`.
+    pub fn public_ip(&self, local: std::net::IpAddr) -> std::net::IpAddr {
+        if self.cfg.nat_ip.is_some() {
+            return conn::public_ip(local, self.cfg.nat_ip);
+        }
+        let local = conn::public_ip(local, None);
+        if !conn::is_internal(local) {
+            return local;
+        }
+        self.shared
+            .pool
+            .get()
+            .map_or(local, |p| p.learned_ip(local))
     }
 
     /// Whether a client with no ready middle-end goes direct (else it is closed).
@@ -120,7 +187,7 @@ impl MeService {
 
     /// Ready middle-end links now.
     pub fn ready_connections(&self) -> usize {
-        self.pool.get().map_or(0, |p| p.ready())
+        self.shared.pool.get().map_or(0, |p| p.ready())
     }
 
     /// Waits until at least `n` links are ready (for tests and start-up checks).
@@ -141,11 +208,12 @@ impl MeService {
 /// files are first usable. A file that is missing, broken or not fetched
 /// keeps the last good copy in force.
 async fn reload(
-    slot: Arc<std::sync::OnceLock<Arc<Pool>>>,
-    fetcher: Option<fetch::Fetcher>,
+    slot: Slot,
+    fetcher: Option<Arc<fetch::Fetcher>>,
     cfg: MeConfig,
     state_dir: std::path::PathBuf,
     mut stop: watch::Receiver<bool>,
+    env: PoolEnv,
 ) {
     let mut first = fetcher.is_some();
     loop {
@@ -172,7 +240,7 @@ async fn reload(
             match files::load(&cfg, &state_dir, true) {
                 Ok(f) => {
                     tracing::info!(addresses = f.all_addrs().len(), "ME mode on");
-                    let _ = slot.set(Pool::start(f, cfg.clone(), stop.clone()));
+                    let _ = slot.set(Pool::start(f, cfg.clone(), stop.clone(), env.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "ME files still unusable; clients go direct or are refused")
@@ -249,10 +317,7 @@ pub async fn route(
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let peer = stream.peer_addr().unwrap_or(unspecified);
     let local = stream.local_addr().unwrap_or(unspecified);
-    let local = SocketAddr::new(
-        conn::public_ip(local.ip(), rt.config.me.nat_ip),
-        local.port(),
-    );
+    let local = SocketAddr::new(me.public_ip(local.ip()), local.port());
     let a = *accepted;
     let client = MeClient {
         stream,

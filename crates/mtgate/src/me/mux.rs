@@ -7,6 +7,10 @@
 //! it answers RPC_PING with RPC_PONG, honours RPC_CLOSE_EXT, and replies
 //! RPC_CLOSE_CONN to answers for unknown ids. When the connection ends, every
 //! client bound to it is closed (its queue is dropped).
+//!
+//! Message buffers (request bodies up, answers down) are recycled through a
+//! small bounded free list per connection ([`MeConn::take_buf`],
+//! [`MeConn::give_buf`]), so a steady stream of packets allocates nothing.
 
 use mtgate_proto::me::msg::{self, MeMsg};
 use mtgate_proto::me::{FrameError, MeRx, MeTx};
@@ -26,6 +30,11 @@ pub const CLIENT_QUEUE: usize = 512;
 pub const CLIENT_QUEUE_BYTES: usize = 32 << 20;
 /// Bytes framed per write toward the ME.
 const WRITE_BATCH: usize = 256 << 10;
+/// Message buffers kept for reuse per connection.
+const FREE_BUFS: usize = 64;
+/// Largest buffer capacity kept for reuse (bigger ones are freed): at most
+/// `FREE_BUFS * FREE_BUF_CAP` (1 MiB) idle per connection.
+const FREE_BUF_CAP: usize = 16 << 10;
 
 /// Something for the ME.
 #[derive(Debug)]
@@ -75,6 +84,8 @@ pub struct MeConn {
     clients: Mutex<HashMap<u64, ClientEntry>>,
     alive: AtomicBool,
     max_clients: usize,
+    /// Spare message buffers (empty, capacity at most [`FREE_BUF_CAP`]).
+    free: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A client bound to an ME connection: its conn id and its answer queue.
@@ -112,8 +123,32 @@ impl MeConn {
             clients: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
             max_clients,
+            free: Mutex::new(Vec::with_capacity(FREE_BUFS)),
         });
         (c, rx)
+    }
+
+    /// An empty buffer for one message: a recycled one when there is one.
+    pub fn take_buf(&self) -> Vec<u8> {
+        lock(&self.free).pop().unwrap_or_default()
+    }
+
+    /// Returns a message buffer for reuse (kept only while the list has room
+    /// and the buffer is not large).
+    pub fn give_buf(&self, mut v: Vec<u8>) {
+        if v.capacity() == 0 || v.capacity() > FREE_BUF_CAP {
+            return;
+        }
+        v.clear();
+        let mut free = lock(&self.free);
+        if free.len() < FREE_BUFS {
+            free.push(v);
+        }
+    }
+
+    /// Buffers on the free list now (tests).
+    pub fn spare_bufs(&self) -> usize {
+        lock(&self.free).len()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -210,7 +245,7 @@ pub async fn run(
     let pongs = AtomicUsize::new(0);
     let end = tokio::select! {
         e = read_loop(&conn, rd, rx, &pongs) => e,
-        e = write_loop(wr, tx, up) => e,
+        e = write_loop(&conn, wr, tx, up) => e,
         e = ping_loop(&conn, ping_interval, &pongs) => e,
         _ = stop => ConnEnd::Shutdown,
     };
@@ -231,7 +266,13 @@ async fn read_loop(
                 Ok(None) => break,
                 Ok(Some((_, body))) => match MeMsg::parse(body) {
                     Ok(MeMsg::ProxyAns { conn_id, data, .. }) => {
-                        (conn_id, !conn.deliver(conn_id, Down::Data(data.to_vec())))
+                        let mut buf = if data.len() <= FREE_BUF_CAP {
+                            conn.take_buf()
+                        } else {
+                            Vec::new()
+                        };
+                        buf.extend_from_slice(data);
+                        (conn_id, !conn.deliver(conn_id, Down::Data(buf)))
                     }
                     Ok(MeMsg::SimpleAck { conn_id, confirm }) => {
                         (conn_id, !conn.deliver(conn_id, Down::Ack(confirm)))
@@ -275,7 +316,12 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut tx: MeTx, mut up: mpsc::Receiver<Up>) -> ConnEnd {
+async fn write_loop(
+    conn: &MeConn,
+    mut wr: OwnedWriteHalf,
+    mut tx: MeTx,
+    mut up: mpsc::Receiver<Up>,
+) -> ConnEnd {
     loop {
         let Some(first) = up.recv().await else {
             return ConnEnd::Shutdown;
@@ -291,6 +337,9 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut tx: MeTx, mut up: mpsc::Receiver
             if let Err(e) = r {
                 // Only a malformed request body (a bug): drop it, keep the link.
                 tracing::debug!(error = %e, "dropping an unframeable ME message");
+            }
+            if let Up::Req(body) = m {
+                conn.give_buf(body);
             }
             if tx.pending() < WRITE_BATCH {
                 next = up.try_recv().ok();
@@ -330,5 +379,31 @@ async fn ping_loop(conn: &MeConn, every: Option<Duration>, pongs: &AtomicUsize) 
         if conn.send(Up::Ping(id)).await.is_err() {
             return ConnEnd::Eof;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_list_is_bounded_and_reuses_buffers() {
+        let (c, _rx) = MeConn::new(SocketAddr::from(([127, 0, 0, 1], 1)), 8, 8);
+        let mut b = c.take_buf();
+        b.extend_from_slice(&[7; 100]);
+        let ptr = b.as_ptr();
+        c.give_buf(b);
+        assert_eq!(c.spare_bufs(), 1);
+        let again = c.take_buf();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), ptr, "the same allocation came back");
+        // Large and empty-capacity buffers are not kept.
+        c.give_buf(Vec::with_capacity(FREE_BUF_CAP + 1));
+        c.give_buf(Vec::new());
+        assert_eq!(c.spare_bufs(), 0);
+        for _ in 0..FREE_BUFS + 10 {
+            c.give_buf(Vec::with_capacity(64));
+        }
+        assert_eq!(c.spare_bufs(), FREE_BUFS);
     }
 }

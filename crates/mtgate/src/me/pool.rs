@@ -1,7 +1,9 @@
 //! The ME connection pool (PROTOCOL §7.9, §7.11).
 //!
 //! Every distinct middle-end address gets `connections_per_addr` supervisor
-//! tasks; each keeps one link up: open it ([`super::conn::open`]), run it
+//! tasks (when not configured, the files' `min_connections`, see
+//! [`MeFiles::links_per_addr`]; a changed count applies to addresses added
+//! afterwards); each keeps one link up: open it ([`super::conn::open`]), run it
 //! ([`super::mux::run`]) until it ends, then wait a per-address exponential
 //! back-off with jitter — after connect failures, handshake failures and
 //! losses alike (reset once a link stayed up for a minute) — and try again.
@@ -13,6 +15,7 @@
 use super::conn::{self, LinkError, LinkParams};
 use super::files::MeFiles;
 use super::mux::{self, Bound, ConnEnd, MeConn};
+use super::stats::LinkStats;
 use crate::config::MeConfig;
 use mtgate_proto::me::conf::MeAddr;
 use std::collections::HashMap;
@@ -114,11 +117,29 @@ pub struct Pool {
     pid: u16,
     start_time: u32,
     stop: watch::Receiver<bool>,
+    env: PoolEnv,
+    /// Our address as it went into the keys of the last link of each family
+    /// (the learned public address, see [`conn::key_ip`]).
+    learned: Mutex<(Option<IpAddr>, Option<IpAddr>)>,
+}
+
+/// What the pool gets from outside `[me]`.
+#[derive(Debug, Default, Clone)]
+pub struct PoolEnv {
+    /// `server.public_host`, learned as the key address behind NAT.
+    pub public_host: Option<String>,
+    /// Failure counters, shared with the service.
+    pub stats: Arc<LinkStats>,
 }
 
 impl Pool {
     /// Builds the pool and spawns its supervisors on the current runtime.
-    pub fn start(files: MeFiles, cfg: MeConfig, stop: watch::Receiver<bool>) -> Arc<Self> {
+    pub fn start(
+        files: MeFiles,
+        cfg: MeConfig,
+        stop: watch::Receiver<bool>,
+        env: PoolEnv,
+    ) -> Arc<Self> {
         let mut seed = [0u8; 8];
         mtgate_crypto::fill_random(&mut seed);
         let pool = Arc::new(Self {
@@ -135,6 +156,8 @@ impl Pool {
                 .map(|d| d.as_secs() as u32)
                 .unwrap_or(0),
             stop,
+            env,
+            learned: Mutex::new((None, None)),
         });
         pool.apply(files);
         pool
@@ -153,6 +176,7 @@ impl Pool {
     /// addresses no longer listed; unchanged addresses keep their links.
     pub fn apply(self: &Arc<Self>, files: MeFiles) {
         let old = self.snapshot();
+        let per_addr = files.links_per_addr(&self.cfg);
         let mut addrs = HashMap::new();
         for a in files.all_addrs() {
             if let Some(st) = old.addrs.get(&a) {
@@ -168,7 +192,7 @@ impl Pool {
                 failures: AtomicU64::new(0),
                 last_report: Mutex::new(None),
             });
-            for _ in 0..self.cfg.connections_per_addr {
+            for _ in 0..per_addr {
                 tokio::spawn(supervise(self.clone(), st.clone()));
             }
             addrs.insert(a, st);
@@ -190,6 +214,39 @@ impl Pool {
             .values()
             .map(|s| lock(&s.ready).len())
             .sum()
+    }
+
+    /// Ready links per DC of the files in force, sorted by DC.
+    pub fn ready_by_dc(&self) -> Vec<(i16, usize)> {
+        let snap = self.snapshot();
+        let mut out: Vec<(i16, usize)> = snap
+            .files
+            .clusters
+            .iter()
+            .map(|(dc, addrs)| {
+                let n = addrs
+                    .iter()
+                    .filter_map(|a| snap.addrs.get(a))
+                    .map(|s| lock(&s.ready).len())
+                    .sum();
+                (*dc, n)
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup_by_key(|(dc, _)| *dc);
+        out
+    }
+
+    /// The address of ours the last link of `local`'s family put in its keys,
+    /// if that differs from `local` (learned behind NAT); else `local`.
+    pub fn learned_ip(&self, local: IpAddr) -> IpAddr {
+        let l = lock(&self.learned);
+        let v4 = match local {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+        };
+        let got = if v4 { l.0 } else { l.1 };
+        got.unwrap_or(local)
     }
 
     /// Binds a client of `dc` to a ready link. While the cluster's addresses
@@ -251,10 +308,11 @@ impl Pool {
         None
     }
 
-    fn params<'a>(&self, snap: &'a Snapshot) -> LinkParams<'a> {
+    fn params<'a>(&'a self, snap: &'a Snapshot) -> LinkParams<'a> {
         LinkParams {
             secret: &snap.files.secret,
             nat_ip: self.cfg.nat_ip,
+            public_host: self.env.public_host.as_deref(),
             offer_crc32c: self.cfg.crc32c,
             timeout: self.cfg.handshake_timeout,
             pid: self.pid,
@@ -293,6 +351,14 @@ async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>) {
                     pool.cfg.max_clients_per_connection,
                 );
                 st.succeeded();
+                {
+                    let mut l = lock(&pool.learned);
+                    if link.key_ip.is_ipv4() {
+                        l.0 = Some(link.key_ip);
+                    } else {
+                        l.1 = Some(link.key_ip);
+                    }
+                }
                 lock(&st.ready).push(conn.clone());
                 st.settled.store(true, Relaxed);
                 pool.changed.notify_waiters();
@@ -313,6 +379,7 @@ async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>) {
                 if matches!(end, ConnEnd::Shutdown) {
                     return;
                 }
+                LinkStats::bump(&pool.env.stats.lost);
                 let lived = since.elapsed();
                 tracing::warn!(me = %st.addr, lived_s = lived.as_secs(), reason = %end, "ME connection lost; its clients were closed");
                 let mut b = lock(&st.backoff);
@@ -325,6 +392,12 @@ async fn supervise(pool: Arc<Pool>, st: Arc<AddrState>) {
                 st.settled.store(true, Relaxed);
                 pool.changed.notify_waiters();
                 st.failed(&e);
+                let s = &pool.env.stats;
+                LinkStats::bump(if e.is_connect() {
+                    &s.connect_failures
+                } else {
+                    &s.handshake_failures
+                });
                 lock(&st.backoff).fail()
             }
         };

@@ -84,6 +84,7 @@ pub fn free_port_at(addr: &str) -> u16 {
 /// A running fake ME.
 pub struct FakeMe {
     child: Child,
+    extra: Vec<String>,
     pub listen: Vec<SocketAddr>,
     pub control: SocketAddr,
     pub log: PathBuf,
@@ -110,41 +111,49 @@ impl FakeMe {
         std::fs::write(&secret_file, secret).expect("secret");
         let log = dir.path().join("me.jsonl");
         let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(python());
-        cmd.arg(oracle_dir().join("fake_me.py"));
-        for a in &listen {
-            cmd.arg("--listen").arg(a.to_string());
-        }
-        cmd.arg("--secret-file")
-            .arg(&secret_file)
-            .arg("--log")
-            .arg(&log)
-            .arg("--control")
-            .arg(control.to_string())
-            .arg("--quiet")
-            .arg("--duration")
-            .arg("120")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("spawn fake_me.py");
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let child = spawn_oracle(&listen, &secret_file, &log, control, &extra);
         let me = FakeMe {
             child,
+            extra,
             listen,
             control,
             log,
             secret_file,
             dir,
         };
+        me.wait_control().await;
+        me
+    }
+
+    async fn wait_control(&self) {
         for _ in 0..200 {
-            if TcpStream::connect(me.control).await.is_ok() {
-                return me;
+            if TcpStream::connect(self.control).await.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("fake ME did not start");
+    }
+
+    /// Kills the oracle process (its sockets close as the kernel sees fit: the
+    /// RPC links are reset or get EOF, like a crashed middle-end).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts the oracle again on the same addresses, secret and log (which it
+    /// appends to), after [`FakeMe::kill`].
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.child = spawn_oracle(
+            &self.listen,
+            &self.secret_file,
+            &self.log,
+            self.control,
+            &self.extra,
+        );
+        self.wait_control().await;
     }
 
     /// One control request (a JSON object); returns the JSON answer line.
@@ -195,6 +204,156 @@ impl FakeMe {
         let a = self.listen[0];
         let b = self.listen[self.listen.len() - 1];
         format!("default 2;\nproxy_for 1 {a};\nproxy_for -1 {a};\nproxy_for 2 {b};\nproxy_for -2 {b};\n")
+    }
+}
+
+fn spawn_oracle(
+    listen: &[SocketAddr],
+    secret_file: &Path,
+    log: &Path,
+    control: SocketAddr,
+    extra: &[String],
+) -> Child {
+    let mut cmd = Command::new(python());
+    cmd.arg(oracle_dir().join("fake_me.py"));
+    for a in listen {
+        cmd.arg("--listen").arg(a.to_string());
+    }
+    cmd.arg("--secret-file")
+        .arg(secret_file)
+        .arg("--log")
+        .arg(log)
+        .arg("--control")
+        .arg(control.to_string())
+        .arg("--quiet")
+        .arg("--duration")
+        .arg("120")
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn fake_me.py")
+}
+
+/// Oracle options matching [`SlowPath`]'s addresses.
+pub const SLOW_PATH_KEYS: [&str; 4] = [
+    "--key-client-ip",
+    "127.0.0.1",
+    "--key-server-ip",
+    "127.0.0.3",
+];
+
+/// A TCP relay between mtgate and the fake ME that holds every chunk for
+/// `delay_ms` before passing it on (a slow middle-end or path), or, while
+/// `stall` is set when a connection arrives, passes nothing at all on it.
+///
+/// The ME keys cover both ends' addresses and ports, so the relay keeps them
+/// consistent: it listens on 127.0.0.3 at the ME's own port and connects out
+/// from 127.0.0.2 at mtgate's source port; start the oracle with
+/// `--key-client-ip 127.0.0.1 --key-server-ip 127.0.0.3` ([`SLOW_PATH_KEYS`]).
+pub struct SlowPath {
+    pub addr: SocketAddr,
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub stall: Arc<std::sync::atomic::AtomicBool>,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections whose mtgate side has closed.
+    pub closed_by_proxy: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlowPath {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SlowPath {
+    /// In front of `upstream` (a 127.0.0.1 address of the oracle).
+    pub async fn start(upstream: SocketAddr, delay: Duration, stall: bool) -> SlowPath {
+        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+        let l = tokio::net::TcpListener::bind(("127.0.0.3", upstream.port()))
+            .await
+            .expect("bind 127.0.0.3");
+        let addr = l.local_addr().expect("addr");
+        let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
+        let stall = Arc::new(AtomicBool::new(stall));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed_by_proxy = Arc::new(AtomicUsize::new(0));
+        let (d, st, acc, cl) = (
+            delay_ms.clone(),
+            stall.clone(),
+            accepted.clone(),
+            closed_by_proxy.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((down, from)) = l.accept().await {
+                acc.fetch_add(1, Relaxed);
+                let (d, cl, stalled) = (d.clone(), cl.clone(), st.load(Relaxed));
+                conns.spawn(async move {
+                    let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                        return;
+                    };
+                    let src = SocketAddr::from(([127, 0, 0, 2], from.port()));
+                    if sock.bind(src).is_err() {
+                        return;
+                    }
+                    let Ok(up) = sock.connect(upstream).await else {
+                        return;
+                    };
+                    let (mut dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    if stalled {
+                        // Read and drop what mtgate sends until it gives up.
+                        let mut buf = [0u8; 4096];
+                        while tokio::io::AsyncReadExt::read(&mut dr, &mut buf)
+                            .await
+                            .is_ok_and(|n| n > 0)
+                        {}
+                        cl.fetch_add(1, Relaxed);
+                        drop((dw, ur, uw));
+                        return;
+                    }
+                    let to_me = pump(dr, uw, d.clone());
+                    let from_me = pump(ur, dw, d);
+                    tokio::select! {
+                        _ = to_me => { cl.fetch_add(1, Relaxed); }
+                        _ = from_me => {}
+                    }
+                });
+            }
+        });
+        SlowPath {
+            addr,
+            delay_ms,
+            stall,
+            accepted,
+            closed_by_proxy,
+            task,
+        }
+    }
+}
+
+/// Copies `r` to `w`, holding each chunk for the current delay.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let ms = delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -264,15 +423,26 @@ impl MeProxy {
         overrides: &[(&str, &str)],
         direct_dc: SocketAddr,
     ) -> MeProxy {
+        Self::start_with(fake, &fake.multi_conf(), overrides, direct_dc, "127.0.0.1").await
+    }
+
+    /// [`MeProxy::start`] with this `proxy-multi.conf` text and `server.public_host`.
+    pub async fn start_with(
+        fake: &FakeMe,
+        multi_conf: &str,
+        overrides: &[(&str, &str)],
+        direct_dc: SocketAddr,
+        public_host: &str,
+    ) -> MeProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("proxy-multi.conf");
-        std::fs::write(&conf, fake.multi_conf()).expect("conf");
+        std::fs::write(&conf, multi_conf).expect("conf");
         let dcs: String = [1, 2, 3, 4, 5, 203]
             .iter()
             .map(|n| format!("{n} = [\"{direct_dc}\"]\n"))
             .collect();
         let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"{public_host}\"\nstate_dir = \"{}\"\n\
              default_modes = [\"classic\", \"dd\", \"ee\"]\nhandshake_timeout = \"3s\"\nidle_timeout = \"20s\"\n\
              [tls]\ndomains = [\"{DOMAIN}\"]\nfronting = false\n[dcs]\n{dcs}\
              [users.alice]\nsecret = \"{KEY_HEX}\"\n[users.bob]\nsecret = \"{BOB_KEY_HEX}\"\nad_tag = \"{BOB_AD_TAG}\"\n{}",
