@@ -227,6 +227,10 @@ pub struct Counters {
     pub fronted: AtomicU64,
     /// Handshake failures by kind (indexed by `RejectReason::index`).
     pub rejected_by: [AtomicU64; 9],
+    /// Connections refused by a policy in enforce mode.
+    pub policy_refused: AtomicU64,
+    /// Refusals a policy in monitor mode would have made.
+    pub policy_monitored: AtomicU64,
 }
 
 impl Counters {
@@ -250,6 +254,13 @@ impl EventSink for Counters {
             }
             Event::Fronted { .. } => {
                 self.fronted.fetch_add(1, Relaxed);
+            }
+            Event::PolicyHit { enforced, .. } => {
+                if *enforced {
+                    self.policy_refused.fetch_add(1, Relaxed);
+                } else {
+                    self.policy_monitored.fetch_add(1, Relaxed);
+                }
             }
             Event::Closed {
                 reason, up, down, ..
