@@ -10,7 +10,8 @@
 
 use crate::events::CloseReason;
 use crate::policy::engine::meter;
-use crate::policy::users::{Dir, UserLease};
+use crate::policy::engine::Metered;
+use crate::policy::users::Dir;
 use crate::pool::{PooledBuf, RECORDS_PER_BUF};
 use mtgate_crypto::AesCtr;
 use mtgate_proto::faketls::{
@@ -76,7 +77,7 @@ pub fn run<'a>(
     idle: Duration,
     traffic: &'a Traffic,
     shutdown: crate::stop::Stop,
-    lease: Option<&'a UserLease>,
+    lease: Option<&'a Metered>,
 ) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
     let keys = Box::new(Keys {
         c_dec: client.ciphers.dec,
@@ -104,7 +105,7 @@ async fn run_boxed(
     idle: Duration,
     traffic: &Traffic,
     mut shutdown: crate::stop::Stop,
-    lease: Option<&UserLease>,
+    lease: Option<&Metered>,
 ) -> CloseReason {
     let start = Instant::now();
     traffic.touch(start);
@@ -211,7 +212,7 @@ async fn pump_up(
     tls: &mut Option<RecordStripper>,
     traffic: &Traffic,
     start: Instant,
-    lease: Option<&UserLease>,
+    lease: Option<&Metered>,
 ) -> Result<(), CloseReason> {
     loop {
         rd.readable().await.map_err(|_| CloseReason::ClientError)?;
@@ -266,7 +267,7 @@ async fn pump_down(
     tls: bool,
     traffic: &Traffic,
     start: Instant,
-    lease: Option<&UserLease>,
+    lease: Option<&Metered>,
 ) -> Result<(), CloseReason> {
     const REC: usize = MAX_RECORD_PAYLOAD;
     let off = if tls {

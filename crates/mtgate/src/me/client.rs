@@ -7,7 +7,8 @@
 use super::mux::{Bound, Down, MeConn, Up};
 use crate::events::CloseReason;
 use crate::policy::engine::meter;
-use crate::policy::users::{Dir, UserLease};
+use crate::policy::engine::Metered;
+use crate::policy::users::Dir;
 use crate::pool::PooledBuf;
 use crate::relay::Traffic;
 use mtgate_crypto::AesCtr;
@@ -74,7 +75,7 @@ pub async fn serve_client(
     idle: Duration,
     traffic: &Traffic,
     mut shutdown: crate::stop::Stop,
-    lease: Option<&UserLease>,
+    lease: Option<&Metered>,
 ) -> CloseReason {
     let clock = Clock {
         start: Instant::now(),
@@ -142,7 +143,7 @@ struct Upstream<'a> {
     traffic: &'a Traffic,
     clock: &'a Clock,
     /// The user's lease: quota and bandwidth (see `policy::engine::meter`).
-    lease: Option<&'a UserLease>,
+    lease: Option<&'a Metered>,
 }
 
 impl Upstream<'_> {
@@ -242,7 +243,7 @@ struct Downstream<'a> {
     queued: &'a AtomicUsize,
     traffic: &'a Traffic,
     clock: &'a Clock,
-    lease: Option<&'a UserLease>,
+    lease: Option<&'a Metered>,
 }
 
 impl Downstream<'_> {

@@ -284,7 +284,7 @@ pub async fn route(
     accepted: Box<Accepted>,
     traffic: &Traffic,
     shutdown: crate::stop::Stop,
-    lease: Option<&crate::policy::users::UserLease>,
+    lease: Option<&crate::policy::engine::Metered>,
 ) -> Routed {
     let Some(me) = rt.me.as_ref() else {
         return Routed::Direct(stream, accepted);

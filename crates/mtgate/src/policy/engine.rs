@@ -257,11 +257,13 @@ impl Policy {
         peer: IpAddr,
         limited: bool,
         hit: &mut dyn FnMut(PolicyReason, bool),
-    ) -> Result<Option<UserLease>, Refusal> {
+    ) -> Result<Option<Metered>, Refusal> {
         let cfg = self.cfg.load();
+        let enforce = cfg.users_mode == Mode::Enforce;
+        let metered = |lease| Some(Metered { lease, enforce });
         match self.users.admit(user, canonical(peer)) {
-            Ok(lease) if limited => Ok(Some(lease.with_conn_bandwidth(cfg.limited.bandwidth))),
-            Ok(lease) => Ok(Some(lease)),
+            Ok(lease) if limited => Ok(metered(lease.with_conn_bandwidth(cfg.limited.bandwidth))),
+            Ok(lease) => Ok(metered(lease)),
             // A user the table does not know (none configured yet): no limits.
             Err(UserRefusal::Unknown) => Ok(None),
             Err(r) => {
@@ -344,14 +346,27 @@ impl Policy {
     }
 }
 
-/// Charges `n` relayed bytes to the lease and waits out its bandwidth caps.
-/// No allocation; a sleep only when a cap applies.
+/// An authenticated connection's hold on its user: usage is always counted;
+/// quotas and bandwidth caps bite only when the user policy enforces.
+#[derive(Debug)]
+pub struct Metered {
+    pub lease: UserLease,
+    pub enforce: bool,
+}
+
+/// Charges `n` relayed bytes to the lease and, when enforcing, ends the
+/// connection at a quota and waits out its bandwidth caps. No allocation; a
+/// sleep only when a cap applies.
 #[inline]
-pub async fn meter(lease: &UserLease, dir: Dir, n: usize) -> Result<(), CloseReason> {
-    if lease.charge(dir, n as u64) == Charge::Exhausted {
+pub async fn meter(m: &Metered, dir: Dir, n: usize) -> Result<(), CloseReason> {
+    let exhausted = m.lease.charge(dir, n as u64) == Charge::Exhausted;
+    if !m.enforce {
+        return Ok(());
+    }
+    if exhausted {
         return Err(CloseReason::QuotaExhausted);
     }
-    if let Some(wait) = lease.throttle(dir, n as u64) {
+    if let Some(wait) = m.lease.throttle(dir, n as u64) {
         tokio::time::sleep(wait).await;
     }
     Ok(())
