@@ -254,6 +254,11 @@ fallback_dc = 2
 [log]
 level = "info"
 format = "json"
+
+# Every replay here comes from 127.0.0.1, like the real clients: reputation
+# would (rightly) block that address after a few replays. Here it only counts.
+[policy.reputation]
+mode = "monitor"
 """
 
 
