@@ -9,8 +9,8 @@
 //! thing that ends the session becomes its one [`CloseReason`].
 
 use crate::events::CloseReason;
-use crate::policy::engine::meter;
 use crate::policy::engine::Metered;
+use crate::policy::engine::{meter, throttle};
 use crate::policy::users::Dir;
 use crate::pool::{PooledBuf, RECORDS_PER_BUF};
 use mtgate_crypto::AesCtr;
@@ -125,8 +125,10 @@ async fn run_boxed(
     if !early.is_empty() {
         let mut early = early;
         if let Some(l) = lease {
-            if let Err(r) = meter(l, Dir::Up, early.len()).await {
-                return r;
+            match meter(l, Dir::Up, early.len()) {
+                Err(r) => return r,
+                Ok(Some(wait)) => throttle(wait).await,
+                Ok(None) => {}
             }
         }
         c_dec.apply(&mut early);
@@ -238,7 +240,9 @@ async fn pump_up(
                 continue;
             }
             if let Some(l) = lease {
-                meter(l, Dir::Up, n).await?;
+                if let Some(wait) = meter(l, Dir::Up, n)? {
+                    throttle(wait).await;
+                }
             }
             let data = &mut buf[..n];
             dec.apply(data);
@@ -297,7 +301,9 @@ async fn pump_down(
                 Err(_) => return Err(CloseReason::UpstreamError),
             };
             if let Some(l) = lease {
-                meter(l, Dir::Down, n).await?;
+                if let Some(wait) = meter(l, Dir::Down, n)? {
+                    throttle(wait).await;
+                }
             }
             let data = &mut buf[off..off + n];
             dec.apply(data);

@@ -6,8 +6,8 @@
 
 use super::mux::{Bound, Down, MeConn, Up};
 use crate::events::CloseReason;
-use crate::policy::engine::meter;
 use crate::policy::engine::Metered;
+use crate::policy::engine::{meter, throttle};
 use crate::policy::users::Dir;
 use crate::pool::PooledBuf;
 use crate::relay::Traffic;
@@ -151,7 +151,9 @@ impl Upstream<'_> {
     async fn run(mut self, rd: OwnedReadHalf, mut early: Vec<u8>) -> Result<(), CloseReason> {
         if !early.is_empty() {
             if let Some(l) = self.lease {
-                meter(l, Dir::Up, early.len()).await?;
+                if let Some(wait) = meter(l, Dir::Up, early.len())? {
+                    throttle(wait).await;
+                }
             }
             self.dec.apply(&mut early);
             self.traffic.up.fetch_add(early.len() as u64, Relaxed);
@@ -178,7 +180,9 @@ impl Upstream<'_> {
                     None => n,
                 };
                 if let Some(l) = self.lease {
-                    meter(l, Dir::Up, n).await?;
+                    if let Some(wait) = meter(l, Dir::Up, n)? {
+                        throttle(wait).await;
+                    }
                 }
                 let data = &mut buf[..n];
                 self.dec.apply(data);
@@ -265,7 +269,9 @@ impl Downstream<'_> {
             }
             self.queued.fetch_sub(took, Relaxed);
             if let Some(l) = self.lease {
-                meter(l, Dir::Down, plain.len()).await?;
+                if let Some(wait) = meter(l, Dir::Down, plain.len())? {
+                    throttle(wait).await;
+                }
             }
             self.enc.apply(&mut plain);
             let out = if self.tls {

@@ -24,6 +24,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The state file's name in the state directory.
 pub const STATE_FILE: &str = "policy-state.json";
@@ -354,20 +355,23 @@ pub struct Metered {
     pub enforce: bool,
 }
 
-/// Charges `n` relayed bytes to the lease and, when enforcing, ends the
-/// connection at a quota and waits out its bandwidth caps. No allocation; a
-/// sleep only when a cap applies.
+/// Charges `n` relayed bytes to the lease. When enforcing: `Err` ends the
+/// connection at a quota, `Ok(Some(wait))` asks the caller to wait that long
+/// (a bandwidth cap) with [`throttle`]. Atomics only, no allocation.
 #[inline]
-pub async fn meter(m: &Metered, dir: Dir, n: usize) -> Result<(), CloseReason> {
+pub fn meter(m: &Metered, dir: Dir, n: usize) -> Result<Option<Duration>, CloseReason> {
     let exhausted = m.lease.charge(dir, n as u64) == Charge::Exhausted;
     if !m.enforce {
-        return Ok(());
+        return Ok(None);
     }
     if exhausted {
         return Err(CloseReason::QuotaExhausted);
     }
-    if let Some(wait) = m.lease.throttle(dir, n as u64) {
-        tokio::time::sleep(wait).await;
-    }
-    Ok(())
+    Ok(m.lease.throttle(dir, n as u64))
+}
+
+/// Waits out a bandwidth cap. The timer is boxed so that it takes no room in
+/// the relay's futures (which every idle connection holds) when no cap applies.
+pub async fn throttle(wait: Duration) {
+    Box::pin(tokio::time::sleep(wait)).await
 }
