@@ -59,7 +59,7 @@ pub struct Args {
     /// Run mtgate with `tls.fronting = false` (no mask-site connection per client).
     #[arg(long)]
     no_fronting: bool,
-    /// Only these parts (comma list of aes, idle, bulk, latency, handshake, scaling).
+    /// Only these parts (comma list of aes, idle, leak, bulk, latency, handshake, scaling).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Concurrent connections for bulk throughput.

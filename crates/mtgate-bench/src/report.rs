@@ -88,6 +88,25 @@ pub struct IdleResult {
     pub checked_round_trips: usize,
 }
 
+/// Memory before and after many connections opened and closed (leak check).
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakResult {
+    pub target: String,
+    /// Connect + handshake + round trip + close cycles after the warm-up.
+    pub cycles: u64,
+    pub warmup_cycles: u64,
+    pub secs: f64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+impl LeakResult {
+    /// Growth allowed for allocator noise: 1 MiB, or 5 % of the baseline.
+    pub fn allowance(&self) -> u64 {
+        (1u64 << 20).max(self.rss_before / 20)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Scaling {
     /// ee bulk throughput with 16 connections: 1 and 2 worker threads.
@@ -143,6 +162,7 @@ pub struct Report {
     pub handshakes: Vec<HandshakeResult>,
     pub latency: Vec<LatencyResult>,
     pub idle: Option<IdleResult>,
+    pub leak: Option<LeakResult>,
     pub scaling: Option<Scaling>,
     pub targets: Vec<Target>,
     pub errors: Vec<String>,
@@ -305,6 +325,24 @@ impl Report {
             round_ratios: Vec::new(),
             pass: idle.map(|b| b <= 4096.0),
         });
+        if let Some(l) = &self.leak {
+            let grew = l.rss_after.saturating_sub(l.rss_before);
+            t.push(Target {
+                name: format!(
+                    "{subject} memory back to baseline after {} connections",
+                    l.cycles
+                ),
+                measured: format!(
+                    "{:.1} → {:.1} MiB",
+                    l.rss_before as f64 / 1048576.0,
+                    l.rss_after as f64 / 1048576.0
+                ),
+                goal: format!("growth ≤ {:.1} MiB", l.allowance() as f64 / 1048576.0),
+                ratio: Some(grew as f64 / l.allowance() as f64),
+                round_ratios: Vec::new(),
+                pass: Some(grew <= l.allowance()),
+            });
+        }
         if let Some(sc) = &self.scaling {
             let b = sc
                 .bulk_2
@@ -475,6 +513,18 @@ impl Report {
                 i.rss_per_conn,
                 i.kernel_tcp_mem_per_conn.map_or("n/a".into(), |b| format!("{b:.0} B")),
                 i.checked_round_trips
+            );
+        }
+        if let Some(l) = &self.leak {
+            let _ = writeln!(
+                o,
+                "\nleak check: {} connect + handshake + round trip + close cycles on {} ({:.1} s, after {} warm-up cycles); proxy RSS {:.1} → {:.1} MiB",
+                l.cycles,
+                l.target,
+                l.secs,
+                l.warmup_cycles,
+                l.rss_before as f64 / 1048576.0,
+                l.rss_after as f64 / 1048576.0
             );
         }
         if !self.targets.is_empty() {

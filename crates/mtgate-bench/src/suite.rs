@@ -107,6 +107,16 @@ struct Env {
 
 impl Env {
     fn start_mtgate(&self, name: &str, workers: usize) -> anyhow::Result<Proxy> {
+        self.start_mtgate_with(name, workers, "")
+    }
+
+    /// [`Env::start_mtgate`] with extra `[tls]` lines.
+    fn start_mtgate_with(
+        &self,
+        name: &str,
+        workers: usize,
+        tls_extra: &str,
+    ) -> anyhow::Result<Proxy> {
         let d = self.dir.path();
         let tls = match self.mask {
             Some(m) => format!("mask_host = \"{m}\""),
@@ -114,7 +124,7 @@ impl Env {
         };
         let cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{state}\"\nworkers = {workers}\n\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\n{tls}\n\n\
+             [tls]\ndomains = [\"{DOMAIN}\"]\n{tls}\n{tls_extra}\n\n\
              [users.bench]\nsecret = \"{secret}\"\nmodes = [\"classic\", \"dd\", \"ee\"]\n\n\
              [dcs]\n2 = [\"{dc}\"]\n\n[log]\nlevel = \"warn\"\n\n\
              # All load comes from 127.0.0.1: the policy runs (its cost is measured)\n\
@@ -257,6 +267,7 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
         handshakes: Vec::new(),
         latency: Vec::new(),
         idle: None,
+        leak: None,
         scaling: None,
         targets: Vec::new(),
         errors: Vec::new(),
@@ -319,6 +330,48 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
                     let t = env.target("mtgate ee", p.addr, Mode::Ee, a.dc);
                     load::idle(&t, p.pid, plan.idle_conns, 16, hold).await
                 })
+                .await;
+            }
+            if only("leak") {
+                let (warm, cycles) = if a.smoke {
+                    (200, 2_000)
+                } else {
+                    (2_000, 100_000)
+                };
+                report.leak = step(
+                    &mut errors,
+                    &format!("leak check: {cycles} connections opened and closed"),
+                    Duration::from_secs(240),
+                    async {
+                        // The replay cache is bounded but its pages are touched as it
+                        // fills (34 B per handshake); a small one is full after the
+                        // warm-up, so what remains is per-connection memory.
+                        let p =
+                            env.start_mtgate_with("leak", a.workers, "replay_cache_size = 1024")?;
+                        let t = env.target("mtgate ee", p.addr, Mode::Ee, a.dc);
+                        load::handshakes(&t, None, 16, Duration::from_secs(60), warm).await?;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let rss_before = procs::rss_bytes(p.pid)?;
+                        let r = load::handshakes(&t, None, 16, Duration::from_secs(200), cycles)
+                            .await?;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let rss_after = procs::rss_bytes(p.pid)?;
+                        eprintln!(
+                            "[bench]   {} cycles: RSS {:.1} → {:.1} MiB",
+                            r.completed,
+                            rss_before as f64 / 1048576.0,
+                            rss_after as f64 / 1048576.0
+                        );
+                        anyhow::Ok(crate::report::LeakResult {
+                            target: t.label.clone(),
+                            cycles: r.completed,
+                            warmup_cycles: warm,
+                            secs: r.secs,
+                            rss_before,
+                            rss_after,
+                        })
+                    },
+                )
                 .await;
             }
             if only("bulk") || only("latency") || only("handshake") {
