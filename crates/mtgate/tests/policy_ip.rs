@@ -372,3 +372,59 @@ async fn blocks_survive_a_restart() {
     );
     assert!(works_from(b.addr, "127.0.4.5").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_and_reputation_survive_a_reload() {
+    use mtgate::reload::Reloader;
+    use mtgate::runtime::Live;
+    let dc = dc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mtgate.toml");
+    let text = |extra_user: &str| {
+        let dcs: String = [1, 2, 3, 4, 5, 203]
+            .iter()
+            .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
+            .collect();
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\nwatch_config = false\n\
+             {BASE}{extra_user}[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n[dcs]\n{dcs}",
+            dir.path().display()
+        )
+    };
+    std::fs::write(&path, text("")).unwrap();
+    let cfg = mtgate::config::Config::load(&path, &Default::default()).unwrap();
+    let users = cfg.users.clone();
+    let rt = mtgate::runtime::Runtime::build(cfg, users, Default::default()).unwrap();
+    let live = Live::new(Arc::new(rt));
+    let server = mtgate::server::Server::start_live(live.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addrs[0];
+    for _ in 0..2 {
+        assert!(closed_silently(addr, "127.0.4.9", &[0x42; 64], Duration::from_secs(3)).await);
+    }
+    assert!(
+        !works_from(addr, "127.0.4.9").await,
+        "blocked before the reload"
+    );
+    let reloader = Reloader::new(Some(path.clone()), Default::default(), live.clone(), None);
+    std::fs::write(
+        &path,
+        text("[users.bob]\nsecret = \"ffeeddccbbaa99887766554433221100\"\n"),
+    )
+    .unwrap();
+    let summary = reloader.reload().expect("reload");
+    assert_eq!(summary.added, vec!["bob".to_string()]);
+    assert!(
+        !works_from(addr, "127.0.4.9").await,
+        "still blocked after the reload"
+    );
+    assert!(works_from(addr, "127.0.4.10").await, "others unaffected");
+    assert!(live
+        .current()
+        .policy
+        .ips()
+        .blocked_until(ip("127.0.4.9"))
+        .is_some());
+    server.shutdown(Duration::from_millis(200)).await;
+}
