@@ -602,10 +602,10 @@ async fn low_fd_limit_fails() {
     assert_eq!(j["fail"], 1, "{j:#}");
 }
 
-/// Prints the example reports of docs/operations.md ("Doctor"):
-/// `cargo test -p mtgate --test doctor -- --ignored --nocapture`.
+/// The two example reports of docs/operations.md ("Doctor"), checked like
+/// any test; `-- --nocapture` prints them for the docs:
+/// `cargo test -p mtgate --test doctor example_reports -- --nocapture`.
 #[tokio::test]
-#[ignore = "prints the documentation examples"]
 async fn example_reports_for_the_docs() {
     let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
         .await
@@ -624,6 +624,8 @@ async fn example_reports_for_the_docs() {
         "$ mtgate doctor --config mtgate.toml --mask-ca mask-ca.pem\n{}",
         out.stdout
     );
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert!(out.stdout.contains("healthy"), "{}", out.stdout);
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     setup.listen = busy.local_addr().unwrap().to_string();
     setup.set_dc(2, vec![closed_port().await]);
@@ -633,6 +635,14 @@ async fn example_reports_for_the_docs() {
         "$ mtgate doctor --config mtgate.toml --timeout 2s\n{}(exit {:?})",
         out.stdout, out.code
     );
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("another process listens on"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("FAIL"), "{}", out.stdout);
+    drop(busy);
 }
 
 #[tokio::test]
