@@ -95,6 +95,8 @@ pub struct BulkOpts {
     pub duration: Duration,
     /// Stop the window early once this many payload bytes were echoed.
     pub max_bytes: u64,
+    /// Payload bytes all connections together may have in flight.
+    pub window_total: u64,
 }
 
 /// Raw echo traffic over `o.conns` connections.
@@ -109,8 +111,10 @@ pub async fn bulk(t: &Target, pid: Option<u32>, o: BulkOpts) -> anyhow::Result<B
     // Each writer stays at most `window` payload bytes ahead of its reader, so
     // the kernel's socket buffers (autotuned up to several MB each) cannot fill
     // up to the point of TCP memory pressure, drops and retransmit timeouts.
-    let window = (8 << 20) / o.conns.max(1) as u64;
-    let window = window.clamp(256 << 10, 2 << 20).max(2 * payload as u64);
+    let window = o.window_total / o.conns.max(1) as u64;
+    let window = window
+        .clamp(256 << 10, (2 << 20).max(window))
+        .max(2 * payload as u64);
     let mut set = JoinSet::new();
     for c in conns {
         let (mut rd, mut wr) = c.stream.into_split();

@@ -82,6 +82,14 @@ pub struct Args {
     /// inspect the proxy, e.g. /proc/PID/smaps).
     #[arg(long, default_value_t = 0.0)]
     idle_hold: f64,
+    /// Payload bytes (MiB) all bulk connections together may have in flight
+    /// (split evenly, 256 KiB to 2 MiB each unless this is larger); raise it
+    /// on a many-core machine so the window does not cap throughput.
+    #[arg(long, default_value_t = 8)]
+    bulk_window_mib: u64,
+    /// Connections of the scaling test's bulk transfer.
+    #[arg(long, default_value_t = 16)]
+    scaling_conns: usize,
     /// Concurrent clients in the handshake test.
     #[arg(long, default_value_t = 16)]
     handshake_concurrency: usize,

@@ -55,6 +55,7 @@ impl Plan {
                 warmup: Duration::from_millis(if s { 100 } else { 500 }),
                 duration: Duration::from_secs_f64(a.bulk_secs.unwrap_or(if s { 1.0 } else { 2.0 })),
                 max_bytes: if s { 2_000_000 } else { u64::MAX },
+                window_total: a.bulk_window_mib.max(1) << 20,
             },
             hs_secs: secs,
             hs_max: if s { 20 } else { u64::MAX },
@@ -333,10 +334,12 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
                 .await;
             }
             if only("leak") {
+                // Each worker thread's allocator arena must be warm before the
+                // baseline is read, so the warm-up grows with the workers.
                 let (warm, cycles) = if a.smoke {
                     (200, 2_000)
                 } else {
-                    (2_000, 100_000)
+                    (2_000 * a.workers.clamp(1, 16) as u64, 100_000)
                 };
                 report.leak = step(
                     &mut errors,
@@ -451,6 +454,7 @@ async fn scaling(
         bulk_2: None,
         handshakes_1: None,
         handshakes_2: None,
+        workers: a.workers,
     };
     let mut main = match main {
         Some(p) => Some(p),
@@ -460,7 +464,7 @@ async fn scaling(
             .ok(),
     };
     let o = BulkOpts {
-        conns: 16,
+        conns: a.scaling_conns.max(1),
         ..plan.bulk
     };
     let limit = o.warmup + o.duration + Duration::from_secs(60);
@@ -481,7 +485,7 @@ async fn scaling(
         let t = env.target(&format!("mtgate ee w{workers}"), p.addr, Mode::Ee, a.dc);
         let b = step(
             errors,
-            &format!("scaling: bulk {} × 16", t.label),
+            &format!("scaling: bulk {} × {}", t.label, o.conns),
             limit,
             load::bulk(&t, Some(p.pid), o),
         )

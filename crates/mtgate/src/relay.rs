@@ -3,14 +3,16 @@
 //!
 //! Per direction: wait for readiness, take a pooled buffer, read, (strip TLS
 //! records), decrypt with one key and encrypt with the other in place, write,
-//! repeat until the socket would block, then give the buffer back. Nothing is
+//! repeat until the socket would block, then give the buffer back. Both
+//! directions, the idle timer and the stop signal are polled by one
+//! hand-written future, so an idle session is a few hundred bytes. Nothing is
 //! allocated per packet; idle connections hold no buffer. Half-close is
 //! forwarded (a FIN from one side becomes a FIN to the other) and the first
 //! thing that ends the session becomes its one [`CloseReason`].
 
 use crate::events::CloseReason;
+use crate::policy::engine::meter;
 use crate::policy::engine::Metered;
-use crate::policy::engine::{meter, throttle};
 use crate::policy::users::Dir;
 use crate::pool::{PooledBuf, RECORDS_PER_BUF};
 use mtgate_crypto::AesCtr;
@@ -18,11 +20,13 @@ use mtgate_proto::faketls::{
     app_record_header, RecordStripper, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN,
 };
 use mtgate_proto::obfs2::CipherPair;
+use std::future::Future;
 use std::io::ErrorKind;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 /// What the relay needs to know about the client side.
@@ -56,125 +60,339 @@ impl Traffic {
     }
 }
 
-/// The four ciphers and the record stripper, boxed once per session so an idle
-/// session's future holds a pointer, not ~4 KB of key schedules (async fns keep
-/// their arguments for their whole life, so passing these by value would store
-/// them twice).
+/// The four ciphers and the record stripper, boxed once per session: they are
+/// the bulk of an idle session's state, and a box keeps them out of the task
+/// while the handshake and dial futures (boxed themselves) come and go.
 struct Keys {
     c_dec: AesCtr,
     c_enc: AesCtr,
     u_dec: AesCtr,
     u_enc: AesCtr,
     tls: Option<RecordStripper>,
-    /// Client bytes that came with the handshake (sent first, then freed).
-    early: Vec<u8>,
 }
 
 /// Runs the relay until one side ends it; returns the close reason.
-pub fn run<'a>(
+///
+/// The relay is a hand-written future ([`Relay`]) rather than an `async fn`
+/// with `select!` over two pump futures: an idle connection then holds only
+/// the two streams, the boxed keys, two small pump states, the idle timer and
+/// the stop signal (a few hundred bytes), and its wakers live in tokio's
+/// per-socket readiness slots, not in intrusive waiter nodes of ours.
+///
+/// The relay owns the user's `lease` (it meters every chunk) and `hold`,
+/// anything else that must live as long as the session (a policy guard).
+pub fn run<'a, H: Send + 'a>(
     client: ClientSide,
     upstream: UpstreamSide,
     idle: Duration,
     traffic: &'a Traffic,
     shutdown: crate::stop::Stop,
-    lease: Option<&'a Metered>,
+    lease: Option<Metered>,
+    hold: H,
 ) -> impl std::future::Future<Output = CloseReason> + Send + 'a {
-    let keys = Box::new(Keys {
+    let mut keys = Box::new(Keys {
         c_dec: client.ciphers.dec,
         c_enc: client.ciphers.enc,
         u_dec: upstream.ciphers.dec,
         u_enc: upstream.ciphers.enc,
         tls: client.tls,
-        early: client.early,
     });
-    run_boxed(
-        client.stream,
-        upstream.stream,
-        keys,
-        idle,
-        traffic,
-        shutdown,
-        lease,
-    )
-}
-
-async fn run_boxed(
-    client: TcpStream,
-    upstream: TcpStream,
-    mut keys: Box<Keys>,
-    idle: Duration,
-    traffic: &Traffic,
-    mut shutdown: crate::stop::Stop,
-    lease: Option<&Metered>,
-) -> CloseReason {
     let start = Instant::now();
     traffic.touch(start);
-    let (c_rd, mut c_wr) = client.into_split();
-    let (u_rd, mut u_wr) = upstream.into_split();
-    let Keys {
-        c_dec,
-        c_enc,
-        u_dec,
-        u_enc,
-        tls,
-        early,
-    } = &mut *keys;
-    let early = std::mem::take(early);
-    let is_tls = tls.is_some();
-
+    let mut up = Pump::default();
+    let mut fail = None;
+    // Client bytes that came with the handshake go first: metered, re-ciphered
+    // and queued as the up pump's pending write (the handshake caps them far
+    // below a pooled buffer; a larger one would be a bug, so it is refused).
+    let early = client.early;
     if !early.is_empty() {
-        let mut early = early;
-        if let Some(l) = lease {
-            match meter(l, Dir::Up, early.len()) {
-                Err(r) => return r,
-                Ok(Some(wait)) => throttle(wait).await,
+        let mut buf = PooledBuf::take();
+        if early.len() > buf.len() {
+            fail = Some(CloseReason::ClientProtocol);
+        } else {
+            if let Some(l) = &lease {
+                match meter(l, Dir::Up, early.len()) {
+                    Err(r) => fail = Some(r),
+                    Ok(Some(wait)) => up.throttle = Some(Box::pin(tokio::time::sleep(wait))),
+                    Ok(None) => {}
+                }
+            }
+            let data = &mut buf[..early.len()];
+            data.copy_from_slice(&early);
+            keys.c_dec.apply(data);
+            keys.u_enc.apply(data);
+            up.end = early.len();
+            up.payload = early.len();
+            up.buf = Some(buf);
+        }
+    }
+    drop(early);
+    Relay {
+        client: client.stream,
+        upstream: upstream.stream,
+        keys,
+        up,
+        down: Pump::default(),
+        traffic,
+        lease,
+        start,
+        idle,
+        fail,
+        first: None,
+        _hold: hold,
+        timer: tokio::time::sleep_until(tokio::time::Instant::from_std(start + idle)),
+        stop: shutdown.into_wait(),
+    }
+}
+
+/// One direction's state: the pooled buffer while data is in flight, the
+/// part of it still to be written, and a bandwidth wait if one applies.
+#[derive(Default)]
+struct Pump {
+    buf: Option<PooledBuf>,
+    /// `buf[pos..end]` is still to be written.
+    pos: usize,
+    end: usize,
+    /// Payload bytes in the pending write (counted once it is all written).
+    payload: usize,
+    /// The reader hit end of stream: forward the FIN once the write is done.
+    read_eof: bool,
+    /// The FIN was forwarded; this direction is finished.
+    done: bool,
+    /// A bandwidth cap's wait before the pending write (boxed: rare).
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Client → DC.
+    Up,
+    /// DC → client.
+    Down,
+}
+
+pin_project_lite::pin_project! {
+    /// The relay future; see [`run`].
+    struct Relay<'a, S, H> {
+        client: TcpStream,
+        upstream: TcpStream,
+        keys: Box<Keys>,
+        up: Pump,
+        down: Pump,
+        traffic: &'a Traffic,
+        lease: Option<Metered>,
+        start: Instant,
+        idle: Duration,
+        fail: Option<CloseReason>,
+        first: Option<CloseReason>,
+        _hold: H,
+        #[pin]
+        timer: tokio::time::Sleep,
+        #[pin]
+        stop: S,
+    }
+}
+
+impl<S: Future<Output = CloseReason>, H> Future for Relay<'_, S, H> {
+    type Output = CloseReason;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut this = self.project();
+        if let Some(r) = this.fail.take() {
+            return Poll::Ready(r);
+        }
+        if let Poll::Ready(r) = this.stop.poll(cx) {
+            return Poll::Ready(r);
+        }
+        let ctx = Ctx {
+            traffic: this.traffic,
+            lease: this.lease.as_ref(),
+            start: *this.start,
+        };
+        if !this.up.done {
+            match poll_pump(
+                cx,
+                this.up,
+                Way::Up,
+                this.client,
+                this.upstream,
+                this.keys,
+                &ctx,
+            ) {
+                Poll::Ready(Ok(())) => {
+                    this.first.get_or_insert(CloseReason::ClientClosed);
+                }
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Pending => {}
+            }
+        }
+        if !this.down.done {
+            match poll_pump(
+                cx,
+                this.down,
+                Way::Down,
+                this.upstream,
+                this.client,
+                this.keys,
+                &ctx,
+            ) {
+                Poll::Ready(Ok(())) => {
+                    this.first.get_or_insert(CloseReason::UpstreamClosed);
+                }
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Pending => {}
+            }
+        }
+        if this.up.done && this.down.done {
+            return Poll::Ready(this.first.unwrap_or(CloseReason::ClientClosed));
+        }
+        // The idle timer is not reset per chunk (the pumps only stamp
+        // `traffic`); when it fires it is moved to the last activity + idle.
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let last = Duration::from_millis(this.traffic.last_ms.load(Relaxed));
+            if this.start.elapsed() >= last + *this.idle {
+                return Poll::Ready(CloseReason::IdleTimeout);
+            }
+            let at = tokio::time::Instant::from_std(*this.start + last + *this.idle);
+            this.timer.as_mut().reset(at);
+        }
+        Poll::Pending
+    }
+}
+
+/// What both pumps share.
+struct Ctx<'a> {
+    traffic: &'a Traffic,
+    lease: Option<&'a Metered>,
+    start: Instant,
+}
+
+/// Moves one direction forward until it would block (`Pending`, with the
+/// waker registered on the socket or timer that blocks), finishes (`Ok`
+/// after forwarding the FIN) or fails (`Err` with the reason).
+fn poll_pump(
+    cx: &mut Context<'_>,
+    p: &mut Pump,
+    way: Way,
+    rd: &TcpStream,
+    wr: &mut TcpStream,
+    keys: &mut Keys,
+    ctx: &Ctx<'_>,
+) -> Poll<Result<(), CloseReason>> {
+    let (rd_err, wr_err) = match way {
+        Way::Up => (CloseReason::ClientError, CloseReason::UpstreamError),
+        Way::Down => (CloseReason::UpstreamError, CloseReason::ClientError),
+    };
+    loop {
+        if let Some(t) = p.throttle.as_mut() {
+            ready!(t.as_mut().poll(cx));
+            p.throttle = None;
+        }
+        if p.pos < p.end {
+            let Some(buf) = p.buf.as_ref() else {
+                return Poll::Ready(Err(wr_err));
+            };
+            match Pin::new(&mut *wr).poll_write(cx, &buf[p.pos..p.end]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(wr_err)),
+                Poll::Ready(Ok(n)) => {
+                    p.pos += n;
+                    if p.pos == p.end {
+                        let counter = match way {
+                            Way::Up => &ctx.traffic.up,
+                            Way::Down => &ctx.traffic.down,
+                        };
+                        counter.fetch_add(p.payload as u64, Relaxed);
+                        ctx.traffic.touch(ctx.start);
+                        (p.pos, p.end, p.payload) = (0, 0, 0);
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) if e.kind() == ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(wr_err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if p.read_eof {
+            // A failed shutdown (the peer is gone) ends this direction too.
+            let _ = ready!(Pin::new(&mut *wr).poll_shutdown(cx));
+            p.done = true;
+            p.buf = None;
+            return Poll::Ready(Ok(()));
+        }
+        if p.buf.is_none() {
+            // No buffer is held while waiting: idle connections keep none.
+            if ready!(rd.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(Err(rd_err));
+            }
+            p.buf = Some(PooledBuf::take());
+        }
+        let Some(buf) = p.buf.as_mut() else {
+            continue;
+        };
+        let tls = keys.tls.is_some();
+        // Down for FakeTLS: read at an offset that leaves room for the record
+        // headers, at most RECORDS_PER_BUF records' worth.
+        let (lo, hi) = match way {
+            Way::Down if tls => (DOWN_OFF, DOWN_OFF + RECORDS_PER_BUF * MAX_RECORD_PAYLOAD),
+            _ => (0, buf.len()),
+        };
+        let n = match read_some(rd, &mut buf[lo..hi]) {
+            Ok(0) => {
+                p.read_eof = true;
+                p.buf = None;
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Drained: give the buffer back and wait for readiness.
+                p.buf = None;
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return Poll::Ready(Err(rd_err)),
+        };
+        let (n, total) = match way {
+            Way::Up => {
+                let n = match keys.tls.as_mut() {
+                    Some(t) => match t.strip_in_place(&mut buf[..n]) {
+                        Ok(n) => n,
+                        Err(_) => return Poll::Ready(Err(CloseReason::ClientProtocol)),
+                    },
+                    None => n,
+                };
+                let data = &mut buf[..n];
+                keys.c_dec.apply(data);
+                keys.u_enc.apply(data);
+                (n, n)
+            }
+            Way::Down => {
+                let data = &mut buf[lo..lo + n];
+                keys.u_dec.apply(data);
+                keys.c_enc.apply(data);
+                let total = if tls { frame_records(buf, lo, n) } else { n };
+                (n, total)
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        if let Some(l) = ctx.lease {
+            let dir = match way {
+                Way::Up => Dir::Up,
+                Way::Down => Dir::Down,
+            };
+            match meter(l, dir, n) {
+                Err(r) => return Poll::Ready(Err(r)),
+                Ok(Some(wait)) => p.throttle = Some(Box::pin(tokio::time::sleep(wait))),
                 Ok(None) => {}
             }
         }
-        c_dec.apply(&mut early);
-        u_enc.apply(&mut early);
-        if u_wr.write_all(&early).await.is_err() {
-            return CloseReason::UpstreamError;
-        }
-        traffic.up.fetch_add(early.len() as u64, Relaxed);
+        (p.pos, p.end, p.payload) = (0, total, n);
     }
-
-    let up = pump_up(c_rd, &mut u_wr, c_dec, u_enc, tls, traffic, start, lease);
-    let down = pump_down(u_rd, &mut c_wr, u_dec, c_enc, is_tls, traffic, start, lease);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    let mut first: Option<CloseReason> = None;
-    loop {
-        let last = Duration::from_millis(traffic.last_ms.load(Relaxed));
-        let deadline = tokio::time::Instant::from_std(start + last + idle);
-        tokio::select! {
-            r = &mut up, if !up_done => match r {
-                Ok(()) => {
-                    up_done = true;
-                    first.get_or_insert(CloseReason::ClientClosed);
-                    if down_done { break; }
-                }
-                Err(reason) => return reason,
-            },
-            r = &mut down, if !down_done => match r {
-                Ok(()) => {
-                    down_done = true;
-                    first.get_or_insert(CloseReason::UpstreamClosed);
-                    if up_done { break; }
-                }
-                Err(reason) => return reason,
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                let last = Duration::from_millis(traffic.last_ms.load(Relaxed));
-                if start.elapsed() >= last + idle {
-                    return CloseReason::IdleTimeout;
-                }
-            }
-            r = shutdown.wait() => return r,
-        }
-    }
-    first.unwrap_or(CloseReason::ClientClosed)
 }
+
+/// Where the down pump reads FakeTLS payload: room for the record headers.
+const DOWN_OFF: usize = RECORDS_PER_BUF * RECORD_HEADER_LEN;
 
 /// Reads once from `rd`. A short read (fewer bytes than `buf` holds) means
 /// the socket's receive queue was emptied, so the read readiness is cleared
@@ -182,9 +400,8 @@ async fn run_boxed(
 /// state, without the `recv` syscall that would only have returned EAGAIN.
 /// (Tokio keeps the readiness if a new edge arrived meanwhile, so no wakeup
 /// is lost.)
-fn read_some(rd: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_some(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     use std::io::Read;
-    let stream: &TcpStream = rd.as_ref();
     let cap = buf.len();
     let mut got = None;
     let r = stream.try_io(tokio::io::Interest::READABLE, || {
@@ -201,124 +418,6 @@ fn read_some(rd: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<usize> {
         (Ok(n), _) => Ok(n),
         (Err(e), Some(n)) if e.kind() == ErrorKind::WouldBlock => Ok(n),
         (Err(e), _) => Err(e),
-    }
-}
-
-/// Client → DC.
-#[allow(clippy::too_many_arguments)]
-async fn pump_up(
-    rd: OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-    dec: &mut AesCtr,
-    enc: &mut AesCtr,
-    tls: &mut Option<RecordStripper>,
-    traffic: &Traffic,
-    start: Instant,
-    lease: Option<&Metered>,
-) -> Result<(), CloseReason> {
-    loop {
-        rd.readable().await.map_err(|_| CloseReason::ClientError)?;
-        let mut buf = PooledBuf::take();
-        loop {
-            let n = match read_some(&rd, &mut buf) {
-                Ok(0) => {
-                    let _ = wr.shutdown().await;
-                    return Ok(());
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return Err(CloseReason::ClientError),
-            };
-            let n = match tls {
-                Some(t) => t
-                    .strip_in_place(&mut buf[..n])
-                    .map_err(|_| CloseReason::ClientProtocol)?,
-                None => n,
-            };
-            if n == 0 {
-                continue;
-            }
-            if let Some(l) = lease {
-                if let Some(wait) = meter(l, Dir::Up, n)? {
-                    throttle(wait).await;
-                }
-            }
-            let data = &mut buf[..n];
-            dec.apply(data);
-            enc.apply(data);
-            wr.write_all(data)
-                .await
-                .map_err(|_| CloseReason::UpstreamError)?;
-            traffic.up.fetch_add(n as u64, Relaxed);
-            traffic.touch(start);
-        }
-    }
-}
-
-/// DC → client (wrapped in TLS application-data records for FakeTLS clients).
-///
-/// For FakeTLS one read fills up to [`RECORDS_PER_BUF`] records' worth of payload
-/// at an offset that leaves room for the headers; the payload is ciphered in one
-/// pass and then slid forward record by record (each destination lies before its
-/// source), so several records leave in one write.
-#[allow(clippy::too_many_arguments)]
-async fn pump_down(
-    rd: OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-    dec: &mut AesCtr,
-    enc: &mut AesCtr,
-    tls: bool,
-    traffic: &Traffic,
-    start: Instant,
-    lease: Option<&Metered>,
-) -> Result<(), CloseReason> {
-    const REC: usize = MAX_RECORD_PAYLOAD;
-    let off = if tls {
-        RECORDS_PER_BUF * RECORD_HEADER_LEN
-    } else {
-        0
-    };
-    loop {
-        rd.readable()
-            .await
-            .map_err(|_| CloseReason::UpstreamError)?;
-        let mut buf = PooledBuf::take();
-        let cap = if tls {
-            off + RECORDS_PER_BUF * REC
-        } else {
-            buf.len()
-        };
-        loop {
-            let n = match read_some(&rd, &mut buf[off..cap]) {
-                Ok(0) => {
-                    let _ = wr.shutdown().await;
-                    return Ok(());
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return Err(CloseReason::UpstreamError),
-            };
-            if let Some(l) = lease {
-                if let Some(wait) = meter(l, Dir::Down, n)? {
-                    throttle(wait).await;
-                }
-            }
-            let data = &mut buf[off..off + n];
-            dec.apply(data);
-            enc.apply(data);
-            let total = if tls {
-                frame_records(&mut buf, off, n)
-            } else {
-                n
-            };
-            wr.write_all(&buf[..total])
-                .await
-                .map_err(|_| CloseReason::ClientError)?;
-            traffic.down.fetch_add(n as u64, Relaxed);
-            traffic.touch(start);
-        }
     }
 }
 

@@ -197,8 +197,8 @@ impl Reloader {
         if !detached.is_empty() {
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                for tx in detached {
-                    let _ = tx.send(true);
+                for signal in detached {
+                    signal.fire();
                 }
             });
         }

@@ -41,6 +41,17 @@ pub struct Server {
     stop: watch::Sender<bool>,
     /// Accept loops running now.
     alive: Arc<AtomicUsize>,
+    /// The users' stop signals, which authenticated sessions listen to
+    /// instead of `shutdown` (shared across reloads).
+    drains: Arc<crate::stop::Drains>,
+}
+
+impl Drop for Server {
+    /// Sessions end with the server, as they did when `shutdown` was their
+    /// only signal (its sender's drop ended them).
+    fn drop(&mut self) {
+        self.drains.shutdown_all();
+    }
 }
 
 /// Binds a listening socket (dual-stack for the IPv6 unspecified address).
@@ -129,6 +140,7 @@ impl Server {
             listeners: Arc::new(Mutex::new(shared)),
             stop,
             alive,
+            drains: rt.drains.clone(),
         })
     }
 
@@ -189,6 +201,7 @@ impl Server {
     /// Tells every session to end now and waits (briefly) for them to close.
     pub async fn cut_sessions(&self) {
         let _ = self.shutdown.send(true);
+        self.drains.shutdown_all();
         let until = tokio::time::Instant::now() + Duration::from_secs(1);
         while self.active() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;

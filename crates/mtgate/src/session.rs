@@ -11,9 +11,12 @@ use crate::runtime::Runtime;
 use crate::stop::Stop;
 use crate::upstream::{self, UpstreamError};
 use mtgate_proto::{Handshake, Outcome, RejectReason};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,6 +31,11 @@ fn unix_now() -> u64 {
 /// Serves one accepted client connection, inside a `conn` tracing span that
 /// carries the connection id and peer, and the user and mode once known, so
 /// every log line of the connection can be correlated.
+///
+/// The task is shaped for idle connections: everything before the relay
+/// (admission, handshake, fronting, ME, dialing) runs in [`setup`], a boxed
+/// future that is freed when it ends, so the task keeps only the relay, the
+/// user's lease and a few words (no async-fn arguments stored twice).
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -43,33 +51,95 @@ pub fn serve(
         user = tracing::field::Empty,
         mode = tracing::field::Empty
     );
-    serve_in_span(stream, peer, rt, shutdown, id).instrument(span)
+    async move {
+        let started = Instant::now();
+        rt.telemetry.emit(Event::Opened { id, peer });
+        let _ = stream.set_nodelay(true);
+        let traffic = Traffic::default();
+        let mut user_name: Option<(usize, mtgate_proto::ClientMode)> = None;
+        let shutdown = Stop::new(shutdown);
+        // One awaited future that is first the boxed setup, then the relay:
+        // the setup's result is moved into the relay, never kept beside it.
+        let idle = rt.config.idle_timeout;
+        let reason = Phases::Setup {
+            setup: Box::pin(setup(
+                stream,
+                peer,
+                id,
+                &rt,
+                &traffic,
+                &mut user_name,
+                shutdown,
+            )),
+            make: Some(|r: Ready| {
+                relay::run(
+                    r.client, r.upstream, idle, &traffic, r.shutdown, r.lease, r.source,
+                )
+            }),
+        }
+        .await;
+        let user = user_name.map(|(u, _)| rt.users[u].name.as_str());
+        rt.telemetry.emit(Event::Closed {
+            id,
+            user,
+            mode: user_name.map(|(_, m)| m),
+            reason,
+            up: traffic.up.load(Relaxed),
+            down: traffic.down.load(Relaxed),
+            lasted: started.elapsed(),
+        });
+    }
+    .instrument(span)
 }
 
-async fn serve_in_span(
-    stream: TcpStream,
-    peer: SocketAddr,
-    rt: Arc<Runtime>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    id: u64,
-) {
-    let shutdown = Stop::new(shutdown);
-    let started = Instant::now();
-    rt.telemetry.emit(Event::Opened { id, peer });
-    let _ = stream.set_nodelay(true);
-    let traffic = Traffic::default();
-    let mut user_name: Option<(usize, mtgate_proto::ClientMode)> = None;
-    let reason = run(stream, peer, id, &rt, &traffic, &mut user_name, shutdown).await;
-    let user = user_name.map(|(u, _)| rt.users[u].name.as_str());
-    rt.telemetry.emit(Event::Closed {
-        id,
-        user,
-        mode: user_name.map(|(_, m)| m),
-        reason,
-        up: traffic.up.load(Relaxed),
-        down: traffic.down.load(Relaxed),
-        lasted: started.elapsed(),
-    });
+/// What the relay needs, once [`setup`] has authenticated the client and
+/// dialed the DC; the guards release the source's and the user's slots when
+/// the session ends.
+struct Ready {
+    client: ClientSide,
+    upstream: relay::UpstreamSide,
+    shutdown: Stop,
+    lease: Option<crate::policy::engine::Metered>,
+    source: crate::policy::engine::SourceGuard,
+}
+
+pin_project_lite::pin_project! {
+    /// A session's two phases as one future: the boxed [`setup`] (freed when
+    /// it ends), then the relay that `make` builds from its result, so the
+    /// result is moved into the relay and never kept beside it.
+    #[project = PhasesProj]
+    enum Phases<S, F, R> {
+        Setup { setup: Pin<Box<S>>, make: Option<F> },
+        Relay { #[pin] relay: R },
+    }
+}
+
+impl<S, F, R> Future for Phases<S, F, R>
+where
+    S: Future<Output = Result<Ready, CloseReason>>,
+    F: FnOnce(Ready) -> R,
+    R: Future<Output = CloseReason>,
+{
+    type Output = CloseReason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        loop {
+            match self.as_mut().project() {
+                PhasesProj::Setup { setup, make } => {
+                    let ready = match ready!(setup.as_mut().poll(cx)) {
+                        Ok(ready) => ready,
+                        Err(reason) => return Poll::Ready(reason),
+                    };
+                    let Some(make) = make.take() else {
+                        return Poll::Ready(CloseReason::ClientError);
+                    };
+                    let relay = make(ready);
+                    self.set(Phases::Relay { relay });
+                }
+                PhasesProj::Relay { relay } => return relay.poll(cx),
+            }
+        }
+    }
 }
 
 /// How the handshake phase ended.
@@ -98,8 +168,11 @@ async fn refuse(stream: TcpStream, rt: &Runtime, refusal: Refusal) -> CloseReaso
     CloseReason::Policy(refusal.reason)
 }
 
+/// Everything before the relay: admission, the handshake (or fronting), the
+/// user's limits, the ME route (which relays itself) or the DC dial. `Err` is
+/// the session's close reason when it ends here.
 #[allow(clippy::too_many_arguments)]
-async fn run(
+async fn setup(
     mut stream: TcpStream,
     peer: SocketAddr,
     id: u64,
@@ -107,7 +180,7 @@ async fn run(
     traffic: &Traffic,
     user_out: &mut Option<(usize, mtgate_proto::ClientMode)>,
     shutdown: Stop,
-) -> CloseReason {
+) -> Result<Ready, CloseReason> {
     let ip = peer.ip();
     let mut hit = |reason, enforced| {
         rt.telemetry.emit(Event::PolicyHit {
@@ -119,7 +192,7 @@ async fn run(
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
     let source = match rt.policy.admit(ip, &mut hit) {
         Ok(guard) => guard,
-        Err(refusal) => return refuse(stream, rt, refusal).await,
+        Err(refusal) => return Err(refuse(stream, rt, refusal).await),
     };
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
@@ -142,10 +215,10 @@ async fn run(
     }
     let accepted = match phase {
         Phase::Accepted(a) => a,
-        Phase::Close(r) => return r,
+        Phase::Close(r) => return Err(r),
         Phase::Front { reason, client_eof } => {
             let Some(mut link) = link else {
-                return reason;
+                return Err(reason);
             };
             if let Some(sni_mask) = hs.sni().and_then(|d| rt.config.mask_hosts.get(d)) {
                 if sni_mask != link.addr() {
@@ -156,7 +229,7 @@ async fn run(
                 rt.telemetry.emit(Event::Fronted { id, reason: r });
             }
             Box::pin(mask::splice(stream, hs.received(), client_eof, link)).await;
-            return reason;
+            return Err(reason);
         }
     };
     // The handshake's buffers (the client's first bytes, the SNI) and the
@@ -172,7 +245,7 @@ async fn run(
             .admit_user(&rt.users[accepted.user].name, ip, source.limited, &mut hit)
         {
             Ok(lease) => lease,
-            Err(refusal) => return CloseReason::Policy(refusal.reason),
+            Err(refusal) => return Err(CloseReason::Policy(refusal.reason)),
         };
     let shutdown = shutdown.with_user(&rt.drains, &rt.users[accepted.user].name);
     let span = tracing::Span::current();
@@ -196,7 +269,7 @@ async fn run(
     ))
     .await
     {
-        crate::me::Routed::Done(reason) => return reason,
+        crate::me::Routed::Done(reason) => return Err(reason),
         crate::me::Routed::Direct(stream, accepted) => (stream, accepted),
     };
     let mut on_fail = |dc: u16, e: &str| {
@@ -214,8 +287,8 @@ async fn run(
     .await
     {
         Ok(c) => c,
-        Err(UpstreamError::UnknownDc(_)) => return CloseReason::UnknownDc,
-        Err(UpstreamError::Unreachable { .. }) => return CloseReason::UpstreamConnectFailed,
+        Err(UpstreamError::UnknownDc(_)) => return Err(CloseReason::UnknownDc),
+        Err(UpstreamError::Unreachable { .. }) => return Err(CloseReason::UpstreamConnectFailed),
     };
     rt.telemetry.emit(Event::UpstreamConnected {
         id,
@@ -223,22 +296,25 @@ async fn run(
         addr: connected.addr,
         took: connected.took,
     });
-    let a = *accepted;
+    // Moved out of its box in a block of its own, so the box is freed now
+    // and not when this (long-lived) function returns.
+    let a = {
+        let boxed = accepted;
+        *boxed
+    };
     let client = ClientSide {
         stream,
         ciphers: a.ciphers,
         tls: a.tls,
         early: a.early,
     };
-    relay::run(
+    Ok(Ready {
         client,
-        connected.side,
-        rt.config.idle_timeout,
-        traffic,
+        upstream: connected.side,
         shutdown,
-        lease.as_ref(),
-    )
-    .await
+        lease,
+        source,
+    })
 }
 
 /// Reads and feeds the handshake machine until it decides, the deadline
@@ -312,7 +388,9 @@ async fn handshake_phase(
 #[cfg(test)]
 mod tests {
     /// An idle session's task is this future: keep the big, short-lived states
-    /// (handshake, fronting, ME, dialing, the ciphers) out of it.
+    /// (handshake, fronting, ME, dialing, the ciphers) out of it. Measured:
+    /// 2 232 B with the `select!`-based relay, 888 B (release) and 912 B
+    /// (debug) with the hand-written one and the boxed setup.
     #[tokio::test]
     async fn session_future_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -327,6 +405,6 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let f = super::serve(s, a, rt, rx);
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 2560, "session future is {size} bytes");
+        assert!(size <= 1024, "session future is {size} bytes");
     }
 }
