@@ -373,6 +373,27 @@ impl Report {
                 b,
                 |x| x >= bar && x > 1.0,
             ));
+            // Throughput per proxy CPU-second, N workers against 1: whether the
+            // proxy scales linearly in the cores it gets (on one machine the load
+            // generator and echo DC take cores the proxy then cannot have).
+            let per_cpu = |b: &BulkResult| b.proxy_cpu_util.map(|u| b.mb_per_s / u.max(1e-9));
+            let eff = sc
+                .bulk_2
+                .as_ref()
+                .and_then(per_cpu)
+                .zip(sc.bulk_1.as_ref().and_then(per_cpu))
+                .map(|(a, b)| a / b);
+            t.push(ratio_target(
+                &format!("{subject} bulk per proxy CPU, {n} workers vs 1"),
+                fmt_pair(
+                    sc.bulk_2.as_ref().and_then(per_cpu),
+                    sc.bulk_1.as_ref().and_then(per_cpu),
+                    "MB/s per CPU",
+                ),
+                "≥ 0.80× (linear in its cores)".into(),
+                eff,
+                |x| x >= 0.8,
+            ));
             let h = sc
                 .handshakes_2
                 .as_ref()

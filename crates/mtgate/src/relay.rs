@@ -14,7 +14,7 @@ use crate::events::CloseReason;
 use crate::policy::engine::meter;
 use crate::policy::engine::Metered;
 use crate::policy::users::Dir;
-use crate::pool::{PooledBuf, RECORDS_PER_BUF};
+use crate::pool::{Class, PooledBuf, RECORDS_PER_BUF};
 use mtgate_crypto::AesCtr;
 use mtgate_proto::faketls::{
     app_record_header, RecordStripper, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN,
@@ -106,7 +106,12 @@ pub fn run<'a, H: Send + 'a>(
     // below a pooled buffer; a larger one would be a bug, so it is refused).
     let early = client.early;
     if !early.is_empty() {
-        let mut buf = PooledBuf::take();
+        let class = if early.len() <= Class::Small.size() {
+            Class::Small
+        } else {
+            Class::Large
+        };
+        let mut buf = PooledBuf::take_class(class);
         if early.len() > buf.len() {
             fail = Some(CloseReason::ClientProtocol);
         } else {
@@ -159,6 +164,9 @@ struct Pump {
     read_eof: bool,
     /// The FIN was forwarded; this direction is finished.
     done: bool,
+    /// The last read filled its buffer: more is coming, so the next buffer
+    /// is a large one (a burst starts with a small one).
+    hot: bool,
     /// A bandwidth cap's wait before the pending write (boxed: rare).
     throttle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -304,6 +312,10 @@ fn poll_pump(
                         counter.fetch_add(p.payload as u64, Relaxed);
                         ctx.traffic.touch(ctx.start);
                         (p.pos, p.end, p.payload) = (0, 0, 0);
+                        // A burst outgrew the small buffer: swap it for a large one.
+                        if p.hot && p.buf.as_ref().is_some_and(|b| b.class() == Class::Small) {
+                            p.buf = None;
+                        }
                     }
                     continue;
                 }
@@ -324,7 +336,8 @@ fn poll_pump(
             if ready!(rd.poll_read_ready(cx)).is_err() {
                 return Poll::Ready(Err(rd_err));
             }
-            p.buf = Some(PooledBuf::take());
+            let class = if p.hot { Class::Large } else { Class::Small };
+            p.buf = Some(PooledBuf::take_class(class));
         }
         let Some(buf) = p.buf.as_mut() else {
             continue;
@@ -333,7 +346,11 @@ fn poll_pump(
         // Down for FakeTLS: read at an offset that leaves room for the record
         // headers, at most RECORDS_PER_BUF records' worth.
         let (lo, hi) = match way {
-            Way::Down if tls => (DOWN_OFF, DOWN_OFF + RECORDS_PER_BUF * MAX_RECORD_PAYLOAD),
+            Way::Down if tls => (
+                DOWN_OFF,
+                buf.len()
+                    .min(DOWN_OFF + RECORDS_PER_BUF * MAX_RECORD_PAYLOAD),
+            ),
             _ => (0, buf.len()),
         };
         let n = match read_some(rd, &mut buf[lo..hi]) {
@@ -342,10 +359,14 @@ fn poll_pump(
                 p.buf = None;
                 continue;
             }
-            Ok(n) => n,
+            Ok(n) => {
+                p.hot = n == hi - lo;
+                n
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 // Drained: give the buffer back and wait for readiness.
                 p.buf = None;
+                p.hot = false;
                 continue;
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -290,6 +290,14 @@ async fn metrics_move_with_traffic_in_every_mode() {
             s.sum("mtgate_connections_active", &[]) == 5.0
         })
         .await;
+    // Both buffer size classes served the 20 000-byte echoes: a burst starts
+    // in a small buffer and moves to a large one once it fills the small one.
+    for class in ["small", "large"] {
+        let taken = s1.sum("mtgate_pool_hits_total", &[("class", class)])
+            + s1.sum("mtgate_pool_misses_total", &[("class", class)]);
+        assert!(taken > 0.0, "no {class} buffer was taken");
+        assert!(s1.sum("mtgate_pool_buffer_size_bytes", &[("class", class)]) >= 4096.0);
+    }
     let acc = |s: &Scrape, mode, user| {
         s.sum(
             "mtgate_handshakes_accepted_total",

@@ -410,24 +410,65 @@ fn put<M: EncodeMetric>(
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let p = &crate::pool::STATS;
-        put(
+        use crate::pool::{stats, Class};
+        let per_class = |enc: &mut DescriptorEncoder,
+                         name: &str,
+                         help: &str,
+                         counter: bool,
+                         f: &dyn Fn(&crate::pool::PoolStats, Class) -> u64|
+         -> Result<(), std::fmt::Error> {
+            let ty = if counter {
+                ConstCounter::new(0u64).metric_type()
+            } else {
+                ConstGauge::new(0i64).metric_type()
+            };
+            let mut m = enc.encode_descriptor(name, help, None, ty)?;
+            for c in Class::ALL {
+                let v = f(stats(c), c);
+                let labels = [("class", c.name())];
+                let fam = m.encode_family(&labels)?;
+                if counter {
+                    ConstCounter::new(v).encode(fam)?;
+                } else {
+                    ConstGauge::new(v as i64).encode(fam)?;
+                }
+            }
+            Ok(())
+        };
+        per_class(
             &mut enc,
             "pool_hits",
-            "Relay buffers taken from a free list",
-            ConstCounter::new(p.hits.load(Relaxed)),
+            "Relay buffers taken from a free list, by size class",
+            true,
+            &|s, _| s.hits.load(Relaxed),
         )?;
-        put(
+        per_class(
             &mut enc,
             "pool_misses",
-            "Relay buffers newly allocated",
-            ConstCounter::new(p.misses.load(Relaxed)),
+            "Relay buffers newly allocated, by size class",
+            true,
+            &|s, _| s.misses.load(Relaxed),
         )?;
-        put(
+        per_class(
             &mut enc,
             "pool_buffers_in_use",
-            "Relay buffers holding in-flight data now",
-            ConstGauge::new(p.in_use.load(Relaxed) as i64),
+            "Relay buffers holding in-flight data now, by size class",
+            false,
+            &|s, _| s.in_use.load(Relaxed) as u64,
+        )?;
+        per_class(
+            &mut enc,
+            "pool_buffers_cached",
+            "Relay buffers kept in the per-thread free lists now, by size class",
+            false,
+            &|s, _| s.cached.load(Relaxed) as u64,
+        )?;
+        per_class(
+            &mut enc,
+            "pool_buffer_size_bytes",
+            "Bytes per relay buffer of each size class",
+            false,
+            &|_, c| c.size() as u64,
         )?;
         if let Some(n) = open_fds() {
             put(
