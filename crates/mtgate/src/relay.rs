@@ -164,9 +164,12 @@ struct Pump {
     read_eof: bool,
     /// The FIN was forwarded; this direction is finished.
     done: bool,
-    /// The last read filled its buffer: more is coming, so the next buffer
-    /// is a large one (a burst starts with a small one).
+    /// Take a large buffer next: the last read filled its buffer (more is
+    /// coming), or the last burst outgrew a small one. Connections that
+    /// carry small messages stay on small buffers.
     hot: bool,
+    /// Bytes read since this burst began (saturating).
+    burst: u32,
     /// A bandwidth cap's wait before the pending write (boxed: rare).
     throttle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -360,13 +363,23 @@ fn poll_pump(
                 continue;
             }
             Ok(n) => {
-                p.hot = n == hi - lo;
+                p.burst = p.burst.saturating_add(n as u32);
+                if n == hi - lo {
+                    p.hot = true;
+                } else {
+                    // A short read drained the socket: the burst is over.
+                    p.hot = p.burst as usize > Class::Small.size();
+                    p.burst = 0;
+                }
                 n
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 // Drained: give the buffer back and wait for readiness.
                 p.buf = None;
-                p.hot = false;
+                if p.burst > 0 {
+                    p.hot = p.burst as usize > Class::Small.size();
+                    p.burst = 0;
+                }
                 continue;
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
