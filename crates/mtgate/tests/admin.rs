@@ -290,6 +290,12 @@ async fn metrics_move_with_traffic_in_every_mode() {
             s.sum("mtgate_connections_active", &[]) == 5.0
         })
         .await;
+    // The 5 connections are open but idle: they hold no relay buffer (other
+    // tests of this binary may relay meanwhile, so wait for the gauge).
+    st.scrape_until("no buffer in use", |s| {
+        s.sum("mtgate_pool_buffers_in_use", &[]) == 0.0
+    })
+    .await;
     // Both buffer size classes served the 20 000-byte echoes: a burst starts
     // in a small buffer and moves to a large one once it fills the small one.
     for class in ["small", "large"] {
