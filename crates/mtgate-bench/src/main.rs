@@ -25,6 +25,7 @@ mod procs;
 mod relay;
 mod report;
 mod suite;
+mod targets;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
