@@ -8,7 +8,8 @@
 //! * [`sha256`], [`hmac_sha256`]: one-shot digests over several parts;
 //! * [`Key16`]: a 16-byte proxy secret that is zeroized on drop, compared in
 //!   constant time, and never printed;
-//! * [`x25519_public_key`], [`fill_random`]: handshake helpers.
+//! * [`x25519_public_key`], [`fill_random`]: handshake helpers; [`keyshare`]:
+//!   ServerHello key shares computed ahead by a background thread.
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use hmac::{Hmac, Mac};
@@ -18,6 +19,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub mod cbc;
 pub use cbc::{AesCbcDec, AesCbcEnc};
+pub mod keyshare;
 
 #[cfg(target_arch = "x86_64")]
 mod ctr_vaes;

@@ -356,9 +356,9 @@ impl Handshake {
         let len = len.clamp(1, 16_384) as usize;
         let mut fake = vec![0u8; len];
         rand(&mut fake);
-        let mut scalar = [0u8; 32];
-        rand(&mut scalar);
-        let share = mtgate_crypto::x25519_public_key(scalar);
+        // A real X25519 key share: from the pool mtgate fills ahead, else
+        // computed here from `rand` (tests and fuzzing, where no pool runs).
+        let share = mtgate_crypto::keyshare::key_share(rand);
         let resp = faketls::build_server_hello_ordered(
             &hello,
             &cfg.users[user].key,

@@ -220,35 +220,27 @@ impl<S: Future<Output = CloseReason>, H> Future for Relay<'_, S, H> {
             lease: this.lease.as_ref(),
             start: *this.start,
         };
-        if !this.up.done {
-            match poll_pump(
-                cx,
-                this.up,
-                Way::Up,
-                this.client,
-                this.upstream,
-                this.keys,
-                &ctx,
-            ) {
-                Poll::Ready(Ok(())) => {
-                    this.first.get_or_insert(CloseReason::ClientClosed);
-                }
-                Poll::Ready(Err(r)) => return Poll::Ready(r),
-                Poll::Pending => {}
+        for way in [Way::Up, Way::Down] {
+            let (p, rd, wr, closed) = match way {
+                Way::Up => (
+                    &mut *this.up,
+                    &*this.client,
+                    &mut *this.upstream,
+                    CloseReason::ClientClosed,
+                ),
+                Way::Down => (
+                    &mut *this.down,
+                    &*this.upstream,
+                    &mut *this.client,
+                    CloseReason::UpstreamClosed,
+                ),
+            };
+            if p.done {
+                continue;
             }
-        }
-        if !this.down.done {
-            match poll_pump(
-                cx,
-                this.down,
-                Way::Down,
-                this.upstream,
-                this.client,
-                this.keys,
-                &ctx,
-            ) {
+            match poll_pump(cx, p, way, rd, wr, this.keys, &ctx) {
                 Poll::Ready(Ok(())) => {
-                    this.first.get_or_insert(CloseReason::UpstreamClosed);
+                    this.first.get_or_insert(closed);
                 }
                 Poll::Ready(Err(r)) => return Poll::Ready(r),
                 Poll::Pending => {}

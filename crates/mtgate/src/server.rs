@@ -27,6 +27,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 /// A running server.
+/// X25519 key shares kept ready for ServerHellos (32 bytes each).
+const KEY_SHARE_POOL: usize = 256;
+
 pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     /// The configured address each listener serves (same order as `local_addrs`).
@@ -108,6 +111,9 @@ impl Server {
         listeners: Vec<(SocketAddr, std::net::TcpListener)>,
     ) -> std::io::Result<Self> {
         let rt = live.current();
+        // FakeTLS ServerHello key shares, computed ahead from spare CPU time
+        // (once per process; see mtgate_crypto::keyshare).
+        mtgate_crypto::keyshare::start_pool(KEY_SHARE_POOL);
         let (tx, rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let max = rt.config.max_connections;
