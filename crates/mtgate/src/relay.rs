@@ -21,7 +21,7 @@ use mtgate_proto::faketls::{
 };
 use mtgate_proto::obfs2::CipherPair;
 use std::future::Future;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
@@ -160,6 +160,10 @@ struct Pump {
     end: usize,
     /// Payload bytes in the pending write (counted once it is all written).
     payload: usize,
+    /// The pending write is TLS records: headers at `buf[..DOWN_OFF]`,
+    /// payload at `buf[DOWN_OFF..]` (see [`record_slices`]); `pos`/`end`
+    /// count framed bytes.
+    framed: bool,
     /// The reader hit end of stream: forward the FIN once the write is done.
     read_eof: bool,
     /// The FIN was forwarded; this direction is finished.
@@ -295,7 +299,16 @@ fn poll_pump(
             let Some(buf) = p.buf.as_ref() else {
                 return Poll::Ready(Err(wr_err));
             };
-            match Pin::new(&mut *wr).poll_write(cx, &buf[p.pos..p.end]) {
+            let wrote = if p.framed {
+                // TLS records: headers at the front, payload where it was read;
+                // one `writev`, no sliding of the payload.
+                let mut slices = [IoSlice::new(&[]); 2 * RECORDS_PER_BUF];
+                let k = record_slices(buf, p.payload, p.pos, &mut slices);
+                Pin::new(&mut *wr).poll_write_vectored(cx, &slices[..k])
+            } else {
+                Pin::new(&mut *wr).poll_write(cx, &buf[p.pos..p.end])
+            };
+            match wrote {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(wr_err)),
                 Poll::Ready(Ok(n)) => {
                     p.pos += n;
@@ -306,7 +319,7 @@ fn poll_pump(
                         };
                         counter.fetch_add(p.payload as u64, Relaxed);
                         ctx.traffic.touch(ctx.start);
-                        (p.pos, p.end, p.payload) = (0, 0, 0);
+                        (p.pos, p.end, p.payload, p.framed) = (0, 0, 0, false);
                         // A burst outgrew the small buffer: swap it for a large one.
                         if p.hot && p.buf.as_ref().is_some_and(|b| b.class() == Class::Small) {
                             p.buf = None;
@@ -395,7 +408,7 @@ fn poll_pump(
                 let data = &mut buf[lo..lo + n];
                 keys.u_dec.apply(data);
                 keys.c_enc.apply(data);
-                let total = if tls { frame_records(buf, lo, n) } else { n };
+                let total = if tls { write_record_headers(buf, n) } else { n };
                 (n, total)
             }
         };
@@ -414,6 +427,7 @@ fn poll_pump(
             }
         }
         (p.pos, p.end, p.payload) = (0, total, n);
+        p.framed = tls && way == Way::Down;
     }
 }
 
@@ -447,22 +461,44 @@ fn read_some(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Turns `n` payload bytes at `buf[off..]` into consecutive TLS records starting
-/// at `buf[0]`; returns the framed length. Needs `off >= RECORDS_PER_BUF * 5` and
-/// `n <= RECORDS_PER_BUF * MAX_RECORD_PAYLOAD`.
-fn frame_records(buf: &mut [u8], off: usize, n: usize) -> usize {
-    let mut src = off;
-    let mut dst = 0;
-    let mut left = n;
-    while left > 0 {
-        let len = left.min(MAX_RECORD_PAYLOAD);
-        buf[dst..dst + RECORD_HEADER_LEN].copy_from_slice(&app_record_header(len));
-        buf.copy_within(src..src + len, dst + RECORD_HEADER_LEN);
-        dst += RECORD_HEADER_LEN + len;
-        src += len;
-        left -= len;
+/// Writes the record headers for `n` payload bytes at `buf[DOWN_OFF..]`
+/// (records of at most [`MAX_RECORD_PAYLOAD`]) into `buf[..DOWN_OFF]`;
+/// returns the framed length. Needs `n <= RECORDS_PER_BUF * MAX_RECORD_PAYLOAD`.
+fn write_record_headers(buf: &mut [u8], n: usize) -> usize {
+    let records = n.div_ceil(MAX_RECORD_PAYLOAD);
+    for i in 0..records {
+        let len = (n - i * MAX_RECORD_PAYLOAD).min(MAX_RECORD_PAYLOAD);
+        let h = i * RECORD_HEADER_LEN;
+        buf[h..h + RECORD_HEADER_LEN].copy_from_slice(&app_record_header(len));
     }
-    dst
+    n + records * RECORD_HEADER_LEN
+}
+
+/// The framed stream of [`write_record_headers`] as header and payload
+/// slices, its first `skip` bytes left out (already written); returns how
+/// many of `out` it filled.
+fn record_slices<'b>(
+    buf: &'b [u8],
+    n: usize,
+    mut skip: usize,
+    out: &mut [IoSlice<'b>; 2 * RECORDS_PER_BUF],
+) -> usize {
+    let mut k = 0;
+    for i in 0..n.div_ceil(MAX_RECORD_PAYLOAD) {
+        let len = (n - i * MAX_RECORD_PAYLOAD).min(MAX_RECORD_PAYLOAD);
+        let h = i * RECORD_HEADER_LEN;
+        let at = DOWN_OFF + i * MAX_RECORD_PAYLOAD;
+        for seg in [&buf[h..h + RECORD_HEADER_LEN], &buf[at..at + len]] {
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            out[k] = IoSlice::new(&seg[skip..]);
+            skip = 0;
+            k += 1;
+        }
+    }
+    k
 }
 
 #[cfg(test)]
@@ -471,7 +507,7 @@ mod tests {
     use mtgate_proto::faketls::RecordStripper;
 
     #[test]
-    fn records_are_framed_in_place() {
+    fn records_are_framed_without_moving_the_payload() {
         for n in [
             1,
             100,
@@ -480,16 +516,28 @@ mod tests {
             3 * MAX_RECORD_PAYLOAD + 7,
             RECORDS_PER_BUF * MAX_RECORD_PAYLOAD,
         ] {
-            let off = RECORDS_PER_BUF * RECORD_HEADER_LEN;
             let mut buf = vec![0u8; crate::pool::BUF_SIZE];
             let payload: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
-            buf[off..off + n].copy_from_slice(&payload);
-            let total = frame_records(&mut buf, off, n);
+            buf[DOWN_OFF..DOWN_OFF + n].copy_from_slice(&payload);
+            let total = write_record_headers(&mut buf, n);
             assert_eq!(
                 total,
                 n + n.div_ceil(MAX_RECORD_PAYLOAD) * RECORD_HEADER_LEN
             );
-            let mut framed = buf[..total].to_vec();
+            // Any partial write leaves slices that continue the same stream.
+            let full: Vec<u8> = {
+                let mut out = [IoSlice::new(&[]); 2 * RECORDS_PER_BUF];
+                let k = record_slices(&buf, n, 0, &mut out);
+                out[..k].iter().flat_map(|s| s.iter().copied()).collect()
+            };
+            assert_eq!(full.len(), total);
+            for skip in [0, 1, 4, 5, 6, total / 2, total - 1] {
+                let mut out = [IoSlice::new(&[]); 2 * RECORDS_PER_BUF];
+                let k = record_slices(&buf, n, skip, &mut out);
+                let rest: Vec<u8> = out[..k].iter().flat_map(|s| s.iter().copied()).collect();
+                assert_eq!(rest, full[skip..], "n {n} skip {skip}");
+            }
+            let mut framed = full.clone();
             let got = RecordStripper::new().strip_in_place(&mut framed).unwrap();
             assert_eq!(&framed[..got], &payload[..]);
         }
