@@ -1,7 +1,8 @@
 //! The command line: `run`, `check`, `link`, `secret`. `anyhow` lives here and
 //! in `main` only; everything below returns typed errors.
 
-use crate::admin::{AdminServer, AdminState, Metrics, MetricsSink};
+use crate::admin::slot::AdminSlot;
+use crate::admin::{AdminState, Metrics, MetricsSink};
 use crate::config::{Config, Overrides, User};
 use crate::events::{Counters, LogSink, Telemetry};
 #[cfg(unix)]
@@ -215,7 +216,6 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let metrics =
             Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())).with_dc_table(&cfg.dcs));
         let admin_state = AdminState::new(metrics.clone());
-        let _admin = start_admin(&cfg, admin_state.clone()).await;
         let telemetry = Telemetry::new(vec![
             Arc::new(LogSink),
             Arc::new(Counters::default()),
@@ -240,6 +240,16 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 t
             }
         };
+        // The admin listener the old process handed over, if any; else bind
+        // (retrying while the old process still holds the address).
+        #[cfg(unix)]
+        let handed_admin = takeover
+            .as_mut()
+            .and_then(|t| t.admin.take())
+            .map(|i| (i.configured, i.listener));
+        #[cfg(not(unix))]
+        let handed_admin = None;
+        let mut admin = AdminSlot::start(cfg.admin_listen, handed_admin, admin_state.clone()).await;
         #[cfg(unix)]
         let listeners = {
             let handed = takeover
@@ -285,12 +295,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         #[cfg(unix)]
         let control = cfg.handover_socket.as_ref().and_then(|path| {
             let source = server.listener_source();
+            let admin_fd = admin.offer_source();
             let offer = move || {
-                Ok(source
+                let mut out: Vec<handover::Offer> = source
                     .fds()?
                     .into_iter()
-                    .map(|(configured, fd)| handover::Offer { configured, fd })
-                    .collect())
+                    .map(|(configured, fd)| handover::Offer { configured, fd, admin: false })
+                    .collect();
+                if let Some(a) = admin_fd.offer() {
+                    let (configured, fd) = a?;
+                    out.push(handover::Offer { configured, fd, admin: true });
+                }
+                Ok(out)
             };
             match handover::ControlSocket::start(path, offer, taken_tx) {
                 Ok(c) => Some(c),
@@ -335,6 +351,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             // pid instead of announcing a stop.
             Some(t) => {
                 tracing::info!(new_pid = t.pid, "listeners taken over; draining");
+                // The new process answers health and metrics on the same
+                // socket now; a draining 503 from us would only confuse probes.
+                admin.close();
                 crate::admin::notify::notify(&format!("MAINPID={}", t.pid));
             }
             None => {
@@ -494,22 +513,6 @@ fn spawn_watchdog(period: Duration, probe: crate::server::AcceptProbe) {
             }
         }
     });
-}
-
-/// Starts the admin listener if configured. A bind failure is logged, not
-/// fatal: the proxy keeps serving clients (health probes then fail visibly).
-async fn start_admin(cfg: &Config, state: Arc<AdminState>) -> Option<AdminServer> {
-    let addr = cfg.admin_listen?;
-    match AdminServer::start(addr, state).await {
-        Ok(a) => {
-            tracing::info!(addr = %a.local_addr, "admin listener (metrics, health) started");
-            Some(a)
-        }
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot start the admin listener; continuing without it");
-            None
-        }
-    }
 }
 
 /// The next delivery of `sig`, or never when it could not be installed.

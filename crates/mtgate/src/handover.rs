@@ -12,8 +12,8 @@
 //! ```text
 //! new → old   MTGATE-HANDOVER/1 GET
 //! old → new   OK <n>                       (one sendmsg carrying n fds by SCM_RIGHTS,
-//!             <configured> <local>          one line per fd, in fd order)
-//!             ...
+//!             <configured> <local> [admin]  one line per fd, in fd order; `admin`
+//!             ...                           marks the admin listener, at most one)
 //!         or  ERR <reason>
 //! new         starts accepting on the fds (and binds any address the old one lacked)
 //! new → old   TAKEN <pid>
@@ -159,6 +159,8 @@ fn into_listener(fd: OwnedFd, configured: Option<SocketAddr>) -> io::Result<Inhe
 pub struct Offer {
     pub configured: SocketAddr,
     pub fd: OwnedFd,
+    /// This is the admin (metrics, health) listener, not a client one.
+    pub admin: bool,
 }
 
 /// A new process has taken the listeners over. Stop accepting, then answer
@@ -302,7 +304,8 @@ where
             .local_addr()?
             .as_socket()
             .ok_or_else(|| proto("a listener is not an inet socket"))?;
-        text.push_str(&format!("{} {}\n", o.configured, local));
+        let tag = if o.admin { " admin" } else { "" };
+        text.push_str(&format!("{} {}{tag}\n", o.configured, local));
     }
     let fds: Vec<RawFd> = offers.iter().map(|o| o.fd.as_raw_fd()).collect();
     send_with_fds(stream.get_ref(), text.as_bytes(), &fds).await?;
@@ -321,7 +324,10 @@ where
 /// The listeners received from the running process; [`Takeover::complete`]
 /// tells it to stop accepting.
 pub struct Takeover {
+    /// The client listeners.
     pub listeners: Vec<Inherited>,
+    /// The admin listener, when the running process had one.
+    pub admin: Option<Inherited>,
     stream: BufReader<UnixStream>,
 }
 
@@ -329,6 +335,7 @@ impl std::fmt::Debug for Takeover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Takeover")
             .field("listeners", &self.listeners)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -388,15 +395,25 @@ pub async fn request(path: &Path) -> Result<Option<Takeover>, HandoverError> {
         return Err(proto(format!("{n} listeners announced, {} fds", fds.len())));
     }
     let mut listeners = Vec::with_capacity(n);
+    let mut admin = None;
     for (line, fd) in text.lines().skip(1).zip(fds) {
         let mut parts = line.split(' ');
         let configured = parts
             .next()
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .ok_or_else(|| proto(format!("bad listener line `{}`", clip(line))))?;
-        listeners.push(into_listener(fd, Some(configured))?);
+        let inherited = into_listener(fd, Some(configured))?;
+        match parts.nth(1) {
+            Some("admin") if admin.is_none() => admin = Some(inherited),
+            Some("admin") => return Err(proto("two admin listeners")),
+            _ => listeners.push(inherited),
+        }
     }
-    Ok(Some(Takeover { listeners, stream }))
+    Ok(Some(Takeover {
+        listeners,
+        admin,
+        stream,
+    }))
 }
 
 impl Takeover {
@@ -531,15 +548,25 @@ mod tests {
         let l = listener();
         let local = l.local_addr().expect("addr");
         let dup = l.try_clone().expect("dup");
+        let admin = listener();
+        let admin_local = admin.local_addr().expect("addr");
         let configured: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let (tx, mut rx) = mpsc::channel(1);
         let ctl = ControlSocket::start(
             &path,
             move || {
-                Ok(vec![Offer {
-                    configured,
-                    fd: OwnedFd::from(dup.try_clone()?),
-                }])
+                Ok(vec![
+                    Offer {
+                        configured,
+                        fd: OwnedFd::from(admin.try_clone()?),
+                        admin: true,
+                    },
+                    Offer {
+                        configured,
+                        fd: OwnedFd::from(dup.try_clone()?),
+                        admin: false,
+                    },
+                ])
             },
             tx,
         )
@@ -550,6 +577,8 @@ mod tests {
         assert_eq!(t.listeners.len(), 1);
         assert_eq!(t.listeners[0].configured, configured);
         assert_eq!(t.listeners[0].listener.local_addr().expect("a"), local);
+        let a = t.admin.as_ref().expect("admin listener handed over");
+        assert_eq!(a.listener.local_addr().expect("a"), admin_local);
         drop(t);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err(), "no takeover reported");

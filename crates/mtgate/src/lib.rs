@@ -3,6 +3,7 @@
 //! * [`config`]: TOML → typed values, flags as overrides; `check` runs the same code;
 //! * [`server`]: listeners and the accept loop; [`session`]: one connection's life;
 //! * [`relay`] + [`pool`]: the hot path; [`upstream`] + [`dc`]: where bytes go;
+//! * [`front`]: the fronting gate (budget of mask connections, silent holds);
 //! * [`mask`]: fronting for connections that are not ours;
 //! * [`events`]: what sessions report, and the sinks that listen;
 //! * [`admin`]: the admin listener (Prometheus metrics, health checks);
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dc;
 pub mod doctor;
 pub mod events;
+pub mod front;
 #[cfg(unix)]
 pub mod handover;
 pub mod links;

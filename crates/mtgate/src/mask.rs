@@ -12,51 +12,83 @@
 //! is decided before the delay ends, so it costs no mask connection; a silent or
 //! trickling prober meets the site's own timeouts, shifted by the delay. If the
 //! site speaks or closes first, that is mirrored at once.
+//!
+//! Every mask connection is counted against the fronting budget
+//! ([`crate::front`]); a connection past it is held silent instead.
 
+use crate::front::{MaskBudget, MaskPermit};
 use crate::pool::PooledBuf;
 use std::io::ErrorKind;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+/// Who a mask connection is for, and the budget it counts against.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub budget: Arc<MaskBudget>,
+    pub source: IpAddr,
+}
+
+/// What dialing the mask host gave.
+#[derive(Debug)]
+pub enum Dialed {
+    Site(TcpStream, MaskPermit),
+    /// The budget is spent: hold the client instead.
+    OverBudget,
+    Unreachable,
+}
 
 /// A connection to the mask host, opened eagerly or on demand.
 pub struct MaskLink {
     addr: String,
     timeout: Duration,
-    connecting: Option<JoinHandle<Option<TcpStream>>>,
-    conn: Option<TcpStream>,
-    failed: bool,
+    gate: Gate,
+    connecting: Option<JoinHandle<Dialed>>,
+    conn: Option<Dialed>,
 }
 
-async fn dial(addr: String, timeout: Duration) -> Option<TcpStream> {
-    let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = s.set_nodelay(true);
-    Some(s)
+async fn dial(addr: String, timeout: Duration, gate: &Gate) -> Dialed {
+    let Some(permit) = gate.budget.try_acquire(gate.source) else {
+        return Dialed::OverBudget;
+    };
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Dialed::Site(s, permit)
+        }
+        _ => Dialed::Unreachable,
+    }
 }
 
 impl MaskLink {
     /// Starts connecting after `preconnect` (if given), or only when
     /// [`MaskLink::into_stream`] needs it.
-    pub fn new(addr: String, timeout: Duration, preconnect: Option<Duration>) -> Self {
+    pub fn new(addr: String, timeout: Duration, preconnect: Option<Duration>, gate: Gate) -> Self {
         let connecting = preconnect.map(|delay| {
             let addr = addr.clone();
+            let gate = gate.clone();
             tokio::spawn(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                dial(addr, timeout).await
+                dial(addr, timeout, &gate).await
             })
         });
         Self {
             addr,
             timeout,
+            gate,
             connecting,
             conn: None,
-            failed: false,
         }
+    }
+
+    /// The same link toward another mask address (a per-SNI mask host).
+    pub fn redirect(self, addr: String) -> Self {
+        Self::new(addr, self.timeout, None, self.gate.clone())
     }
 
     /// The mask address.
@@ -68,29 +100,30 @@ impl MaskLink {
     /// handshake decided (never, if no eager connection exists).
     pub async fn activity(&mut self) {
         if let Some(h) = &mut self.connecting {
-            let r = h.await.ok().flatten();
+            let r = h.await.unwrap_or(Dialed::Unreachable);
             self.connecting = None;
-            self.failed = r.is_none();
-            self.conn = r;
+            self.conn = Some(r);
         }
         match &self.conn {
-            Some(s) => {
+            Some(Dialed::Site(s, _)) => {
                 let _ = s.readable().await;
             }
-            None => std::future::pending().await,
+            _ => std::future::pending().await,
         }
     }
 
-    /// The connected stream (connecting now if needed); `None` if unreachable.
-    pub async fn into_stream(mut self) -> Option<TcpStream> {
+    /// The connected stream (connecting now if needed, within the budget).
+    /// An eager dial that met the budget is tried once more: the budget may
+    /// have room by the time the handshake decided.
+    pub async fn into_stream(mut self) -> Dialed {
         if let Some(h) = self.connecting.take() {
-            self.conn = h.await.ok().flatten();
-            self.failed = self.conn.is_none();
+            self.conn = Some(h.await.unwrap_or(Dialed::Unreachable));
         }
         match self.conn.take() {
-            Some(s) => Some(s),
-            None if self.failed => None,
-            None => dial(std::mem::take(&mut self.addr), self.timeout).await,
+            Some(d @ (Dialed::Site(..) | Dialed::Unreachable)) => d,
+            Some(Dialed::OverBudget) | None => {
+                dial(std::mem::take(&mut self.addr), self.timeout, &self.gate).await
+            }
         }
     }
 }
@@ -110,8 +143,11 @@ pub enum SpliceEnd {
     Closed,
     /// One side reset; the reset was mirrored.
     Reset,
-    /// The mask host could not be reached (the client was closed silently).
+    /// The mask host could not be reached (the client was reset, as a
+    /// site that is down would).
     Unreachable,
+    /// The fronting budget was spent: the client was held silent.
+    Held(crate::front::HoldEnd),
 }
 
 /// Splices `client` to the mask host, replaying `already_read` first; if the
@@ -122,9 +158,16 @@ pub async fn splice(
     client_eof: bool,
     link: MaskLink,
 ) -> SpliceEnd {
-    let Some(upstream) = link.into_stream().await else {
-        reset(&client);
-        return SpliceEnd::Unreachable;
+    let budget = link.gate.budget.clone();
+    let (upstream, _permit) = match link.into_stream().await {
+        Dialed::Site(s, p) => (s, p),
+        Dialed::OverBudget => {
+            return SpliceEnd::Held(crate::front::hold(client, client_eof, &budget).await)
+        }
+        Dialed::Unreachable => {
+            reset(&client);
+            return SpliceEnd::Unreachable;
+        }
     };
     if write_all(&upstream, already_read).await.is_err() {
         reset(&client);

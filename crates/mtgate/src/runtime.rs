@@ -32,6 +32,8 @@ pub struct Runtime {
     pub drains: Arc<Drains>,
     /// The security policy (shared across reloads; it keeps its counters).
     pub policy: Arc<Policy>,
+    /// The fronting budget (shared across reloads; it keeps its counts).
+    pub mask_budget: Arc<crate::front::MaskBudget>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -107,6 +109,7 @@ impl Runtime {
         let policy = Arc::new(Policy::new(&config, &users, clock)?);
         Ok(Self {
             policy,
+            mask_budget: crate::front::MaskBudget::new(config.mask_budget),
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -134,8 +137,10 @@ impl Runtime {
         let old = self.handshake.load();
         hc.observed_cert_lens = old.observed_cert_lens.clone();
         hc.versions_first = old.versions_first;
+        self.mask_budget.reconfigure(config.mask_budget);
         Ok(Self {
             policy: self.policy.clone(),
+            mask_budget: self.mask_budget.clone(),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),
@@ -145,6 +150,14 @@ impl Runtime {
             drains: self.drains.clone(),
             conn_ids: self.conn_ids.clone(),
         })
+    }
+
+    /// The fronting gate for a connection from `source`.
+    pub fn mask_gate(&self, source: std::net::IpAddr) -> crate::mask::Gate {
+        crate::mask::Gate {
+            budget: self.mask_budget.clone(),
+            source,
+        }
     }
 
     pub fn next_conn_id(&self) -> u64 {

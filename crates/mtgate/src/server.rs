@@ -2,7 +2,8 @@
 //!
 //! Each configured address gets a listener; `[::]` is bound dual-stack
 //! (IPV6_V6ONLY off) so IPv4 and IPv6 clients share one port. A semaphore caps
-//! concurrent connections (a connection over the cap is closed at once);
+//! concurrent connections (at the cap, accepting pauses and new connections
+//! wait in the kernel queue: never an accept-and-close a website would not do);
 //! accept errors such as EMFILE back off instead of spinning.
 //!
 //! Lifecycle (zero-downtime restart, see `handover`): a server starts on
@@ -309,6 +310,12 @@ async fn accept_loop(
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
+        // At the connection cap, stop accepting until a session ends: the
+        // next connection waits in the kernel's queue (what an overloaded web
+        // server shows), never an accept-and-close a site would not do.
+        let Ok(permit) = conns.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(x) => {
                 backoff = Duration::from_millis(5);
@@ -316,15 +323,11 @@ async fn accept_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; backing off");
+                drop(permit);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
-        };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "connection cap reached; closing");
-            drop(stream);
-            continue;
         };
         let rt = live.current();
         let sd = shutdown.clone();

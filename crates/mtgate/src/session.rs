@@ -155,13 +155,20 @@ enum Phase {
 }
 
 /// A client the policy refused before reading a byte: fronted to the mask
-/// host (as any connection that is not ours) or closed, as configured.
-async fn refuse(stream: TcpStream, rt: &Runtime, refusal: Refusal) -> CloseReason {
+/// host (as any connection that is not ours; past the fronting budget, held
+/// silent, see [`crate::front`]) or, where configured, closed.
+async fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    rt: &Runtime,
+    refusal: Refusal,
+) -> CloseReason {
     if refusal.action == RefuseAction::Front && rt.config.fronting {
         let link = MaskLink::new(
             rt.config.default_mask_host(),
             rt.config.connect_timeout,
             None,
+            rt.mask_gate(peer.ip()),
         );
         Box::pin(mask::splice(stream, &[], false, link)).await;
     }
@@ -192,7 +199,7 @@ async fn setup(
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
     let source = match rt.policy.admit(ip, &mut hit) {
         Ok(guard) => guard,
-        Err(refusal) => return Err(refuse(stream, rt, refusal).await),
+        Err(refusal) => return Err(refuse(stream, peer, rt, refusal).await),
     };
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
@@ -200,6 +207,7 @@ async fn setup(
             rt.config.default_mask_host(),
             rt.config.connect_timeout,
             rt.config.mask_preconnect,
+            rt.mask_gate(ip),
         )
     });
     // The handshake, fronting, ME and dial futures are boxed: an idle session's
@@ -222,7 +230,7 @@ async fn setup(
             };
             if let Some(sni_mask) = hs.sni().and_then(|d| rt.config.mask_hosts.get(d)) {
                 if sni_mask != link.addr() {
-                    link = MaskLink::new(sni_mask.clone(), rt.config.connect_timeout, None);
+                    link = link.redirect(sni_mask.clone());
                 }
             }
             if let CloseReason::Rejected(r) = reason {

@@ -13,11 +13,13 @@
 //! Otherwise only `GET` and `HEAD` are answered (405); unknown paths get 404.
 //! Connections are capped ([`MAX_CONNS`]) and must send their request head
 //! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
+//! [`slot::AdminSlot`] keeps it alive across a takeover.
 
 pub mod me_metrics;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;
+pub mod slot;
 
 use crate::config::AdminToken;
 use http_body_util::Full;
@@ -149,16 +151,43 @@ impl AdminState {
 /// A running admin server; dropping it (or [`AdminServer::stop`]) stops accepting.
 pub struct AdminServer {
     pub local_addr: SocketAddr,
+    listener: Arc<TcpListener>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl AdminServer {
     /// Binds `addr` and serves in the background.
     pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::serve(TcpListener::bind(addr).await?, state)
+    }
+
+    /// Serves on a listening socket this process already holds (one handed
+    /// over by the process it replaces). Call inside the runtime.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        state: Arc<AdminState>,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::serve(TcpListener::from_std(listener)?, state)
+    }
+
+    fn serve(listener: TcpListener, state: Arc<AdminState>) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, state));
-        Ok(Self { local_addr, task })
+        let listener = Arc::new(listener);
+        let task = tokio::spawn(accept_loop(listener.clone(), state));
+        Ok(Self {
+            local_addr,
+            listener,
+            task,
+        })
+    }
+
+    /// A duplicate (close-on-exec) of the listening socket, to hand to a new
+    /// process on takeover.
+    #[cfg(unix)]
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        let dup = socket2::SockRef::from(self.listener.as_ref()).try_clone()?;
+        Ok(std::os::fd::OwnedFd::from(dup))
     }
 
     /// Stops accepting (connections in progress finish on their own).
@@ -173,7 +202,7 @@ impl Drop for AdminServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
+async fn accept_loop(listener: Arc<TcpListener>, state: Arc<AdminState>) {
     let conns = Arc::new(Semaphore::new(MAX_CONNS));
     loop {
         let stream = match listener.accept().await {

@@ -5,6 +5,7 @@
 //! key at fault. `mtgate check` and `mtgate run` call exactly this code.
 //! Command-line flags are applied as a [`Overrides`] on the raw form first.
 
+pub mod mask;
 pub mod me;
 pub mod policy;
 pub mod raw;
@@ -152,6 +153,8 @@ pub struct Config {
     pub unknown_sni_mask: bool,
     /// Learn the mask site's answer (sizes, extension order) and imitate it.
     pub learn_profile: bool,
+    /// How many mask connections may be open at once; past it, held silent.
+    pub mask_budget: mask::MaskBudgetConfig,
     pub profile_interval: Duration,
     pub max_past: Duration,
     pub max_future: Duration,
@@ -351,6 +354,12 @@ impl Config {
                 ))
             }
         };
+        let mask_budget = mask::MaskBudgetConfig::from_raw(
+            t.mask_budget,
+            t.mask_budget_per_source,
+            t.mask_hold_timeout,
+            max_connections,
+        )?;
         let fake_cert_len = t.fake_cert_len.map(|[a, b]| (a, b)).unwrap_or((2500, 4700));
         if fake_cert_len.0 > fake_cert_len.1 || fake_cert_len.1 > 16_000 || fake_cert_len.0 < 64 {
             return Err(invalid(
@@ -505,6 +514,7 @@ impl Config {
             }),
             unknown_sni_mask,
             learn_profile: t.learn_profile.unwrap_or(true),
+            mask_budget,
             profile_interval: t
                 .profile_interval
                 .unwrap_or(Duration::from_secs(3600))

@@ -36,8 +36,10 @@ pub struct PolicyConfig {
     /// What a client refused by the ACL, geo or user limits sees.
     pub refuse_action: RefuseAction,
     /// What a client refused for flooding (rate, concurrency, failures,
-    /// reputation) sees: closed by default, so a flood cannot make the proxy
-    /// open one mask-site connection per refused attempt.
+    /// reputation) sees: fronted by default, like every refusal, so a prober
+    /// never sees a switch from "website" to "firewall"; the fronting gate's
+    /// budget (`tls.mask_budget*`) keeps a flood from opening one mask
+    /// connection per attempt. `close` is an opt-in that can be fingerprinted.
     pub flood_action: RefuseAction,
     /// Monitor or enforce the per-user limits (`[users.NAME.limits]`).
     pub users_mode: Mode,
@@ -268,7 +270,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             refuse_action: RefuseAction::Front,
-            flood_action: RefuseAction::Close,
+            flood_action: RefuseAction::Front,
             users_mode: Mode::Enforce,
             persist_interval: Duration::from_secs(2),
             timezone: Tz::UTC,
@@ -307,7 +309,7 @@ impl PolicyConfig {
         let flood_action = action(
             "policy.flood_action",
             raw.flood_action.as_deref(),
-            RefuseAction::Close,
+            RefuseAction::Front,
         )?;
         let persist_interval = raw.persist_interval.unwrap_or(Duration::from_secs(2));
         if persist_interval < Duration::from_millis(100)

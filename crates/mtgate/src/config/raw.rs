@@ -86,6 +86,10 @@ pub struct RawTls {
     pub max_clock_skew_future: Option<Duration>,
     pub replay_cache_size: Option<usize>,
     pub fake_cert_len: Option<[u32; 2]>,
+    pub mask_budget: Option<usize>,
+    pub mask_budget_per_source: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub mask_hold_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

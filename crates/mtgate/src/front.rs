@@ -1,0 +1,293 @@
+//! The fronting gate: every connection that ends at the mask site passes
+//! here, whatever sent it there (a handshake that is not ours, a replay, or a
+//! refusal that came before the client proved a secret: ACL, geo, rate,
+//! failures, reputation). A prober must see the website each time, so no such
+//! path may end with a reset or an early EOF the site would not send.
+//!
+//! What keeps a flood from making mtgate open one mask connection per attempt
+//! is a budget of mask connections open *at once*, in all and per source (an
+//! IPv4 address or an IPv6 /64), `tls.mask_budget` and
+//! `tls.mask_budget_per_source`. A connection within it is fronted
+//! ([`crate::mask::splice`]); past it, it is **held**: mtgate reads and drops
+//! what the client sends and says nothing until the client closes (answered
+//! with a FIN, as the site answers a client that gives up) or until
+//! `tls.mask_hold_timeout`, the site's own idle timeout, passes (then a FIN).
+//! A hold costs an idle connection's few KB and no mask connection; it is
+//! what the site shows a silent client, so only a source that keeps more than
+//! its budget of connections open at once can ever meet it. See
+//! docs/stealth.md "Flood-safe fronting".
+//!
+//! The table holds one entry per source with a mask connection open, so it
+//! never has more than `tls.mask_budget` entries.
+
+use crate::config::mask::MaskBudgetConfig;
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// A source as the budget counts it: an IPv4 address or an IPv6 /64.
+fn source_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        // The top bit set keeps IPv6 prefixes apart from IPv4 addresses.
+        IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 64) - 1)) | (1u128 << 127) | 1,
+    }
+}
+
+/// Figures for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateStats {
+    /// Mask connections open now (or being dialed).
+    pub open: usize,
+    /// Connections held silent now (past the budget).
+    pub held: usize,
+    /// Connections that met the budget and were held, since start.
+    pub over_budget: u64,
+    /// The budget in force.
+    pub budget: usize,
+}
+
+#[derive(Default)]
+struct Table {
+    open: usize,
+    per_source: HashMap<u128, u32>,
+}
+
+/// The budget of mask connections, shared by every runtime (reloads keep
+/// the counts and take the new limits).
+pub struct MaskBudget {
+    cfg: Mutex<MaskBudgetConfig>,
+    table: Mutex<Table>,
+    held: AtomicUsize,
+    over_budget: AtomicU64,
+}
+
+impl std::fmt::Debug for MaskBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskBudget")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One open mask connection counted against the budget, until dropped.
+#[derive(Debug)]
+pub struct MaskPermit {
+    budget: Arc<MaskBudget>,
+    key: u128,
+}
+
+impl Drop for MaskPermit {
+    fn drop(&mut self) {
+        let mut t = self.budget.lock_table();
+        t.open = t.open.saturating_sub(1);
+        if let Some(n) = t.per_source.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_source.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl MaskBudget {
+    pub fn new(cfg: MaskBudgetConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg: Mutex::new(cfg),
+            table: Mutex::new(Table::default()),
+            held: AtomicUsize::new(0),
+            over_budget: AtomicU64::new(0),
+        })
+    }
+
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> MaskBudgetConfig {
+        *self.cfg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the limits of a reloaded config; open connections stay counted.
+    pub fn reconfigure(&self, cfg: MaskBudgetConfig) {
+        *self.cfg.lock().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+
+    /// How long a connection past the budget is held.
+    pub fn hold_timeout(&self) -> Duration {
+        self.config().hold
+    }
+
+    /// A permit for one mask connection from `ip`, if the budget allows.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<MaskPermit> {
+        let cfg = self.config();
+        let key = source_key(ip);
+        let mut t = self.lock_table();
+        if t.open >= cfg.global {
+            return None;
+        }
+        let n = t.per_source.entry(key).or_insert(0);
+        if *n as usize >= cfg.per_source {
+            return None;
+        }
+        *n += 1;
+        t.open += 1;
+        Some(MaskPermit {
+            budget: self.clone(),
+            key,
+        })
+    }
+
+    /// Figures for metrics.
+    pub fn stats(&self) -> GateStats {
+        let t = self.lock_table();
+        GateStats {
+            open: t.open,
+            held: self.held.load(Relaxed),
+            over_budget: self.over_budget.load(Relaxed),
+            budget: self.config().global,
+        }
+    }
+
+    /// Sources with a mask connection open now (at most the budget).
+    pub fn sources(&self) -> usize {
+        self.lock_table().per_source.len()
+    }
+}
+
+/// Counts a hold while it lasts.
+struct Holding<'a>(&'a MaskBudget);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Relaxed);
+    }
+}
+
+/// How a hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// The client closed (FIN); answered with a FIN.
+    ClientClosed,
+    /// The client reset or failed.
+    ClientReset,
+    /// The site's idle timeout passed; closed with a FIN.
+    TimedOut,
+}
+
+/// Holds `client` silent: what it sends is read and dropped, nothing is
+/// answered, and it is closed with a FIN when the client closes or when the
+/// budget's hold timeout passes. `client_eof`: the client already closed.
+pub async fn hold(client: TcpStream, client_eof: bool, budget: &MaskBudget) -> HoldEnd {
+    budget.over_budget.fetch_add(1, Relaxed);
+    budget.held.fetch_add(1, Relaxed);
+    let _counted = Holding(budget);
+    if client_eof {
+        return HoldEnd::ClientClosed;
+    }
+    let drain = async {
+        let mut sink = [0u8; 512];
+        loop {
+            if client.readable().await.is_err() {
+                return HoldEnd::ClientReset;
+            }
+            match client.try_read(&mut sink) {
+                Ok(0) => return HoldEnd::ClientClosed,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(_) => return HoldEnd::ClientReset,
+            }
+        }
+    };
+    // Dropping `client` closes it with a FIN (no SO_LINGER was set).
+    tokio::time::timeout(budget.hold_timeout(), drain)
+        .await
+        .unwrap_or(HoldEnd::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(global: usize, per_source: usize) -> Arc<MaskBudget> {
+        MaskBudget::new(MaskBudgetConfig {
+            global,
+            per_source,
+            hold: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn per_source_and_global_limits() {
+        let b = budget(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let c: IpAddr = "192.0.2.2".parse().expect("ip");
+        let p1 = b.try_acquire(a).expect("1st");
+        let _p2 = b.try_acquire(a).expect("2nd");
+        assert!(b.try_acquire(a).is_none(), "per-source limit");
+        let _p3 = b.try_acquire(c).expect("other source");
+        assert!(
+            b.try_acquire("192.0.2.3".parse().expect("ip")).is_none(),
+            "global"
+        );
+        assert_eq!(b.stats().open, 3);
+        drop(p1);
+        assert!(b.try_acquire(a).is_some(), "freed");
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
+        let b = budget(10, 1);
+        let _p = b
+            .try_acquire("2001:db8::1".parse().expect("ip"))
+            .expect("v6");
+        assert!(b.try_acquire("2001:db8::2".parse().expect("ip")).is_none());
+        assert!(b
+            .try_acquire("2001:db8:0:1::1".parse().expect("ip"))
+            .is_some());
+        let _q = b.try_acquire("192.0.2.9".parse().expect("ip")).expect("v4");
+        assert!(b
+            .try_acquire("::ffff:192.0.2.9".parse().expect("ip"))
+            .is_none());
+    }
+
+    #[test]
+    fn the_table_empties_when_permits_drop() {
+        let b = budget(100, 100);
+        let permits: Vec<_> = (0..50u8)
+            .filter_map(|i| b.try_acquire(IpAddr::from([10, 0, 0, i])))
+            .collect();
+        assert_eq!(b.sources(), 50);
+        drop(permits);
+        assert_eq!(b.sources(), 0);
+        assert_eq!(b.stats().open, 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_answers_nothing_and_ends_with_fin() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let b = budget(1, 1);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        let b2 = b.clone();
+        let task = tokio::spawn(async move { hold(s, false, &b2).await });
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 16];
+        // Nothing comes back until the hold timeout (1 s), then a FIN.
+        let t0 = std::time::Instant::now();
+        let n = c.read(&mut buf).await.expect("a FIN, not a reset");
+        assert_eq!(n, 0);
+        assert!(t0.elapsed() >= Duration::from_millis(900));
+        assert_eq!(task.await.expect("join"), HoldEnd::TimedOut);
+        assert_eq!(b.stats().held, 0);
+        assert_eq!(b.stats().over_budget, 1);
+    }
+}
