@@ -249,7 +249,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             .map(|i| (i.configured, i.listener));
         #[cfg(not(unix))]
         let handed_admin = None;
-        let mut admin = AdminSlot::start(cfg.admin_listen, handed_admin, admin_state.clone()).await;
+        // A handed-over admin socket is served once this process is ready
+        // (the old one answers on it until then); otherwise start at once, so
+        // startup probes see this process start.
+        let mut admin = match handed_admin {
+            Some(_) => AdminSlot::empty(cfg.admin_listen),
+            None => AdminSlot::start(cfg.admin_listen, None, admin_state.clone()).await,
+        };
         #[cfg(unix)]
         let listeners = {
             let handed = takeover
@@ -317,6 +323,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         });
         admin_state.health.mark_started_and_notify();
+        if handed_admin.is_some() {
+            admin.fill(handed_admin, admin_state.clone()).await;
+        }
         #[cfg(unix)]
         if let Some(period) = crate::admin::notify::watchdog_period() {
             spawn_watchdog(period, server.accept_probe());
@@ -344,6 +353,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         };
         #[cfg(not(unix))]
         signals.next(Some(&reloader)).await;
+        #[cfg(not(unix))]
         admin_state.health.mark_draining();
         #[cfg(unix)]
         match &taken {
@@ -352,11 +362,14 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             Some(t) => {
                 tracing::info!(new_pid = t.pid, "listeners taken over; draining");
                 // The new process answers health and metrics on the same
-                // socket now; a draining 503 from us would only confuse probes.
+                // socket from now on. This one stops accepting there and never
+                // turns "draining": the service goes on, and a probe on a
+                // kept-alive admin connection to us must not see a 503.
                 admin.close();
                 crate::admin::notify::notify(&format!("MAINPID={}", t.pid));
             }
             None => {
+                admin_state.health.mark_draining();
                 tracing::info!("shutting down: no new connections; draining");
                 crate::admin::notify::notify("STOPPING=1");
             }

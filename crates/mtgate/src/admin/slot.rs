@@ -25,6 +25,15 @@ pub struct AdminSlot {
 }
 
 impl AdminSlot {
+    /// A slot with no listener yet, for `configured` (`None`: admin disabled).
+    pub fn empty(configured: Option<SocketAddr>) -> Self {
+        Self {
+            server: Arc::new(Mutex::new(None)),
+            configured,
+            retry: None,
+        }
+    }
+
     /// Starts the admin listener for `configured` (`None`: admin disabled).
     /// `handed` is a socket the replaced process gave us with the address it
     /// was configured for; it is used when that address is still ours.
@@ -33,21 +42,31 @@ impl AdminSlot {
         handed: Option<(SocketAddr, std::net::TcpListener)>,
         state: Arc<AdminState>,
     ) -> Self {
-        let server = Arc::new(Mutex::new(None));
-        let mut slot = Self {
-            server: server.clone(),
-            configured,
-            retry: None,
-        };
-        let Some(addr) = configured else {
-            return slot;
+        let mut slot = Self::empty(configured);
+        slot.fill(handed, state).await;
+        slot
+    }
+
+    /// Starts serving: on `handed` when it was configured for our address,
+    /// else on a socket bound now (retried in the background while the
+    /// address is in use). A handed-over socket should be filled only once
+    /// this process is ready: until then the old process answers on it, and
+    /// connections that arrive between its close and our first accept wait in
+    /// the socket's queue, so no probe is refused or told "starting".
+    pub async fn fill(
+        &mut self,
+        handed: Option<(SocketAddr, std::net::TcpListener)>,
+        state: Arc<AdminState>,
+    ) {
+        let Some(addr) = self.configured else {
+            return;
         };
         if let Some((was, listener)) = handed.filter(|(was, _)| *was == addr) {
             match AdminServer::from_std(listener, state.clone()) {
                 Ok(a) => {
                     tracing::info!(addr = %a.local_addr, configured = %was, "admin listener (metrics, health) taken over");
-                    slot.put(a);
-                    return slot;
+                    self.put(a);
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "cannot serve the handed-over admin socket; binding anew")
@@ -57,17 +76,16 @@ impl AdminSlot {
         match AdminServer::start(addr, state.clone()).await {
             Ok(a) => {
                 tracing::info!(addr = %a.local_addr, "admin listener (metrics, health) started");
-                slot.put(a);
+                self.put(a);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 tracing::warn!(%addr, error = %e, "cannot start the admin listener yet; retrying until the address is free");
-                slot.retry = Some(tokio::spawn(retry_bind(addr, state, server)));
+                self.retry = Some(tokio::spawn(retry_bind(addr, state, self.server.clone())));
             }
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot start the admin listener; continuing without it");
             }
         }
-        slot
     }
 
     fn put(&self, a: AdminServer) {
@@ -151,5 +169,55 @@ async fn retry_bind(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::Metrics;
+
+    fn state() -> Arc<AdminState> {
+        AdminState::new(Arc::new(Metrics::new(["alice"])))
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_retried_until_free() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = holder.local_addr().expect("addr");
+        let slot = AdminSlot::start(Some(addr), None, state()).await;
+        assert_eq!(slot.local_addr(), None, "the address is still taken");
+        drop(holder);
+        let t0 = std::time::Instant::now();
+        while slot.local_addr().is_none() && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            slot.local_addr(),
+            Some(addr),
+            "bound once the address was free"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handed_socket_is_served_only_for_the_same_configured_address() {
+        let handed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = handed.local_addr().expect("addr");
+        let other: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        // Configured for another address: the handed socket is not used.
+        let slot = AdminSlot::start(Some(other), Some((local, handed)), state()).await;
+        assert_ne!(slot.local_addr(), Some(local));
+        let handed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = handed.local_addr().expect("addr");
+        let slot = AdminSlot::start(Some(local), Some((local, handed)), state()).await;
+        assert_eq!(slot.local_addr(), Some(local));
+        let offer = slot.offer_source();
+        assert!(
+            offer.offer().is_some_and(|r| r.is_ok()),
+            "offered on takeover"
+        );
+        let mut slot = slot;
+        slot.close();
+        assert!(offer.offer().is_none(), "nothing to offer once closed");
     }
 }
