@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== system packages (nginx: the real mask site of the default-config probe suite)"
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ -z "${MTGATE_NGINX:-}" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light >/dev/null
+    else
+        echo "nginx is needed by crates/mtgate/tests/probes_default.rs; install it or set MTGATE_NGINX" >&2
+        exit 1
+    fi
+fi
+
 echo "== cargo build (binaries used by the real-client tests)"
 cargo build --workspace --bins
 

@@ -231,12 +231,22 @@ pub struct Counters {
     pub policy_refused: AtomicU64,
     /// Refusals a policy in monitor mode would have made.
     pub policy_monitored: AtomicU64,
+    /// Enforced refusals by reason (indexed as `PolicyReason::ALL`).
+    pub policy_refused_by: [AtomicU64; crate::policy::PolicyReason::ALL.len()],
 }
 
 impl Counters {
     /// Handshake failures of one kind so far.
     pub fn rejected(&self, r: RejectReason) -> u64 {
         self.rejected_by[r.index()].load(Relaxed)
+    }
+
+    /// Enforced policy refusals of one reason so far.
+    pub fn refused(&self, r: crate::policy::PolicyReason) -> u64 {
+        crate::policy::PolicyReason::ALL
+            .iter()
+            .position(|x| *x == r)
+            .map_or(0, |i| self.policy_refused_by[i].load(Relaxed))
     }
 }
 
@@ -255,9 +265,17 @@ impl EventSink for Counters {
             Event::Fronted { .. } => {
                 self.fronted.fetch_add(1, Relaxed);
             }
-            Event::PolicyHit { enforced, .. } => {
+            Event::PolicyHit {
+                enforced, reason, ..
+            } => {
                 if *enforced {
                     self.policy_refused.fetch_add(1, Relaxed);
+                    if let Some(i) = crate::policy::PolicyReason::ALL
+                        .iter()
+                        .position(|x| x == reason)
+                    {
+                        self.policy_refused_by[i].fetch_add(1, Relaxed);
+                    }
                 } else {
                     self.policy_monitored.fetch_add(1, Relaxed);
                 }

@@ -2,6 +2,8 @@
 //! TLS "mask site" on loopback (rustls, its own certificate).
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use mtgate::config::{Config, Overrides};
 use mtgate::events::{Counters, Telemetry};
 use mtgate::runtime::Runtime;
@@ -186,8 +188,31 @@ pub async fn probe(
     half_close: bool,
     limit: Duration,
 ) -> Seen {
+    probe_from(None, addr, chunks, gap, half_close, limit).await
+}
+
+/// [`probe`] from a chosen loopback source address (`None`: the kernel's).
+pub async fn probe_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    chunks: &[Vec<u8>],
+    gap: Duration,
+    half_close: bool,
+    limit: Duration,
+) -> Seen {
     let start = tokio::time::Instant::now();
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = match source {
+        None => tokio::net::TcpStream::connect(addr).await.expect("connect"),
+        Some(ip) => {
+            let sock = match ip {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .expect("socket");
+            sock.bind(SocketAddr::new(ip, 0)).expect("bind source");
+            sock.connect(addr).await.expect("connect")
+        }
+    };
     for (i, c) in chunks.iter().enumerate() {
         if i > 0 {
             tokio::time::sleep(gap).await;
