@@ -224,6 +224,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry)?);
         let mut signals = Signals::new();
         metrics.set_policy(runtime.policy.clone());
+        metrics.set_mask_budget(runtime.mask_budget.clone());
         let mut persisting = spawn_policy_tasks(&runtime.policy, &cfg);
 
         #[cfg(unix)]

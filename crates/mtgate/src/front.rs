@@ -49,11 +49,14 @@ pub struct GateStats {
     pub over_budget: u64,
     /// The budget in force.
     pub budget: usize,
+    /// The most mask connections open at once since start.
+    pub peak: usize,
 }
 
 #[derive(Default)]
 struct Table {
     open: usize,
+    peak: usize,
     per_source: HashMap<u128, u32>,
 }
 
@@ -136,6 +139,7 @@ impl MaskBudget {
         }
         *n += 1;
         t.open += 1;
+        t.peak = t.peak.max(t.open);
         Some(MaskPermit {
             budget: self.clone(),
             key,
@@ -147,6 +151,7 @@ impl MaskBudget {
         let t = self.lock_table();
         GateStats {
             open: t.open,
+            peak: t.peak,
             held: self.held.load(Relaxed),
             over_budget: self.over_budget.load(Relaxed),
             budget: self.config().global,

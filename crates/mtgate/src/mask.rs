@@ -59,8 +59,32 @@ async fn dial(addr: String, timeout: Duration, gate: &Gate) -> Dialed {
             let _ = s.set_nodelay(true);
             Dialed::Site(s, permit)
         }
-        _ => Dialed::Unreachable,
+        // Out of local ports or descriptors: our own shortage under load,
+        // not the site's answer. Hold the client, as a busy site would seem,
+        // rather than reset it.
+        Ok(Err(e)) if local_shortage(&e) => {
+            tracing::debug!(error = %e, "no local resources to reach the mask host; holding");
+            Dialed::OverBudget
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot connect to the mask host");
+            Dialed::Unreachable
+        }
+        Err(_) => {
+            tracing::debug!("connecting to the mask host timed out");
+            Dialed::Unreachable
+        }
     }
+}
+
+/// A connect error that says this host ran short (ephemeral ports, file
+/// descriptors, buffers), not that the mask host refused.
+fn local_shortage(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::AddrNotAvailable
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
 }
 
 impl MaskLink {
@@ -165,11 +189,13 @@ pub async fn splice(
             return SpliceEnd::Held(crate::front::hold(client, client_eof, &budget).await)
         }
         Dialed::Unreachable => {
+            tracing::debug!("mask host unreachable; client reset");
             reset(&client);
             return SpliceEnd::Unreachable;
         }
     };
     if write_all(&upstream, already_read).await.is_err() {
+        tracing::debug!("mask host refused the replayed bytes; client reset");
         reset(&client);
         return SpliceEnd::Reset;
     }
@@ -184,11 +210,19 @@ pub async fn splice(
         tokio::select! {
             f = &mut up, if !up_done => match f {
                 // The client reset (or writing to the site failed): reset the site.
-                Flow::Reset => { reset(&upstream); return SpliceEnd::Reset; }
+                Flow::Reset => {
+                    tracing::debug!("client reset a fronted connection; mirrored");
+                    reset(&upstream);
+                    return SpliceEnd::Reset;
+                }
                 Flow::Eof => up_done = true,
             },
             f = &mut down, if !down_done => match f {
-                Flow::Reset => { reset(&client); return SpliceEnd::Reset; }
+                Flow::Reset => {
+                    tracing::debug!("mask host reset a fronted connection; mirrored");
+                    reset(&client);
+                    return SpliceEnd::Reset;
+                }
                 Flow::Eof => down_done = true,
             },
         }
@@ -247,4 +281,53 @@ fn fin(s: &TcpStream) {
 /// Makes the close of `s` a reset (RST) instead of a FIN.
 pub fn reset(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_shortages_are_told_from_a_refusing_site() {
+        let e = |code| std::io::Error::from_raw_os_error(code);
+        for code in [
+            libc::EADDRNOTAVAIL,
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+        ] {
+            assert!(local_shortage(&e(code)), "{code}");
+        }
+        for code in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::ETIMEDOUT] {
+            assert!(!local_shortage(&e(code)), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_budget_dials_are_held_and_free_permits_return() {
+        let site = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = site.local_addr().expect("addr").to_string();
+        let budget = crate::front::MaskBudget::new(crate::config::mask::MaskBudgetConfig {
+            global: 1,
+            per_source: 1,
+            hold: Duration::from_secs(1),
+        });
+        let gate = Gate {
+            budget: budget.clone(),
+            source: "127.0.0.1".parse().expect("ip"),
+        };
+        let first = dial(addr.clone(), Duration::from_secs(2), &gate).await;
+        assert!(matches!(first, Dialed::Site(..)));
+        assert!(matches!(
+            dial(addr.clone(), Duration::from_secs(2), &gate).await,
+            Dialed::OverBudget
+        ));
+        drop(first);
+        assert!(matches!(
+            dial(addr, Duration::from_secs(2), &gate).await,
+            Dialed::Site(..)
+        ));
+    }
 }

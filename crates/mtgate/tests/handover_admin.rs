@@ -5,51 +5,15 @@
 //! connection or anything but a 200, and B answers once A has exited.
 #![cfg(unix)]
 
+mod common;
 mod handover_support;
 
+use common::{free_port, http_get as get};
 use handover_support::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A port that was free a moment ago.
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// One `GET`, a fresh connection each time (as a health checker does):
-/// the status and the body, or what went wrong.
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let run = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no http head in {} bytes", raw.len()))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line `{head}`"))?;
-        Ok((status, body.to_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .map_err(|_| "timed out".to_string())?
-}
 
 /// One poll: when, which path, and the status or what went wrong.
 type Poll = (Instant, &'static str, Result<u16, String>);

@@ -96,6 +96,8 @@ pub struct Metrics {
     /// The policy engine, once the runtime exists: live per-user bytes and
     /// the policy's tables are read from it at scrape time.
     policy_src: Arc<std::sync::OnceLock<Arc<crate::policy::engine::Policy>>>,
+    /// The fronting budget, once the runtime exists (read at scrape time).
+    mask_budget: Arc<std::sync::OnceLock<Arc<crate::front::MaskBudget>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,6 +129,7 @@ impl Metrics {
             reload_ok: Gauge::default(),
             policy: Family::default(),
             policy_src: Arc::default(),
+            mask_budget: Arc::default(),
         };
         registry.register(
             "connections_active",
@@ -189,6 +192,9 @@ impl Metrics {
         );
         registry.register_collector(Box::new(ProcessCollector));
         registry.register_collector(Box::new(super::me_metrics::MeCollector));
+        registry.register_collector(Box::new(super::front_metrics::FrontCollector {
+            budget: m.mask_budget.clone(),
+        }));
         // Known label sets start at zero so rates and dashboards see them at once.
         for r in RejectReason::ALL {
             let l = ReasonLabels { reason: r.name() };
@@ -271,6 +277,11 @@ impl Metrics {
     /// policy's gauges appear.
     pub fn set_policy(&self, policy: Arc<crate::policy::engine::Policy>) {
         let _ = self.policy_src.set(policy);
+    }
+
+    /// Attaches the fronting budget (once): the `mtgate_mask_*` figures appear.
+    pub fn set_mask_budget(&self, budget: Arc<crate::front::MaskBudget>) {
+        let _ = self.mask_budget.set(budget);
     }
 
     /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).
@@ -398,7 +409,7 @@ fn resident_bytes() -> Option<i64> {
     Some(kb * 1024)
 }
 
-fn put<M: EncodeMetric>(
+pub(super) fn put<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -15,6 +15,7 @@
 //! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
 //! [`slot::AdminSlot`] keeps it alive across a takeover.
 
+pub mod front_metrics;
 pub mod me_metrics;
 pub mod metrics;
 #[cfg(unix)]
