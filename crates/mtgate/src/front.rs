@@ -126,15 +126,25 @@ impl MaskBudget {
     }
 
     /// A permit for one mask connection from `ip`, if the budget allows.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<MaskPermit> {
+    /// A `suspect` connection (its source is over its rate, failures or
+    /// reputation) may use a quarter of the per-source budget (at least 1).
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, suspect: bool) -> Option<MaskPermit> {
         let cfg = self.config();
+        let per_source = if suspect {
+            (cfg.per_source / 4).max(1)
+        } else {
+            cfg.per_source
+        };
         let key = source_key(ip);
         let mut t = self.lock_table();
         if t.open >= cfg.global {
             return None;
         }
         let n = t.per_source.entry(key).or_insert(0);
-        if *n as usize >= cfg.per_source {
+        if *n as usize >= per_source {
+            if *n == 0 {
+                t.per_source.remove(&key);
+            }
             return None;
         }
         *n += 1;
@@ -231,40 +241,68 @@ mod tests {
         let b = budget(3, 2);
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let c: IpAddr = "192.0.2.2".parse().expect("ip");
-        let p1 = b.try_acquire(a).expect("1st");
-        let _p2 = b.try_acquire(a).expect("2nd");
-        assert!(b.try_acquire(a).is_none(), "per-source limit");
-        let _p3 = b.try_acquire(c).expect("other source");
+        let p1 = b.try_acquire(a, false).expect("1st");
+        let _p2 = b.try_acquire(a, false).expect("2nd");
+        assert!(b.try_acquire(a, false).is_none(), "per-source limit");
+        let _p3 = b.try_acquire(c, false).expect("other source");
         assert!(
-            b.try_acquire("192.0.2.3".parse().expect("ip")).is_none(),
+            b.try_acquire("192.0.2.3".parse().expect("ip"), false)
+                .is_none(),
             "global"
         );
         assert_eq!(b.stats().open, 3);
         drop(p1);
-        assert!(b.try_acquire(a).is_some(), "freed");
+        assert!(b.try_acquire(a, false).is_some(), "freed");
     }
 
     #[test]
     fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
         let b = budget(10, 1);
         let _p = b
-            .try_acquire("2001:db8::1".parse().expect("ip"))
+            .try_acquire("2001:db8::1".parse().expect("ip"), false)
             .expect("v6");
-        assert!(b.try_acquire("2001:db8::2".parse().expect("ip")).is_none());
         assert!(b
-            .try_acquire("2001:db8:0:1::1".parse().expect("ip"))
-            .is_some());
-        let _q = b.try_acquire("192.0.2.9".parse().expect("ip")).expect("v4");
-        assert!(b
-            .try_acquire("::ffff:192.0.2.9".parse().expect("ip"))
+            .try_acquire("2001:db8::2".parse().expect("ip"), false)
             .is_none());
+        assert!(b
+            .try_acquire("2001:db8:0:1::1".parse().expect("ip"), false)
+            .is_some());
+        let _q = b
+            .try_acquire("192.0.2.9".parse().expect("ip"), false)
+            .expect("v4");
+        assert!(b
+            .try_acquire("::ffff:192.0.2.9".parse().expect("ip"), false)
+            .is_none());
+    }
+
+    #[test]
+    fn suspects_get_a_quarter_of_the_per_source_budget() {
+        let b = budget(100, 8);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let p: Vec<_> = (0..2)
+            .map(|_| b.try_acquire(a, true).expect("suspect"))
+            .collect();
+        assert!(b.try_acquire(a, true).is_none(), "8 / 4 = 2 for suspects");
+        assert!(
+            b.try_acquire(a, false).is_some(),
+            "in good standing: up to 8"
+        );
+        drop(p);
+        let lone = budget(100, 2);
+        let one = lone.try_acquire(a, true).expect("at least one");
+        assert!(lone.try_acquire(a, true).is_none());
+        drop(one);
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        let zero = budget(100, 0);
+        assert!(zero.try_acquire(other, false).is_none());
+        assert_eq!(zero.sources(), 0, "a refusal leaves no empty entry");
     }
 
     #[test]
     fn the_table_empties_when_permits_drop() {
         let b = budget(100, 100);
         let permits: Vec<_> = (0..50u8)
-            .filter_map(|i| b.try_acquire(IpAddr::from([10, 0, 0, i])))
+            .filter_map(|i| b.try_acquire(IpAddr::from([10, 0, 0, i]), false))
             .collect();
         assert_eq!(b.sources(), 50);
         drop(permits);

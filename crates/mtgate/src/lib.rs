@@ -5,6 +5,7 @@
 //! * [`relay`] + [`pool`]: the hot path; [`upstream`] + [`dc`]: where bytes go;
 //! * [`front`]: the fronting gate (budget of mask connections, silent holds);
 //! * [`mask`]: fronting for connections that are not ours;
+//! * [`peer`]: who a connection is from (the client behind a trusted front end);
 //! * [`events`]: what sessions report, and the sinks that listen;
 //! * [`admin`]: the admin listener (Prometheus metrics, health checks);
 //! * [`handover`]: zero-downtime restart (listeners passed to a new process, systemd socket activation);
@@ -23,6 +24,7 @@ pub mod handover;
 pub mod links;
 pub mod mask;
 pub mod me;
+pub mod peer;
 pub mod policy;
 pub mod pool;
 pub mod profile;

@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 pub struct Gate {
     pub budget: Arc<MaskBudget>,
     pub source: IpAddr,
+    /// The source is over its limits: a smaller share of the budget.
+    pub suspect: bool,
 }
 
 /// What dialing the mask host gave.
@@ -51,7 +53,7 @@ pub struct MaskLink {
 }
 
 async fn dial(addr: String, timeout: Duration, gate: &Gate) -> Dialed {
-    let Some(permit) = gate.budget.try_acquire(gate.source) else {
+    let Some(permit) = gate.budget.try_acquire(gate.source, gate.suspect) else {
         return Dialed::OverBudget;
     };
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -317,6 +319,7 @@ mod tests {
         let gate = Gate {
             budget: budget.clone(),
             source: "127.0.0.1".parse().expect("ip"),
+            suspect: false,
         };
         let first = dial(addr.clone(), Duration::from_secs(2), &gate).await;
         assert!(matches!(first, Dialed::Site(..)));

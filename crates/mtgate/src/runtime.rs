@@ -34,6 +34,8 @@ pub struct Runtime {
     pub policy: Arc<Policy>,
     /// The fronting budget (shared across reloads; it keeps its counts).
     pub mask_budget: Arc<crate::front::MaskBudget>,
+    /// How clients' addresses are learned (see crate::peer).
+    pub peer_source: crate::peer::PeerSource,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -110,6 +112,7 @@ impl Runtime {
         Ok(Self {
             policy,
             mask_budget: crate::front::MaskBudget::new(config.mask_budget),
+            peer_source: crate::peer::PeerSource::default(),
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -141,6 +144,7 @@ impl Runtime {
         Ok(Self {
             policy: self.policy.clone(),
             mask_budget: self.mask_budget.clone(),
+            peer_source: self.peer_source,
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),
@@ -152,11 +156,13 @@ impl Runtime {
         })
     }
 
-    /// The fronting gate for a connection from `source`.
-    pub fn mask_gate(&self, source: std::net::IpAddr) -> crate::mask::Gate {
+    /// The fronting gate for a connection from `source` (`suspect`: the
+    /// source is over its per-source limits; see `policy.rate.scope`).
+    pub fn mask_gate(&self, source: std::net::IpAddr, suspect: bool) -> crate::mask::Gate {
         crate::mask::Gate {
             budget: self.mask_budget.clone(),
             source,
+            suspect,
         }
     }
 

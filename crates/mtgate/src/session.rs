@@ -12,7 +12,7 @@ use crate::stop::Stop;
 use crate::upstream::{self, UpstreamError};
 use mtgate_proto::{Handshake, Outcome, RejectReason};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -48,6 +48,7 @@ pub fn serve(
         "conn",
         id,
         %peer,
+        client = tracing::field::Empty,
         user = tracing::field::Empty,
         mode = tracing::field::Empty
     );
@@ -157,22 +158,27 @@ enum Phase {
 /// A client the policy refused before reading a byte: fronted to the mask
 /// host (as any connection that is not ours; past the fronting budget, held
 /// silent, see [`crate::front`]) or, where configured, closed.
-async fn refuse(
-    stream: TcpStream,
-    peer: SocketAddr,
-    rt: &Runtime,
-    refusal: Refusal,
-) -> CloseReason {
+async fn refuse(stream: TcpStream, ip: IpAddr, rt: &Runtime, refusal: Refusal) -> CloseReason {
     if refusal.action == RefuseAction::Front && rt.config.fronting {
         let link = MaskLink::new(
             rt.config.default_mask_host(),
             rt.config.connect_timeout,
             None,
-            rt.mask_gate(peer.ip()),
+            // A refusal for volume (over the cap) shares a suspect's budget.
+            rt.mask_gate(ip, is_flood(refusal.reason)),
         );
         Box::pin(mask::splice(stream, &[], false, link)).await;
     }
     CloseReason::Policy(refusal.reason)
+}
+
+/// Refusals for volume (not for who the source is).
+fn is_flood(r: crate::policy::PolicyReason) -> bool {
+    use crate::policy::PolicyReason as R;
+    matches!(
+        r,
+        R::RateLimited | R::TooManyConnections | R::TooManyFailures | R::ReputationBlocked
+    )
 }
 
 /// Everything before the relay: admission, the handshake (or fronting), the
@@ -188,7 +194,17 @@ async fn setup(
     user_out: &mut Option<(usize, mtgate_proto::ClientMode)>,
     shutdown: Stop,
 ) -> Result<Ready, CloseReason> {
-    let ip = peer.ip();
+    // The client as the policy counts it (behind a trusted front end, the
+    // address it vouches for; see crate::peer).
+    let who = match rt.peer_source.identify(&mut stream, peer).await {
+        Ok(p) => p,
+        Err(_) => return Err(CloseReason::ClientError),
+    };
+    if let Some(front) = who.front {
+        tracing::Span::current().record("client", tracing::field::display(who.client));
+        tracing::debug!(%front, client = %who.client, "client address from a trusted front end");
+    }
+    let ip = who.source_ip();
     let mut hit = |reason, enforced| {
         rt.telemetry.emit(Event::PolicyHit {
             id,
@@ -197,9 +213,9 @@ async fn setup(
         })
     };
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
-    let source = match rt.policy.admit(ip, &mut hit) {
+    let mut source = match rt.policy.admit(ip, &mut hit) {
         Ok(guard) => guard,
-        Err(refusal) => return Err(refuse(stream, peer, rt, refusal).await),
+        Err(refusal) => return Err(refuse(stream, ip, rt, refusal).await),
     };
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
@@ -207,7 +223,7 @@ async fn setup(
             rt.config.default_mask_host(),
             rt.config.connect_timeout,
             rt.config.mask_preconnect,
-            rt.mask_gate(ip),
+            rt.mask_gate(ip, source.suspect.is_some()),
         )
     });
     // The handshake, fronting, ME and dial futures are boxed: an idle session's
@@ -240,6 +256,8 @@ async fn setup(
             return Err(reason);
         }
     };
+    // A valid handshake: evidence for the source (see policy.rate.scope).
+    source.authenticated();
     // The handshake's buffers (the client's first bytes, the SNI) and the
     // unused mask link must not stay with an idle connection.
     drop(link);

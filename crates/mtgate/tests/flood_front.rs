@@ -186,18 +186,16 @@ async fn a_flood_of_failed_handshakes_stays_within_the_fronting_budget() {
     assert_eq!(code, 200);
     let peak = metric(&body, "mtgate_mask_connections_peak").expect("peak gauge");
     let over = metric(&body, "mtgate_mask_over_budget_total").expect("over-budget counter");
-    let refusals: f64 = body
-        .lines()
-        .filter(|l| l.starts_with("mtgate_policy_refusals_total{") && l.contains("enforce"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    // Default scope: the flooding sources are read as suspects, not refused.
+    let suspects = metric(&body, "mtgate_policy_suspect_admissions_total").expect("suspects");
+    let collateral = metric(&body, "mtgate_policy_collateral_total").expect("collateral");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_of(pid);
     let grown = rss_after.saturating_sub(rss_before);
     eprintln!(
         "{FLOOD} flood connections in {flood_time:?}: {answered} answered by nginx through mtgate, \
          {held} held; mask connections peak {peak} (sampled {peak_sampled}), over budget {over}; \
-         policy refusals {refusals}; valid: {} echo rounds, {} new clients; \
+         suspect admissions {suspects}, collateral {collateral}; valid: {} echo rounds, {} new clients; \
          RSS {} KiB -> {} KiB (+{} KiB)",
         rounds.load(Relaxed),
         fresh.load(Relaxed),
@@ -213,8 +211,12 @@ async fn a_flood_of_failed_handshakes_stays_within_the_fronting_budget() {
     );
     assert!(over > 0.0, "the flood met the budget");
     assert!(
-        refusals > 1000.0,
-        "the flooding sources were refused: {refusals}"
+        suspects > 1000.0,
+        "the flooding sources were read as suspects: {suspects}"
+    );
+    assert_eq!(
+        collateral, 0.0,
+        "the valid clients' source was never suspect"
     );
     assert!(answered > 0, "some flood connections got the site's answer");
     assert!(

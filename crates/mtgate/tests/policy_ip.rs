@@ -4,6 +4,11 @@
 //! a flood driving reputation blocks while a legitimate client keeps working,
 //! geo blocking from a MaxMind database written by the test, monitor mode,
 //! list files reread on change, and blocks kept across a restart.
+//!
+//! The rate, flood and block tests use the strict scope (`policy.rate.scope =
+//! "all"`), where those limits refuse before reading; the default scope,
+//! which never refuses a source for volume while it authenticates, is shown
+//! by `crowd.rs`.
 
 mod common;
 
@@ -148,7 +153,7 @@ async fn rate_limit_trips_and_recovers() {
     let dc = dc().await;
     let clock = ManualClock::new(MONDAY_8AM_MS);
     let proxy = start(
-        "[policy.rate]\nnew_connections_per_second = 1.0\nburst = 3\nmax_connections_per_ip = 2\n\
+        "[policy.rate]\nscope = \"all\"\nnew_connections_per_second = 1.0\nburst = 3\nmax_connections_per_ip = 2\n\
          [policy.reputation]\nmode = \"monitor\"\n",
         &dc,
         Some(clock.clone()),
@@ -197,7 +202,7 @@ async fn rate_limit_trips_and_recovers() {
 async fn flood_from_many_sources_is_blocked_while_a_client_keeps_working() {
     let dc = dc().await;
     let proxy = start(
-        "[policy.reputation]\nthreshold = 25.0\nfailed_handshake = 10.0\nblock_time = \"10m\"\n",
+        "[policy.rate]\nscope = \"all\"\n[policy.reputation]\nthreshold = 25.0\nfailed_handshake = 10.0\nblock_time = \"10m\"\n",
         &dc,
         None,
     )
@@ -340,7 +345,7 @@ async fn blocks_survive_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let extra = format!("state_dir = \"{}\"", state.path().display());
     let policy =
-        "[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n";
+        "[policy.rate]\nscope = \"all\"\n[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n";
     let a = Proxy::start_clocked(
         "127.0.0.1:0",
         &extra,
@@ -387,7 +392,7 @@ async fn blocks_and_reputation_survive_a_reload() {
             .collect();
         format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\nwatch_config = false\n\
-             {BASE}{extra_user}[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n[dcs]\n{dcs}",
+             {BASE}{extra_user}[policy.rate]\nscope = \"all\"\n[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n[dcs]\n{dcs}",
             dir.path().display()
         )
     };

@@ -8,9 +8,12 @@
 //!
 //! Only the mask host, the DCs and the listen address differ from the
 //! defaults (tests never reach the internet); the per-source limits are the
-//! shipped ones, so the later probes are refused by the policy, and a refusal
-//! must look like the site too. A valid FakeTLS hello replayed from the same
-//! and from another address gets the website as well.
+//! shipped ones. In the default scope (`policy.rate.scope =
+//! "unauthenticated"`) the later probes are read as suspects; in the strict
+//! scope (`"all"`, run as a second test) they are refused by the policy
+//! before a byte is read. Either way each must look like the site. A valid
+//! FakeTLS hello replayed from the same and from another address gets the
+//! website as well.
 
 mod common;
 
@@ -30,7 +33,21 @@ fn key() -> Key16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prober_past_every_threshold_still_sees_the_website() {
+    suite(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_the_strict_scope_look_like_the_website_too() {
+    suite(true).await;
+}
+
+async fn suite(strict: bool) {
     let site = Nginx::start(DOMAIN, SITE_IDLE);
+    let scope = if strict {
+        "[policy.rate]\nscope = \"all\"\n"
+    } else {
+        ""
+    };
     // Defaults everywhere but where bytes may go: the mask host and the DCs
     // (a closed loopback port). `handshake_timeout` is set to its default, as
     // the test harness otherwise shortens it.
@@ -38,7 +55,7 @@ async fn a_prober_past_every_threshold_still_sees_the_website() {
         "127.0.0.1:0",
         "handshake_timeout = \"10s\"\n",
         &format!(
-            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n[users.alice]\nsecret = \"{KEY_HEX}\"\n",
+            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n[users.alice]\nsecret = \"{KEY_HEX}\"\n{scope}",
             site.addr
         ),
         &["127.0.0.1:1".parse().expect("addr")],
@@ -77,13 +94,16 @@ async fn a_prober_past_every_threshold_still_sees_the_website() {
 
     // 64 probes of every kind in a row from one address: the failures pass
     // the failure and reputation thresholds on the way, and every later probe
-    // is refused by the policy.
+    // is read as a suspect (default) or refused by the policy (strict).
+    let suspects = || proxy.runtime.policy.stats().ips.suspects;
     errors.extend(run(site.addr, proxy.addr, prober, &series(64)).await);
     let refused_prober = proxy.counters.policy_refused.load(Relaxed);
+    let suspect_prober = suspects();
+    let prober_blocked = proxy.runtime.policy.ips().blocked_until(prober).is_some();
 
-    // The rate limit (default burst 200): a source is checked against it only
-    // while not blocked, so it is passed by connections that arrive faster
-    // than their failures are counted: 300 at once from a fresh address, each
+    // The rate limit (default burst 200). In the strict scope a source is
+    // checked against it only while not blocked, so it is passed by
+    // connections that arrive faster than their failures are counted: 300 at once from a fresh address, each
     // (half a second later) a garbage line that nginx answers with a 400. More than the per-source
     // fronting budget are open at once here, so some are held (silent, then
     // a FIN when the client closes); none is reset, and every answer is
@@ -135,10 +155,18 @@ async fn a_prober_past_every_threshold_still_sees_the_website() {
         }
     }
     eprintln!("burst: {answered} answered by nginx through mtgate, {held} held");
-    assert!(
-        proxy.counters.refused(PolicyReason::RateLimited) > 0,
-        "the burst passed the rate limit"
-    );
+    let suspect_mid = suspects();
+    if strict {
+        assert!(
+            proxy.counters.refused(PolicyReason::RateLimited) > 0,
+            "the burst passed the rate limit"
+        );
+    } else {
+        assert!(
+            suspect_mid - suspect_prober > 50,
+            "the burst passed the rate limit: read as suspects"
+        );
+    }
     let t0 = std::time::Instant::now();
     while proxy.runtime.mask_budget.stats().open > 0 && t0.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -147,12 +175,14 @@ async fn a_prober_past_every_threshold_still_sees_the_website() {
     let refused_mid = proxy.counters.policy_refused.load(Relaxed);
     errors.extend(run(site.addr, proxy.addr, flooder, &series(32)).await);
     let refused_late = proxy.counters.policy_refused.load(Relaxed) - refused_mid;
+    let suspect_late = suspects() - suspect_mid;
 
     let c = &proxy.counters;
     let by = |r| c.refused(r);
     eprintln!(
-        "refusals: rate {} failures {} reputation {} (prober {refused_prober}, \
-         flooder's last 32 probes {refused_late}); fronted {}; mask budget {:?}",
+        "strict {strict}: refusals: rate {} failures {} reputation {} (prober {refused_prober}, \
+         flooder's last 32 probes {refused_late}); suspects: prober {suspect_prober}, \
+         flooder's last 32 probes {suspect_late}; fronted {}; mask budget {:?}",
         by(PolicyReason::RateLimited),
         by(PolicyReason::TooManyFailures),
         by(PolicyReason::ReputationBlocked),
@@ -165,18 +195,35 @@ async fn a_prober_past_every_threshold_still_sees_the_website() {
         errors.len(),
         errors.join("\n")
     );
-    assert!(
-        refused_prober >= 40,
-        "failures alone got the prober refused: {refused_prober}"
-    );
-    assert!(
-        by(PolicyReason::TooManyFailures) + by(PolicyReason::ReputationBlocked) > 0,
-        "the failure or reputation threshold was passed"
-    );
-    assert!(
-        refused_late >= 30,
-        "the flooder's probes came from a refused source: {refused_late}"
-    );
+    assert!(prober_blocked, "the prober passed the reputation threshold");
+    if strict {
+        assert!(
+            refused_prober >= 40,
+            "failures got the prober refused: {refused_prober}"
+        );
+        assert!(
+            by(PolicyReason::TooManyFailures) + by(PolicyReason::ReputationBlocked) > 0,
+            "the failure or reputation threshold was passed"
+        );
+        assert!(
+            refused_late >= 30,
+            "the flooder's probes came from a refused source: {refused_late}"
+        );
+    } else {
+        assert_eq!(
+            c.policy_refused.load(Relaxed),
+            0,
+            "nothing refused by default"
+        );
+        assert!(
+            suspect_prober >= 40,
+            "the prober's later probes were read as suspects: {suspect_prober}"
+        );
+        assert!(
+            suspect_late >= 30,
+            "the flooder's probes were read as suspects: {suspect_late}"
+        );
+    }
     // (The first valid hello was answered but never followed by an inner
     // header, so no connection authenticated at all.)
     assert_eq!(c.authenticated.load(Relaxed), 0, "no probe was served");

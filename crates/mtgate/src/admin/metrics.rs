@@ -562,6 +562,18 @@ impl Collector for PolicyCollector {
         )?;
         put(
             &mut enc,
+            "policy_collateral",
+            "Valid handshakes from sources that were refused or marked suspect since their previous valid one: the per-source limits' false positives",
+            ConstCounter::new(st.ips.collateral),
+        )?;
+        put(
+            &mut enc,
+            "policy_suspect_admissions",
+            "Connections read although their source was over its rate, failures or reputation (policy.rate.scope = unauthenticated)",
+            ConstCounter::new(st.ips.suspects),
+        )?;
+        put(
+            &mut enc,
             "policy_users_over_quota",
             "Users whose data quota is used up now",
             ConstGauge::new(st.users_over_quota as i64),

@@ -144,10 +144,38 @@ impl LimitedCaps {
     }
 }
 
+/// What the per-source limits of level `full` count (`policy.rate.scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RateScope {
+    /// Only work that proves nothing: connections that have not authenticated
+    /// (handshaking, fronted, held). A valid handshake takes its connection
+    /// out of the count and gives its rate slot back, so a crowd of valid
+    /// users behind one address is never refused for volume. Over the rate,
+    /// or blocked by reputation, a source's connections are still read (a
+    /// valid client among them is served) but marked suspect: a suspect's
+    /// failed handshakes get a quarter of the per-source fronting budget.
+    /// Only the cap on unauthenticated connections refuses before reading.
+    #[default]
+    Unauthenticated,
+    /// Every connection counts and every limit refuses before reading (the
+    /// strict behaviour of earlier versions). Unsafe behind shared addresses:
+    /// a carrier-grade NAT or a tunnel in front of mtgate looks like a flood.
+    All,
+}
+
+/// Default cap on a source's unauthenticated connections open at once. What
+/// it bounds is memory: a connection still handshaking holds at most a
+/// ClientHello (16 KiB) and its session (≈ 3 KB), so ≈ 20 MiB per source
+/// at the cap; the mask connections among them are bounded by
+/// `tls.mask_budget_per_source`. A crowd's valid clients leave the count as
+/// soon as they authenticate, so only handshakes in flight count.
+pub const DEFAULT_PENDING_PER_SOURCE: u32 = 1024;
+
 /// `[policy.rate]`: per-source limits for level `full`, and failure counting.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateConfig {
     pub mode: Mode,
+    pub scope: RateScope,
     pub new_connections_per_second: f64,
     pub burst: u32,
     pub max_connections_per_ip: u32,
@@ -162,9 +190,10 @@ impl Default for RateConfig {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
+            scope: RateScope::Unauthenticated,
             new_connections_per_second: 50.0,
             burst: 200,
-            max_connections_per_ip: 256,
+            max_connections_per_ip: DEFAULT_PENDING_PER_SOURCE,
             max_handshake_failures: 20,
             failure_window: Duration::from_secs(60),
             ipv6_prefix: 64,
@@ -210,7 +239,7 @@ impl Default for ReputationConfig {
             half_life: Duration::from_secs(600),
             failed_handshake: 10.0,
             replay: 40.0,
-            rate_limited: 5.0,
+            rate_limited: 0.0,
             flood: 20.0,
             block_time: Duration::from_secs(600),
             block_time_max: Duration::from_secs(86_400),
@@ -471,8 +500,19 @@ fn rate(r: RawRate) -> Result<RateConfig, ConfigError> {
             "must be between 16 and 128",
         ));
     }
+    let scope = match r.scope.as_deref() {
+        None | Some("unauthenticated") => RateScope::Unauthenticated,
+        Some("all") => RateScope::All,
+        Some(other) => {
+            return Err(invalid(
+                "policy.rate.scope",
+                format!("`{other}`: use \"unauthenticated\" (the default) or \"all\""),
+            ))
+        }
+    };
     Ok(RateConfig {
         mode: r.mode.unwrap_or_default(),
+        scope,
         new_connections_per_second: rate_value(
             "policy.rate.new_connections_per_second",
             r.new_connections_per_second

@@ -17,7 +17,7 @@ use super::persist::{self, PersistError};
 use super::users::UsersSnapshot;
 use super::users::{Charge, Dir, UserLease, UserRefusal, UserTable};
 use super::{Mode, PolicyReason};
-use crate::config::policy::{IpTableConfig, PolicyConfig, RefuseAction};
+use crate::config::policy::{IpTableConfig, PolicyConfig, RateScope, RefuseAction};
 use crate::config::{Config, User};
 use crate::events::CloseReason;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -51,18 +51,60 @@ pub struct Prepared {
     geo: Option<GeoPolicy>,
 }
 
-/// Counts one admitted connection against its source until dropped.
+/// Counts one admitted connection against its source until dropped (or, in
+/// scope `unauthenticated`, until it authenticates).
 #[derive(Debug)]
 pub struct SourceGuard {
     policy: Arc<Policy>,
     ip: IpAddr,
     /// The ACL level of the source (the "limited" caps apply).
     pub limited: bool,
+    /// Admitted although the source is over its rate, failures or
+    /// reputation (scope `unauthenticated`): its failures get a smaller
+    /// share of the fronting budget. `None`: in good standing.
+    pub suspect: Option<PolicyReason>,
+    /// Counted against the cap of unauthenticated connections, and whether
+    /// it took a rate slot (scope `unauthenticated`).
+    pending: Option<bool>,
+    /// Still counted as open against the source.
+    counted: bool,
+}
+
+impl SourceGuard {
+    /// The client proved a secret: in scope `unauthenticated` it leaves the
+    /// source's count and gives its rate slot back; in any scope a source
+    /// refused or suspected before counts one collateral refusal.
+    pub fn authenticated(&mut self) {
+        let limits = self.policy.cfg.load().rate.conn_limits();
+        match self.pending.take() {
+            Some(charged) => {
+                self.policy
+                    .ips
+                    .on_authenticated(self.ip, &limits, self.counted, charged);
+                self.counted = false;
+            }
+            None => self
+                .policy
+                .ips
+                .on_authenticated(self.ip, &limits, false, false),
+        }
+    }
 }
 
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        self.policy.ips.on_disconnect(self.ip);
+        if self.counted {
+            self.policy.ips.on_disconnect(self.ip);
+        }
+    }
+}
+
+fn ip_reason(v: IpVerdict) -> PolicyReason {
+    match v {
+        IpVerdict::Blocked { .. } => PolicyReason::ReputationBlocked,
+        IpVerdict::RateLimited => PolicyReason::RateLimited,
+        IpVerdict::TooManyConnections => PolicyReason::TooManyConnections,
+        IpVerdict::TooManyFailures => PolicyReason::TooManyFailures,
     }
 }
 
@@ -220,6 +262,31 @@ impl Policy {
         } else {
             cfg.rate.conn_limits()
         };
+        let guard = |suspect, pending, counted| SourceGuard {
+            policy: self.clone(),
+            ip,
+            limited,
+            suspect,
+            pending,
+            counted,
+        };
+        // Level `full` in scope `unauthenticated`: only the cap on connections
+        // that have not authenticated refuses; see `iptable::pending`.
+        if !limited && cfg.rate.scope == RateScope::Unauthenticated {
+            return match self.ips.on_connect_pending(ip, &limits) {
+                Ok(p) => Ok(guard(p.suspect.map(ip_reason), Some(p.charged), true)),
+                Err(v) => {
+                    let reason = ip_reason(v);
+                    let enforce = cfg.rate.mode == Mode::Enforce;
+                    hit(reason, enforce);
+                    if enforce {
+                        return Err(self.refusal(reason));
+                    }
+                    self.ips.admit(ip);
+                    Ok(guard(None, Some(false), true))
+                }
+            };
+        }
         if let Err(v) = self.ips.on_connect(ip, &limits) {
             let (reason, mode) = match v {
                 IpVerdict::Blocked { .. } => (PolicyReason::ReputationBlocked, cfg.reputation.mode),
@@ -234,11 +301,7 @@ impl Policy {
             }
             self.ips.admit(ip);
         }
-        Ok(SourceGuard {
-            policy: self.clone(),
-            ip,
-            limited,
-        })
+        Ok(guard(None, None, true))
     }
 
     /// A handshake from `peer` failed (`replay`: it was a replayed one).

@@ -81,6 +81,11 @@ pub struct IpTableStats {
     pub evictions: u64,
     /// Blocks imposed, ever.
     pub blocks_total: u64,
+    /// Valid handshakes from sources refused or marked suspect since their
+    /// previous valid handshake: the per-source limits' false positives.
+    pub collateral: u64,
+    /// Connections admitted as suspect (scope `unauthenticated`), ever.
+    pub suspects: u64,
 }
 
 /// A source: IPv4 as `::ffff:a.b.c.d`, IPv6 masked to the prefix (never in
@@ -134,6 +139,9 @@ struct Entry {
     active: u32,
     failures: u16,
     blocks: u16,
+    /// Refused, or admitted as suspect, since its last valid handshake (a
+    /// later valid handshake counts as a collateral refusal).
+    flagged: bool,
 }
 
 impl Entry {
@@ -278,6 +286,8 @@ pub struct IpTable {
     ipv6_prefix: AtomicU8,
     evictions: AtomicU64,
     blocks_total: AtomicU64,
+    collateral: AtomicU64,
+    suspects: AtomicU64,
 }
 
 impl std::fmt::Debug for IpTable {
@@ -333,6 +343,8 @@ impl IpTable {
             ipv6_prefix: AtomicU8::new(cfg.rate.ipv6_prefix),
             evictions: AtomicU64::new(0),
             blocks_total: AtomicU64::new(0),
+            collateral: AtomicU64::new(0),
+            suspects: AtomicU64::new(0),
         }
     }
 
@@ -415,6 +427,7 @@ impl IpTable {
         let cfg = s.cfg;
         let e = s.slot(key, now, &self.evictions);
         if e.blocked_until_ms > now {
+            e.flagged = true;
             let until = e.blocked_until_ms;
             drop(s);
             return Err(IpVerdict::Blocked {
@@ -425,6 +438,7 @@ impl IpTable {
         if now.saturating_sub(e.window_start_ms) < window
             && u32::from(e.failures) >= cfg.rate.max_handshake_failures
         {
+            e.flagged = true;
             return Err(IpVerdict::TooManyFailures);
         }
         let verdict = if e.active >= limits.max_concurrent {
@@ -440,6 +454,7 @@ impl IpTable {
             }
             IpVerdict::RateLimited
         };
+        e.flagged = true;
         if e.offend(cfg.reputation.rate_limited, now, &cfg.reputation) {
             self.blocks_total.fetch_add(1, Relaxed);
         }
@@ -527,6 +542,8 @@ impl IpTable {
         let mut st = IpTableStats {
             evictions: self.evictions.load(Relaxed),
             blocks_total: self.blocks_total.load(Relaxed),
+            collateral: self.collateral.load(Relaxed),
+            suspects: self.suspects.load(Relaxed),
             ..IpTableStats::default()
         };
         for s in self.shards.iter() {
@@ -542,6 +559,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+mod pending;
+pub use pending::Pending;
 mod snapshot;
 pub use snapshot::{IpSnapEntry, IpSnapshot};
 

@@ -72,6 +72,7 @@ pub struct RawLimited {
 #[serde(deny_unknown_fields)]
 pub struct RawRate {
     pub mode: Option<Mode>,
+    pub scope: Option<String>,
     pub new_connections_per_second: Option<f64>,
     pub burst: Option<u32>,
     pub max_connections_per_ip: Option<u32>,

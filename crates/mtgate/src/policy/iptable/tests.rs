@@ -123,8 +123,8 @@ fn concurrency_cap_and_disconnects() {
     assert_eq!(t.active(a), Some(0));
     t.on_disconnect(ip("198.51.100.1")); // unknown: nothing tracked
     assert_eq!(t.active(ip("198.51.100.1")), None);
-    // Refusals were offences.
-    assert!((t.score(a) - 5.0).abs() < 0.01, "{}", t.score(a));
+    // Concurrency refusals feed no reputation by default (weight 0).
+    assert_eq!(t.score(a), 0.0);
 }
 
 #[test]
@@ -206,9 +206,31 @@ fn blocks_grow_on_repeat_offences_and_cap() {
 }
 
 #[test]
-fn rate_limit_hits_lead_to_a_block() {
+fn rate_limit_hits_lead_to_a_block_only_when_weighted() {
+    // By default rate refusals feed no reputation (a crowd is not a flood)...
     let (t, _, _) = table(1024);
     let a = ip("192.0.2.200");
+    let lim = ConnLimits {
+        rate_per_sec: 1.0,
+        burst: 1,
+        max_concurrent: 100,
+    };
+    assert_eq!(t.on_connect(a, &lim), Ok(()));
+    for _ in 0..200 {
+        assert_eq!(t.on_connect(a, &lim), Err(IpVerdict::RateLimited));
+    }
+    assert_eq!(t.blocked_until(a), None);
+    // ...an operator of the strict scope may weigh them.
+    let clock = ManualClock::new(1_700_000_000_000);
+    let cfg = IpTableConfig {
+        rate: RateConfig::default(),
+        reputation: ReputationConfig {
+            rate_limited: 5.0,
+            ..ReputationConfig::default()
+        },
+        tracking: TrackingConfig { max_tracked: 1024 },
+    };
+    let t = IpTable::new(&cfg, clock);
     let lim = ConnLimits {
         rate_per_sec: 1.0,
         burst: 1,
