@@ -614,6 +614,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         users,
         cfg.domains.join(", ")
     );
+    println!("policy: {}", cfg.policy.rate.summary());
     Ok(())
 }
 

@@ -57,7 +57,8 @@ pub struct GateStats {
 struct Table {
     open: usize,
     peak: usize,
-    per_source: HashMap<u128, u32>,
+    /// Per source: (decided, speculative) permits open.
+    per_source: HashMap<u128, (u32, u32)>,
 }
 
 /// The budget of mask connections, shared by every runtime (reloads keep
@@ -82,6 +83,7 @@ impl std::fmt::Debug for MaskBudget {
 pub struct MaskPermit {
     budget: Arc<MaskBudget>,
     key: u128,
+    speculative: bool,
 }
 
 impl Drop for MaskPermit {
@@ -89,8 +91,12 @@ impl Drop for MaskPermit {
         let mut t = self.budget.lock_table();
         t.open = t.open.saturating_sub(1);
         if let Some(n) = t.per_source.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
+            if self.speculative {
+                n.1 = n.1.saturating_sub(1);
+            } else {
+                n.0 = n.0.saturating_sub(1);
+            }
+            if *n == (0, 0) {
                 t.per_source.remove(&self.key);
             }
         }
@@ -126,33 +132,53 @@ impl MaskBudget {
     }
 
     /// A permit for one mask connection from `ip`, if the budget allows.
-    /// A `suspect` connection (its source is over its rate, failures or
-    /// reputation) may use a quarter of the per-source budget (at least 1).
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, suspect: bool) -> Option<MaskPermit> {
+    ///
+    /// A source's permits come from two pools: *decided* (a connection known
+    /// not to be a client: fronted now) and *speculative* (the pre-connect of
+    /// a connection still handshaking, which a valid client throws away), so
+    /// a crowd's slow handshakes never take the slots its failing neighbours
+    /// need to be answered by the site. The decided pool holds
+    /// `tls.mask_budget_per_source`, a quarter of it (at least 1) when the
+    /// source is `suspect` (over its rate, failures or reputation); the
+    /// speculative pool half of that (at least 1). The global budget counts
+    /// both.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        suspect: bool,
+        speculative: bool,
+    ) -> Option<MaskPermit> {
         let cfg = self.config();
-        let per_source = if suspect {
+        let decided = if suspect {
             (cfg.per_source / 4).max(1)
         } else {
             cfg.per_source
+        };
+        let limit = if speculative {
+            (decided / 2).max(1)
+        } else {
+            decided
         };
         let key = source_key(ip);
         let mut t = self.lock_table();
         if t.open >= cfg.global {
             return None;
         }
-        let n = t.per_source.entry(key).or_insert(0);
-        if *n as usize >= per_source {
-            if *n == 0 {
+        let n = t.per_source.entry(key).or_insert((0, 0));
+        let used = if speculative { &mut n.1 } else { &mut n.0 };
+        if *used as usize >= limit {
+            if *n == (0, 0) {
                 t.per_source.remove(&key);
             }
             return None;
         }
-        *n += 1;
+        *used += 1;
         t.open += 1;
         t.peak = t.peak.max(t.open);
         Some(MaskPermit {
             budget: self.clone(),
             key,
+            speculative,
         })
     }
 
@@ -241,37 +267,37 @@ mod tests {
         let b = budget(3, 2);
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let c: IpAddr = "192.0.2.2".parse().expect("ip");
-        let p1 = b.try_acquire(a, false).expect("1st");
-        let _p2 = b.try_acquire(a, false).expect("2nd");
-        assert!(b.try_acquire(a, false).is_none(), "per-source limit");
-        let _p3 = b.try_acquire(c, false).expect("other source");
+        let p1 = b.try_acquire(a, false, false).expect("1st");
+        let _p2 = b.try_acquire(a, false, false).expect("2nd");
+        assert!(b.try_acquire(a, false, false).is_none(), "per-source limit");
+        let _p3 = b.try_acquire(c, false, false).expect("other source");
         assert!(
-            b.try_acquire("192.0.2.3".parse().expect("ip"), false)
+            b.try_acquire("192.0.2.3".parse().expect("ip"), false, false)
                 .is_none(),
             "global"
         );
         assert_eq!(b.stats().open, 3);
         drop(p1);
-        assert!(b.try_acquire(a, false).is_some(), "freed");
+        assert!(b.try_acquire(a, false, false).is_some(), "freed");
     }
 
     #[test]
     fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
         let b = budget(10, 1);
         let _p = b
-            .try_acquire("2001:db8::1".parse().expect("ip"), false)
+            .try_acquire("2001:db8::1".parse().expect("ip"), false, false)
             .expect("v6");
         assert!(b
-            .try_acquire("2001:db8::2".parse().expect("ip"), false)
+            .try_acquire("2001:db8::2".parse().expect("ip"), false, false)
             .is_none());
         assert!(b
-            .try_acquire("2001:db8:0:1::1".parse().expect("ip"), false)
+            .try_acquire("2001:db8:0:1::1".parse().expect("ip"), false, false)
             .is_some());
         let _q = b
-            .try_acquire("192.0.2.9".parse().expect("ip"), false)
+            .try_acquire("192.0.2.9".parse().expect("ip"), false, false)
             .expect("v4");
         assert!(b
-            .try_acquire("::ffff:192.0.2.9".parse().expect("ip"), false)
+            .try_acquire("::ffff:192.0.2.9".parse().expect("ip"), false, false)
             .is_none());
     }
 
@@ -280,29 +306,52 @@ mod tests {
         let b = budget(100, 8);
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let p: Vec<_> = (0..2)
-            .map(|_| b.try_acquire(a, true).expect("suspect"))
+            .map(|_| b.try_acquire(a, true, false).expect("suspect"))
             .collect();
-        assert!(b.try_acquire(a, true).is_none(), "8 / 4 = 2 for suspects");
         assert!(
-            b.try_acquire(a, false).is_some(),
+            b.try_acquire(a, true, false).is_none(),
+            "8 / 4 = 2 for suspects"
+        );
+        assert!(
+            b.try_acquire(a, false, false).is_some(),
             "in good standing: up to 8"
         );
         drop(p);
         let lone = budget(100, 2);
-        let one = lone.try_acquire(a, true).expect("at least one");
-        assert!(lone.try_acquire(a, true).is_none());
+        let one = lone.try_acquire(a, true, false).expect("at least one");
+        assert!(lone.try_acquire(a, true, false).is_none());
         drop(one);
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
         let zero = budget(100, 0);
-        assert!(zero.try_acquire(other, false).is_none());
+        assert!(zero.try_acquire(other, false, false).is_none());
         assert_eq!(zero.sources(), 0, "a refusal leaves no empty entry");
+    }
+
+    #[test]
+    fn speculative_preconnects_never_take_the_decided_slots() {
+        let b = budget(100, 4);
+        let a: IpAddr = "192.0.2.7".parse().expect("ip");
+        let spec: Vec<_> = (0..2)
+            .map(|_| b.try_acquire(a, false, true).expect("speculative"))
+            .collect();
+        assert!(
+            b.try_acquire(a, false, true).is_none(),
+            "half for pre-connects"
+        );
+        let decided: Vec<_> = (0..4)
+            .map(|_| b.try_acquire(a, false, false).expect("decided"))
+            .collect();
+        assert!(b.try_acquire(a, false, false).is_none());
+        assert_eq!(b.stats().open, 6);
+        drop((spec, decided));
+        assert_eq!(b.sources(), 0);
     }
 
     #[test]
     fn the_table_empties_when_permits_drop() {
         let b = budget(100, 100);
         let permits: Vec<_> = (0..50u8)
-            .filter_map(|i| b.try_acquire(IpAddr::from([10, 0, 0, i]), false))
+            .filter_map(|i| b.try_acquire(IpAddr::from([10, 0, 0, i]), false, false))
             .collect();
         assert_eq!(b.sources(), 50);
         drop(permits);

@@ -20,6 +20,7 @@ use crate::front::{MaskBudget, MaskPermit};
 use crate::pool::PooledBuf;
 use std::io::ErrorKind;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -48,12 +49,16 @@ pub struct MaskLink {
     addr: String,
     timeout: Duration,
     gate: Gate,
-    connecting: Option<JoinHandle<Dialed>>,
+    /// The pre-connect, and whether it has begun dialing (past its delay).
+    connecting: Option<(JoinHandle<Dialed>, Arc<AtomicBool>)>,
     conn: Option<Dialed>,
 }
 
-async fn dial(addr: String, timeout: Duration, gate: &Gate) -> Dialed {
-    let Some(permit) = gate.budget.try_acquire(gate.source, gate.suspect) else {
+async fn dial(addr: String, timeout: Duration, gate: &Gate, speculative: bool) -> Dialed {
+    let Some(permit) = gate
+        .budget
+        .try_acquire(gate.source, gate.suspect, speculative)
+    else {
         return Dialed::OverBudget;
     };
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -96,12 +101,16 @@ impl MaskLink {
         let connecting = preconnect.map(|delay| {
             let addr = addr.clone();
             let gate = gate.clone();
-            tokio::spawn(async move {
+            let dialing = Arc::new(AtomicBool::new(delay.is_zero()));
+            let started = dialing.clone();
+            let task = tokio::spawn(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                dial(addr, timeout, &gate).await
-            })
+                started.store(true, Ordering::Release);
+                dial(addr, timeout, &gate, true).await
+            });
+            (task, dialing)
         });
         Self {
             addr,
@@ -125,7 +134,7 @@ impl MaskLink {
     /// Resolves when the mask site sends something or closes before the
     /// handshake decided (never, if no eager connection exists).
     pub async fn activity(&mut self) {
-        if let Some(h) = &mut self.connecting {
+        if let Some((h, _)) = &mut self.connecting {
             let r = h.await.unwrap_or(Dialed::Unreachable);
             self.connecting = None;
             self.conn = Some(r);
@@ -141,14 +150,28 @@ impl MaskLink {
     /// The connected stream (connecting now if needed, within the budget).
     /// An eager dial that met the budget is tried once more: the budget may
     /// have room by the time the handshake decided.
+    ///
+    /// A handshake decided before the pre-connect's delay ended dials now:
+    /// the site's answer must come as soon as the site would give it, never
+    /// after the pre-connect delay.
     pub async fn into_stream(mut self) -> Dialed {
-        if let Some(h) = self.connecting.take() {
-            self.conn = Some(h.await.unwrap_or(Dialed::Unreachable));
+        if let Some((h, dialing)) = self.connecting.take() {
+            if dialing.load(Ordering::Acquire) {
+                self.conn = Some(h.await.unwrap_or(Dialed::Unreachable));
+            } else {
+                h.abort();
+            }
         }
         match self.conn.take() {
             Some(d @ (Dialed::Site(..) | Dialed::Unreachable)) => d,
             Some(Dialed::OverBudget) | None => {
-                dial(std::mem::take(&mut self.addr), self.timeout, &self.gate).await
+                dial(
+                    std::mem::take(&mut self.addr),
+                    self.timeout,
+                    &self.gate,
+                    false,
+                )
+                .await
             }
         }
     }
@@ -157,7 +180,7 @@ impl MaskLink {
 impl Drop for MaskLink {
     fn drop(&mut self) {
         if let Some(h) = &self.connecting {
-            h.abort();
+            h.0.abort();
         }
     }
 }
@@ -185,7 +208,7 @@ pub async fn splice(
     link: MaskLink,
 ) -> SpliceEnd {
     let budget = link.gate.budget.clone();
-    let (upstream, _permit) = match link.into_stream().await {
+    let (upstream, permit) = match link.into_stream().await {
         Dialed::Site(s, p) => (s, p),
         Dialed::OverBudget => {
             return SpliceEnd::Held(crate::front::hold(client, client_eof, &budget).await)
@@ -204,30 +227,52 @@ pub async fn splice(
     if client_eof {
         fin(&upstream);
     }
-    let up = pump(&client, &upstream);
-    let down = pump(&upstream, &client);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (client_eof, false);
-    while !(up_done && down_done) {
-        tokio::select! {
-            f = &mut up, if !up_done => match f {
-                // The client reset (or writing to the site failed): reset the site.
-                Flow::Reset => {
-                    tracing::debug!("client reset a fronted connection; mirrored");
-                    reset(&upstream);
-                    return SpliceEnd::Reset;
-                }
-                Flow::Eof => up_done = true,
-            },
-            f = &mut down, if !down_done => match f {
-                Flow::Reset => {
-                    tracing::debug!("mask host reset a fronted connection; mirrored");
-                    reset(&client);
-                    return SpliceEnd::Reset;
-                }
-                Flow::Eof => down_done = true,
-            },
+    // Whether the client's FIN waits until the mask connection and its
+    // permit are gone: when the site closes after the client did, so a
+    // prober that goes on at once finds the permit free again.
+    let fin_client_last = {
+        let up = pump(&client, &upstream);
+        let down = pump(&upstream, &client);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (client_eof, false);
+        let mut fin_client_last = false;
+        while !(up_done && down_done) {
+            tokio::select! {
+                f = &mut up, if !up_done => match f {
+                    // The client reset (or writing to the site failed): reset the site.
+                    Flow::Reset => {
+                        tracing::debug!("client reset a fronted connection; mirrored");
+                        reset(&upstream);
+                        return SpliceEnd::Reset;
+                    }
+                    Flow::Eof => {
+                        fin(&upstream);
+                        up_done = true;
+                    }
+                },
+                f = &mut down, if !down_done => match f {
+                    Flow::Reset => {
+                        tracing::debug!("mask host reset a fronted connection; mirrored");
+                        reset(&client);
+                        return SpliceEnd::Reset;
+                    }
+                    Flow::Eof if up_done => {
+                        fin_client_last = true;
+                        down_done = true;
+                    }
+                    Flow::Eof => {
+                        fin(&client);
+                        down_done = true;
+                    }
+                },
+            }
         }
+        fin_client_last
+    };
+    drop(upstream);
+    drop(permit);
+    if fin_client_last {
+        fin(&client);
     }
     SpliceEnd::Closed
 }
@@ -238,7 +283,8 @@ enum Flow {
     Reset,
 }
 
-/// Copies `from` → `to` until EOF (then FIN to `to`) or a reset/error.
+/// Copies `from` → `to` until EOF (the caller passes the FIN on) or a
+/// reset/error.
 async fn pump(from: &TcpStream, to: &TcpStream) -> Flow {
     loop {
         if from.readable().await.is_err() {
@@ -247,10 +293,7 @@ async fn pump(from: &TcpStream, to: &TcpStream) -> Flow {
         let mut buf = PooledBuf::take();
         loop {
             match from.try_read(&mut buf) {
-                Ok(0) => {
-                    fin(to);
-                    return Flow::Eof;
-                }
+                Ok(0) => return Flow::Eof,
                 Ok(n) => {
                     if write_all(to, &buf[..n]).await.is_err() {
                         return Flow::Reset;
@@ -306,6 +349,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_decision_before_the_preconnect_delay_dials_at_once() {
+        let site = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = site.local_addr().expect("addr").to_string();
+        let budget = crate::front::MaskBudget::new(Default::default());
+        let gate = Gate {
+            budget: budget.clone(),
+            source: "127.0.0.1".parse().expect("ip"),
+            suspect: false,
+        };
+        let link = MaskLink::new(
+            addr,
+            Duration::from_secs(2),
+            Some(Duration::from_secs(30)),
+            gate,
+        );
+        let d = tokio::time::timeout(Duration::from_secs(5), link.into_stream())
+            .await
+            .expect("not after the 30 s pre-connect delay");
+        assert!(matches!(d, Dialed::Site(..)));
+        drop(d);
+        assert_eq!(budget.stats().open, 0);
+    }
+
+    #[tokio::test]
     async fn out_of_budget_dials_are_held_and_free_permits_return() {
         let site = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -321,15 +390,15 @@ mod tests {
             source: "127.0.0.1".parse().expect("ip"),
             suspect: false,
         };
-        let first = dial(addr.clone(), Duration::from_secs(2), &gate).await;
+        let first = dial(addr.clone(), Duration::from_secs(2), &gate, false).await;
         assert!(matches!(first, Dialed::Site(..)));
         assert!(matches!(
-            dial(addr.clone(), Duration::from_secs(2), &gate).await,
+            dial(addr.clone(), Duration::from_secs(2), &gate, false).await,
             Dialed::OverBudget
         ));
         drop(first);
         assert!(matches!(
-            dial(addr, Duration::from_secs(2), &gate).await,
+            dial(addr, Duration::from_secs(2), &gate, false).await,
             Dialed::Site(..)
         ));
     }

@@ -140,8 +140,32 @@ fn check_accepts_good_files_and_names_the_bad_key() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("ok"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("ok"));
+    assert!(
+        out.contains("policy: per-source limits count only unauthenticated connections (at most 1024 open, 50/s with a burst of 200)"),
+        "{out}"
+    );
+    // The strict scope is accepted, with a warning; a bad scope names its key.
+    let strict = dir.path().join("strict.toml");
+    std::fs::write(
+        &strict,
+        "[policy.rate]\nscope = \"all\"\nmax_connections_per_ip = 64\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["check"])
+        .arg(&strict)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("WARNING: strict per-address limits") && out.contains("64 connections"),
+        "{out}"
+    );
     for (text, key) in [
+        ("[policy.rate]\nscope = \"everyone\"\n", "policy.rate.scope"),
         ("[server]\nlisten = [\"nowhere\"]\n", "server.listen[0]"),
         ("[server]\nlisten_on = 1\n", "listen_on"),
         ("[users.a]\nsecret = \"123\"\n", "users.a.secret"),

@@ -41,6 +41,42 @@ async fn refusals_of_the_strict_scope_look_like_the_website_too() {
     suite(true).await;
 }
 
+/// A fronted failure is answered as soon as the site answers: the decision
+/// does not wait for the pre-connect delay (200 ms), which would be a timing
+/// signature every bad request shows. Median over every quick kind, each
+/// sent to nginx and through mtgate one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fronted_answers_come_as_soon_as_the_sites() {
+    let site = Nginx::start(DOMAIN, SITE_IDLE);
+    let proxy = Proxy::start_full(
+        "127.0.0.1:0",
+        "handshake_timeout = \"10s\"\n",
+        &format!(
+            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n[users.alice]\nsecret = \"{KEY_HEX}\"\n",
+            site.addr
+        ),
+        &["127.0.0.1:1".parse().expect("addr")],
+    )
+    .await;
+    let mut extra = Vec::new();
+    for p in quick_kinds().iter().chain(quick_kinds().iter()) {
+        let d = probe(site.addr, &p.chunks, p.gap, true, LIMIT).await;
+        let f = probe(proxy.addr, &p.chunks, p.gap, true, LIMIT).await;
+        assert_eq!((d.end, f.end), (End::Fin, End::Fin), "{}", p.name);
+        extra.push(f.after.saturating_sub(d.after));
+    }
+    extra.sort();
+    let median = extra[extra.len() / 2];
+    eprintln!(
+        "mtgate's extra time over nginx: median {median:?}, max {:?}",
+        extra.last()
+    );
+    assert!(
+        median < Duration::from_millis(100),
+        "fronted answers lag the site's: median {median:?} ({extra:?})"
+    );
+}
+
 async fn suite(strict: bool) {
     let site = Nginx::start(DOMAIN, SITE_IDLE);
     let scope = if strict {

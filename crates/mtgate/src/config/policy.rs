@@ -202,6 +202,24 @@ impl Default for RateConfig {
 }
 
 impl RateConfig {
+    /// One line for `mtgate check`: what the per-source limits count, and a
+    /// warning when they are the strict ones.
+    pub fn summary(&self) -> String {
+        match self.scope {
+            RateScope::Unauthenticated => format!(
+                "per-source limits count only unauthenticated connections (at most {} open, {}/s with a burst of {}); \
+                 valid handshakes never count, so a crowd behind one address is served",
+                self.max_connections_per_ip, self.new_connections_per_second, self.burst
+            ),
+            RateScope::All => format!(
+                "WARNING: strict per-address limits (policy.rate.scope = \"all\": {} connections, {}/s with a burst of {}, \
+                 refusing before reading): unsafe behind shared addresses (carrier-grade NAT, tunnels), \
+                 whose valid users are refused as a flood",
+                self.max_connections_per_ip, self.new_connections_per_second, self.burst
+            ),
+        }
+    }
+
     /// The caps of level `full`.
     pub fn conn_limits(&self) -> ConnLimits {
         ConnLimits {
