@@ -180,8 +180,12 @@ fn init_logs(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("MTGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
+    // Colour only on a terminal: a log file or journal gets plain text.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if cfg.log_json {
         let _ = b.json().try_init();

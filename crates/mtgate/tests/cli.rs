@@ -195,6 +195,55 @@ fn check_accepts_good_files_and_names_the_bad_key() {
 }
 
 #[test]
+fn syntax_and_type_errors_name_file_line_column_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        // A bare word where a value belongs (syntax).
+        (
+            "[tls]\nfronting = maybe\n",
+            ":2:12: tls.fronting: invalid string",
+        ),
+        // A string where a boolean belongs (type).
+        (
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[tls]\nfronting = \"yes\"\n",
+            ":4:12: tls.fronting: invalid type",
+        ),
+        // A negative count.
+        (
+            "[policy.rate]\nburst = -3\n",
+            ":2:9: policy.rate.burst: invalid value",
+        ),
+        // An unclosed table header.
+        ("[server\nlisten = []\n", ":1:8: server"),
+        // A key given twice.
+        (
+            "[tls]\nfronting = true\nfronting = false\n",
+            ":3:1: tls.fronting: duplicate key",
+        ),
+    ] {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, text).unwrap();
+        let o = Command::new(BIN).args(["check"]).arg(&f).output().unwrap();
+        assert!(!o.status.success(), "{text:?} must be refused");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{}{want}", f.display())),
+            "{text:?}: want `{want}` in:\n{err}"
+        );
+        // The offending line, with a caret under the column.
+        let col: usize = want.split(':').nth(2).unwrap().parse().unwrap();
+        let line: usize = want.split(':').nth(1).unwrap().parse().unwrap();
+        let shown = text.lines().nth(line - 1).unwrap();
+        assert!(err.contains(&format!("{line} | {shown}")), "{err}");
+        assert!(
+            err.contains(&format!("| {}^", " ".repeat(col - 1))),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"));
+    }
+}
+
+#[test]
 fn link_writes_a_png_qr_code_and_secret_prints_every_form() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("alice.png");

@@ -5,6 +5,7 @@
 //! key at fault. `mtgate check` and `mtgate run` call exactly this code.
 //! Command-line flags are applied as a [`Overrides`] on the raw form first.
 
+pub mod locate;
 pub mod mask;
 pub mod me;
 pub mod policy;
@@ -32,6 +33,15 @@ pub enum ConfigError {
     },
     #[error("{key}: {msg}")]
     Invalid { key: String, msg: String },
+    /// A syntax or type error at a place in the file.
+    #[error("{}:{}:{}: {key}: {msg}\n{}", .file.as_deref().unwrap_or("config"), .at.line, .at.col, .at.snippet())]
+    At {
+        /// The file, when the text came from one.
+        file: Option<String>,
+        at: locate::Location,
+        key: String,
+        msg: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
@@ -234,7 +244,15 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, ov)
+        Self::from_toml(&text, ov).map_err(|e| match e {
+            ConfigError::At { at, key, msg, .. } => ConfigError::At {
+                file: Some(path.display().to_string()),
+                at,
+                key,
+                msg,
+            },
+            e => e,
+        })
     }
 
     /// Parses TOML text, applies overrides, validates: the startup path.
@@ -243,8 +261,24 @@ impl Config {
         let mut raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let msg = inner.message().to_owned();
-            invalid(if path == "." { "config".into() } else { path }, msg)
+            let msg = inner.message().trim().replace('\n', "; ");
+            let at = inner.span().map(|s| locate::Location::of(text, s.start));
+            let key = if path == "." {
+                at.as_ref()
+                    .and_then(|a| locate::key_at(text, a.line))
+                    .unwrap_or_else(|| "config".into())
+            } else {
+                path
+            };
+            match at {
+                Some(at) => ConfigError::At {
+                    file: None,
+                    at,
+                    key,
+                    msg,
+                },
+                None => invalid(key, msg),
+            }
         })?;
         apply_overrides(&mut raw, ov)?;
         Self::from_raw(raw)

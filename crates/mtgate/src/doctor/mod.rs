@@ -217,6 +217,10 @@ pub fn config_failed(source: &str, err: &ConfigError) -> Report {
         ConfigError::Invalid { key, .. } => {
             format!("fix `{key}` in {source} (see docs/config.md), then `mtgate check {source}`")
         }
+        ConfigError::At { key, at, .. } => format!(
+            "fix `{key}` on line {} of {source} (see docs/config.md), then `mtgate check {source}`",
+            at.line
+        ),
     };
     Report {
         checks: vec![Check::fail("config", format!("{source}: {err}"), fix)],
