@@ -413,6 +413,46 @@ async fn health_endpoints_follow_the_lifecycle() {
     admin.stop();
 }
 
+/// 200 idle connections (more than the admin listener keeps, in all and
+/// per address) and a few half-sent requests hold the port; liveness and
+/// readiness still answer within a second, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_idle_connections_hold_the_admin_port() {
+    let state = AdminState::new(Arc::new(Metrics::new(["alice"])));
+    state.health.mark_started();
+    let admin = AdminServer::start("127.0.0.1:0".parse().unwrap(), state.clone())
+        .await
+        .expect("admin");
+    let a = admin.local_addr;
+    let mut idle = Vec::new();
+    for i in 0..200u32 {
+        let mut s = tokio::net::TcpStream::connect(a).await.expect("connect");
+        if i % 10 == 0 {
+            // A request head that never ends.
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .expect("w");
+        }
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..5 {
+        for path in ["/health/live", "/health/ready"] {
+            let t0 = std::time::Instant::now();
+            let (code, _) = tokio::time::timeout(Duration::from_secs(1), get(a, path))
+                .await
+                .unwrap_or_else(|_| panic!("{path} unanswered within 1 s (round {round})"));
+            assert_eq!(code, 200, "{path}");
+            assert!(t0.elapsed() < Duration::from_secs(1));
+        }
+        // More idle connections keep arriving.
+        for _ in 0..20 {
+            idle.push(tokio::net::TcpStream::connect(a).await.expect("connect"));
+        }
+    }
+    admin.stop();
+}
+
 #[test]
 fn admin_config_keys() {
     let ov = Overrides::default();

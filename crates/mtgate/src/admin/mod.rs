@@ -11,10 +11,14 @@
 //! | `POST /reload` | reload the config (`Authorization: Bearer <admin.token>`; 403 without a configured token) |
 //!
 //! Otherwise only `GET` and `HEAD` are answered (405); unknown paths get 404.
-//! Connections are capped ([`MAX_CONNS`]) and must send their request head
-//! within [`HEADER_TIMEOUT`]. The admin server never touches client traffic.
+//! Connections are capped in all and per address ([`conns`]: the oldest
+//! makes room for the newest, so health checks always get in) and must send
+//! each request head within [`HEADER_TIMEOUT`]. The admin server never
+//! touches client traffic.
 //! [`slot::AdminSlot`] keeps it alive across a takeover.
 
+pub mod conns;
+pub use conns::{MAX_CONNS, PER_SOURCE};
 pub mod front_metrics;
 pub mod me_metrics;
 pub mod metrics;
@@ -33,14 +37,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub use metrics::{Metrics, MetricsSink};
 
-/// Admin connections served at once; more are closed at accept.
-pub const MAX_CONNS: usize = 64;
 /// How long a client may take to send its request head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default admin address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
 
@@ -204,19 +205,19 @@ impl Drop for AdminServer {
 }
 
 async fn accept_loop(listener: Arc<TcpListener>, state: Arc<AdminState>) {
-    let conns = Arc::new(Semaphore::new(MAX_CONNS));
+    let conns = conns::Conns::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed; backing off");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            continue;
-        };
+        // Always let the newest in: the oldest (of this source, or overall)
+        // makes room, so health checks answer whatever holds the port.
+        let mut slot = conns.admit(peer.ip());
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -228,10 +229,16 @@ async fn accept_loop(listener: Arc<TcpListener>, state: Arc<AdminState>) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                }
+                _ = slot.evicted() => {
+                    tracing::debug!(%peer, "admin connection closed to make room");
+                }
             }
-            drop(permit);
         });
     }
 }

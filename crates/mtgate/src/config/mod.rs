@@ -34,7 +34,7 @@ pub enum ConfigError {
     #[error("{key}: {msg}")]
     Invalid { key: String, msg: String },
     /// A syntax or type error at a place in the file.
-    #[error("{}:{}:{}: {key}: {msg}\n{}", .file.as_deref().unwrap_or("config"), .at.line, .at.col, .at.snippet())]
+    #[error("{}", show_at(.file.as_deref(), .at, .key, .msg))]
     At {
         /// The file, when the text came from one.
         file: Option<String>,
@@ -42,6 +42,20 @@ pub enum ConfigError {
         key: String,
         msg: String,
     },
+}
+
+/// `FILE:LINE:COL: KEY: MSG` (compiler style) when the text came from a
+/// file, else `KEY: line L, column C: MSG`; then the line with a caret.
+fn show_at(file: Option<&str>, at: &locate::Location, key: &str, msg: &str) -> String {
+    match file {
+        Some(f) => format!("{f}:{}:{}: {key}: {msg}\n{}", at.line, at.col, at.snippet()),
+        None => format!(
+            "{key}: line {}, column {}: {msg}\n{}",
+            at.line,
+            at.col,
+            at.snippet()
+        ),
+    }
 }
 
 fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
