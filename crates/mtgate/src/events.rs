@@ -92,9 +92,12 @@ pub enum Event<'a> {
         dc: u16,
         error: &'a str,
     },
+    /// Handed to the mask site (or held past the fronting budget), by cause:
+    /// a rejected handshake, the handshake deadline, a client that closed
+    /// before it decided, or a policy refusal.
     Fronted {
         id: u64,
-        reason: RejectReason,
+        cause: CloseReason,
     },
     /// The configuration was reloaded (`ok`), or a reload was refused.
     Reloaded {
@@ -165,8 +168,8 @@ impl EventSink for LogSink {
             Event::UpstreamFailed { id, dc, error } => {
                 tracing::warn!(conn = id, dc, error, "upstream connect failed")
             }
-            Event::Fronted { id, reason } => {
-                tracing::debug!(conn = id, reason = reason.name(), "fronted to mask host")
+            Event::Fronted { id, cause } => {
+                tracing::debug!(conn = id, cause = cause.label(), "fronted to mask host")
             }
             Event::Reloaded { ok: true, detail } => {
                 tracing::info!(detail, "configuration reloaded")

@@ -158,8 +158,18 @@ enum Phase {
 /// A client the policy refused before reading a byte: fronted to the mask
 /// host (as any connection that is not ours; past the fronting budget, held
 /// silent, see [`crate::front`]) or, where configured, closed.
-async fn refuse(stream: TcpStream, ip: IpAddr, rt: &Runtime, refusal: Refusal) -> CloseReason {
+async fn refuse(
+    stream: TcpStream,
+    id: u64,
+    ip: IpAddr,
+    rt: &Runtime,
+    refusal: Refusal,
+) -> CloseReason {
     if refusal.action == RefuseAction::Front && rt.config.fronting {
+        rt.telemetry.emit(Event::Fronted {
+            id,
+            cause: CloseReason::Policy(refusal.reason),
+        });
         let link = MaskLink::new(
             rt.config.default_mask_host(),
             rt.config.connect_timeout,
@@ -215,7 +225,7 @@ async fn setup(
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
     let mut source = match rt.policy.admit(ip, &mut hit) {
         Ok(guard) => guard,
-        Err(refusal) => return Err(refuse(stream, ip, rt, refusal).await),
+        Err(refusal) => return Err(refuse(stream, id, ip, rt, refusal).await),
     };
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
@@ -249,9 +259,7 @@ async fn setup(
                     link = link.redirect(sni_mask.clone());
                 }
             }
-            if let CloseReason::Rejected(r) = reason {
-                rt.telemetry.emit(Event::Fronted { id, reason: r });
-            }
+            rt.telemetry.emit(Event::Fronted { id, cause: reason });
             Box::pin(mask::splice(stream, hs.received(), client_eof, link)).await;
             return Err(reason);
         }

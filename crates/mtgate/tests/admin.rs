@@ -370,6 +370,39 @@ async fn metrics_move_with_traffic_in_every_mode() {
             &[("user", "none"), ("mode", "none")]
         ) >= 3.0
     );
+    // Every fronting is counted by its cause, not only rejected handshakes: a
+    // client that half-closes before the handshake decided, and one that
+    // stays silent past the handshake deadline (3 s here).
+    let eof0 = s3.sum(
+        "mtgate_handshakes_fronted_total",
+        &[("reason", "handshake_eof")],
+    );
+    let late0 = s3.sum(
+        "mtgate_handshakes_fronted_total",
+        &[("reason", "handshake_timeout")],
+    );
+    let mut half = tokio::net::TcpStream::connect(st.proxy)
+        .await
+        .expect("connect");
+    half.write_all(&[0x16, 0x03]).await.expect("write");
+    half.shutdown().await.expect("half-close");
+    let mut silent = tokio::net::TcpStream::connect(st.proxy)
+        .await
+        .expect("connect");
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), half.read_to_end(&mut sink)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), silent.read_to_end(&mut sink)).await;
+    st.scrape_until("fronted by cause", |s| {
+        s.sum(
+            "mtgate_handshakes_fronted_total",
+            &[("reason", "handshake_eof")],
+        ) > eof0
+            && s.sum(
+                "mtgate_handshakes_fronted_total",
+                &[("reason", "handshake_timeout")],
+            ) > late0
+    })
+    .await;
     drop(dc);
     stop(st).await;
 }

@@ -148,7 +148,7 @@ impl Metrics {
         );
         registry.register(
             "handshakes_fronted",
-            "Rejected handshakes forwarded to the mask host, by reject reason",
+            "Connections handed to the mask site (or held past the fronting budget), by cause: a reject reason, handshake_timeout, handshake_eof or a policy reason",
             m.fronted.clone(),
         );
         registry.register(
@@ -314,10 +314,10 @@ impl Metrics {
                     .get_or_create(&self.dc_label(*dc))
                     .inc();
             }
-            Event::Fronted { reason, .. } => {
+            Event::Fronted { cause, .. } => {
                 self.fronted
                     .get_or_create(&ReasonLabels {
-                        reason: reason.name(),
+                        reason: cause.label(),
                     })
                     .inc();
             }
