@@ -33,6 +33,8 @@ pub enum CloseReason {
     UnknownDc,
     /// No DC address could be reached.
     UpstreamConnectFailed,
+    /// The client spoke and the DC said nothing within the connect timeout.
+    UpstreamSilent,
     /// Bad TLS records from the client during the relay.
     ClientProtocol,
     /// The server is shutting down.
@@ -59,6 +61,7 @@ impl CloseReason {
             Self::Rejected(r) => r.name(),
             Self::UnknownDc => "unknown_dc",
             Self::UpstreamConnectFailed => "upstream_connect_failed",
+            Self::UpstreamSilent => "upstream_silent",
             Self::ClientProtocol => "client_protocol",
             Self::Shutdown => "shutdown",
             Self::Drained => "drained",

@@ -61,6 +61,17 @@ impl Traffic {
 }
 
 /// The four ciphers and the record stripper, boxed once per session: they are
+/// How long a relay may go without traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// No bytes either way for this long: closed (`server.idle_timeout`).
+    pub idle: Duration,
+    /// The client spoke and the DC has not said a byte for this long since
+    /// the relay began: closed (`upstream.connect_timeout`), so a client
+    /// behind a black-holed DC is not left hanging until the idle timeout.
+    pub first_answer: Duration,
+}
+
 /// the bulk of an idle session's state, and a box keeps them out of the task
 /// while the handshake and dial futures (boxed themselves) come and go.
 struct Keys {
@@ -84,7 +95,7 @@ struct Keys {
 pub fn run<'a, H: Send + 'a>(
     client: ClientSide,
     upstream: UpstreamSide,
-    idle: Duration,
+    deadlines: Deadlines,
     traffic: &'a Traffic,
     shutdown: crate::stop::Stop,
     lease: Option<Metered>,
@@ -141,11 +152,14 @@ pub fn run<'a, H: Send + 'a>(
         traffic,
         lease,
         start,
-        idle,
+        idle: deadlines.idle,
+        answer_ms: u32::try_from(deadlines.first_answer.as_millis()).unwrap_or(u32::MAX),
         fail,
         first: None,
         _hold: hold,
-        timer: tokio::time::sleep_until(tokio::time::Instant::from_std(start + idle)),
+        timer: tokio::time::sleep_until(tokio::time::Instant::from_std(
+            start + deadlines.idle.min(deadlines.first_answer),
+        )),
         stop: shutdown.into_wait(),
     }
 }
@@ -198,6 +212,8 @@ pin_project_lite::pin_project! {
         lease: Option<Metered>,
         start: Instant,
         idle: Duration,
+        // Until the DC's first byte: see `Deadlines::first_answer`.
+        answer_ms: u32,
         fail: Option<CloseReason>,
         first: Option<CloseReason>,
         _hold: H,
@@ -257,11 +273,27 @@ impl<S: Future<Output = CloseReason>, H> Future for Relay<'_, S, H> {
         // `traffic`); when it fires it is moved to the last activity + idle.
         while this.timer.as_mut().poll(cx).is_ready() {
             let last = Duration::from_millis(this.traffic.last_ms.load(Relaxed));
-            if this.start.elapsed() >= last + *this.idle {
+            let elapsed = this.start.elapsed();
+            if elapsed >= last + *this.idle {
                 return Poll::Ready(CloseReason::IdleTimeout);
             }
-            let at = tokio::time::Instant::from_std(*this.start + last + *this.idle);
-            this.timer.as_mut().reset(at);
+            let mut at = *this.start + last + *this.idle;
+            if this.traffic.down.load(Relaxed) == 0 {
+                // Nothing from the DC yet, so every activity was the client's.
+                let answer = Duration::from_millis(u64::from(*this.answer_ms));
+                if this.traffic.up.load(Relaxed) > 0 {
+                    if elapsed >= last + answer {
+                        return Poll::Ready(CloseReason::UpstreamSilent);
+                    }
+                    at = at.min(*this.start + last + answer);
+                } else {
+                    // The client has not spoken yet: look again later.
+                    at = at.min(Instant::now() + answer.max(Duration::from_millis(100)));
+                }
+            }
+            this.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(at));
         }
         Poll::Pending
     }

@@ -61,7 +61,10 @@ pub fn serve(
         let shutdown = Stop::new(shutdown);
         // One awaited future that is first the boxed setup, then the relay:
         // the setup's result is moved into the relay, never kept beside it.
-        let idle = rt.config.idle_timeout;
+        let deadlines = relay::Deadlines {
+            idle: rt.config.idle_timeout,
+            first_answer: rt.config.connect_timeout,
+        };
         let reason = Phases::Setup {
             setup: Box::pin(setup(
                 stream,
@@ -74,7 +77,7 @@ pub fn serve(
             )),
             make: Some(|r: Ready| {
                 relay::run(
-                    r.client, r.upstream, idle, &traffic, r.shutdown, r.lease, r.source,
+                    r.client, r.upstream, deadlines, &traffic, r.shutdown, r.lease, r.source,
                 )
             }),
         }

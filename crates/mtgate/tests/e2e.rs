@@ -282,6 +282,52 @@ async fn idle_connections_are_closed() {
     );
 }
 
+/// A DC that takes the connection and never says a byte (black-holed
+/// behind a middlebox): the client is closed at the connect timeout, not
+/// left hanging until the idle timeout. A client that has not spoken is not
+/// closed for the DC's silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_dc_is_given_up_at_the_connect_timeout() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = hole.local_addr().expect("addr");
+    let _hole = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            kept.push(s); // read nothing, answer nothing
+        }
+    });
+    let proxy = Proxy::start_full(
+        "127.0.0.1:0",
+        "idle_timeout = \"5m\"",
+        &format!("{USERS_ALL}\n[upstream]\nconnect_timeout = \"1s\"\n"),
+        &[addr],
+    )
+    .await;
+    let mut quiet = ObfsClient::connect(proxy.addr, &key(), ClientMode::Secure, 2)
+        .await
+        .expect("connect");
+    let mut c = ObfsClient::connect(proxy.addr, &key(), ClientMode::Secure, 2)
+        .await
+        .expect("connect");
+    c.send_raw(b"req_pq_multi, say").await.expect("send");
+    let t = std::time::Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(5)).await,
+        "a client behind a silent DC was left hanging"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        !quiet.closed_within(Duration::from_millis(500)).await,
+        "a client that has not spoken waits for nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_deadline_closes_silent_clients_without_fronting() {
     let proxy = Proxy::start_full(
