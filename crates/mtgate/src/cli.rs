@@ -220,8 +220,19 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let metrics =
             Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())).with_dc_table(&cfg.dcs));
         let admin_state = AdminState::new(metrics.clone());
+        let logs = Arc::new(LogSink::default());
+        {
+            // The refusal summary of a quiet moment still gets written.
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::logsum::INTERVAL).await;
+                    logs.flush(std::time::Duration::ZERO);
+                }
+            });
+        }
         let telemetry = Telemetry::new(vec![
-            Arc::new(LogSink),
+            logs.clone(),
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics.clone())),
         ]);
@@ -407,6 +418,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         }
         persisting.finish().await;
+        logs.flush(std::time::Duration::ZERO);
         Ok(())
     });
     // Do not wait for anything still running (a second signal means now).

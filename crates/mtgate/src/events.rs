@@ -113,6 +113,8 @@ pub enum Event<'a> {
         id: u64,
         reason: crate::policy::PolicyReason,
         enforced: bool,
+        /// The source as the policy counts it.
+        source: std::net::IpAddr,
     },
     Closed {
         id: u64,
@@ -149,14 +151,56 @@ impl Telemetry {
     }
 }
 
-/// Writes events as `tracing` lines (connection id on every line; never a secret).
-pub struct LogSink;
+/// Writes events as `tracing` lines (connection id on every line; never a
+/// secret). Per-connection lines are bounded: a connection that never
+/// authenticated (a failed handshake, a probe, a refusal) logs at DEBUG;
+/// policy refusals are summarised at INFO every [`crate::logsum::INTERVAL`]
+/// ([`LogSink::flush`]); authenticated sessions and DC failures log at most
+/// [`LINES_PER_SECOND`] lines a second each, then a count of what was dropped.
+pub struct LogSink {
+    refusals: crate::logsum::RefusalSummary,
+    sessions: crate::logsum::LineBudget,
+    upstream: crate::logsum::LineBudget,
+}
+
+/// Per-connection INFO/WARN lines per second, per kind.
+pub const LINES_PER_SECOND: u32 = 50;
+
+impl Default for LogSink {
+    fn default() -> Self {
+        Self {
+            refusals: Default::default(),
+            sessions: crate::logsum::LineBudget::new(LINES_PER_SECOND),
+            upstream: crate::logsum::LineBudget::new(LINES_PER_SECOND),
+        }
+    }
+}
+
+impl LogSink {
+    /// Writes the refusal summary if the interval is over (called on every
+    /// event and by a timer, so a quiet moment still gets its line).
+    pub fn flush(&self, min_age: std::time::Duration) {
+        if let Some(line) = self.refusals.take(min_age) {
+            tracing::info!("{line}");
+        }
+    }
+}
 
 impl EventSink for LogSink {
     fn emit(&self, e: &Event<'_>) {
         match e {
             Event::Opened { id, peer } => tracing::debug!(conn = id, %peer, "accepted"),
             Event::Authenticated { id, user, mode, dc } => {
+                let (ok, dropped) = self.sessions.allow();
+                if !ok {
+                    return;
+                }
+                if dropped > 0 {
+                    tracing::info!(
+                        dropped,
+                        "session log lines dropped (over {LINES_PER_SECOND}/s)"
+                    );
+                }
                 tracing::info!(
                     conn = id,
                     user,
@@ -169,7 +213,16 @@ impl EventSink for LogSink {
                 tracing::debug!(conn = id, dc, %addr, took_ms = took.as_millis() as u64, "upstream connected")
             }
             Event::UpstreamFailed { id, dc, error } => {
-                tracing::warn!(conn = id, dc, error, "upstream connect failed")
+                let (ok, dropped) = self.upstream.allow();
+                if ok {
+                    if dropped > 0 {
+                        tracing::warn!(
+                            dropped,
+                            "upstream failure lines dropped (over {LINES_PER_SECOND}/s)"
+                        );
+                    }
+                    tracing::warn!(conn = id, dc, error, "upstream connect failed")
+                }
             }
             Event::Fronted { id, cause } => {
                 tracing::debug!(conn = id, cause = cause.label(), "fronted to mask host")
@@ -187,16 +240,19 @@ impl EventSink for LogSink {
                 id,
                 reason,
                 enforced,
+                source,
             } => {
+                self.refusals.count(*reason, *enforced, *source);
                 if *enforced {
-                    tracing::info!(conn = id, reason = reason.label(), "refused by policy")
+                    tracing::debug!(conn = id, reason = reason.label(), "refused by policy")
                 } else {
-                    tracing::info!(
+                    tracing::debug!(
                         conn = id,
                         reason = reason.label(),
                         "policy would refuse (monitor mode)"
                     )
                 }
+                self.flush(crate::logsum::INTERVAL);
             }
             Event::Closed {
                 id,
@@ -206,15 +262,30 @@ impl EventSink for LogSink {
                 down,
                 lasted,
                 ..
-            } => tracing::info!(
-                conn = id,
-                user = user.unwrap_or("-"),
-                reason = reason.label(),
-                bytes_up = up,
-                bytes_down = down,
-                secs = lasted.as_secs_f64(),
-                "closed"
-            ),
+            } => match user {
+                // A session: INFO, within the line budget.
+                Some(user) => {
+                    if self.sessions.allow().0 {
+                        tracing::info!(
+                            conn = id,
+                            user,
+                            reason = reason.label(),
+                            bytes_up = up,
+                            bytes_down = down,
+                            secs = lasted.as_secs_f64(),
+                            "closed"
+                        )
+                    }
+                }
+                // Never authenticated (a probe, a failed handshake, a
+                // refusal): DEBUG; floods show in metrics and the summary.
+                None => tracing::debug!(
+                    conn = id,
+                    reason = reason.label(),
+                    secs = lasted.as_secs_f64(),
+                    "closed"
+                ),
+            },
         }
     }
 }

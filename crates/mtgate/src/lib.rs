@@ -22,6 +22,7 @@ pub mod front;
 #[cfg(unix)]
 pub mod handover;
 pub mod links;
+pub mod logsum;
 pub mod mask;
 pub mod me;
 pub mod peer;

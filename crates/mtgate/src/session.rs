@@ -223,6 +223,7 @@ async fn setup(
             id,
             reason,
             enforced,
+            source: ip,
         })
     };
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.

@@ -94,3 +94,71 @@ async fn json_logs_carry_a_span_per_connection_and_no_secret() {
         assert!(!text.contains(needle), "a secret leaked into the logs");
     }
 }
+
+/// Issue 24: a flood of 10 000 policy refusals and 2 000 failed handshakes
+/// at the default log level, stderr to a file: a handful of lines (the
+/// refusals summarised per reason and source prefix), no escape codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_leaves_a_few_plain_log_lines() {
+    let site = common::nginx::Nginx::start(common::DOMAIN, Duration::from_secs(1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mtgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+             [admin]\nenabled = false\n\
+             [tls]\ndomains = [\"{}\"]\nmask_host = \"{}\"\n\
+             [policy.acl]\nrules = [ {{ cidr = \"127.0.0.2/32\", level = \"blocked\" }} ]\n\
+             [dcs]\n2 = [\"127.0.0.1:1\"]\n[users.alice]\nsecret = \"{SECRET}\"\n",
+            dir.path().display(),
+            common::DOMAIN,
+            site.addr
+        ),
+    )
+    .expect("write");
+    let log = dir.path().join("mtgate.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut p = MtgateProcess::spawn(&path, dir.path(), Stdio::from(file));
+    let addr = p.addr;
+    let refused: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let failing: std::net::IpAddr = "127.0.0.3".parse().expect("ip");
+    let mut set = tokio::task::JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..12_000u32 {
+        let permit = sem.clone().acquire_owned().await.expect("permit");
+        let from = if i < 10_000 { refused } else { failing };
+        set.spawn(async move {
+            common::probe_from(
+                Some(from),
+                addr,
+                &[b"\x05garbage\r\n\r\n".to_vec()],
+                Duration::ZERO,
+                true,
+                Duration::from_secs(5),
+            )
+            .await;
+            drop(permit);
+        });
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(15)).is_some(), "exits");
+    let bytes = std::fs::read(&log).expect("read log");
+    assert!(!bytes.contains(&0x1b), "no escape codes in a log file");
+    let text = String::from_utf8(bytes).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!("{} log lines, {} bytes:\n{text}", lines.len(), text.len());
+    assert!(
+        lines.len() <= 40,
+        "a flood is a few lines at INFO: {}",
+        lines.len()
+    );
+    let summarised: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("acl_blocked from 127.0.0.0/24: ").nth(1))
+        .filter_map(|rest| rest.split(';').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(summarised, 10_000, "every refusal is in a summary line");
+}

@@ -55,7 +55,7 @@ impl Nginx {
                fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                client_header_timeout {secs}s;\n  keepalive_timeout {secs}s;\n\
                server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {domain};\n\
-                 ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
                  root {d};\n  }}\n}}\n",
             d = p.display()
         );
