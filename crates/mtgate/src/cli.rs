@@ -195,7 +195,11 @@ fn init_logs(cfg: &Config) {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let cfg = a.common.load()?;
+    let mut cfg = a.common.load()?;
+    // The descriptors this process may hold, and the connections they carry.
+    let nofile = crate::fdlimit::raise();
+    let configured_max = cfg.max_connections;
+    cfg.max_connections = crate::fdlimit::effective(cfg.max_connections, nofile);
     init_logs(&cfg);
     // Before any thread exists: this reads and clears LISTEN_FDS/LISTEN_PID.
     #[cfg(unix)]
@@ -240,6 +244,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let mut signals = Signals::new();
         metrics.set_policy(runtime.policy.clone());
         metrics.set_mask_budget(runtime.mask_budget.clone());
+        metrics.set_limits(cfg.max_connections, nofile.map(|l| l.soft));
+        if cfg.max_connections < configured_max {
+            tracing::warn!(
+                cap = cfg.max_connections,
+                configured = configured_max,
+                fd_soft = nofile.map(|l| l.soft),
+                "the fd limit lowers the connection cap; raise LimitNOFILE / ulimit -n"
+            );
+        }
         let mut persisting = spawn_policy_tasks(&runtime.policy, &cfg);
 
         #[cfg(unix)]
@@ -353,6 +366,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         for addr in &server.local_addrs {
             writeln!(out, "LISTENING {addr}")?;
         }
+        writeln!(out, "{}", limits_line(cfg.max_connections, configured_max, nofile))?;
         let port = links::public_port(&cfg, server.local_addrs.first().map(|a| a.port()));
         links::print_all(&mut out, &cfg, &users, port, !a.no_qr)?;
         out.flush()?;
@@ -543,6 +557,37 @@ fn spawn_watchdog(period: Duration, probe: crate::server::AcceptProbe) {
             }
         }
     });
+}
+
+/// The first screen's line on how many connections this process takes.
+fn limits_line(
+    effective: usize,
+    configured: usize,
+    nofile: Option<crate::fdlimit::NoFile>,
+) -> String {
+    let show = |v: u64| {
+        if v == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    match nofile {
+        Some(l) if effective < configured => format!(
+            "CONNECTIONS at most {effective} at once: the fd limit ({} soft, {} hard) carries {} descriptors a client; \
+             server.max_connections = {configured} needs a limit of {} (LimitNOFILE= in the systemd unit, ulimit -n)",
+            show(l.soft),
+            show(l.hard),
+            crate::fdlimit::FDS_PER_CLIENT,
+            configured as u64 * crate::fdlimit::FDS_PER_CLIENT + crate::fdlimit::FDS_BASE
+        ),
+        Some(l) => format!(
+            "CONNECTIONS at most {effective} at once (server.max_connections; fd limit {} soft, {} hard)",
+            show(l.soft),
+            show(l.hard)
+        ),
+        None => format!("CONNECTIONS at most {effective} at once (server.max_connections)"),
+    }
 }
 
 /// The next delivery of `sig`, or never when it could not be installed.

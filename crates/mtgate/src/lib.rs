@@ -18,6 +18,7 @@ pub mod config;
 pub mod dc;
 pub mod doctor;
 pub mod events;
+pub mod fdlimit;
 pub mod front;
 #[cfg(unix)]
 pub mod handover;

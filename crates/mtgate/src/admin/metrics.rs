@@ -92,6 +92,8 @@ pub struct Metrics {
     connect_failures: Family<DcLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     reload_ok: Gauge,
+    conn_cap: Gauge,
+    fd_limit: Gauge,
     policy: Family<PolicyLabels, Counter>,
     /// The policy engine, once the runtime exists: live per-user bytes and
     /// the policy's tables are read from it at scrape time.
@@ -127,10 +129,22 @@ impl Metrics {
             connect_failures: Family::default(),
             reloads: Family::default(),
             reload_ok: Gauge::default(),
+            conn_cap: Gauge::default(),
+            fd_limit: Gauge::default(),
             policy: Family::default(),
             policy_src: Arc::default(),
             mask_budget: Arc::default(),
         };
+        registry.register(
+            "connections_max",
+            "Client connections accepted at once at most: server.max_connections, lowered to what the fd limit carries",
+            m.conn_cap.clone(),
+        );
+        registry.register(
+            "fd_limit",
+            "The process's soft RLIMIT_NOFILE after raising it to the hard limit (-1: unlimited)",
+            m.fd_limit.clone(),
+        );
         registry.register(
             "connections_active",
             "Client connections open now",
@@ -277,6 +291,13 @@ impl Metrics {
     /// policy's gauges appear.
     pub fn set_policy(&self, policy: Arc<crate::policy::engine::Policy>) {
         let _ = self.policy_src.set(policy);
+    }
+
+    /// The connection cap in force and the descriptor limit behind it.
+    pub fn set_limits(&self, cap: usize, fd_soft: Option<u64>) {
+        self.conn_cap.set(i64::try_from(cap).unwrap_or(i64::MAX));
+        self.fd_limit
+            .set(fd_soft.map_or(-1, |v| i64::try_from(v).unwrap_or(-1)));
     }
 
     /// Attaches the fronting budget (once): the `mtgate_mask_*` figures appear.

@@ -6,12 +6,7 @@ use super::Check;
 use crate::config::Config;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Descriptors a client costs at most (client socket, DC socket, a mask connection).
-const FDS_PER_CLIENT: u64 = 3;
-/// Descriptors a client costs at least (client socket and DC socket).
-const MIN_FDS_PER_CLIENT: u64 = 2;
-/// Listeners, admin, ME links, epoll, logs.
-const FDS_BASE: u64 = 64;
+use crate::fdlimit::{FDS_BASE, FDS_PER_CLIENT, MIN_FDS_PER_CLIENT};
 /// Beyond this the clock is reported even when inside the FakeTLS window.
 const CLOCK_WARN_SECS: i64 = 10;
 
@@ -55,7 +50,6 @@ fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
     };
     let want = max_conns.saturating_mul(FDS_PER_CLIENT) + FDS_BASE;
     let need = max_conns.saturating_mul(MIN_FDS_PER_CLIENT) + FDS_BASE;
-    let infinite = soft == libc_infinity();
     let show = |v: u64| {
         if v == libc_infinity() {
             "unlimited".to_string()
@@ -63,18 +57,25 @@ fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
             v.to_string()
         }
     };
+    // `mtgate run` raises its soft limit to the hard one, then caps the
+    // connections it takes at what that carries (crate::fdlimit).
+    let (run_soft, unlimited) = if hard == libc_infinity() {
+        (u64::MAX, true)
+    } else {
+        (hard, false)
+    };
+    let cap = max_conns.min(crate::fdlimit::cap_for(run_soft));
     let detail = format!(
-        "RLIMIT_NOFILE soft {} (hard {}), server.max_connections = {max_conns} needs ~{want}",
+        "RLIMIT_NOFILE soft {} (hard {}); mtgate run raises the soft limit to the hard one and takes at most {cap} connections at once (server.max_connections = {max_conns} needs ~{want})",
         show(soft),
         show(hard)
     );
     let fix = format!(
-        "raise the limit to at least {want}: `LimitNOFILE={want}` in the systemd unit, `ulimit -n {want}` in the shell, or `--ulimit nofile={want}` for containers; or lower server.max_connections to {}",
-        soft.saturating_sub(FDS_BASE) / FDS_PER_CLIENT
+        "raise the limit to at least {want}: `LimitNOFILE={want}` in the systemd unit, `ulimit -n {want}` in the shell, or `--ulimit nofile={want}` for containers; or lower server.max_connections to {cap}"
     );
-    if infinite || soft >= want {
+    if unlimited || run_soft >= want {
         Check::ok(name, detail)
-    } else if soft >= need {
+    } else if run_soft >= need && cap > 0 {
         Check::warn(name, detail, fix)
     } else {
         Check::fail(name, detail, fix)
@@ -289,9 +290,16 @@ mod tests {
     #[test]
     fn fd_verdicts() {
         assert_eq!(fd_verdict(100, Some((1024, 4096))).status, Status::Ok);
-        assert_eq!(fd_verdict(1000, Some((2500, 4096))).status, Status::Warn);
+        // The soft limit is low but run raises it to the hard one.
+        assert_eq!(fd_verdict(1000, Some((256, 4096))).status, Status::Ok);
+        assert_eq!(fd_verdict(2000, Some((2500, 4500))).status, Status::Warn);
         let f = fd_verdict(65_536, Some((1024, 4096)));
         assert_eq!(f.status, Status::Fail);
+        assert!(
+            f.detail.contains("at most 1344 connections"),
+            "{}",
+            f.detail
+        );
         assert!(f.fix.unwrap().contains("LimitNOFILE=196672"));
         assert_eq!(
             fd_verdict(1 << 20, Some((libc_infinity(), libc_infinity()))).status,
