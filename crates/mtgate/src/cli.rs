@@ -359,6 +359,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         if let Some(period) = crate::admin::notify::watchdog_period() {
             spawn_watchdog(period, server.accept_probe());
         }
+        // Memory back to the system after load (see crate::memtrim).
+        crate::memtrim::spawn(server.active_counter());
         if cfg.fronting && cfg.learn_profile {
             crate::runtime::spawn_profiler(live.clone(), cfg.profile_interval);
         }

@@ -26,6 +26,7 @@ pub mod links;
 pub mod logsum;
 pub mod mask;
 pub mod me;
+pub mod memtrim;
 pub mod peer;
 pub mod policy;
 pub mod pool;

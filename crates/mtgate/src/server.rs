@@ -156,6 +156,12 @@ impl Server {
         self.max - self.conns.available_permits()
     }
 
+    /// [`Server::active`] from another task.
+    pub fn active_counter(&self) -> impl Fn() -> usize + Send + 'static {
+        let (conns, max) = (self.conns.clone(), self.max);
+        move || max - conns.available_permits()
+    }
+
     /// Duplicates of the listening sockets with the configured address each
     /// serves, for a successor process. Empty once accepting stopped.
     pub fn listener_fds(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
