@@ -365,10 +365,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             crate::runtime::spawn_profiler(live.clone(), cfg.profile_interval);
         }
         let mut out = std::io::stdout().lock();
-        for addr in &server.local_addrs {
-            writeln!(out, "LISTENING {addr}")?;
-        }
-        writeln!(out, "{}", limits_line(cfg.max_connections, configured_max, nofile))?;
+        let facts = crate::banner::Facts {
+            clients: &server.local_addrs,
+            admin: admin.local_addr(),
+            secret_created: created,
+            limits: limits_line(cfg.max_connections, configured_max, nofile),
+        };
+        out.write_all(crate::banner::render(&cfg, &facts).as_bytes())?;
         let port = links::public_port(&cfg, server.local_addrs.first().map(|a| a.port()));
         links::print_all(&mut out, &cfg, &users, port, !a.no_qr)?;
         out.flush()?;

@@ -13,6 +13,7 @@
 //! * [`state`], [`links`], [`cli`]: the operator's side; [`doctor`]: `mtgate doctor`.
 
 pub mod admin;
+pub mod banner;
 pub mod cli;
 pub mod config;
 pub mod dc;

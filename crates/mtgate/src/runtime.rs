@@ -187,21 +187,46 @@ pub fn spawn_profiler(
     live: Arc<Live>,
     interval: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_profiler_with(live, interval, PROFILE_RETRY_FIRST)
+}
+
+/// First wait before learning the mask site's profile again after a failure;
+/// it doubles on each failure up to the refresh interval (at most 10 min).
+pub const PROFILE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`spawn_profiler`] with the first retry delay given (tests).
+pub fn spawn_profiler_with(
+    live: Arc<Live>,
+    interval: std::time::Duration,
+    first_retry: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let max_retry = interval.min(std::time::Duration::from_secs(600));
+        let mut retry = first_retry;
         loop {
             let rt = live.current();
             let sni = rt.config.domains[0].clone();
             let addr = rt.config.mask_host.clone();
-            match crate::profile::learn(&addr, &sni, 3, rt.config.connect_timeout).await {
+            let wait = match crate::profile::learn(&addr, &sni, 3, rt.config.connect_timeout).await
+            {
                 Some((lens, vf)) => {
                     tracing::info!(mask = %addr, ?lens, versions_first = vf, "learned mask site profile");
                     rt.apply_profile(lens, vf);
+                    retry = first_retry;
+                    interval
                 }
                 None => {
-                    tracing::warn!(mask = %addr, "mask site profile unavailable; using tls.fake_cert_len")
+                    tracing::warn!(
+                        mask = %addr,
+                        retry_in_s = retry.as_secs_f64(),
+                        "mask site profile unavailable; using tls.fake_cert_len until it is learned"
+                    );
+                    let w = retry;
+                    retry = (retry * 2).min(max_retry);
+                    w
                 }
-            }
-            tokio::time::sleep(interval).await;
+            };
+            tokio::time::sleep(wait).await;
         }
     })
 }

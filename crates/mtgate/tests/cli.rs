@@ -64,6 +64,22 @@ fn run_without_a_file_generates_one_secret_and_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let first = run_once(dir.path(), &[]);
     assert!(first[0].starts_with("LISTENING 127.0.0.1:"), "{first:?}");
+    // The first screen's block: what listens, where the secret is, what is fronted.
+    let has = |lines: &[String], want: &str| lines.iter().any(|l| l.starts_with(want));
+    let secret_path = dir.path().join("secret");
+    for want in [
+        "CONNECTIONS at most ".to_string(),
+        "mtgate ".to_string(),
+        "  clients  127.0.0.1:".to_string(),
+        "  admin    http://127.0.0.1:9090  metrics /metrics, health /health/live".to_string(),
+        format!("  secret   {} (generated now", secret_path.display()),
+        "  fronting 127.0.0.1:1 for www.google.com: a connection whose handshake fails".to_string(),
+    ] {
+        assert!(
+            has(&first, &want),
+            "`{want}` in the first screen: {first:#?}"
+        );
+    }
     let links: Vec<&String> = first
         .iter()
         .filter(|l| l.contains("proxy?server=proxy.example.net"))
@@ -84,6 +100,16 @@ fn run_without_a_file_generates_one_secret_and_keeps_it() {
     );
     // Second start: same secret.
     let second = run_once(dir.path(), &[]);
+    assert!(
+        has(
+            &second,
+            &format!(
+                "  secret   {} (generated at the first start",
+                secret_path.display()
+            )
+        ),
+        "{second:#?}"
+    );
     let again: Vec<&String> = second.iter().filter(|l| l.contains("tg://proxy")).collect();
     let port = |l: &str| {
         l.split("port=")

@@ -282,6 +282,34 @@ async fn mask_profile_is_learned_from_the_site() {
     );
 }
 
+/// Issue 17: a mask site that is unreachable at start is learned once it
+/// comes up, within the retry back-off (not an hour later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_profile_is_learned_once_the_mask_site_comes_up() {
+    let spot = free_port();
+    let proxy = Proxy::start(&format!(
+        "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{spot}\"\n[users.alice]\nsecret = \"{KEY_HEX}\"\n"
+    ))
+    .await;
+    let live = mtgate::runtime::Live::new(proxy.runtime.clone());
+    let task = mtgate::runtime::spawn_profiler_with(
+        live,
+        Duration::from_secs(3600),
+        Duration::from_millis(200),
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let learned = || !proxy.runtime.handshake.load().observed_cert_lens.is_empty();
+    assert!(!learned(), "nothing to learn from yet");
+    let _site = MaskSite::start_on(spot, SITE_IDLE).await;
+    let t0 = std::time::Instant::now();
+    while !learned() && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(learned(), "the profile was learned once the site came up");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    task.abort();
+}
+
 async fn futures_join_all<F: std::future::Future<Output = ()>>(v: Vec<F>) {
     let mut set = Vec::new();
     for f in v {

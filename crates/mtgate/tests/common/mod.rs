@@ -116,6 +116,11 @@ pub struct MaskSite {
 
 impl MaskSite {
     pub async fn start(idle: Duration) -> MaskSite {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), idle).await
+    }
+
+    /// [`MaskSite::start`] on a given address.
+    pub async fn start_on(at: SocketAddr, idle: Duration) -> MaskSite {
         let cert = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).expect("cert");
         let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
         let key =
@@ -128,7 +133,7 @@ impl MaskSite {
             .with_single_cert(vec![der], key)
             .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(at).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             loop {
