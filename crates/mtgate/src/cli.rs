@@ -373,6 +373,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         };
         out.write_all(crate::banner::render(&cfg, &facts).as_bytes())?;
         let port = links::public_port(&cfg, server.local_addrs.first().map(|a| a.port()));
+        // For `mtgate link` run without this start's flags.
+        let running = crate::running::Running {
+            pid: std::process::id(),
+            port,
+            public_host: links::public_host(&cfg),
+        };
+        if let Err(e) = crate::running::record(&cfg.state_dir, &running) {
+            tracing::debug!(error = %e, "cannot record the running instance in the state directory");
+        }
         links::print_all(&mut out, &cfg, &users, port, !a.no_qr)?;
         out.flush()?;
         drop(out);
@@ -438,6 +447,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         persisting.finish().await;
         logs.flush(std::time::Duration::ZERO);
+        crate::running::clear(&cfg.state_dir, std::process::id());
         Ok(())
     });
     // Do not wait for anything still running (a second signal means now).
@@ -713,7 +723,31 @@ fn link(a: LinkArgs) -> anyhow::Result<()> {
         }
         None => users,
     };
-    let port = links::public_port(&cfg, None);
+    // The links of the proxy as it runs: its recorded port and host when an
+    // mtgate runs with this state directory, else the configuration's.
+    let mut cfg = cfg;
+    let port = match crate::running::read(&cfg.state_dir) {
+        Some(r) if a.common.listen.is_empty() => {
+            eprintln!(
+                "# links of the mtgate running with {} (pid {}): port {}",
+                cfg.state_dir.display(),
+                r.pid,
+                r.port
+            );
+            if cfg.public_host.is_none() {
+                cfg.public_host = Some(r.public_host);
+            }
+            r.port
+        }
+        _ => {
+            let p = links::public_port(&cfg, None);
+            eprintln!(
+                "# no running mtgate recorded in {}: port {p} assumed from the configuration (pass the config or flags `run` was given)",
+                cfg.state_dir.display()
+            );
+            p
+        }
+    };
     let mut out = std::io::stdout().lock();
     links::print_all(&mut out, &cfg, &users, port, !a.no_qr)?;
     if let Some(png) = &a.png {

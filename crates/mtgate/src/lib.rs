@@ -34,6 +34,7 @@ pub mod pool;
 pub mod profile;
 pub mod relay;
 pub mod reload;
+pub mod running;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -130,6 +130,68 @@ fn run_without_a_file_generates_one_secret_and_keeps_it() {
     );
 }
 
+/// Issue 17: `mtgate link` without the flags `run` was given prints the
+/// links of the proxy as it runs (its bound port, its public host), read
+/// from the state directory; with nothing running it says what it assumed.
+#[test]
+fn link_prints_the_port_the_proxy_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--no-qr", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path())
+        .args([
+            "--public-host",
+            "proxy.example.net",
+            "--mask-host",
+            "127.0.0.1:1",
+        ])
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mtgate");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = loop {
+        let l = lines.next().expect("a line").expect("utf-8");
+        if let Some(a) = l.strip_prefix("LISTENING ") {
+            break a.parse::<std::net::SocketAddr>().unwrap().port();
+        }
+    };
+    assert_ne!(port, 443);
+    let t0 = Instant::now();
+    while !dir.path().join("running.json").exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = Command::new(BIN)
+        .args(["link", "--no-qr", "--state-dir"])
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("server=proxy.example.net&port={port}&")),
+        "link prints the running port {port}: {out}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("(pid {})", child.id())));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Nothing running (the record's process is gone): the assumption is said.
+    let o = Command::new(BIN)
+        .args(["link", "--no-qr", "--state-dir"])
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no running mtgate recorded") && err.contains("port 443 assumed"),
+        "{err}"
+    );
+}
+
 #[test]
 fn run_takes_the_essentials_as_flags() {
     let dir = tempfile::tempdir().unwrap();
