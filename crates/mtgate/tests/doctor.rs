@@ -319,6 +319,7 @@ async fn healthy_setup_passes_every_check() {
         "dc 203 ",
         "mask host",
         "mask certificate",
+        "mask profile",
         "mask dns",
         "clock",
     ] {
@@ -462,6 +463,11 @@ async fn mask_host_down_fails_and_the_clock_falls_back_to_the_dcs() {
     assert_eq!(status(c), "fail", "{c:#}");
     assert!(fix(c).contains("tls.mask_host"), "{c:#}");
     assert!(checks(&j, "mask certificate").is_empty());
+    // The profile cannot be learned either: a warning with its fix.
+    let p = one(&j, "mask profile");
+    assert_eq!(status(p), "warn", "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("retries with back-off"), "{p:#}");
+    assert!(fix(p).contains("tls.mask_host"), "{p:#}");
     let clock = one(&j, "clock");
     assert_eq!(status(clock), "ok", "{clock:#}");
     assert!(clock["detail"].as_str().unwrap().contains("DCs' clocks"));

@@ -334,9 +334,17 @@ fn list(ips: &[IpAddr]) -> String {
 pub async fn check(cfg: &Config, opts: &DoctorOpts, public_ip: Option<IpAddr>) -> MaskResults {
     let domain = cfg.domains.first().cloned().unwrap_or_default();
     let dns_timeout = opts.timeout.min(Duration::from_secs(5));
-    let (visit, dns) = tokio::join!(
+    let learn = cfg.fronting && cfg.learn_profile;
+    let (visit, dns, profile) = tokio::join!(
         visit(&cfg.mask_host, &domain, &opts.mask_ca, opts.timeout),
-        resolve(&domain, dns_timeout)
+        resolve(&domain, dns_timeout),
+        async {
+            if learn {
+                crate::profile::learn(&cfg.mask_host, &domain, 2, opts.timeout).await
+            } else {
+                None
+            }
+        }
     );
     let mut checks = Vec::new();
     let mut date = None;
@@ -371,8 +379,38 @@ pub async fn check(cfg: &Config, opts: &DoctorOpts, public_ip: Option<IpAddr>) -
             });
         }
     }
+    checks.push(profile_check(cfg, &domain, learn, profile));
     checks.push(dns_check(&domain, dns, public_ip));
     MaskResults { checks, date }
+}
+
+/// Whether the site's TLS answer can be learned (what `run` imitates in the
+/// fake ServerHello; it retries with back-off until it is learned).
+fn profile_check(
+    cfg: &Config,
+    domain: &str,
+    learn: bool,
+    profile: Option<(Vec<u32>, bool)>,
+) -> Check {
+    let name = "mask profile";
+    let host = &cfg.mask_host;
+    if !learn {
+        return Check::ok(
+            name,
+            "not learned (tls.learn_profile = false or fronting off): the fake ServerHello uses tls.fake_cert_len",
+        );
+    }
+    match profile {
+        Some((lens, _)) => Check::ok(
+            name,
+            format!("learned from {host}: encrypted flight of {lens:?} bytes; the fake ServerHello imitates it"),
+        ),
+        None => Check::warn(
+            name,
+            format!("cannot learn {host}'s TLS 1.3 answer (unreachable, or TLS 1.2 only): the fake ServerHello uses tls.fake_cert_len until it can; mtgate run retries with back-off"),
+            format!("point tls.mask_host at a reachable HTTPS site with TLS 1.3 serving {domain}"),
+        ),
+    }
 }
 
 fn cert_check(v: &Visit, domain: &str) -> Check {
