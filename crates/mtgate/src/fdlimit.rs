@@ -3,16 +3,16 @@
 //! At start `mtgate run` raises its soft `RLIMIT_NOFILE` to the hard limit
 //! (capped at the kernel's `fs.nr_open`), then caps the connections it
 //! accepts at what that limit can carry: [`FDS_PER_CLIENT`] descriptors a
-//! client (its socket, a DC or a mask connection, and room for the other
-//! during the hand-over between them) after [`FDS_BASE`] for listeners, the
-//! admin port, ME links, epoll and files. At the cap the accept loop pauses,
-//! so a connection over it waits in the kernel's queue and never gets a
-//! ServerHello that a missing descriptor would then cut off.
+//! client after [`FDS_BASE`] for listeners, the admin port, ME links, epoll
+//! and files. A client holds its own socket and one more: its mask
+//! connection while it is handshaking or fronted, or its DC connection once
+//! authenticated; the session drops the mask link before it dials the DC, so
+//! never both. At the cap the accept loop pauses, so a connection over it
+//! waits in the kernel's queue and never gets a ServerHello that a missing
+//! descriptor would then cut off.
 
-/// Descriptors a client costs at most (client socket, DC socket, a mask connection).
-pub const FDS_PER_CLIENT: u64 = 3;
-/// Descriptors a client costs at least (client socket and DC socket).
-pub const MIN_FDS_PER_CLIENT: u64 = 2;
+/// Descriptors a client holds at most (its socket, and a mask or a DC connection).
+pub const FDS_PER_CLIENT: u64 = 2;
 /// Listeners, admin, ME links, epoll, logs.
 pub const FDS_BASE: u64 = 64;
 
@@ -114,11 +114,11 @@ mod tests {
 
     #[test]
     fn the_cap_follows_the_limit() {
-        assert_eq!(cap_for(20_000), 6645);
-        assert_eq!(cap_for(512), 149);
+        assert_eq!(cap_for(20_000), 9968);
+        assert_eq!(cap_for(512), 224);
         assert_eq!(cap_for(10), 0);
         let l = |soft| Some(NoFile { soft, hard: soft });
-        assert_eq!(effective(65_536, l(20_000)), 6645);
+        assert_eq!(effective(65_536, l(20_000)), 9968);
         assert_eq!(effective(100, l(20_000)), 100);
         assert_eq!(effective(65_536, l(10)), 1);
         assert_eq!(effective(65_536, l(u64::MAX)), 65_536);

@@ -37,6 +37,7 @@ pub mod reload;
 pub mod running;
 pub mod runtime;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod state;
 pub mod stop;

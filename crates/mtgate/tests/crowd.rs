@@ -11,11 +11,10 @@
 
 mod common;
 
+use common::binary::{tls_echo, write_config};
 use common::nginx::Nginx;
 use common::prober::*;
 use common::*;
-use mtgate_crypto::Key16;
-use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -25,10 +24,6 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 3000;
 const PER_CLIENT: usize = 4;
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
 
 struct Setup {
     _site: Nginx,
@@ -46,23 +41,7 @@ async fn setup() -> Setup {
         .expect("fake dc");
     let dir = tempfile::tempdir().expect("dir");
     let admin = free_port();
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
-        .collect();
-    let cfg = dir.path().join("mtgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             [admin]\nlisten = \"{admin}\"\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\n[dcs]\n{dcs}",
-            dir.path().join("state").display(),
-            site.addr
-        ),
-    )
-    .expect("config");
+    let cfg = write_config(dir.path(), dc.local_addr(), site.addr, Some(admin), "", "");
     let proc = MtgateProcess::spawn(&cfg, dir.path(), std::process::Stdio::null());
     let site_addr = site.addr;
     Setup {
@@ -77,20 +56,10 @@ async fn setup() -> Setup {
 
 /// One valid connection: FakeTLS handshake, one echo round trip, close.
 async fn one(addr: SocketAddr, who: usize) -> anyhow::Result<()> {
-    let run = async {
-        let mode = ClientMode::FakeTls {
-            domain: DOMAIN.to_string(),
-        };
-        let mut c = ObfsClient::connect(addr, &key(), mode, 2).await?;
-        let msg = format!("crowd member {who:06} ").repeat(4);
-        c.send_raw(msg.as_bytes()).await?;
-        let got = c.recv_exact(msg.len()).await?;
-        anyhow::ensure!(got == msg.as_bytes(), "echo differs");
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(60), run)
+    tokio::time::timeout(Duration::from_secs(60), tls_echo(addr, who))
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))?
+        .map(drop)
 }
 
 /// Figures of one crowd run.

@@ -466,7 +466,13 @@ async fn mask_host_down_fails_and_the_clock_falls_back_to_the_dcs() {
     // The profile cannot be learned either: a warning with its fix.
     let p = one(&j, "mask profile");
     assert_eq!(status(p), "warn", "{p:#}");
-    assert!(p["detail"].as_str().unwrap().contains("retries with back-off"), "{p:#}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retries with back-off"),
+        "{p:#}"
+    );
     assert!(fix(p).contains("tls.mask_host"), "{p:#}");
     let clock = one(&j, "clock");
     assert_eq!(status(clock), "ok", "{clock:#}");
@@ -603,8 +609,8 @@ async fn low_fd_limit_fails() {
     let c = one(&j, "fd limit");
     assert_eq!(status(c), "fail", "{c:#}");
     assert!(c["detail"].as_str().unwrap().contains("soft 256"), "{c:#}");
-    assert!(fix(c).contains("LimitNOFILE=3064"), "{c:#}");
-    assert!(fix(c).contains("ulimit -n 3064"), "{c:#}");
+    assert!(fix(c).contains("LimitNOFILE=2064"), "{c:#}");
+    assert!(fix(c).contains("ulimit -n 2064"), "{c:#}");
     assert_eq!(j["fail"], 1, "{j:#}");
 }
 

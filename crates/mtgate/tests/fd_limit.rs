@@ -1,7 +1,7 @@
 //! Issue 24: mtgate under a low descriptor limit (soft 256, hard 512). It
 //! raises its soft limit to the hard one, caps its connections at what 512
-//! descriptors carry ((512 − 64) / 3 = 149), and says so on its first screen
-//! and in its metrics. With 149 clients relaying, the 150th connection gets
+//! descriptors carry ((512 − 64) / 2 = 224), and says so on its first screen
+//! and in its metrics. With 224 clients relaying, the 225th connection gets
 //! no answer at all (it waits in the kernel's queue: no ServerHello that a
 //! missing descriptor would then cut off) until a client leaves; then it is
 //! served. Nothing in the log says "Too many open files".
@@ -9,31 +9,15 @@
 
 mod common;
 
+use common::binary::{key, tls_echo, write_config};
 use common::*;
-use mtgate_crypto::Key16;
-use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const CAP: usize = 149;
-
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
-
-async fn client(addr: SocketAddr, who: usize) -> anyhow::Result<ObfsClient> {
-    let mode = ClientMode::FakeTls {
-        domain: DOMAIN.to_string(),
-    };
-    let mut c = ObfsClient::connect(addr, &key(), mode, 2).await?;
-    let msg = format!("client {who:04}");
-    c.send_raw(msg.as_bytes()).await?;
-    anyhow::ensure!(c.recv_exact(msg.len()).await? == msg.as_bytes());
-    Ok(c)
-}
+const CAP: usize = 224;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_at_what_the_fd_limit_carries() {
@@ -43,23 +27,14 @@ async fn connections_are_capped_at_what_the_fd_limit_carries() {
     let site = MaskSite::start(Duration::from_secs(5)).await;
     let dir = tempfile::tempdir().expect("dir");
     let admin = free_port();
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
-        .collect();
-    let cfg = dir.path().join("mtgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             [admin]\nlisten = \"{admin}\"\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\n[dcs]\n{dcs}",
-            dir.path().display(),
-            site.addr
-        ),
-    )
-    .expect("config");
+    let cfg = write_config(
+        dir.path(),
+        dc.local_addr(),
+        site.addr,
+        Some(admin),
+        "learn_profile = false\n",
+        "",
+    );
     let log = dir.path().join("mtgate.log");
     let mut child = Command::new("sh")
         .arg("-c")
@@ -104,10 +79,10 @@ async fn connections_are_capped_at_what_the_fd_limit_carries() {
     assert_eq!(metric(&body, "mtgate_connections_max"), Some(CAP as f64));
     assert_eq!(metric(&body, "mtgate_fd_limit"), Some(512.0));
 
-    // 149 clients relaying: the cap is reached.
+    // 224 clients relaying: the cap is reached.
     let mut held = Vec::new();
     for i in 0..CAP {
-        held.push(client(proc.addr, i).await.expect("within the cap"));
+        held.push(tls_echo(proc.addr, i).await.expect("within the cap"));
     }
     // The next one: not a byte back, no ServerHello, no reset.
     let mut over = tokio::net::TcpStream::connect(proc.addr)
@@ -128,7 +103,7 @@ async fn connections_are_capped_at_what_the_fd_limit_carries() {
     drop(over);
     // One client leaves: a new one is served.
     drop(held.pop());
-    let c = tokio::time::timeout(Duration::from_secs(10), client(proc.addr, 999))
+    let c = tokio::time::timeout(Duration::from_secs(10), tls_echo(proc.addr, 999))
         .await
         .expect("served once a slot is free")
         .expect("relays");

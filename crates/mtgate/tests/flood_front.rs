@@ -14,11 +14,12 @@
 
 mod common;
 
+use common::binary::{tls_echo, write_config};
 use common::nginx::Nginx;
 use common::prober::*;
 use common::*;
 use mtgate_crypto::Key16;
-use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::client::ObfsClient;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -29,20 +30,10 @@ const FLOOD: usize = 20_000;
 const AT_ONCE: usize = 256;
 const SOURCES: [&str; 4] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
 
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
-
 async fn valid_client(addr: SocketAddr) -> anyhow::Result<ObfsClient> {
-    let mode = ClientMode::FakeTls {
-        domain: DOMAIN.to_string(),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        ObfsClient::connect(addr, &key(), mode, 2),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("connect timed out"))?
+    tokio::time::timeout(Duration::from_secs(5), tls_echo(addr, 0))
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timed out"))?
 }
 
 async fn echo(c: &mut ObfsClient, n: u64) -> anyhow::Result<()> {
@@ -63,23 +54,7 @@ async fn a_flood_of_failed_handshakes_stays_within_the_fronting_budget() {
         .expect("fake dc");
     let dir = tempfile::tempdir().expect("dir");
     let admin = free_port();
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
-        .collect();
-    let cfg = dir.path().join("mtgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             [admin]\nlisten = \"{admin}\"\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\n\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\n[dcs]\n{dcs}",
-            dir.path().join("state").display(),
-            site.addr
-        ),
-    )
-    .expect("config");
+    let cfg = write_config(dir.path(), dc.local_addr(), site.addr, Some(admin), "", "");
     let proc = MtgateProcess::spawn(&cfg, dir.path(), std::process::Stdio::null());
     let addr = proc.addr;
     let pid = proc.child.id();

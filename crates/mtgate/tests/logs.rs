@@ -102,21 +102,14 @@ async fn json_logs_carry_a_span_per_connection_and_no_secret() {
 async fn a_flood_leaves_a_few_plain_log_lines() {
     let site = common::nginx::Nginx::start(common::DOMAIN, Duration::from_secs(1));
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mtgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             [admin]\nenabled = false\n\
-             [tls]\ndomains = [\"{}\"]\nmask_host = \"{}\"\n\
-             [policy.acl]\nrules = [ {{ cidr = \"127.0.0.2/32\", level = \"blocked\" }} ]\n\
-             [dcs]\n2 = [\"127.0.0.1:1\"]\n[users.alice]\nsecret = \"{SECRET}\"\n",
-            dir.path().display(),
-            common::DOMAIN,
-            site.addr
-        ),
-    )
-    .expect("write");
+    let path = common::binary::write_config(
+        dir.path(),
+        "127.0.0.1:1".parse().expect("addr"),
+        site.addr,
+        None,
+        "",
+        "[policy.acl]\nrules = [ { cidr = \"127.0.0.2/32\", level = \"blocked\" } ]\n",
+    );
     let log = dir.path().join("mtgate.log");
     let file = std::fs::File::create(&log).expect("log file");
     let mut p = MtgateProcess::spawn(&path, dir.path(), Stdio::from(file));

@@ -15,19 +15,14 @@
 
 mod common;
 
+use common::binary::{tls_echo, write_config};
 use common::*;
-use mtgate_crypto::Key16;
-use mtgate_testkit::client::{ClientMode, ObfsClient};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 10_000;
-
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
 
 /// A child process killed on drop, with the first `LISTENING` address it printed.
 struct Child(std::process::Child, SocketAddr);
@@ -59,17 +54,6 @@ fn spawn(mut cmd: Command) -> Child {
     Child(child, addr)
 }
 
-async fn client(addr: SocketAddr, who: usize) -> anyhow::Result<ObfsClient> {
-    let mode = ClientMode::FakeTls {
-        domain: DOMAIN.to_string(),
-    };
-    let mut c = ObfsClient::connect(addr, &key(), mode, 2).await?;
-    let msg = format!("soak client {who:06}");
-    c.send_raw(msg.as_bytes()).await?;
-    anyhow::ensure!(c.recv_exact(msg.len()).await? == msg.as_bytes());
-    Ok(c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_returns_to_baseline_after_ten_thousand_connections() {
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_mtgate"))
@@ -87,23 +71,14 @@ async fn rss_returns_to_baseline_after_ten_thousand_connections() {
     let dc = spawn(dc_cmd);
     let site = MaskSite::start(Duration::from_secs(5)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{}\"]\n", dc.1))
-        .collect();
-    let cfg = dir.path().join("mtgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             [admin]\nenabled = false\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\n[dcs]\n{dcs}",
-            dir.path().display(),
-            site.addr
-        ),
-    )
-    .expect("config");
+    let cfg = write_config(
+        dir.path(),
+        dc.1,
+        site.addr,
+        None,
+        "learn_profile = false\n",
+        "",
+    );
     // Room for 10 000 clients (3 descriptors each): raise the hard limit
     // where allowed (root), else keep what there is and carry fewer.
     let mut cmd = Command::new("sh");
@@ -129,7 +104,7 @@ async fn rss_returns_to_baseline_after_ten_thousand_connections() {
 
     // Warm up, then the baseline.
     for i in 0..50 {
-        drop(client(proxy.1, i).await.expect("warm-up"));
+        drop(tls_echo(proxy.1, i).await.expect("warm-up"));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = rss_of(pid);
@@ -139,7 +114,7 @@ async fn rss_returns_to_baseline_after_ten_thousand_connections() {
     let mut held = Vec::with_capacity(cap);
     let mut set = tokio::task::JoinSet::new();
     for i in 0..cap {
-        set.spawn(async move { client(proxy.1, i).await });
+        set.spawn(async move { tls_echo(proxy.1, i).await });
         if set.len() >= 256 {
             if let Some(r) = set.join_next().await {
                 held.push(r.expect("task").expect("client"));

@@ -6,7 +6,7 @@ use super::Check;
 use crate::config::Config;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::fdlimit::{FDS_BASE, FDS_PER_CLIENT, MIN_FDS_PER_CLIENT};
+use crate::fdlimit::{FDS_BASE, FDS_PER_CLIENT};
 /// Beyond this the clock is reported even when inside the FakeTLS window.
 const CLOCK_WARN_SECS: i64 = 10;
 
@@ -49,7 +49,6 @@ fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
         return Check::ok(name, "not readable on this system; skipped");
     };
     let want = max_conns.saturating_mul(FDS_PER_CLIENT) + FDS_BASE;
-    let need = max_conns.saturating_mul(MIN_FDS_PER_CLIENT) + FDS_BASE;
     let show = |v: u64| {
         if v == libc_infinity() {
             "unlimited".to_string()
@@ -73,9 +72,10 @@ fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
     let fix = format!(
         "raise the limit to at least {want}: `LimitNOFILE={want}` in the systemd unit, `ulimit -n {want}` in the shell, or `--ulimit nofile={want}` for containers; or lower server.max_connections to {cap}"
     );
+    // Full cap: ok; at least half of it: a warning; less: a failure.
     if unlimited || run_soft >= want {
         Check::ok(name, detail)
-    } else if run_soft >= need && cap > 0 {
+    } else if cap > 0 && cap >= max_conns / 2 {
         Check::warn(name, detail, fix)
     } else {
         Check::fail(name, detail, fix)
@@ -292,15 +292,15 @@ mod tests {
         assert_eq!(fd_verdict(100, Some((1024, 4096))).status, Status::Ok);
         // The soft limit is low but run raises it to the hard one.
         assert_eq!(fd_verdict(1000, Some((256, 4096))).status, Status::Ok);
-        assert_eq!(fd_verdict(2000, Some((2500, 4500))).status, Status::Warn);
+        assert_eq!(fd_verdict(2000, Some((2500, 3000))).status, Status::Warn);
         let f = fd_verdict(65_536, Some((1024, 4096)));
         assert_eq!(f.status, Status::Fail);
         assert!(
-            f.detail.contains("at most 1344 connections"),
+            f.detail.contains("at most 2016 connections"),
             "{}",
             f.detail
         );
-        assert!(f.fix.unwrap().contains("LimitNOFILE=196672"));
+        assert!(f.fix.unwrap().contains("LimitNOFILE=131136"));
         assert_eq!(
             fd_verdict(1 << 20, Some((libc_infinity(), libc_infinity()))).status,
             Status::Ok
