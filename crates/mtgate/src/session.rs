@@ -28,9 +28,14 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Serves one accepted client connection, inside a `conn` tracing span that
-/// carries the connection id and peer, and the user and mode once known, so
-/// every log line of the connection can be correlated.
+/// Serves one accepted client connection. At `debug` level it runs inside a
+/// `conn` tracing span that carries the connection id and peer, and the user
+/// and mode once known, so every log line of the connection can be
+/// correlated. The span is `debug` on purpose: the subscriber keeps a slot
+/// per live span, sized to the peak of open connections and never given
+/// back (measured: ≈ 400 B per connection, RSS that stayed after a load of
+/// 10 000), and client addresses stay out of the default logs. INFO lines
+/// carry the connection id.
 ///
 /// The task is shaped for idle connections: everything before the relay
 /// (admission, handshake, fronting, ME, dialing) runs in [`setup`], a boxed
@@ -44,7 +49,7 @@ pub fn serve(
 ) -> impl std::future::Future<Output = ()> + Send {
     use tracing::Instrument;
     let id = rt.next_conn_id();
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "conn",
         id,
         %peer,

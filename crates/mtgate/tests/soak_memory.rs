@@ -2,8 +2,8 @@
 //! configuration (ports, DCs and mask host on loopback), its fd limit raised
 //! so it can carry the load: 10 000 FakeTLS clients connect, relay a round
 //! trip and stay connected, then all close. Within 30 s mtgate's RSS must be
-//! back within 10 % of its baseline plus the replay cache it keeps by design
-//! (fixed size, allocated once, its pages touched as handshakes fill it:
+//! back within 10 % of its baseline, which holds what is kept by design: the
+//! replay cache (fixed size, allocated and made resident once at start:
 //! 262 144 entries of 34 B at the default). Where the fd limit cannot be
 //! raised (this machine's hard limit is 20 000) the load is what it
 //! carries: 6 629 clients.
@@ -102,7 +102,8 @@ async fn rss_returns_to_baseline_after_ten_thousand_connections() {
             CLIENTS.min(mtgate::fdlimit::cap_for(soft) as usize - 16)
         });
 
-    // Warm up, then the baseline.
+    // Warm up, then the baseline (which holds the replay cache: its fixed
+    // size is resident from the start).
     for i in 0..50 {
         drop(tls_echo(proxy.1, i).await.expect("warm-up"));
     }
@@ -130,8 +131,7 @@ async fn rss_returns_to_baseline_after_ten_thousand_connections() {
     drop(held);
 
     // After: back within 10 % of the baseline plus the replay cache.
-    let kept = 262_144 * 34;
-    let bound = base + base / 10 + kept;
+    let bound = base + base / 10;
     let t1 = Instant::now();
     let mut after = rss_of(pid);
     while after > bound && t1.elapsed() < Duration::from_secs(30) {
