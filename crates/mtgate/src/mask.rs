@@ -54,11 +54,26 @@ pub struct MaskLink {
     conn: Option<Dialed>,
 }
 
+/// How long a connection known not to be a client waits for a free slot of
+/// the fronting budget before it is held: a slot freed a moment later (the
+/// previous probe's splice still closing) then serves it, as a busy site
+/// would, a few milliseconds late.
+const BUDGET_WAIT: Duration = Duration::from_millis(50);
+
 async fn dial(addr: String, timeout: Duration, gate: &Gate, speculative: bool) -> Dialed {
-    let Some(permit) = gate
-        .budget
-        .try_acquire(gate.source, gate.suspect, speculative)
-    else {
+    let acquire = || {
+        gate.budget
+            .try_acquire(gate.source, gate.suspect, speculative)
+    };
+    let mut permit = acquire();
+    if permit.is_none() && !speculative {
+        let until = tokio::time::Instant::now() + BUDGET_WAIT;
+        while permit.is_none() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            permit = acquire();
+        }
+    }
+    let Some(permit) = permit else {
         return Dialed::OverBudget;
     };
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
