@@ -252,7 +252,9 @@ modes = ["classic", "dd", "ee"]
 fallback_dc = 2
 
 [log]
-level = "info"
+# debug: a connection that never authenticated (a replay) logs its close
+# only at debug (info stays bounded under floods).
+level = "debug"
 format = "json"
 
 # Every replay here comes from 127.0.0.1, like the real clients: reputation
