@@ -68,6 +68,8 @@ pub struct MaskBudget {
     table: Mutex<Table>,
     held: AtomicUsize,
     over_budget: AtomicU64,
+    /// Woken whenever a permit is given back.
+    freed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for MaskBudget {
@@ -100,6 +102,8 @@ impl Drop for MaskPermit {
                 t.per_source.remove(&self.key);
             }
         }
+        drop(t);
+        self.budget.freed.notify_waiters();
     }
 }
 
@@ -110,6 +114,7 @@ impl MaskBudget {
             table: Mutex::new(Table::default()),
             held: AtomicUsize::new(0),
             over_budget: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -180,6 +185,31 @@ impl MaskBudget {
             key,
             speculative,
         })
+    }
+
+    /// [`MaskBudget::try_acquire`], waiting up to `wait` for a permit to be
+    /// given back when none is free (a slot freed a moment later, the
+    /// previous connection's splice still closing, then serves this one).
+    pub async fn acquire_within(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        suspect: bool,
+        speculative: bool,
+        wait: Duration,
+    ) -> Option<MaskPermit> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a release in between is seen.
+            freed.as_mut().enable();
+            if let Some(p) = self.try_acquire(ip, suspect, speculative) {
+                return Some(p);
+            }
+            if tokio::time::timeout_at(until, freed).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Figures for metrics.
@@ -357,6 +387,27 @@ mod tests {
         drop(permits);
         assert_eq!(b.sources(), 0);
         assert_eq!(b.stats().open, 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_acquire_gets_the_slot_freed_meanwhile() {
+        let b = budget(1, 1);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let p = b.try_acquire(a, false, false).expect("first");
+        let none = b
+            .acquire_within(a, false, false, Duration::from_millis(20))
+            .await;
+        assert!(none.is_none(), "nothing freed within the wait");
+        let b2 = b.clone();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(p);
+        });
+        let got = b2
+            .acquire_within(a, false, false, Duration::from_secs(5))
+            .await;
+        assert!(got.is_some(), "the freed slot serves the waiter");
+        release.await.expect("join");
     }
 
     #[tokio::test]

@@ -61,18 +61,16 @@ pub struct MaskLink {
 const BUDGET_WAIT: Duration = Duration::from_millis(50);
 
 async fn dial(addr: String, timeout: Duration, gate: &Gate, speculative: bool) -> Dialed {
-    let acquire = || {
-        gate.budget
-            .try_acquire(gate.source, gate.suspect, speculative)
+    // A pre-connect never waits: it is only a guess.
+    let wait = if speculative {
+        Duration::ZERO
+    } else {
+        BUDGET_WAIT
     };
-    let mut permit = acquire();
-    if permit.is_none() && !speculative {
-        let until = tokio::time::Instant::now() + BUDGET_WAIT;
-        while permit.is_none() && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            permit = acquire();
-        }
-    }
+    let permit = gate
+        .budget
+        .acquire_within(gate.source, gate.suspect, speculative, wait)
+        .await;
     let Some(permit) = permit else {
         return Dialed::OverBudget;
     };

@@ -66,8 +66,12 @@ impl Trimmer {
     }
 }
 
-/// Watches `open()` and trims after load, until the runtime ends.
+/// Watches `open()` and trims after load, until the runtime ends. With the
+/// `jemalloc` feature there is nothing to trim, and nothing is started.
 pub fn spawn(open: impl Fn() -> usize + Send + 'static) {
+    if cfg!(feature = "jemalloc") {
+        return;
+    }
     tokio::spawn(async move {
         let mut t = Trimmer::new();
         loop {

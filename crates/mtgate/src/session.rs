@@ -183,20 +183,11 @@ async fn refuse(
             rt.config.connect_timeout,
             None,
             // A refusal for volume (over the cap) shares a suspect's budget.
-            rt.mask_gate(ip, is_flood(refusal.reason)),
+            rt.mask_gate(ip, refusal.reason.is_flood()),
         );
         Box::pin(mask::splice(stream, &[], false, link)).await;
     }
     CloseReason::Policy(refusal.reason)
-}
-
-/// Refusals for volume (not for who the source is).
-fn is_flood(r: crate::policy::PolicyReason) -> bool {
-    use crate::policy::PolicyReason as R;
-    matches!(
-        r,
-        R::RateLimited | R::TooManyConnections | R::TooManyFailures | R::ReputationBlocked
-    )
 }
 
 /// Everything before the relay: admission, the handshake (or fronting), the

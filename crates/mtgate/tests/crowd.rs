@@ -11,11 +11,9 @@
 
 mod common;
 
-use common::binary::{tls_echo, write_config};
-use common::nginx::Nginx;
+use common::binary::{tls_echo, Stack};
 use common::prober::*;
 use common::*;
-use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -24,35 +22,6 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 3000;
 const PER_CLIENT: usize = 4;
 const WITHIN: Duration = Duration::from_secs(10);
-
-struct Setup {
-    _site: Nginx,
-    _dc: FakeDc,
-    _dir: tempfile::TempDir,
-    proc: MtgateProcess,
-    admin: SocketAddr,
-    site: SocketAddr,
-}
-
-async fn setup() -> Setup {
-    let site = Nginx::start(DOMAIN, SITE_IDLE);
-    let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"), FakeDcMode::Echo)
-        .await
-        .expect("fake dc");
-    let dir = tempfile::tempdir().expect("dir");
-    let admin = free_port();
-    let cfg = write_config(dir.path(), dc.local_addr(), site.addr, Some(admin), "", "");
-    let proc = MtgateProcess::spawn(&cfg, dir.path(), std::process::Stdio::null());
-    let site_addr = site.addr;
-    Setup {
-        _site: site,
-        _dc: dc,
-        _dir: dir,
-        proc,
-        admin,
-        site: site_addr,
-    }
-}
 
 /// One valid connection: FakeTLS handshake, one echo round trip, close.
 async fn one(addr: SocketAddr, who: usize) -> anyhow::Result<()> {
@@ -154,7 +123,7 @@ fn check(c: &Crowd, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_behind_one_address_is_served_in_full() {
-    let s = setup().await;
+    let s = Stack::start().await;
     let c = crowd(s.proc.addr).await;
     check(&c, "crowd");
     let m = metrics(s.admin).await;
@@ -169,7 +138,7 @@ async fn a_crowd_behind_one_address_is_served_in_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attacker_beside_the_crowd_exhausts_only_its_own_share() {
-    let s = setup().await;
+    let s = Stack::start().await;
     let addr = s.proc.addr;
     let pid = s.proc.child.id();
     // Warm up, then the baseline.

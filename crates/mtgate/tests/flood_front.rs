@@ -14,13 +14,11 @@
 
 mod common;
 
-use common::binary::{tls_echo, write_config};
-use common::nginx::Nginx;
+use common::binary::{echo, tls_echo, Stack};
 use common::prober::*;
 use common::*;
 use mtgate_crypto::Key16;
 use mtgate_testkit::client::ObfsClient;
-use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -36,26 +34,10 @@ async fn valid_client(addr: SocketAddr) -> anyhow::Result<ObfsClient> {
         .map_err(|_| anyhow::anyhow!("connect timed out"))?
 }
 
-async fn echo(c: &mut ObfsClient, n: u64) -> anyhow::Result<()> {
-    let msg = format!("round {n:08} ").repeat(8);
-    c.send_raw(msg.as_bytes()).await?;
-    let got = tokio::time::timeout(Duration::from_secs(5), c.recv_exact(msg.len()))
-        .await
-        .map_err(|_| anyhow::anyhow!("echo timed out"))??;
-    anyhow::ensure!(got == msg.as_bytes(), "echo differs");
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_failed_handshakes_stays_within_the_fronting_budget() {
-    let site = Nginx::start(DOMAIN, SITE_IDLE);
-    let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"), FakeDcMode::Echo)
-        .await
-        .expect("fake dc");
-    let dir = tempfile::tempdir().expect("dir");
-    let admin = free_port();
-    let cfg = write_config(dir.path(), dc.local_addr(), site.addr, Some(admin), "", "");
-    let proc = MtgateProcess::spawn(&cfg, dir.path(), std::process::Stdio::null());
+    let stack = Stack::start().await;
+    let (proc, admin) = (&stack.proc, stack.admin);
     let addr = proc.addr;
     let pid = proc.child.id();
 
@@ -211,7 +193,7 @@ async fn a_flood_of_failed_handshakes_stays_within_the_fronting_budget() {
     let mut errors = Vec::new();
     for s in SOURCES {
         let source: IpAddr = s.parse().expect("ip");
-        errors.extend(run(site.addr, addr, source, &series(8)).await);
+        errors.extend(run(stack.site, addr, source, &series(8)).await);
     }
     assert!(
         errors.is_empty(),

@@ -17,40 +17,20 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The soft and hard `RLIMIT_NOFILE`, `None` where it cannot be read.
-// `rlim_t` is u64 on Linux but not on every unix.
-#[allow(clippy::unnecessary_cast)]
-fn nofile() -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes into `r`, a valid, exclusively borrowed
-        // rlimit on our stack; RLIMIT_NOFILE is a valid resource.
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-        (rc == 0).then_some((r.rlim_cur as u64, r.rlim_max as u64))
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
-}
-
 /// `RLIMIT_NOFILE` against `server.max_connections`.
 pub fn fd_limit(cfg: &Config) -> Check {
-    fd_verdict(cfg.max_connections as u64, nofile())
+    fd_verdict(cfg.max_connections as u64, crate::fdlimit::read())
 }
 
-fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
+/// `limit` as [`crate::fdlimit::read`] gives it (`u64::MAX`: unlimited).
+fn fd_verdict(max_conns: u64, limit: Option<crate::fdlimit::NoFile>) -> Check {
     let name = "fd limit";
-    let Some((soft, hard)) = limit else {
+    let Some(crate::fdlimit::NoFile { soft, hard }) = limit else {
         return Check::ok(name, "not readable on this system; skipped");
     };
     let want = max_conns.saturating_mul(FDS_PER_CLIENT) + FDS_BASE;
     let show = |v: u64| {
-        if v == libc_infinity() {
+        if v == u64::MAX {
             "unlimited".to_string()
         } else {
             v.to_string()
@@ -58,11 +38,7 @@ fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
     };
     // `mtgate run` raises its soft limit to the hard one, then caps the
     // connections it takes at what that carries (crate::fdlimit).
-    let (run_soft, unlimited) = if hard == libc_infinity() {
-        (u64::MAX, true)
-    } else {
-        (hard, false)
-    };
+    let (run_soft, unlimited) = (hard, hard == u64::MAX);
     let cap = max_conns.min(crate::fdlimit::cap_for(run_soft));
     let detail = format!(
         "RLIMIT_NOFILE soft {} (hard {}); mtgate run raises the soft limit to the hard one and takes at most {cap} connections at once (server.max_connections = {max_conns} needs ~{want})",
@@ -79,18 +55,6 @@ fn fd_verdict(max_conns: u64, limit: Option<(u64, u64)>) -> Check {
         Check::warn(name, detail, fix)
     } else {
         Check::fail(name, detail, fix)
-    }
-}
-
-#[allow(clippy::unnecessary_cast)]
-fn libc_infinity() -> u64 {
-    #[cfg(unix)]
-    {
-        libc::RLIM_INFINITY as u64
-    }
-    #[cfg(not(unix))]
-    {
-        u64::MAX
     }
 }
 
@@ -287,13 +251,17 @@ mod tests {
         assert_eq!(format_date(0), "1970-01-01 00:00:00 UTC");
     }
 
+    fn nf(soft: u64, hard: u64) -> crate::fdlimit::NoFile {
+        crate::fdlimit::NoFile { soft, hard }
+    }
+
     #[test]
     fn fd_verdicts() {
-        assert_eq!(fd_verdict(100, Some((1024, 4096))).status, Status::Ok);
+        assert_eq!(fd_verdict(100, Some(nf(1024, 4096))).status, Status::Ok);
         // The soft limit is low but run raises it to the hard one.
-        assert_eq!(fd_verdict(1000, Some((256, 4096))).status, Status::Ok);
-        assert_eq!(fd_verdict(2000, Some((2500, 3000))).status, Status::Warn);
-        let f = fd_verdict(65_536, Some((1024, 4096)));
+        assert_eq!(fd_verdict(1000, Some(nf(256, 4096))).status, Status::Ok);
+        assert_eq!(fd_verdict(2000, Some(nf(2500, 3000))).status, Status::Warn);
+        let f = fd_verdict(65_536, Some(nf(1024, 4096)));
         assert_eq!(f.status, Status::Fail);
         assert!(
             f.detail.contains("at most 2016 connections"),
@@ -302,7 +270,7 @@ mod tests {
         );
         assert!(f.fix.unwrap().contains("LimitNOFILE=131136"));
         assert_eq!(
-            fd_verdict(1 << 20, Some((libc_infinity(), libc_infinity()))).status,
+            fd_verdict(1 << 20, Some(nf(u64::MAX, u64::MAX))).status,
             Status::Ok
         );
     }

@@ -219,12 +219,10 @@ impl Policy {
 
     fn refusal(&self, reason: PolicyReason) -> Refusal {
         let cfg = self.cfg.load();
-        let action = match reason {
-            PolicyReason::RateLimited
-            | PolicyReason::TooManyConnections
-            | PolicyReason::TooManyFailures
-            | PolicyReason::ReputationBlocked => cfg.flood_action,
-            _ => cfg.refuse_action,
+        let action = if reason.is_flood() {
+            cfg.flood_action
+        } else {
+            cfg.refuse_action
         };
         Refusal { reason, action }
     }

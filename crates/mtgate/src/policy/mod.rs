@@ -63,6 +63,19 @@ pub enum PolicyReason {
 }
 
 impl PolicyReason {
+    /// A refusal for volume (rate, connections, failures, reputation), not
+    /// for who the source is: `policy.flood_action` applies, and a fronted
+    /// one shares a suspect's fronting budget.
+    pub fn is_flood(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited
+                | Self::TooManyConnections
+                | Self::TooManyFailures
+                | Self::ReputationBlocked
+        )
+    }
+
     pub const ALL: [PolicyReason; 11] = [
         Self::AclBlocked,
         Self::GeoBlocked,

@@ -2,11 +2,47 @@
 //! loopback (DCs, mask host, ports), and valid FakeTLS clients that check an
 //! echo round trip through the fake DC.
 
-use super::{DOMAIN, KEY_HEX};
+use super::nginx::Nginx;
+use super::prober::SITE_IDLE;
+use super::{free_port, MtgateProcess, DOMAIN, KEY_HEX};
 use mtgate_crypto::Key16;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The real binary on its default configuration, with a real nginx as the
+/// mask site, an echo fake DC and the admin listener on a free port.
+pub struct Stack {
+    pub proc: MtgateProcess,
+    pub admin: SocketAddr,
+    pub site: SocketAddr,
+    _site: Nginx,
+    _dc: FakeDc,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let site = Nginx::start(DOMAIN, SITE_IDLE);
+        let dc = FakeDc::start("127.0.0.1:0".parse().expect("addr"), FakeDcMode::Echo)
+            .await
+            .expect("fake dc");
+        let dir = tempfile::tempdir().expect("dir");
+        let admin = free_port();
+        let cfg = write_config(dir.path(), dc.local_addr(), site.addr, Some(admin), "", "");
+        let proc = MtgateProcess::spawn(&cfg, dir.path(), std::process::Stdio::null());
+        Stack {
+            proc,
+            admin,
+            site: site.addr,
+            _site: site,
+            _dc: dc,
+            _dir: dir,
+        }
+    }
+}
 
 /// Writes `dir/mtgate.toml`: listen 127.0.0.1:0, state in `dir/state`, the
 /// admin listener at `admin` (`None`: off), user alice (`ee`), every DC at
@@ -60,9 +96,17 @@ pub async fn tls_echo(addr: SocketAddr, who: usize) -> anyhow::Result<ObfsClient
         domain: DOMAIN.to_string(),
     };
     let mut c = ObfsClient::connect(addr, &key(), mode, 2).await?;
-    let msg = format!("client {who:06} ").repeat(4);
-    c.send_raw(msg.as_bytes()).await?;
-    let got = c.recv_exact(msg.len()).await?;
-    anyhow::ensure!(got == msg.as_bytes(), "echo differs");
+    echo(&mut c, who as u64).await?;
     Ok(c)
+}
+
+/// One echo round trip on `c` (a message unique to `n`), within 5 s.
+pub async fn echo(c: &mut ObfsClient, n: u64) -> anyhow::Result<()> {
+    let msg = format!("client {n:06} ").repeat(4);
+    c.send_raw(msg.as_bytes()).await?;
+    let got = tokio::time::timeout(Duration::from_secs(5), c.recv_exact(msg.len()))
+        .await
+        .map_err(|_| anyhow::anyhow!("echo timed out"))??;
+    anyhow::ensure!(got == msg.as_bytes(), "echo differs");
+    Ok(())
 }
