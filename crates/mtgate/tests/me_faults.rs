@@ -160,9 +160,8 @@ async fn me_slow_answers_are_delivered_and_a_stall_is_retried() {
     if !available() {
         return;
     }
-    let fake = FakeMe::start(1, &SLOW_PATH_KEYS).await;
     // The path stalls first: nothing passes either way.
-    let path = SlowPath::start(fake.listen[0], Duration::from_millis(300), true).await;
+    let (fake, path) = SlowPath::start_with_oracle(Duration::from_millis(300), true).await;
     let conf = format!(
         "default 2;\nproxy_for 2 {a};\nproxy_for -2 {a};\n",
         a = path.addr

@@ -270,12 +270,37 @@ impl Drop for SlowPath {
 }
 
 impl SlowPath {
-    /// In front of `upstream` (a 127.0.0.1 address of the oracle).
-    pub async fn start(upstream: SocketAddr, delay: Duration, stall: bool) -> SlowPath {
+    /// Starts an oracle (with [`SLOW_PATH_KEYS`]) and a path in front of it.
+    ///
+    /// The path's port on 127.0.0.3 is taken first and the oracle is started
+    /// on the same port of 127.0.0.1, checked free just before: binding
+    /// 127.0.0.3 at a port chosen for 127.0.0.1 failed in CI when some other
+    /// socket held it there.
+    pub async fn start_with_oracle(delay: Duration, stall: bool) -> (FakeMe, SlowPath) {
+        for _ in 0..50 {
+            let l = std::net::TcpListener::bind("127.0.0.3:0").expect("bind 127.0.0.3");
+            let port = l.local_addr().expect("addr").port();
+            let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+            if std::net::TcpListener::bind(upstream).is_err() {
+                continue;
+            }
+            l.set_nonblocking(true).expect("nonblocking");
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            let fake = FakeMe::start_at(vec![upstream], &SLOW_PATH_KEYS).await;
+            let path = SlowPath::run(l, upstream, delay, stall);
+            return (fake, path);
+        }
+        panic!("no port free on both 127.0.0.1 and 127.0.0.3");
+    }
+
+    /// Relays from `l` (on 127.0.0.3) to `upstream` (the oracle on 127.0.0.1).
+    fn run(
+        l: tokio::net::TcpListener,
+        upstream: SocketAddr,
+        delay: Duration,
+        stall: bool,
+    ) -> SlowPath {
         use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-        let l = tokio::net::TcpListener::bind(("127.0.0.3", upstream.port()))
-            .await
-            .expect("bind 127.0.0.3");
         let addr = l.local_addr().expect("addr");
         let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
         let stall = Arc::new(AtomicBool::new(stall));
