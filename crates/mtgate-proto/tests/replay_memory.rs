@@ -7,26 +7,7 @@ use mtgate_proto::handshake::UserKey;
 use mtgate_proto::obfs2::{build_header, DcIndex, ProtoTag};
 use mtgate_proto::replay::ReplayCache;
 use mtgate_proto::{Handshake, HandshakeConfig, Outcome};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to the system allocator with the same layout
-// and pointer it was given; the counter is only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Relaxed);
-        // SAFETY: forwarded unchanged (caller upholds GlobalAlloc's contract).
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Relaxed);
-        // SAFETY: `p` was allocated by `System` with layout `l` above.
-        unsafe { System.dealloc(p, l) }
-    }
-}
+use mtgate_testkit::alloc::{live_bytes, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -49,9 +30,9 @@ fn a_million_unique_handshakes_keep_replay_memory_at_its_cap() {
         observed_cert_lens: vec![],
         versions_first: false,
     };
-    let base = LIVE.load(Relaxed);
+    let base = live_bytes();
     let mut cache = ReplayCache::new(CAP, 1_000_000);
-    let allocated = LIVE.load(Relaxed) - base;
+    let allocated = live_bytes() - base;
     let stated = cache.memory_bytes() as isize;
     // The cache states its own footprint; the allocator agrees within 10 %.
     assert!(
@@ -74,10 +55,10 @@ fn a_million_unique_handshakes_keep_replay_memory_at_its_cap() {
         }
         drop(hs);
         if i % 50_000 == 0 {
-            peak = peak.max(LIVE.load(Relaxed) - base);
+            peak = peak.max(live_bytes() - base);
         }
     }
-    let after = LIVE.load(Relaxed) - base;
+    let after = live_bytes() - base;
     assert_eq!(accepted, 1_000_000);
     assert!(cache.len() <= cache.capacity());
     assert_eq!(

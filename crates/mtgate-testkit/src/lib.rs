@@ -6,12 +6,15 @@
 //! * [`client`]: [`ObfsClient`], a scripted client speaking plain obfuscated2 or
 //!   FakeTLS to a proxy (or, without a secret, straight to a DC);
 //! * [`mtproto`]: the few unencrypted MTProto messages both of them need;
-//! * [`mmdb`]: [`write_mmdb`], a tiny MaxMind DB writer for geo tests.
+//! * [`mmdb`]: [`write_mmdb`], a tiny MaxMind DB writer for geo tests;
+//! * [`alloc`]: [`alloc::Counting`], a counting global allocator for memory
+//!   and allocation tests.
 //!
 //! All cryptography goes through `mtgate-crypto` and all codecs through
 //! `mtgate-proto`; this crate names no crypto library itself. The binary
 //! `mtgate-fake-dc` runs a [`FakeDc`] as a process (see `src/bin/fake_dc.rs`).
 
+pub mod alloc;
 pub mod client;
 pub mod fake_dc;
 pub mod mmdb;

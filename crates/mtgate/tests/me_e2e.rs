@@ -8,46 +8,10 @@
 mod me;
 
 use me::*;
-use mtgate_crypto::Key16;
-use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::{ClientMode, FakeDc, FakeDcMode, ObfsClient};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-const T: Duration = Duration::from_secs(30);
-
-fn key(hex: &str) -> Key16 {
-    Key16::new(hex::decode(hex).unwrap().try_into().unwrap())
-}
-
-fn dead_dc() -> SocketAddr {
-    "127.0.0.1:1".parse().unwrap()
-}
-
-/// An "encrypted" MTProto packet (non-zero auth_key_id) that the fake ME echoes.
-fn echo_packet(len: usize) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    mtgate_crypto::fill_random(&mut p);
-    p[..8].copy_from_slice(b"\x01\x02\x03\x04\x05\x06\x07\x08");
-    p[8..15].copy_from_slice(b"NOTCMD!");
-    p
-}
-
-async fn classic(proxy: SocketAddr, user: &str, dc: i16) -> ObfsClient {
-    tokio::time::timeout(
-        T,
-        ObfsClient::connect(
-            proxy,
-            &key(user),
-            ClientMode::Classic(ProtoTag::Intermediate),
-            dc,
-        ),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect")
-}
 
 /// rpc id → listen address, from the oracle's `handshake_ok` events.
 fn rpc_listen(fake: &FakeMe) -> HashMap<String, String> {
@@ -184,7 +148,7 @@ async fn me_faketls_client_and_per_user_ad_tag() {
     assert!(reqs.iter().all(|r| field(r, "ad_tag") == Some(AD_TAG)));
 
     // Bob has his own tag.
-    let mut b = classic(proxy.addr, BOB_KEY_HEX, 2).await;
+    let mut b = classic_as(proxy.addr, BOB_KEY_HEX, 2).await;
     tokio::time::timeout(T, b.req_pq_multi())
         .await
         .unwrap()
@@ -255,7 +219,7 @@ async fn me_pings_both_ways() {
         assert!(tokio::time::Instant::now() < deadline, "PONG 4242");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut c = classic(proxy.addr, KEY_HEX, 2).await;
+    let mut c = classic_as(proxy.addr, KEY_HEX, 2).await;
     tokio::time::timeout(T, c.req_pq_multi())
         .await
         .unwrap()
@@ -280,7 +244,7 @@ async fn me_nat_address_in_keys_and_requests() {
     // Without it the keys differ: never ready, and the client is closed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(plain.ready(), 0);
-    let mut c = classic(plain.addr, KEY_HEX, 2).await;
+    let mut c = classic_as(plain.addr, KEY_HEX, 2).await;
     c.send_frame(&echo_packet(64)).await.unwrap();
     assert!(c.closed_within(Duration::from_secs(5)).await);
     natted.stop().await;
@@ -305,7 +269,7 @@ async fn me_faults_never_ready_with_back_off() {
         let proxy = MeProxy::start(&fake, &[], dead_dc()).await;
         let start = tokio::time::Instant::now();
         // A client is refused (fallback off) instead of hanging.
-        let mut c = classic(proxy.addr, KEY_HEX, 2).await;
+        let mut c = classic_as(proxy.addr, KEY_HEX, 2).await;
         c.send_frame(&echo_packet(64)).await.unwrap();
         assert!(
             c.closed_within(Duration::from_secs(5)).await,
@@ -345,7 +309,7 @@ async fn me_link_loss_closes_clients_and_recovers() {
     let fake = FakeMe::start(1, &[]).await;
     let proxy = MeProxy::start(&fake, &[], dead_dc()).await;
     assert!(proxy.wait_ready(1).await);
-    let mut c = classic(proxy.addr, KEY_HEX, 2).await;
+    let mut c = classic_as(proxy.addr, KEY_HEX, 2).await;
     tokio::time::timeout(T, c.req_pq_multi())
         .await
         .unwrap()
@@ -375,7 +339,7 @@ async fn me_link_loss_closes_clients_and_recovers() {
         "reconnected"
     );
     assert!(proxy.wait_ready(1).await);
-    let mut c2 = classic(proxy.addr, KEY_HEX, -2).await;
+    let mut c2 = classic_as(proxy.addr, KEY_HEX, -2).await;
     tokio::time::timeout(T, c2.req_pq_multi())
         .await
         .unwrap()
@@ -395,14 +359,14 @@ async fn me_unreachable_falls_back_to_direct_or_closes() {
     let fallback = MeProxy::start(&fake, &[("fallback_direct", "true")], dc.local_addr()).await;
     let strict = MeProxy::start(&fake, &[], dc.local_addr()).await;
 
-    let mut c = classic(fallback.addr, KEY_HEX, 2).await;
+    let mut c = classic_as(fallback.addr, KEY_HEX, 2).await;
     tokio::time::timeout(T, c.req_pq_multi())
         .await
         .unwrap()
         .unwrap();
     assert!(dc.wait_seen(1, T).await, "served by the DC directly");
 
-    let mut s = classic(strict.addr, KEY_HEX, 2).await;
+    let mut s = classic_as(strict.addr, KEY_HEX, 2).await;
     s.send_frame(&echo_packet(64)).await.unwrap();
     assert!(s.closed_within(Duration::from_secs(5)).await);
     assert_eq!(dc.stats().accepted, 1, "the strict proxy never went direct");

@@ -7,27 +7,8 @@
 use mtgate::config::policy::{IpTableConfig, TrackingConfig};
 use mtgate::policy::clock::ManualClock;
 use mtgate::policy::iptable::{ConnLimits, IpTable, IpVerdict, Offence, ENTRY_BYTES};
-use std::alloc::{GlobalAlloc, Layout, System};
+use mtgate_testkit::alloc::{live_bytes, Counting};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to the system allocator with the same layout
-// and pointer it was given; the counter is only bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Relaxed);
-        // SAFETY: forwarded unchanged (caller upholds GlobalAlloc's contract).
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Relaxed);
-        // SAFETY: `p` was allocated by `System` with layout `l` above.
-        unsafe { System.dealloc(p, l) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -47,9 +28,9 @@ fn a_million_sources_keep_the_table_at_its_cap() {
         tracking: TrackingConfig { max_tracked: CAP },
         ..IpTableConfig::default()
     };
-    let base = LIVE.load(Relaxed);
+    let base = live_bytes();
     let table = IpTable::new(&cfg, clock.clone());
-    let allocated = LIVE.load(Relaxed) - base;
+    let allocated = live_bytes() - base;
     let bound = (CAP * BYTES_PER_SOURCE) as isize;
     let stated = table.memory_bytes() as isize;
     assert!(stated <= bound, "stated {stated} > bound {bound}");
@@ -88,14 +69,14 @@ fn a_million_sources_keep_the_table_at_its_cap() {
         table.on_offence(ip, Offence::FailedHandshake);
         if i % 10_000 == 0 {
             clock.advance_ms(50);
-            peak = peak.max(LIVE.load(Relaxed) - base);
+            peak = peak.max(live_bytes() - base);
             assert!(table.stats().tracked <= CAP);
         }
         if i == 500_000 {
-            at_half = LIVE.load(Relaxed) - base;
+            at_half = live_bytes() - base;
         }
     }
-    let after = LIVE.load(Relaxed) - base;
+    let after = live_bytes() - base;
     let st = table.stats();
     assert!(st.tracked <= CAP && st.tracked > CAP * 9 / 10, "{st:?}");
     assert!(st.evictions >= 1_000_000 - CAP as u64, "{st:?}");

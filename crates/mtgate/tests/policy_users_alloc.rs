@@ -5,26 +5,7 @@
 use mtgate::config::user_limits::{PeriodQuota, QuotaPeriod, UserLimits};
 use mtgate::policy::clock::ManualClock;
 use mtgate::policy::users::{Charge, Dir, UserTable};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|a| a.set(a.get() + 1));
-        // SAFETY: forwards the caller's layout to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use mtgate_testkit::alloc::{thread_allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -48,7 +29,7 @@ fn hot_path_does_not_allocate() {
         .admit("a", "192.0.2.1".parse().unwrap())
         .unwrap()
         .with_conn_bandwidth(500_000);
-    let before = ALLOCS.with(|a| a.get());
+    let before = thread_allocations();
     for _ in 0..10_000 {
         assert_eq!(lease.charge(Dir::Up, 16_384), Charge::Ok);
         assert_eq!(lease.charge(Dir::Down, 16_384), Charge::Ok);
@@ -58,11 +39,11 @@ fn hot_path_does_not_allocate() {
         // Crosses several local midnights along the way.
         clock.advance_ms(60_000);
     }
-    let after = ALLOCS.with(|a| a.get());
+    let after = thread_allocations();
     assert_eq!(after - before, 0, "allocations on the hot path");
     // The counter does count.
     let v: Vec<u8> = std::hint::black_box(Vec::with_capacity(8));
-    assert_eq!(ALLOCS.with(|a| a.get()) - after, 1);
+    assert_eq!(thread_allocations() - after, 1);
     drop(v);
     let usage = table.usage("a").unwrap();
     assert_eq!(usage.up, 10_000 * 16_384);

@@ -10,6 +10,9 @@
 //! and pass, unless `MTGATE_ME_REQUIRED=1`.
 #![allow(dead_code)]
 
+mod client;
+pub use client::*;
+
 use mtgate::config::{Config, Overrides};
 use mtgate::events::{Counters, Telemetry};
 use mtgate::runtime::Runtime;
