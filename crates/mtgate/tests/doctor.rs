@@ -9,105 +9,57 @@ use mtgate_testkit::{FakeDc, FakeDcMode};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mtgate");
 const DOMAIN: &str = "localhost";
 
-/// An HTTP date for Unix time `t` (IMF-fixdate).
-fn http_date(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Civil from days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    const DAY: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    format!(
-        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
-        DAY[days.rem_euclid(7) as usize],
-        MON[(m - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+mod common;
+use common::{MaskSite, SiteOptions};
+
+/// The usual bench: a fake DC for every DC, a TLS mask site for `localhost`
+/// whose clock is `skew` seconds off, its certificate as a CA file, and a
+/// [`Setup`] pointing at both.
+struct Lab {
+    dc: FakeDc,
+    _site: MaskSite,
+    pem: PathBuf,
+    setup: Setup,
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+impl Lab {
+    async fn start(skew: i64) -> Lab {
+        let dc = fake_dc().await;
+        let site = MaskSite::start_with(SiteOptions {
+            at: "127.0.0.1:0".parse().unwrap(),
+            idle: Duration::from_secs(5),
+            domain: DOMAIN,
+            date_skew: Some(skew),
+        })
+        .await;
+        let setup = Setup::new(dc.local_addr(), site.addr);
+        let pem = setup.dir.path().join("mask-ca.pem");
+        std::fs::write(&pem, &site.cert_pem).expect("write pem");
+        Lab {
+            dc,
+            _site: site,
+            pem,
+            setup,
+        }
+    }
 
-/// A TLS site on loopback with a self-signed certificate for `localhost`; it
-/// answers any request with `200` and a `Date:` that is `skew` seconds off.
-struct Site {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Site {
-    async fn start(dir: &Path, skew: i64) -> (Site, PathBuf) {
-        let cert = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).expect("cert");
-        let pem = dir.join("mask-ca.pem");
-        std::fs::write(&pem, cert.cert.pem()).expect("write pem");
-        let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
-        let key =
-            rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![der], key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let idle = Duration::from_secs(5);
-                    let Ok(Ok(mut tls)) = tokio::time::timeout(idle, acceptor.accept(sock)).await
-                    else {
-                        return;
-                    };
-                    let mut buf = [0u8; 4096];
-                    if let Ok(Ok(n)) = tokio::time::timeout(idle, tls.read(&mut buf)).await {
-                        if n > 0 {
-                            let reply = format!(
-                                "HTTP/1.1 200 OK\r\nDate: {}\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
-                                http_date(now() + skew)
-                            );
-                            let _ = tls.write_all(reply.as_bytes()).await;
-                        }
-                    }
-                    let _ = tls.shutdown().await;
-                });
-            }
-        });
-        (Site { addr, task }, pem)
+    /// `mtgate doctor --json` on the setup, trusting the site's certificate.
+    async fn doctor(&self, extra: &[&str]) -> Outcome {
+        doctor_on(&self.setup, Some(&self.pem), extra).await
     }
 }
 
-impl Drop for Site {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+async fn fake_dc() -> FakeDc {
+    FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap()
 }
 
 /// A listener that accepts, reads and never answers (not a DC).
@@ -278,19 +230,13 @@ fn fix(c: &Value) -> &str {
 
 #[tokio::test]
 async fn healthy_setup_passes_every_check() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
-    let dc2 = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    setup.set_dc(2, vec![dc.local_addr(), dc2.local_addr()]);
-    let cfg = setup.write();
+    let mut lab = Lab::start(0).await;
+    let dc2 = fake_dc().await;
+    lab.setup
+        .set_dc(2, vec![lab.dc.local_addr(), dc2.local_addr()]);
+    let cfg = lab.setup.write();
     let cfg_s = cfg.display().to_string();
-    let pem_s = pem.display().to_string();
+    let pem_s = lab.pem.display().to_string();
 
     // Text report.
     let out = doctor(
@@ -345,7 +291,7 @@ async fn healthy_setup_passes_every_check() {
     assert_eq!(rows.iter().filter(|r| r.contains("dc 2 ")).count(), 2);
 
     // JSON report, same verdicts.
-    let out = doctor_on(&setup, Some(&pem), &[]).await;
+    let out = lab.doctor(&[]).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let j = out.json();
     assert_eq!(j["status"], "ok", "{j:#}");
@@ -360,21 +306,16 @@ async fn healthy_setup_passes_every_check() {
         .unwrap()
         .contains("Date:"));
     // Every DC connection carried a valid header and got its resPQ.
-    assert!(dc.stats().res_pq >= 6 && dc2.stats().res_pq >= 1);
-    assert_eq!(dc.stats().rejected + dc2.stats().rejected, 0);
+    assert!(lab.dc.stats().res_pq >= 6 && dc2.stats().res_pq >= 1);
+    assert_eq!(lab.dc.stats().rejected + dc2.stats().rejected, 0);
 }
 
 #[tokio::test]
 async fn dc_on_a_closed_port_fails_with_a_fix() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
+    let mut lab = Lab::start(0).await;
     let closed = closed_port().await;
-    setup.set_dc(2, vec![closed]);
-    let out = doctor_on(&setup, Some(&pem), &[]).await;
+    lab.setup.set_dc(2, vec![closed]);
+    let out = lab.doctor(&[]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let j = out.json();
     let c = one(&j, &format!("dc 2 {closed}"));
@@ -392,15 +333,10 @@ async fn dc_on_a_closed_port_fails_with_a_fix() {
 
 #[tokio::test]
 async fn one_dead_address_of_a_working_dc_is_a_warning() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
+    let mut lab = Lab::start(0).await;
     let closed = closed_port().await;
-    setup.set_dc(4, vec![dc.local_addr(), closed]);
-    let out = doctor_on(&setup, Some(&pem), &[]).await;
+    lab.setup.set_dc(4, vec![lab.dc.local_addr(), closed]);
+    let out = lab.doctor(&[]).await;
     assert_eq!(out.code, Some(0), "warnings do not fail: {}", out.stdout);
     let j = out.json();
     assert_eq!(j["status"], "warn");
@@ -410,21 +346,19 @@ async fn one_dead_address_of_a_working_dc_is_a_warning() {
         .as_str()
         .unwrap()
         .contains("another address of DC 4 works"));
-    assert_eq!(status(one(&j, &format!("dc 4 {}", dc.local_addr()))), "ok");
+    assert_eq!(
+        status(one(&j, &format!("dc 4 {}", lab.dc.local_addr()))),
+        "ok"
+    );
 }
 
 #[tokio::test]
 async fn dc_that_never_answers_times_out() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
+    let mut lab = Lab::start(0).await;
     let (silent, _task) = silent_listener().await;
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
-    setup.set_dc(3, vec![silent]);
-    setup.set_dc(5, vec![silent]);
-    let out = doctor_on(&setup, Some(&pem), &["--timeout", "1s"]).await;
+    lab.setup.set_dc(3, vec![silent]);
+    lab.setup.set_dc(5, vec![silent]);
+    let out = lab.doctor(&["--timeout", "1s"]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     assert!(
         out.took < Duration::from_secs(10),
@@ -452,9 +386,7 @@ async fn dc_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn mask_host_down_fails_and_the_clock_falls_back_to_the_dcs() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
+    let dc = fake_dc().await;
     let setup = Setup::new(dc.local_addr(), closed_port().await);
     let out = doctor_on(&setup, None, &[]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
@@ -482,16 +414,11 @@ async fn mask_host_down_fails_and_the_clock_falls_back_to_the_dcs() {
 
 #[tokio::test]
 async fn listen_port_in_use_fails() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
+    let mut lab = Lab::start(0).await;
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap();
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
-    setup.listen = addr.to_string();
-    let out = doctor_on(&setup, Some(&pem), &[]).await;
+    lab.setup.listen = addr.to_string();
+    let out = lab.doctor(&[]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let j = out.json();
     let c = one(&j, &format!("bind {addr}"));
@@ -507,9 +434,7 @@ async fn listen_port_in_use_fails() {
 
 #[tokio::test]
 async fn invalid_config_fails_naming_the_key() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
+    let dc = fake_dc().await;
     let mut setup = Setup::new(dc.local_addr(), closed_port().await);
     setup.max_connections = 0;
     let cfg = setup.write();
@@ -539,15 +464,10 @@ async fn invalid_config_fails_naming_the_key() {
 
 #[tokio::test]
 async fn untrusted_certificate_and_foreign_dns_are_warnings() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, _pem) = Site::start(dir.path(), 0).await;
-    let setup = Setup::new(dc.local_addr(), site.addr);
+    let lab = Lab::start(0).await;
     // No --mask-ca: the self-signed certificate does not verify; and a public IP
     // that `localhost` does not resolve to.
-    let out = doctor_on(&setup, None, &["--public-ip", "192.0.2.7"]).await;
+    let out = doctor_on(&lab.setup, None, &["--public-ip", "192.0.2.7"]).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let j = out.json();
     assert_eq!(j["status"], "warn", "{j:#}");
@@ -565,14 +485,8 @@ async fn untrusted_certificate_and_foreign_dns_are_warnings() {
 
 #[tokio::test]
 async fn clock_outside_the_faketls_window_fails() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     // The site's clock is an hour behind ours: our clock looks an hour ahead.
-    let (site, pem) = Site::start(dir.path(), -3600).await;
-    let setup = Setup::new(dc.local_addr(), site.addr);
-    let out = doctor_on(&setup, Some(&pem), &[]).await;
+    let out = Lab::start(-3600).await.doctor(&[]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let j = out.json();
     let c = one(&j, "clock");
@@ -581,24 +495,17 @@ async fn clock_outside_the_faketls_window_fails() {
     assert!(fix(c).contains("NTP"), "{c:#}");
 
     // 30 s off: inside the window, but worth a warning.
-    let (site, pem) = Site::start(dir.path(), 30).await;
-    let setup = Setup::new(dc.local_addr(), site.addr);
-    let out = doctor_on(&setup, Some(&pem), &[]).await;
+    let out = Lab::start(30).await.doctor(&[]).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert_eq!(status(one(&out.json(), "clock")), "warn");
 }
 
 #[tokio::test]
 async fn low_fd_limit_fails() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
-    setup.max_connections = 1000;
-    let cfg = setup.write();
-    let (cfg_s, pem_s) = (cfg.display().to_string(), pem.display().to_string());
+    let mut lab = Lab::start(0).await;
+    lab.setup.max_connections = 1000;
+    let cfg = lab.setup.write();
+    let (cfg_s, pem_s) = (cfg.display().to_string(), lab.pem.display().to_string());
     let out = doctor(
         &["--config", &cfg_s, "--mask-ca", &pem_s, "--json"],
         Some(256),
@@ -619,17 +526,11 @@ async fn low_fd_limit_fails() {
 /// `cargo test -p mtgate --test doctor example_reports -- --nocapture`.
 #[tokio::test]
 async fn example_reports_for_the_docs() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dc2 = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
-    setup.set_dc(2, vec![dc.local_addr(), dc2.local_addr()]);
-    let (cfg, pem_s) = (setup.write(), pem.display().to_string());
+    let mut lab = Lab::start(0).await;
+    let dc2 = fake_dc().await;
+    lab.setup
+        .set_dc(2, vec![lab.dc.local_addr(), dc2.local_addr()]);
+    let (cfg, pem_s) = (lab.setup.write(), lab.pem.display().to_string());
     let cfg_s = cfg.display().to_string();
     let out = doctor(&["--config", &cfg_s, "--mask-ca", &pem_s], None).await;
     println!(
@@ -639,9 +540,9 @@ async fn example_reports_for_the_docs() {
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert!(out.stdout.contains("healthy"), "{}", out.stdout);
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    setup.listen = busy.local_addr().unwrap().to_string();
-    setup.set_dc(2, vec![closed_port().await]);
-    let cfg_s = setup.write().display().to_string();
+    lab.setup.listen = busy.local_addr().unwrap().to_string();
+    lab.setup.set_dc(2, vec![closed_port().await]);
+    let cfg_s = lab.setup.write().display().to_string();
     let out = doctor(&["--config", &cfg_s, "--timeout", "2s"], None).await;
     println!(
         "$ mtgate doctor --config mtgate.toml --timeout 2s\n{}(exit {:?})",
@@ -659,11 +560,8 @@ async fn example_reports_for_the_docs() {
 
 #[tokio::test]
 async fn me_mode_checks_the_files_and_each_middle_proxy() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
+    let mut lab = Lab::start(0).await;
     let dir = tempfile::tempdir().unwrap();
-    let (site, pem) = Site::start(dir.path(), 0).await;
     let (silent, _task) = silent_listener().await;
     let closed = closed_port().await;
     let secret = dir.path().join("proxy-secret");
@@ -674,13 +572,12 @@ async fn me_mode_checks_the_files_and_each_middle_proxy() {
         format!("default 2;\nproxy_for 1 {closed};\nproxy_for 2 {silent};\n"),
     )
     .unwrap();
-    let mut setup = Setup::new(dc.local_addr(), site.addr);
-    setup.extra = format!(
+    lab.setup.extra = format!(
         "\n[me]\nenabled = true\nproxy_secret_file = \"{}\"\nproxy_config_file = \"{}\"\n",
         secret.display(),
         conf.display()
     );
-    let out = doctor_on(&setup, Some(&pem), &["--timeout", "1s"]).await;
+    let out = lab.doctor(&["--timeout", "1s"]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let j = out.json();
     let files = one(&j, "me files");
@@ -699,13 +596,13 @@ async fn me_mode_checks_the_files_and_each_middle_proxy() {
         "the proxy-secret is never printed"
     );
     assert!(
-        !setup.dir.path().join("state").join("me").exists(),
+        !lab.setup.dir.path().join("state").join("me").exists(),
         "the doctor starts no ME pool and saves no copies"
     );
 
     // The files missing: a config error names the key; a missing file is a failed check.
     std::fs::remove_file(&secret).unwrap();
-    let out = doctor_on(&setup, Some(&pem), &["--timeout", "1s"]).await;
+    let out = lab.doctor(&["--timeout", "1s"]).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let j = out.json();
     let files = one(&j, "me files");

@@ -112,7 +112,19 @@ impl Proxy {
 /// closes; a client that does not finish its handshake within `idle` is dropped.
 pub struct MaskSite {
     pub addr: SocketAddr,
+    /// The site's self-signed certificate (PEM), to trust it as a CA.
+    pub cert_pem: String,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`MaskSite`] is: where, for which name, how its clock reads.
+pub struct SiteOptions<'a> {
+    pub at: SocketAddr,
+    pub idle: Duration,
+    /// The certificate's name.
+    pub domain: &'a str,
+    /// `Some(skew)`: answers carry a `Date:` `skew` seconds off this clock.
+    pub date_skew: Option<i64>,
 }
 
 impl MaskSite {
@@ -122,7 +134,20 @@ impl MaskSite {
 
     /// [`MaskSite::start`] on a given address.
     pub async fn start_on(at: SocketAddr, idle: Duration) -> MaskSite {
-        let cert = rcgen::generate_simple_self_signed(vec![DOMAIN.to_string()]).expect("cert");
+        Self::start_with(SiteOptions {
+            at,
+            idle,
+            domain: DOMAIN,
+            date_skew: None,
+        })
+        .await
+    }
+
+    /// A site as `o` says.
+    pub async fn start_with(o: SiteOptions<'_>) -> MaskSite {
+        let idle = o.idle;
+        let cert = rcgen::generate_simple_self_signed(vec![o.domain.to_string()]).expect("cert");
+        let cert_pem = cert.cert.pem();
         let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
         let key =
             rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
@@ -134,8 +159,9 @@ impl MaskSite {
             .with_single_cert(vec![der], key)
             .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind(at).await.expect("bind");
+        let listener = TcpListener::bind(o.at).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let skew = o.date_skew;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
@@ -150,17 +176,32 @@ impl MaskSite {
                     let mut buf = [0u8; 4096];
                     if let Ok(Ok(n)) = tokio::time::timeout(idle, tls.read(&mut buf)).await {
                         if n > 0 {
-                            let _ = tls
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
-                                .await;
+                            let date = skew.map(http_date).unwrap_or_default();
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\n{date}content-length: 5\r\nconnection: close\r\n\r\nhello"
+                            );
+                            let _ = tls.write_all(reply.as_bytes()).await;
                         }
                     }
                     let _ = tls.shutdown().await;
                 });
             }
         });
-        MaskSite { addr, task }
+        MaskSite {
+            addr,
+            cert_pem,
+            task,
+        }
     }
+}
+
+/// A `Date:` header line `skew` seconds off this machine's clock.
+fn http_date(skew: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let t = chrono::DateTime::from_timestamp(now + skew, 0).expect("date in range");
+    format!("Date: {}\r\n", t.format("%a, %d %b %Y %H:%M:%S GMT"))
 }
 
 impl Drop for MaskSite {
