@@ -7,6 +7,7 @@
 //!   FakeTLS to a proxy (or, without a secret, straight to a DC);
 //! * [`mtproto`]: the few unencrypted MTProto messages both of them need;
 //! * [`mmdb`]: [`write_mmdb`], a tiny MaxMind DB writer for geo tests;
+//! * [`conf`]: pieces of loopback-only mtgate config files;
 //! * [`alloc`]: [`alloc::Counting`], a counting global allocator for memory
 //!   and allocation tests.
 //!
@@ -16,6 +17,7 @@
 
 pub mod alloc;
 pub mod client;
+pub mod conf;
 pub mod fake_dc;
 pub mod mmdb;
 pub mod mtproto;

@@ -8,6 +8,7 @@ use common::MtgateProcess;
 use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::conf::{dcs_table, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::io::Read;
 use std::process::Stdio;
@@ -22,17 +23,13 @@ async fn json_logs_carry_a_span_per_connection_and_no_secret() {
         .expect("dc");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mtgate.toml");
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
-        .collect();
+    let dcs = dcs_table(&[dc.local_addr()]);
     std::fs::write(
         &path,
         format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
              handshake_timeout = \"1s\"\n[admin]\nenabled = false\n[log]\nformat = \"json\"\nlevel = \"debug\"\n\
-             [tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n\
-             [dcs]\n{dcs}[users.alice]\nsecret = \"{SECRET}\"\nmodes = [\"classic\", \"dd\"]\n",
+             {TLS_NO_FRONTING}{dcs}[users.alice]\nsecret = \"{SECRET}\"\nmodes = [\"classic\", \"dd\"]\n",
             dir.path().display()
         ),
     )

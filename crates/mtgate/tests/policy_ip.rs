@@ -16,6 +16,7 @@ use common::*;
 use mtgate::policy::clock::{ManualClock, SharedClock};
 use mtgate_crypto::Key16;
 use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
+use mtgate_testkit::conf::dcs_table;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -386,13 +387,10 @@ async fn blocks_and_reputation_survive_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mtgate.toml");
     let text = |extra_user: &str| {
-        let dcs: String = [1, 2, 3, 4, 5, 203]
-            .iter()
-            .map(|n| format!("{n} = [\"{}\"]\n", dc.local_addr()))
-            .collect();
+        let dcs = dcs_table(&[dc.local_addr()]);
         format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\nwatch_config = false\n\
-             {BASE}{extra_user}[policy.rate]\nscope = \"all\"\n[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n[dcs]\n{dcs}",
+             {BASE}{extra_user}[policy.rate]\nscope = \"all\"\n[policy.reputation]\nthreshold = 15.0\nfailed_handshake = 10.0\nblock_time = \"1h\"\n{dcs}",
             dir.path().display()
         )
     };

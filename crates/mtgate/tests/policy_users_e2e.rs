@@ -18,6 +18,7 @@ use mtgate::server::Server;
 use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
+use mtgate_testkit::conf::{dcs_table, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -73,16 +74,12 @@ fn user(name: &str, secret: &str, limits: &str) -> String {
 
 /// A whole config: loopback only, every DC at `dc`, no fronting.
 fn config_text(dc: SocketAddr, state: &Path, server: &str, policy: &str, users: &str) -> String {
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{dc}\"]\n"))
-        .collect();
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nhandshake_timeout = \"2s\"\n\
          state_dir = \"{}\"\nwatch_config = false\n{server}\n\
-         [tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n\
-         [policy]\nrefuse_action = \"close\"\n{policy}\n[dcs]\n{dcs}{users}",
-        state.display()
+         {TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n{policy}\n{}{users}",
+        state.display(),
+        dcs_table(&[dc])
     )
 }
 

@@ -16,6 +16,7 @@ use mtgate::server::Server;
 use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::conf::{dcs_table, users_tables, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,18 +43,11 @@ fn mode() -> ClientMode {
 
 /// A config with DCs at `dc`, no fronting, and `users` (`name = secret`).
 fn config_text(listen: &str, dc: SocketAddr, extra_server: &str, users: &[(&str, &str)]) -> String {
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{dc}\"]\n"))
-        .collect();
-    let users: String = users
-        .iter()
-        .map(|(n, s)| format!("[users.{n}]\nsecret = \"{s}\"\nmodes = [\"classic\", \"dd\"]\n"))
-        .collect();
     format!(
         "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\nhandshake_timeout = \"2s\"\n{extra_server}\n\
-         [tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n\
-         [dcs]\n{dcs}{users}"
+         {TLS_NO_FRONTING}{}{}",
+        dcs_table(&[dc]),
+        users_tables(users, &["classic", "dd"])
     )
 }
 

@@ -56,10 +56,7 @@ pub fn write_config(
     tls_keys: &str,
     tables: &str,
 ) -> PathBuf {
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{dc}\"]\n"))
-        .collect();
+    let dcs = mtgate_testkit::conf::dcs_table(&[dc]);
     let admin = match admin {
         Some(a) => format!("listen = \"{a}\""),
         None => "enabled = false".into(),
@@ -71,7 +68,7 @@ pub fn write_config(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
              [admin]\n{admin}\n\
              [tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{mask}\"\n{tls_keys}\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\n[dcs]\n{dcs}{tables}",
+             [users.alice]\nsecret = \"{KEY_HEX}\"\n{dcs}{tables}",
             dir.join("state").display()
         ),
     )

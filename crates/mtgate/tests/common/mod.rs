@@ -59,15 +59,7 @@ impl Proxy {
         dc: &[SocketAddr],
         clock: Option<mtgate::policy::clock::SharedClock>,
     ) -> Proxy {
-        let list = dc
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let dcs: String = [1, 2, 3, 4, 5, 203]
-            .iter()
-            .map(|n| format!("{n} = [{list}]\n"))
-            .collect();
+        let dcs = mtgate_testkit::conf::dcs_table(dc);
         let hs = if server_extra.contains("handshake_timeout") {
             ""
         } else {
@@ -82,7 +74,7 @@ impl Proxy {
             format!("state_dir = \"{}\"\n", state.path().display())
         };
         let text = format!(
-            "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\n{hs}{sd}{server_extra}\n[dcs]\n{dcs}{toml}"
+            "[server]\nlisten = [\"{listen}\"]\npublic_host = \"127.0.0.1\"\n{hs}{sd}{server_extra}\n{dcs}{toml}"
         );
         let cfg = Config::from_toml(&text, &Overrides::default()).expect("config");
         let counters = Arc::new(Counters::default());

@@ -5,6 +5,7 @@
 
 use mtgate_crypto::Key16;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::conf::{dcs_table, toml_list, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -44,24 +45,16 @@ pub fn config_with_admin(
         Some(a) => format!("listen = \"{a}\""),
         None => "enabled = false".to_string(),
     };
-    let listen = listen
-        .iter()
-        .map(|l| format!("\"{l}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let dcs: String = [1, 2, 3, 4, 5, 203]
-        .iter()
-        .map(|n| format!("{n} = [\"{dc}\"]\n"))
-        .collect();
+    let listen = toml_list(listen);
+    let dcs = dcs_table(&[dc]);
     format!(
-        "[server]\nlisten = [{listen}]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+        "[server]\nlisten = {listen}\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
          handshake_timeout = \"3s\"\ndrain_timeout = \"{drain}\"\n\
          [admin]\n{admin}\n\
-         [tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n\
-         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n\
+         {TLS_NO_FRONTING}[users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n\
          [log]\nlevel = \"debug\"\n\
          [policy.rate]\nnew_connections_per_second = 100000.0\nburst = 100000\n\
-         [dcs]\n{dcs}",
+         {dcs}",
         state.display()
     )
 }

@@ -465,14 +465,11 @@ impl MeProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("proxy-multi.conf");
         std::fs::write(&conf, multi_conf).expect("conf");
-        let dcs: String = [1, 2, 3, 4, 5, 203]
-            .iter()
-            .map(|n| format!("{n} = [\"{direct_dc}\"]\n"))
-            .collect();
+        let dcs = mtgate_testkit::conf::dcs_table(&[direct_dc]);
         let text = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"{public_host}\"\nstate_dir = \"{}\"\n\
              default_modes = [\"classic\", \"dd\", \"ee\"]\nhandshake_timeout = \"3s\"\nidle_timeout = \"20s\"\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\nfronting = false\n[dcs]\n{dcs}\
+             [tls]\ndomains = [\"{DOMAIN}\"]\nfronting = false\n{dcs}\
              [users.alice]\nsecret = \"{KEY_HEX}\"\n[users.bob]\nsecret = \"{BOB_KEY_HEX}\"\nad_tag = \"{BOB_AD_TAG}\"\n{}",
             dir.path().join("state").display(),
             me_section(fake, &conf, overrides)
