@@ -33,14 +33,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from test_real_clients import (  # noqa: E402
+from harness import (  # noqa: E402
     CLIENT_TIMEOUT,
     MTGATE_BIN,
-    TLS_DOMAIN,
     MaskSink,
+    Secrets,
     Service,
-    _missing,
-    _require_python_module,
+    require,
+    terminate,
+    proxy_config,
     run_client,
 )
 
@@ -116,37 +117,15 @@ class FakeMe:
             "\n--- fake ME stderr:\n" + err
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
         self._err.close()
 
 
-def me_proxy_config(listen: str, key_hex: str, state_dir: Path, mask_addr: str, me: FakeMe,
-                    conf: Path) -> str:
+def me_proxy_config(key_hex: str, state_dir: Path, mask_addr: str, me: FakeMe, conf: Path) -> str:
     # Direct mode is made impossible (every DC at a dead loopback port, no fallback), so an answer
     # can only have come through the fake ME.
-    dcs = "\n".join(f'{i} = ["127.0.0.1:1"]' for i in range(1, 6))
-    return f"""[server]
-listen = ["{listen}"]
-public_host = "127.0.0.1"
-state_dir = "{state_dir}"
-
-[tls]
-domains = ["{TLS_DOMAIN}"]
-mask_host = "{mask_addr}"
-
-[users.alice]
-secret = "{key_hex}"
-modes = ["classic", "dd", "ee"]
-
-[dcs]
-{dcs}
-
+    return proxy_config(key_hex=key_hex, state_dir=state_dir, mask_addr=mask_addr,
+                        dcs=["127.0.0.1:1"], extra=f"""
 [me]
 enabled = true
 ad_tag = "{AD_TAG}"
@@ -154,16 +133,12 @@ proxy_secret_file = "{me.secret_file}"
 proxy_config_file = "{conf}"
 fallback_direct = false
 connections_per_addr = 1
-"""
+""")
 
 
-class MeStack:
+class MeStack(Secrets):
     def __init__(self, tmp: Path):
-        for b in (MTGATE_BIN, ME_PYTHON, _oracle_dir() / "fake_me.py"):
-            if not Path(b).is_file():
-                _missing(f"{b} not found (mtgate: cargo build; fake ME: see its README)")
-        _require_python_module("telethon")
-        _require_python_module("tdjson")
+        require(MTGATE_BIN, ME_PYTHON, _oracle_dir() / "fake_me.py")
         self.key_hex = os.urandom(16).hex()
         self.me = FakeMe(tmp)
         self.mask = MaskSink("127.0.0.1")
@@ -174,7 +149,7 @@ class MeStack:
             state = tmp / "state"
             state.mkdir(exist_ok=True)
             cfg = tmp / "mtgate.toml"
-            cfg.write_text(me_proxy_config("127.0.0.1:0", self.key_hex, state,
+            cfg.write_text(me_proxy_config(self.key_hex, state,
                                            f"{self.mask.addr[0]}:{self.mask.addr[1]}", self.me, conf))
             self.proxy = Service("mtgate-me", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
         except BaseException:
@@ -234,7 +209,7 @@ def test_telethon_gets_the_fake_me_res_pq(me_stack, mode):
 def test_tdlib_test_proxy_reaches_the_fake_me(me_stack, kind):
     before = len(me_stack.me.named("proxy_req"))
     answers = len(me_stack.me.named("proxy_ans_sent"))
-    secret = ("ee" + me_stack.key_hex + TLS_DOMAIN.encode().hex()) if kind == "ee" \
+    secret = me_stack.ee_secret if kind == "ee" \
         else "dd" + me_stack.key_hex
     res = run_client(["tdjson", me_stack.host, str(me_stack.port), secret,
                       "--timeout", str(CLIENT_TIMEOUT)], CLIENT_TIMEOUT + 20)

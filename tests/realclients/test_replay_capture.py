@@ -48,8 +48,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import clients  # noqa: E402
-import test_real_clients as rc  # noqa: E402  (helpers only; its fixtures are not used here)
+import harness as rc  # noqa: E402
 
 TLS_DOMAIN = rc.TLS_DOMAIN
 SINK_BANNER = b"HTTP/1.1 400 Bad Request\r\nX-Mask-Sink: mtgate-replay-test\r\nContent-Length: 0\r\n\r\n"
@@ -70,35 +69,18 @@ class TapConn:
     error: str | None = None
 
 
-class Tap:
+class Tap(rc.Acceptor):
     """Transparent TCP forwarder on 127.0.0.1:0 recording both directions of every connection."""
 
     def __init__(self, name: str, upstream: tuple[str, int]):
         self.name = name
         self.upstream = upstream
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.addr = self.sock.getsockname()[:2]
-        self.conns: list[TapConn] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._accept_loop, daemon=True, name=f"tap-{name}")
-        self._t.start()
+        super().__init__("127.0.0.1", f"tap-{name}")
 
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            with self._lock:
-                conn = TapConn(len(self.conns))
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(c, conn), daemon=True).start()
+    def new_conn(self, index: int) -> TapConn:
+        return TapConn(index)
 
-    def _serve(self, c: socket.socket, conn: TapConn):
+    def serve(self, c: socket.socket, conn: TapConn):
         try:
             u = socket.create_connection(self.upstream, timeout=5)
         except OSError as e:
@@ -140,18 +122,6 @@ class Tap:
                 except OSError:
                     pass
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self.conns)
-
-    def since(self, n: int) -> list[TapConn]:
-        with self._lock:
-            return list(self.conns[n:])
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(timeout=2)
-        self.sock.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -166,35 +136,17 @@ class SinkConn:
     banner_sent: bool = False
 
 
-class RecordingMaskSink:
+class RecordingMaskSink(rc.Acceptor):
     """mtgate's mask host: records every byte per connection; never speaks first; after the first
     bytes of a connection it sends SINK_BANNER once; closes on EOF (or after 30 s)."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.addr = self.sock.getsockname()[:2]
-        self.conns: list[SinkConn] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._accept_loop, daemon=True, name="mask-sink")
-        self._t.start()
+        super().__init__("127.0.0.1", "mask-sink")
 
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            with self._lock:
-                conn = SinkConn(len(self.conns))
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(c, conn), daemon=True).start()
+    def new_conn(self, index: int) -> SinkConn:
+        return SinkConn(index)
 
-    @staticmethod
-    def _serve(c: socket.socket, conn: SinkConn):
+    def serve(self, c: socket.socket, conn: SinkConn):
         c.settimeout(30)
         try:
             while True:
@@ -211,18 +163,6 @@ class RecordingMaskSink:
             conn.eof.set()
             c.close()
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self.conns)
-
-    def since(self, n: int) -> list[SinkConn]:
-        with self._lock:
-            return list(self.conns[n:])
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(timeout=2)
-        self.sock.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -230,24 +170,8 @@ class RecordingMaskSink:
 # ------------------------------------------------------------------------------------------
 
 def proxy_config(dc_addr: str, key_hex: str, state_dir: Path, mask_addr: str) -> str:
-    dcs = "\n".join(f'{i} = ["{dc_addr}"]' for i in range(1, 6))
-    return f"""[server]
-listen = ["127.0.0.1:0"]
-public_host = "127.0.0.1"
-state_dir = "{state_dir}"
-
-[tls]
-domains = ["{TLS_DOMAIN}"]
-mask_host = "{mask_addr}"
-learn_profile = false
-
-[users.alice]
-secret = "{key_hex}"
-modes = ["classic", "dd", "ee"]
-
-[dcs]
-{dcs}
-
+    return rc.proxy_config(key_hex=key_hex, state_dir=state_dir, mask_addr=mask_addr,
+                           dcs=[dc_addr], extra="""
 [upstream]
 fallback_dc = 2
 
@@ -261,10 +185,10 @@ format = "json"
 # would (rightly) block that address after a few replays. Here it only counts.
 [policy.reputation]
 mode = "monitor"
-"""
+""")
 
 
-class ReplayStack:
+class ReplayStack(rc.Secrets):
     def __init__(self, tmp: Path):
         self.key_hex = os.urandom(16).hex()
         self.fake_dc = self.dc_tap = self.sink = self.proxy = self.tap = None
@@ -283,18 +207,6 @@ class ReplayStack:
         except BaseException:
             self.stop()
             raise
-
-    @property
-    def plain_secret(self) -> str:
-        return self.key_hex
-
-    @property
-    def dd_secret(self) -> str:
-        return "dd" + self.key_hex
-
-    @property
-    def ee_secret(self) -> str:
-        return "ee" + self.key_hex + TLS_DOMAIN.encode().hex()
 
     def proxy_events(self) -> list[dict]:
         out = []
@@ -349,11 +261,7 @@ class ReplayStack:
 
 @pytest.fixture(scope="module")
 def rstack(tmp_path_factory):
-    for b in (rc.MTGATE_BIN, rc.FAKE_DC_BIN):
-        if not b.is_file():
-            rc._missing(f"binary {b} not found; run `cargo build` first")
-    rc._require_python_module("telethon")
-    rc._require_python_module("tdjson")
+    rc.require(rc.MTGATE_BIN, rc.FAKE_DC_BIN)
     st = ReplayStack(tmp_path_factory.mktemp("replay"))
     yield st
     st.stop()

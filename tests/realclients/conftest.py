@@ -1,0 +1,87 @@
+"""Fixtures of the real-client tests: ``stack`` and ``stack6``, the fake DC and mtgate (with a
+loopback mask sink) on 127.0.0.1 and ::1, one per test module.  The helpers they are built on are
+in harness.py; the ME and replay suites build their own stacks from the same pieces."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from harness import (FAKE_DC_BIN, MTGATE_BIN, MaskSink, Secrets, Service, fmt_addr, proxy_config,
+                     require)
+
+
+class Stack(Secrets):
+    def __init__(self, fake_dc: Service, proxy: Service, key_hex: str, mask: MaskSink):
+        self.fake_dc = fake_dc
+        self.proxy = proxy
+        self.mask = mask
+        self.key_hex = key_hex
+        self.host, self.port = proxy.addrs[0]
+        self.dc_host, self.dc_port = fake_dc.addrs[0]
+
+    def diag(self) -> str:
+        return (self.fake_dc.diag() + "\n" + self.proxy.diag() +
+                f"\n--- mask sink connections: {self.mask.connections}")
+
+    def stop(self):
+        self.proxy.stop()
+        self.fake_dc.stop()
+        self.mask.stop()
+
+    def check_alive(self):
+        for s in (self.fake_dc, self.proxy):
+            assert s.alive(), f"{s.name} died (rc={s.proc.returncode})\n{self.diag()}"
+
+
+def _start_stack(tmp: Path, host: str) -> Stack:
+    require(MTGATE_BIN, FAKE_DC_BIN)
+    key_hex = os.urandom(16).hex()
+    mask = MaskSink(host)
+    fake_dc = None
+    try:
+        fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)], tmp)
+        state = tmp / "state"
+        state.mkdir(exist_ok=True)
+        cfg = tmp / "mtgate.toml"
+        cfg.write_text(proxy_config(listen=fmt_addr(host, 0), dcs=[fmt_addr(*fake_dc.addrs[0])],
+                                    key_hex=key_hex, state_dir=state,
+                                    mask_addr=fmt_addr(*mask.addr), public_host=host,
+                                    extra="\n[upstream]\nfallback_dc = 2\n"))
+        proxy = Service("mtgate", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
+    except BaseException:
+        if fake_dc is not None:
+            fake_dc.stop()
+        mask.stop()
+        raise
+    return Stack(fake_dc, proxy, key_hex, mask)
+
+
+def _ipv6_loopback_ok() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    st = _start_stack(tmp_path_factory.mktemp("stack4"), "127.0.0.1")
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def stack6(tmp_path_factory):
+    if not _ipv6_loopback_ok():
+        pytest.skip("no IPv6 loopback")
+    st = _start_stack(tmp_path_factory.mktemp("stack6"), "::1")
+    yield st
+    st.stop()
+
