@@ -400,6 +400,17 @@ impl ObfsClient {
     }
 
     /// Half-closes the connection (after sending anything held back).
+    /// Sends `msg` raw and checks the same bytes come back within `limit`
+    /// (through a proxy to an echo DC).
+    pub async fn echo_round_trip(&mut self, msg: &[u8], limit: Duration) -> anyhow::Result<()> {
+        self.send_raw(msg).await?;
+        let got = tokio::time::timeout(limit, self.recv_exact(msg.len()))
+            .await
+            .map_err(|_| anyhow::anyhow!("echo timed out"))??;
+        anyhow::ensure!(got == msg, "echo differs");
+        Ok(())
+    }
+
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         self.flush().await?;
         self.stream.shutdown().await?;

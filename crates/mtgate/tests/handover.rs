@@ -15,17 +15,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_keep_relaying_through_a_takeover() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dc = echo_dc().await;
-    let cfg = write_config(
-        dir.path(),
-        "config.toml",
-        &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "20s"),
-    );
-    let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a
-        .listening()
-        .await
-        .unwrap_or_else(|| panic!("A: {}", a.log()));
+    let (_dc, cfg, mut a, addr) = start_a(dir.path(), "config.toml", "20s").await;
 
     // Established clients: ~3 s of exchanges each, spanning the handover.
     let long = spawn_long_clients(addr, 8, 160, Duration::from_millis(25));
@@ -101,17 +91,7 @@ async fn clients_keep_relaying_through_a_takeover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_drains_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dc = echo_dc().await;
-    let cfg = write_config(
-        dir.path(),
-        "config.toml",
-        &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "10s"),
-    );
-    let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a
-        .listening()
-        .await
-        .unwrap_or_else(|| panic!("A: {}", a.log()));
+    let (_dc, _cfg, mut a, addr) = start_a(dir.path(), "config.toml", "10s").await;
     let mut c = connect(addr).await.expect("connect");
     round_trip(&mut c, 0, 0).await.expect("first round trip");
 
@@ -145,18 +125,8 @@ async fn sigterm_stops_accepting_drains_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_and_second_signal_end_sessions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dc = echo_dc().await;
     // A short deadline: an idle session is ended after it.
-    let cfg = write_config(
-        dir.path(),
-        "short.toml",
-        &config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "1s"),
-    );
-    let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
-    let addr = a
-        .listening()
-        .await
-        .unwrap_or_else(|| panic!("A: {}", a.log()));
+    let (dc, _cfg, mut a, addr) = start_a(dir.path(), "short.toml", "1s").await;
     let mut c = connect(addr).await.expect("connect");
     round_trip(&mut c, 0, 0).await.expect("round trip");
     let t = Instant::now();

@@ -100,10 +100,6 @@ pub async fn tls_echo(addr: SocketAddr, who: usize) -> anyhow::Result<ObfsClient
 /// One echo round trip on `c` (a message unique to `n`), within 5 s.
 pub async fn echo(c: &mut ObfsClient, n: u64) -> anyhow::Result<()> {
     let msg = format!("client {n:06} ").repeat(4);
-    c.send_raw(msg.as_bytes()).await?;
-    let got = tokio::time::timeout(Duration::from_secs(5), c.recv_exact(msg.len()))
+    c.echo_round_trip(msg.as_bytes(), Duration::from_secs(5))
         .await
-        .map_err(|_| anyhow::anyhow!("echo timed out"))??;
-    anyhow::ensure!(got == msg.as_bytes(), "echo differs");
-    Ok(())
 }

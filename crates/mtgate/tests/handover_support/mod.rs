@@ -171,6 +171,23 @@ impl Drop for Proc {
     }
 }
 
+/// Process A on a fresh echo DC: `name` in `dir` with a drain timeout of
+/// `drain`, listening; returns the DC, the config and A with its address.
+pub async fn start_a(dir: &Path, name: &str, drain: &str) -> (FakeDc, PathBuf, Proc, SocketAddr) {
+    let dc = echo_dc().await;
+    let cfg = write_config(
+        dir,
+        name,
+        &config(dir, &["127.0.0.1:0"], dc.local_addr(), drain),
+    );
+    let mut a = Proc::spawn("A", dir, &cfg, &[]);
+    let addr = a
+        .listening()
+        .await
+        .unwrap_or_else(|| panic!("A: {}", a.log()));
+    (dc, cfg, a, addr)
+}
+
 pub async fn echo_dc() -> FakeDc {
     FakeDc::start("127.0.0.1:0".parse().expect("addr"), FakeDcMode::Echo)
         .await
@@ -184,12 +201,8 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<ObfsClient> {
 /// One echo round trip with a message unique to (`who`, `round`).
 pub async fn round_trip(c: &mut ObfsClient, who: usize, round: usize) -> anyhow::Result<()> {
     let msg = format!("client {who:04} round {round:06} ").repeat(4);
-    c.send_raw(msg.as_bytes()).await?;
-    let got = tokio::time::timeout(Duration::from_secs(5), c.recv_exact(msg.len()))
+    c.echo_round_trip(msg.as_bytes(), Duration::from_secs(5))
         .await
-        .map_err(|_| anyhow::anyhow!("echo timed out"))??;
-    anyhow::ensure!(got == msg.as_bytes(), "echo differs");
-    Ok(())
 }
 
 /// A fresh connection and one round trip, bounded.
