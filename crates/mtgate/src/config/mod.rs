@@ -8,20 +8,24 @@
 pub mod locate;
 pub mod mask;
 pub mod me;
+mod overrides;
 pub mod policy;
 pub mod raw;
 pub mod user_limits;
+mod users;
 
 use crate::dc::{DcTable, UnknownDcRule};
 pub use me::{MeConfig, MeFetch, PinMode};
-use mtgate_crypto::Key16;
-use mtgate_proto::secret::{validate_domain, ProxySecret, SecretKind};
+use mtgate_proto::secret::validate_domain;
+use overrides::apply_overrides;
+pub use overrides::Overrides;
 pub use policy::PolicyConfig;
 use raw::RawConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 pub use user_limits::UserLimits;
+pub use users::{Modes, User};
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -70,77 +74,6 @@ fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
 pub enum IpPreference {
     V4,
     V6,
-}
-
-/// The set of client modes a user may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Modes {
-    pub classic: bool,
-    pub secure: bool,
-    pub fake_tls: bool,
-}
-
-impl Modes {
-    fn parse(key: &str, list: &[String]) -> Result<Self, ConfigError> {
-        let mut m = Modes {
-            classic: false,
-            secure: false,
-            fake_tls: false,
-        };
-        for s in list {
-            match s.as_str() {
-                "classic" | "plain" => m.classic = true,
-                "dd" | "secure" => m.secure = true,
-                "ee" | "tls" | "faketls" => m.fake_tls = true,
-                other => {
-                    return Err(invalid(
-                        key,
-                        format!("unknown mode `{other}` (use classic, dd, ee)"),
-                    ))
-                }
-            }
-        }
-        if !(m.classic || m.secure || m.fake_tls) {
-            return Err(invalid(key, "at least one mode is required"));
-        }
-        Ok(m)
-    }
-}
-
-/// One user: a name, a 16-byte key and the modes allowed.
-#[derive(Clone, Debug)]
-pub struct User {
-    pub name: String,
-    pub key: Key16,
-    pub modes: Modes,
-    /// Limits, quotas and bandwidth (`[users.NAME.limits]`).
-    pub limits: UserLimits,
-}
-
-impl User {
-    /// The client secrets this user can be given, best (stealthiest) first.
-    pub fn client_secrets(&self, domain: &str) -> Vec<ProxySecret> {
-        let mut v = Vec::new();
-        if self.modes.fake_tls {
-            v.push(ProxySecret {
-                key: self.key.clone(),
-                kind: SecretKind::Ee(domain.to_owned()),
-            });
-        }
-        if self.modes.secure {
-            v.push(ProxySecret {
-                key: self.key.clone(),
-                kind: SecretKind::Dd,
-            });
-        }
-        if self.modes.classic {
-            v.push(ProxySecret {
-                key: self.key.clone(),
-                kind: SecretKind::Plain,
-            });
-        }
-        v
-    }
 }
 
 /// The whole typed configuration.
@@ -217,23 +150,6 @@ impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminToken(<redacted>)")
     }
-}
-
-/// Values given on the command line; they override the file.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub listen: Vec<String>,
-    /// `NAME=SECRET` or `SECRET`.
-    pub secrets: Vec<String>,
-    /// `N=ADDR`.
-    pub dcs: Vec<String>,
-    pub domains: Vec<String>,
-    pub mask_host: Option<String>,
-    pub public_host: Option<String>,
-    pub state_dir: Option<String>,
-    pub modes: Option<Vec<String>>,
-    pub prefer_ipv6: bool,
-    pub workers: Option<usize>,
 }
 
 /// `server.drain_timeout` when not set.
@@ -471,47 +387,7 @@ impl Config {
             }
         }
 
-        let mut users = Vec::new();
-        let mut seen_keys: Vec<Key16> = Vec::new();
-        let mut user_ad_tags = std::collections::BTreeMap::new();
-        for (name, ru) in raw.users {
-            let key = format!("users.{name}");
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-            {
-                return Err(invalid(
-                    &key,
-                    "user names are 1..64 characters of letters, digits, - _ .",
-                ));
-            }
-            let secret = ProxySecret::parse(&ru.secret)
-                .map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?;
-            if seen_keys.contains(&secret.key) {
-                return Err(invalid(
-                    format!("{key}.secret"),
-                    "two users share this secret",
-                ));
-            }
-            seen_keys.push(secret.key.clone());
-            if let Some(t) = &ru.ad_tag {
-                user_ad_tags.insert(name.clone(), me::parse_ad_tag(&format!("{key}.ad_tag"), t)?);
-            }
-            let modes = match &ru.modes {
-                Some(m) => Modes::parse(&format!("{key}.modes"), m)?,
-                None => default_modes,
-            };
-            let limits = UserLimits::from_raw(&format!("{key}.limits"), ru.limits)?;
-            users.push(User {
-                name,
-                key: secret.key,
-                modes,
-                limits,
-            });
-        }
-
+        let (users, user_ad_tags) = users::parse(raw.users, default_modes)?;
         let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
         let policy = PolicyConfig::from_raw(raw.policy)?;
         let admin_listen = admin_listen(&raw.admin, &listen)?;
@@ -612,57 +488,6 @@ fn admin_listen(
         ));
     }
     Ok(Some(addr))
-}
-
-fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigError> {
-    if !ov.listen.is_empty() {
-        raw.server.listen = Some(ov.listen.clone());
-    }
-    if let Some(m) = &ov.modes {
-        raw.server.default_modes = Some(m.clone());
-    }
-    if let Some(h) = &ov.public_host {
-        raw.server.public_host = Some(h.clone());
-    }
-    if let Some(d) = &ov.state_dir {
-        raw.server.state_dir = Some(d.clone());
-    }
-    if !ov.domains.is_empty() {
-        raw.tls.domains = Some(ov.domains.clone());
-    }
-    if let Some(m) = &ov.mask_host {
-        raw.tls.mask_host = Some(m.clone());
-    }
-    if let Some(w) = ov.workers {
-        raw.server.workers = Some(w);
-    }
-    if ov.prefer_ipv6 {
-        raw.upstream.prefer = Some("ipv6".into());
-    }
-    for (i, s) in ov.secrets.iter().enumerate() {
-        let (name, secret) = match s.split_once('=') {
-            Some((n, s)) if !n.is_empty() && !s.is_empty() && ProxySecret::parse(s).is_ok() => {
-                (n.to_owned(), s.to_owned())
-            }
-            _ => (format!("user{}", i + 1), s.clone()),
-        };
-        raw.users.insert(
-            name,
-            raw::RawUser {
-                secret,
-                modes: None,
-                ad_tag: None,
-                limits: None,
-            },
-        );
-    }
-    for d in &ov.dcs {
-        let (n, a) = d
-            .split_once('=')
-            .ok_or_else(|| invalid("--dc", format!("`{d}`: want N=IP:PORT")))?;
-        raw.dcs.entry(n.to_owned()).or_default().push(a.to_owned());
-    }
-    Ok(())
 }
 
 /// Where state (the generated secret) lives when `server.state_dir` is not set:
