@@ -51,6 +51,29 @@ fn config_text(listen: &str, dc: SocketAddr, extra_server: &str, users: &[(&str,
     )
 }
 
+async fn mtproto_dc() -> FakeDc {
+    FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .expect("dc")
+}
+
+/// A proxy serving alice only, with `extra_server` in `[server]`, and one
+/// of her connections that has done a round trip.
+async fn start_with_alice(dc: &FakeDc, extra_server: &str) -> (InProcess, ObfsClient) {
+    let text = config_text(
+        "127.0.0.1:0",
+        dc.local_addr(),
+        extra_server,
+        &[("alice", ALICE)],
+    );
+    let p = start(&text).await;
+    let mut c = ObfsClient::connect(p.addr, &key(ALICE), mode(), 2)
+        .await
+        .expect("connect");
+    assert!(round_trip(&mut c).await);
+    (p, c)
+}
+
 struct InProcess {
     addr: SocketAddr,
     reloader: Arc<Reloader>,
@@ -110,21 +133,9 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_reload_applies_to_new_connections_and_drains_removed_user() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
+    let dc = mtproto_dc().await;
     let grace = "drain_grace = \"1500ms\"\nwatch_config = false";
-    let p = start(&config_text(
-        "127.0.0.1:0",
-        dc.local_addr(),
-        grace,
-        &[("alice", ALICE)],
-    ))
-    .await;
-    let mut old = ObfsClient::connect(p.addr, &key(ALICE), mode(), 2)
-        .await
-        .expect("connect");
-    assert!(round_trip(&mut old).await);
+    let (p, mut old) = start_with_alice(&dc, grace).await;
     assert!(!connect_ok(p.addr, BOB).await, "bob is not configured yet");
 
     std::fs::write(
@@ -173,21 +184,9 @@ async fn valid_reload_applies_to_new_connections_and_drains_removed_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_secret_drains_old_key_only() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
+    let dc = mtproto_dc().await;
     let grace = "drain_grace = \"500ms\"\nwatch_config = false";
-    let p = start(&config_text(
-        "127.0.0.1:0",
-        dc.local_addr(),
-        grace,
-        &[("alice", ALICE)],
-    ))
-    .await;
-    let mut old = ObfsClient::connect(p.addr, &key(ALICE), mode(), 2)
-        .await
-        .expect("connect");
-    assert!(round_trip(&mut old).await);
+    let (p, mut old) = start_with_alice(&dc, grace).await;
     std::fs::write(
         &p.path,
         config_text("127.0.0.1:0", dc.local_addr(), grace, &[("alice", ALICE2)]),
@@ -217,9 +216,7 @@ async fn rotated_secret_drains_old_key_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_file_is_refused_and_old_config_keeps_serving() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
+    let dc = mtproto_dc().await;
     let extra = "watch_config = false";
     let good = config_text("127.0.0.1:0", dc.local_addr(), extra, &[("alice", ALICE)]);
     let p = start(&good).await;
@@ -291,9 +288,7 @@ async fn wait_until_ok(addr: SocketAddr, k: &str, limit: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_reloads_on_sighup_file_change_and_admin_request() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
+    let dc = mtproto_dc().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mtgate.toml");
     let admin_port = free_port();
@@ -366,9 +361,7 @@ async fn process_reloads_on_sighup_file_change_and_admin_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_reloads_when_the_file_changes() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
+    let dc = mtproto_dc().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mtgate.toml");
     let extra = format!(

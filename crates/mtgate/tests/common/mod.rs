@@ -291,6 +291,25 @@ pub fn shapes_match(a: &[(u8, usize)], b: &[(u8, usize)], slack: usize) -> bool 
 }
 
 /// The TLS record layout of a byte stream: (type, length) per record; the
+/// Sends a valid FakeTLS `hello` (from `source`) and checks mtgate itself
+/// answers it: a ServerHello record, then ChangeCipherSpec.
+pub async fn served_by_mtgate(source: Option<std::net::IpAddr>, proxy: SocketAddr, hello: &[u8]) {
+    let first = probe_from(
+        source,
+        proxy,
+        &[hello.to_vec()],
+        Duration::ZERO,
+        false,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        record_shape(&first.bytes)[..2],
+        [(0x16, 122), (0x14, 1)],
+        "the first use is served by mtgate"
+    );
+}
+
 /// contents of handshakes are random per connection, their shape is not.
 pub fn record_shape(b: &[u8]) -> Vec<(u8, usize)> {
     let mut v = Vec::new();
