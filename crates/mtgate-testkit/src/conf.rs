@@ -11,6 +11,13 @@ pub const DEFAULT_DCS: [i16; 6] = [1, 2, 3, 4, 5, 203];
 /// loopback port, no profile learning.
 pub const TLS_NO_FRONTING: &str = "[tls]\ndomains = [\"mask.test\"]\nmask_host = \"127.0.0.1:1\"\nfronting = false\nlearn_profile = false\n";
 
+/// A user's 16-byte key from its 32 hex digits (a test's own constant: panics
+/// on anything else).
+pub fn key_from_hex(hex: &str) -> mtgate_crypto::Key16 {
+    let bytes: [u8; 16] = hex::decode(hex).expect("hex").try_into().expect("16 bytes");
+    mtgate_crypto::Key16::new(bytes)
+}
+
 /// A TOML array of strings: `["a", "b"]`.
 pub fn toml_list<T: std::fmt::Display>(items: &[T]) -> String {
     let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();

@@ -12,9 +12,9 @@ use mtgate::config::{Config, Overrides};
 use mtgate::events::{Counters, Telemetry};
 use mtgate::runtime::Runtime;
 use mtgate::server::Server;
-use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::conf::key_from_hex as key;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -23,10 +23,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BOB_HEX: &str = "ffeeddccbbaa99887766554433221100";
-
-fn key(hex_key: &str) -> Key16 {
-    Key16::new(hex::decode(hex_key).unwrap().try_into().unwrap())
-}
 
 fn modes() -> Vec<ClientMode> {
     vec![

@@ -13,10 +13,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
-
 const USERS_ALL: &str = "[tls]\ndomains = [\"mask.test\"]\nfronting = false\nlearn_profile = false\n[users.alice]\nsecret = \"00112233445566778899aabbccddeeff\"\nmodes = [\"classic\", \"dd\", \"ee\"]\n";
 
 fn modes() -> Vec<ClientMode> {

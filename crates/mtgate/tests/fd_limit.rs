@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::binary::{key, tls_echo, write_config};
+use common::binary::{tls_echo, write_config};
+use common::key;
 use common::*;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::io::{BufRead, BufReader};

@@ -14,7 +14,6 @@ mod common;
 
 use common::*;
 use mtgate::policy::clock::{ManualClock, SharedClock};
-use mtgate_crypto::Key16;
 use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
 use mtgate_testkit::conf::dcs_table;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
@@ -29,10 +28,6 @@ const MONDAY_8AM_MS: i64 = 1_795_420_800_000;
 
 const BASE: &str = "[tls]\ndomains = [\"mask.test\"]\nfronting = false\nlearn_profile = false\n\
 [users.alice]\nsecret = \"00112233445566778899aabbccddeeff\"\nmodes = [\"classic\", \"dd\", \"ee\"]\n";
-
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -15,9 +15,9 @@ use mtgate::policy::PolicyReason;
 use mtgate::reload::Reloader;
 use mtgate::runtime::{Live, Runtime};
 use mtgate::server::Server;
-use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
+use mtgate_testkit::conf::key_from_hex as key;
 use mtgate_testkit::conf::{dcs_table, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::future::Future;
@@ -153,10 +153,6 @@ async fn echo_dc() -> FakeDc {
     FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
         .await
         .expect("fake dc")
-}
-
-fn key(hex_key: &str) -> Key16 {
-    Key16::new(hex::decode(hex_key).expect("hex").try_into().expect("16"))
 }
 
 async fn open(addr: SocketAddr, secret: &str, bind: Option<IpAddr>) -> ObfsClient {

@@ -17,10 +17,6 @@ const SITE_IDLE: Duration = Duration::from_millis(1000);
 const LIMIT: Duration = Duration::from_millis(3500);
 const TOLERANCE: Duration = Duration::from_millis(400);
 
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
-
 async fn setup(modes: &str) -> (MaskSite, Proxy) {
     let site = MaskSite::start(SITE_IDLE).await;
     let proxy = Proxy::start(&format!(

@@ -21,15 +21,10 @@ use common::nginx::Nginx;
 use common::prober::*;
 use common::*;
 use mtgate::policy::PolicyReason;
-use mtgate_crypto::Key16;
 use mtgate_proto::faketls::build_client_hello;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-
-fn key() -> Key16 {
-    Key16::new(hex::decode(KEY_HEX).unwrap().try_into().unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prober_past_every_threshold_still_sees_the_website() {

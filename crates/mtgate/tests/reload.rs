@@ -13,9 +13,9 @@ use mtgate::events::Telemetry;
 use mtgate::reload::Reloader;
 use mtgate::runtime::{Live, Runtime};
 use mtgate::server::Server;
-use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::conf::key_from_hex as key;
 use mtgate_testkit::conf::{dcs_table, users_tables, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
@@ -27,15 +27,6 @@ use std::time::{Duration, Instant};
 const ALICE: &str = "00112233445566778899aabbccddeeff";
 const ALICE2: &str = "0f0e0d0c0b0a09080706050403020100";
 const BOB: &str = "ffeeddccbbaa99887766554433221100";
-
-fn key(hex_key: &str) -> Key16 {
-    Key16::new(
-        hex::decode(hex_key)
-            .expect("hex")
-            .try_into()
-            .expect("16 bytes"),
-    )
-}
 
 fn mode() -> ClientMode {
     ClientMode::Classic(ProtoTag::Intermediate)

@@ -2,10 +2,10 @@
 //! loopback (DCs, mask host, ports), and valid FakeTLS clients that check an
 //! echo round trip through the fake DC.
 
+use super::key;
 use super::nginx::Nginx;
 use super::prober::SITE_IDLE;
 use super::{free_port, MtgateProcess, DOMAIN, KEY_HEX};
-use mtgate_crypto::Key16;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
@@ -77,14 +77,6 @@ pub fn write_config(
 }
 
 /// Alice's key.
-pub fn key() -> Key16 {
-    Key16::new(
-        hex::decode(KEY_HEX)
-            .expect("hex")
-            .try_into()
-            .expect("16 bytes"),
-    )
-}
 
 /// A valid FakeTLS client through `addr` that has done one echo round trip
 /// (a message unique to `who`) with the fake DC.

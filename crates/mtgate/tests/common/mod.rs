@@ -19,6 +19,11 @@ use tokio::net::TcpListener;
 pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 pub const DOMAIN: &str = "mask.test";
 
+/// Alice's key ([`KEY_HEX`]).
+pub fn key() -> mtgate_crypto::Key16 {
+    mtgate_testkit::conf::key_from_hex(KEY_HEX)
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     /// The state directory (kept until the proxy is dropped).

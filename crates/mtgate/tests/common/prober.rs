@@ -10,15 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn key() -> Key16 {
-    Key16::new(
-        hex::decode(KEY_HEX)
-            .expect("hex")
-            .try_into()
-            .expect("16 bytes"),
-    )
-}
-
 /// nginx's `client_header_timeout` and `keepalive_timeout` in this test.
 pub const SITE_IDLE: Duration = Duration::from_secs(1);
 pub const LIMIT: Duration = Duration::from_millis(4000);

@@ -18,13 +18,9 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_mtgate");
 pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 
+/// Alice's key ([`KEY_HEX`]).
 pub fn key() -> Key16 {
-    Key16::new(
-        hex::decode(KEY_HEX)
-            .expect("hex")
-            .try_into()
-            .expect("16 bytes"),
-    )
+    mtgate_testkit::conf::key_from_hex(KEY_HEX)
 }
 
 /// A config serving user alice (dd) on `listen`, every DC at `dc`, with the

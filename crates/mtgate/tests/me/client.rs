@@ -2,8 +2,8 @@
 //! answers, a scripted classic client and bounded waits.
 
 use super::KEY_HEX;
-use mtgate_crypto::Key16;
 use mtgate_proto::obfs2::ProtoTag;
+pub use mtgate_testkit::conf::key_from_hex as key;
 use mtgate_testkit::{ClientMode, ObfsClient};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 pub const T: Duration = Duration::from_secs(30);
 
 /// A 16-byte key from its hex form.
-pub fn key(hex: &str) -> Key16 {
-    Key16::new(hex::decode(hex).unwrap().try_into().unwrap())
-}
 
 /// A DC address nothing listens on (direct mode must not be used).
 pub fn dead_dc() -> SocketAddr {
