@@ -76,8 +76,6 @@ pub fn write_config(
     path
 }
 
-/// Alice's key.
-
 /// A valid FakeTLS client through `addr` that has done one echo round trip
 /// (a message unique to `who`) with the fake DC.
 pub async fn tls_echo(addr: SocketAddr, who: usize) -> anyhow::Result<ObfsClient> {

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 /// Bound on a client's connect.
 pub const T: Duration = Duration::from_secs(30);
 
-/// A 16-byte key from its hex form.
-
 /// A DC address nothing listens on (direct mode must not be used).
 pub fn dead_dc() -> SocketAddr {
     "127.0.0.1:1".parse().unwrap()
