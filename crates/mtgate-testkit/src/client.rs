@@ -111,6 +111,9 @@ pub struct ClientOptions {
     pub io_timeout: Duration,
     /// Local address to connect from (e.g. `127.0.0.7` to be another source on loopback).
     pub bind: Option<std::net::IpAddr>,
+    /// Bytes sent right after connecting, before the handshake: what a front
+    /// end puts first (a PROXY protocol header).
+    pub preamble: Vec<u8>,
 }
 
 impl Default for ClientOptions {
@@ -127,6 +130,7 @@ impl Default for ClientOptions {
             frame_padding: true,
             io_timeout: Duration::from_secs(10),
             bind: None,
+            preamble: Vec::new(),
         }
     }
 }
@@ -287,6 +291,12 @@ impl ObfsClient {
         })
         .await?;
         stream.set_nodelay(true)?;
+        if !opts.preamble.is_empty() {
+            stream
+                .write_all(&opts.preamble)
+                .await
+                .context("sending the preamble")?;
+        }
         let tag = mode.tag(&opts);
         let mut leftover = Vec::new();
         let mut server_hello = None;

@@ -28,6 +28,7 @@ pub mod logsum;
 pub mod mask;
 pub mod me;
 pub mod memtrim;
+pub mod net;
 pub mod peer;
 pub mod policy;
 pub mod pool;

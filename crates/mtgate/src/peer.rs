@@ -9,11 +9,12 @@
 //! for its clients' behaviour: a crowd behind one front end is a crowd.
 //!
 //! [`PeerSource`] is the seam: a listener's way of learning the client
-//! address, run in the session's setup before admission. Today it has one
-//! variant, the socket itself; the PROXY protocol and the link add theirs.
+//! address, run in the session's setup before admission: the socket itself,
+//! or the PROXY protocol from trusted front ends (`crate::net::proxy_protocol`);
+//! the proxy link (issue 15) adds its own.
 
+use crate::net::proxy_protocol::{read_header, ProxyProtocolConfig};
 use std::net::{IpAddr, SocketAddr};
-use tokio::net::TcpStream;
 
 /// A connection's client, and the trusted front end it came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,23 +49,59 @@ impl Peer {
 }
 
 /// How a listener learns its clients' addresses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum PeerSource {
     /// The socket's peer address is the client.
     #[default]
     Socket,
+    /// Trusted front ends send a PROXY protocol header first; everyone else
+    /// is a direct client.
+    ProxyProtocol(std::sync::Arc<ProxyProtocolConfig>),
+}
+
+/// Why a connection's client could not be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    /// A trusted front end sent no valid header (in time).
+    #[error("front end {front}: {error}")]
+    Header {
+        front: SocketAddr,
+        error: crate::net::proxy_protocol::HeaderError,
+    },
 }
 
 impl PeerSource {
+    /// The source `config` asks for.
+    pub fn from_config(config: &ProxyProtocolConfig) -> Self {
+        if config.enabled() {
+            Self::ProxyProtocol(std::sync::Arc::new(config.clone()))
+        } else {
+            Self::Socket
+        }
+    }
+
     /// The peer of `stream`, whose socket peer is `transport`. A variant that
-    /// reads a header from the front end does it here, before admission.
-    pub async fn identify(
+    /// reads a header from the front end does it here, before admission, and
+    /// takes exactly the header's bytes.
+    pub async fn identify<S: tokio::io::AsyncRead + Unpin>(
         &self,
-        _stream: &mut TcpStream,
+        stream: &mut S,
         transport: SocketAddr,
-    ) -> std::io::Result<Peer> {
+    ) -> Result<Peer, IdentifyError> {
         match self {
             Self::Socket => Ok(Peer::direct(transport)),
+            Self::ProxyProtocol(cfg) if cfg.trusts(transport.ip()) => {
+                match read_header(stream, cfg.header_timeout).await {
+                    Ok(Some(client)) => Ok(Peer::via(transport, client)),
+                    // The front end's own connection (LOCAL, UNKNOWN).
+                    Ok(None) => Ok(Peer::direct(transport)),
+                    Err(error) => Err(IdentifyError::Header {
+                        front: transport,
+                        error,
+                    }),
+                }
+            }
+            Self::ProxyProtocol(_) => Ok(Peer::direct(transport)),
         }
     }
 }
@@ -72,6 +109,7 @@ impl PeerSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn a_front_end_is_never_the_source() {

@@ -112,7 +112,7 @@ impl Runtime {
         Ok(Self {
             policy,
             mask_budget: crate::front::MaskBudget::new(config.mask_budget),
-            peer_source: crate::peer::PeerSource::default(),
+            peer_source: crate::peer::PeerSource::from_config(&config.proxy_protocol),
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -144,7 +144,7 @@ impl Runtime {
         Ok(Self {
             policy: self.policy.clone(),
             mask_budget: self.mask_budget.clone(),
-            peer_source: self.peer_source,
+            peer_source: crate::peer::PeerSource::from_config(&config.proxy_protocol),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),

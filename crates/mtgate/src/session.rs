@@ -207,7 +207,10 @@ async fn setup(
     // address it vouches for; see crate::peer).
     let who = match rt.peer_source.identify(&mut stream, peer).await {
         Ok(p) => p,
-        Err(_) => return Err(CloseReason::ClientError),
+        Err(e) => {
+            tracing::debug!(error = %e, "no client address from a trusted front end");
+            return Err(CloseReason::ClientError);
+        }
     };
     if let Some(front) = who.front {
         tracing::Span::current().record("client", tracing::field::display(who.client));
@@ -294,7 +297,10 @@ async fn setup(
     // Middle-proxy mode (with its fallback to direct), see crate::me.
     let (stream, accepted) = match Box::pin(crate::me::route(
         rt,
-        id,
+        crate::me::Conn {
+            id,
+            client: who.client,
+        },
         stream,
         accepted,
         traffic,

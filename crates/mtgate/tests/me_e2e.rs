@@ -437,3 +437,52 @@ async fn me_files_are_reread_and_applied() {
     );
     proxy.stop().await;
 }
+
+/// Behind a trusted front end (PROXY protocol), the middle-end is told the
+/// client the front end named, not the front end's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_requests_carry_the_client_a_front_end_named() {
+    if !available() {
+        return;
+    }
+    let fake = FakeMe::start(1, &[]).await;
+    let proxy = MeProxy::start_full(
+        &fake,
+        &fake.multi_conf(),
+        &[],
+        dead_dc(),
+        "127.0.0.1",
+        "[proxy_protocol]\ntrusted = [\"127.0.0.2\"]\n",
+    )
+    .await;
+    assert!(proxy.wait_ready(1).await);
+    let client: SocketAddr = "198.51.100.9:40123".parse().unwrap();
+    let opts = mtgate_testkit::ClientOptions {
+        bind: Some("127.0.0.2".parse().unwrap()),
+        preamble: mtgate::net::proxy_protocol::v2_header(client, proxy.addr),
+        ..Default::default()
+    };
+    let mut c = tokio::time::timeout(
+        T,
+        ObfsClient::connect_with(
+            proxy.addr,
+            &key(KEY_HEX),
+            ClientMode::Classic(mtgate_proto::obfs2::ProtoTag::Intermediate),
+            2,
+            opts,
+        ),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    echo_once(&mut c, 64, Duration::from_secs(5))
+        .await
+        .expect("echo through the ME");
+    let reqs = fake.events("proxy_req");
+    assert!(!reqs.is_empty());
+    for r in &reqs {
+        assert_eq!(field(r, "remote_ip"), Some("198.51.100.9"), "{r}");
+        assert_eq!(field(r, "remote_port"), Some("40123"), "{r}");
+    }
+    proxy.stop().await;
+}

@@ -132,6 +132,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
+    /// PROXY protocol from trusted front ends (`[proxy_protocol]`).
+    pub proxy_protocol: crate::net::proxy_protocol::ProxyProtocolConfig,
 }
 
 /// The admin API token: compared in constant time, never printed.
@@ -390,6 +392,9 @@ impl Config {
         let (users, user_ad_tags) = users::parse(raw.users, default_modes)?;
         let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
         let policy = PolicyConfig::from_raw(raw.policy)?;
+        let proxy_protocol =
+            crate::net::proxy_protocol::ProxyProtocolConfig::from_raw(raw.proxy_protocol)
+                .map_err(|(key, msg)| invalid(key, msg))?;
         let admin_listen = admin_listen(&raw.admin, &listen)?;
         let admin_token = match raw.admin.token {
             None => None,
@@ -457,6 +462,7 @@ impl Config {
             admin_listen,
             admin_token,
             policy,
+            proxy_protocol,
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// Security policy (ACL, rate limits, reputation, geo).
     #[serde(default)]
     pub policy: super::policy::RawPolicy,
+    /// PROXY protocol from trusted front ends.
+    #[serde(default)]
+    pub proxy_protocol: crate::net::proxy_protocol::RawProxyProtocol,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -276,10 +276,18 @@ pub enum Routed {
     Direct(TcpStream, Box<Accepted>),
 }
 
+/// The session a route is for: its id (events) and its client (as the
+/// policy saw it; behind a trusted front end, the address it vouched for).
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub client: SocketAddr,
+}
+
 /// After the handshake: serve the client over ME, or hand it back for direct mode.
 pub async fn route(
     rt: &Runtime,
-    id: u64,
+    conn: Conn,
     stream: TcpStream,
     accepted: Box<Accepted>,
     traffic: &Traffic,
@@ -289,6 +297,7 @@ pub async fn route(
     let Some(me) = rt.me.as_ref() else {
         return Routed::Direct(stream, accepted);
     };
+    let Conn { id, client } = conn;
     let started = Instant::now();
     let dc = accepted.dc;
     let Some(bound) = me.bind(dc).await else {
@@ -315,7 +324,9 @@ pub async fn route(
         took: started.elapsed(),
     });
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-    let peer = stream.peer_addr().unwrap_or(unspecified);
+    // The client as the policy saw it (behind a trusted front end, the
+    // address it vouched for): the middle-end's view of who connected.
+    let peer = client;
     let local = stream.local_addr().unwrap_or(unspecified);
     let local = SocketAddr::new(me.public_ip(local.ip()), local.port());
     let a = *accepted;

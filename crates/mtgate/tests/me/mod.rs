@@ -462,6 +462,18 @@ impl MeProxy {
         direct_dc: SocketAddr,
         public_host: &str,
     ) -> MeProxy {
+        Self::start_full(fake, multi_conf, overrides, direct_dc, public_host, "").await
+    }
+
+    /// [`MeProxy::start_with`] with whole `tables` appended to the config.
+    pub async fn start_full(
+        fake: &FakeMe,
+        multi_conf: &str,
+        overrides: &[(&str, &str)],
+        direct_dc: SocketAddr,
+        public_host: &str,
+        tables: &str,
+    ) -> MeProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("proxy-multi.conf");
         std::fs::write(&conf, multi_conf).expect("conf");
@@ -470,7 +482,7 @@ impl MeProxy {
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"{public_host}\"\nstate_dir = \"{}\"\n\
              default_modes = [\"classic\", \"dd\", \"ee\"]\nhandshake_timeout = \"3s\"\nidle_timeout = \"20s\"\n\
              [tls]\ndomains = [\"{DOMAIN}\"]\nfronting = false\n{dcs}\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\n[users.bob]\nsecret = \"{BOB_KEY_HEX}\"\nad_tag = \"{BOB_AD_TAG}\"\n{}",
+             [users.alice]\nsecret = \"{KEY_HEX}\"\n[users.bob]\nsecret = \"{BOB_KEY_HEX}\"\nad_tag = \"{BOB_AD_TAG}\"\n{}{tables}",
             dir.path().join("state").display(),
             me_section(fake, &conf, overrides)
         );
