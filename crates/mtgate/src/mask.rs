@@ -17,6 +17,7 @@
 //! ([`crate::front`]); a connection past it is held silent instead.
 
 use crate::front::{MaskBudget, MaskPermit};
+use crate::net::proxy_protocol::Announce;
 use crate::pool::PooledBuf;
 use std::io::ErrorKind;
 use std::net::IpAddr;
@@ -52,6 +53,8 @@ pub struct MaskLink {
     /// The pre-connect, and whether it has begun dialing (past its delay).
     connecting: Option<(JoinHandle<Dialed>, Arc<AtomicBool>)>,
     conn: Option<Dialed>,
+    /// Sent first to the site: who the client is (`[proxy_protocol] mask`).
+    announce: Option<Announce>,
 }
 
 /// How long a connection known not to be a client waits for a free slot of
@@ -131,12 +134,21 @@ impl MaskLink {
             gate,
             connecting,
             conn: None,
+            announce: None,
         }
+    }
+
+    /// The link announcing the client to the site with a PROXY protocol
+    /// header (sent before any of the client's bytes).
+    pub fn announcing(mut self, announce: Option<Announce>) -> Self {
+        self.announce = announce;
+        self
     }
 
     /// The same link toward another mask address (a per-SNI mask host).
     pub fn redirect(self, addr: String) -> Self {
-        Self::new(addr, self.timeout, None, self.gate.clone())
+        let announce = self.announce;
+        Self::new(addr, self.timeout, None, self.gate.clone()).announcing(announce)
     }
 
     /// The mask address.
@@ -221,6 +233,7 @@ pub async fn splice(
     link: MaskLink,
 ) -> SpliceEnd {
     let budget = link.gate.budget.clone();
+    let announce = link.announce;
     let (upstream, permit) = match link.into_stream().await {
         Dialed::Site(s, p) => (s, p),
         Dialed::OverBudget => {
@@ -232,7 +245,16 @@ pub async fn splice(
             return SpliceEnd::Unreachable;
         }
     };
-    if write_all(&upstream, already_read).await.is_err() {
+    // With an announcement, header and replay go out in one write.
+    let first: std::borrow::Cow<'_, [u8]> = match announce {
+        Some(a) => {
+            let mut v = a.header();
+            v.extend_from_slice(already_read);
+            v.into()
+        }
+        None => already_read.into(),
+    };
+    if write_all(&upstream, &first).await.is_err() {
         tracing::debug!("mask host refused the replayed bytes; client reset");
         reset(&client);
         return SpliceEnd::Reset;

@@ -5,6 +5,8 @@
 use crate::config::policy::RefuseAction;
 use crate::events::{CloseReason, Event};
 use crate::mask::{self, MaskLink};
+use crate::net::proxy_protocol::Announce;
+use crate::peer::Peer;
 use crate::policy::engine::Refusal;
 use crate::relay::{self, ClientSide, Traffic};
 use crate::runtime::Runtime;
@@ -12,7 +14,7 @@ use crate::stop::Stop;
 use crate::upstream::{self, UpstreamError};
 use mtgate_proto::{Handshake, Outcome, RejectReason};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -169,10 +171,11 @@ enum Phase {
 async fn refuse(
     stream: TcpStream,
     id: u64,
-    ip: IpAddr,
+    who: Peer,
     rt: &Runtime,
     refusal: Refusal,
 ) -> CloseReason {
+    let ip = who.source_ip();
     if refusal.action == RefuseAction::Front && rt.config.fronting {
         rt.telemetry.emit(Event::Fronted {
             id,
@@ -184,10 +187,22 @@ async fn refuse(
             None,
             // A refusal for volume (over the cap) shares a suspect's budget.
             rt.mask_gate(ip, refusal.reason.is_flood()),
-        );
+        )
+        .announcing(announce(rt, who, &stream));
         Box::pin(mask::splice(stream, &[], false, link)).await;
     }
     CloseReason::Policy(refusal.reason)
+}
+
+/// The PROXY protocol header a fronted connection sends the mask host first,
+/// if `[proxy_protocol] mask` asks for one.
+fn announce(rt: &Runtime, who: Peer, stream: &TcpStream) -> Option<Announce> {
+    let version = rt.config.proxy_protocol.mask?;
+    Some(Announce {
+        version,
+        client: who.client,
+        local: stream.local_addr().ok()?,
+    })
 }
 
 /// Everything before the relay: admission, the handshake (or fronting), the
@@ -228,7 +243,7 @@ async fn setup(
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
     let mut source = match rt.policy.admit(ip, &mut hit) {
         Ok(guard) => guard,
-        Err(refusal) => return Err(refuse(stream, id, ip, rt, refusal).await),
+        Err(refusal) => return Err(refuse(stream, id, who, rt, refusal).await),
     };
     let mut hs = Handshake::new();
     let mut link = rt.config.fronting.then(|| {
@@ -238,6 +253,7 @@ async fn setup(
             rt.config.mask_preconnect,
             rt.mask_gate(ip, source.suspect.is_some()),
         )
+        .announcing(announce(rt, who, &stream))
     });
     // The handshake, fronting, ME and dial futures are boxed: an idle session's
     // task is as big as its largest state, and those only live briefly.

@@ -155,3 +155,76 @@ async fn a_trusted_front_end_without_a_valid_header_is_closed() {
     assert_eq!(proxy.counters.authenticated.load(Relaxed), 0);
     assert_eq!(proxy.counters.fronted.load(Relaxed), 0, "nothing fronted");
 }
+
+/// A plain TCP "mask site" that records what each connection sent until it
+/// closes (a site behind `proxy_protocol on;` would read the header first).
+async fn recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fronted_clients_are_announced_to_the_mask_host_when_asked() {
+    let dc = dc().await;
+    let (mask, mut seen) = recorder().await;
+    for (version, front_named) in [("v1", false), ("v2", true)] {
+        let toml = format!(
+            "[tls]\ndomains = [\"mask.test\"]\nmask_host = \"{mask}\"\nlearn_profile = false\nmask_preconnect = false\n\
+             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n\
+             [proxy_protocol]\ntrusted = [\"{FRONT}\"]\nmask = \"{version}\"\n"
+        );
+        let proxy = Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await;
+        let named = client("198.51.100.9:40000");
+        let (from, preamble) = if front_named {
+            (FRONT, v2_header(named, proxy.addr))
+        } else {
+            ("127.0.0.1", Vec::new())
+        };
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
+            .unwrap();
+        let mut s = sock.connect(proxy.addr).await.unwrap();
+        let me = s.local_addr().unwrap();
+        let probe = b"GET / HTTP/1.1\r\nHost: mask.test\r\n\r\n";
+        s.write_all(&[preamble.as_slice(), probe].concat())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .expect("the mask host saw the connection")
+            .expect("recorded");
+        let who = if front_named { named } else { me };
+        let header = match version {
+            "v1" => v1_header(who, proxy.addr),
+            _ => v2_header(who, proxy.addr),
+        };
+        assert_eq!(
+            got,
+            [header.as_slice(), probe].concat(),
+            "{version}: the header, then the client's bytes exactly"
+        );
+        assert_eq!(proxy.counters.fronted.load(Relaxed), 1);
+        proxy.stop().await;
+    }
+}

@@ -158,6 +158,36 @@ pub struct ProxyProtocolConfig {
     pub trusted: Vec<IpNet>,
     /// How long a trusted front end may take to send its header.
     pub header_timeout: Duration,
+    /// Announce each fronted connection's client to the mask host with a
+    /// header of this version (`None`: send nothing, the default).
+    pub mask: Option<Version>,
+}
+
+/// A PROXY protocol version to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// A fronted connection's client, to announce to the mask host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announce {
+    pub version: Version,
+    /// The client (behind a trusted front end, the one it named).
+    pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+}
+
+impl Announce {
+    /// The header's bytes.
+    pub fn header(&self) -> Vec<u8> {
+        match self.version {
+            Version::V1 => v1_header(self.client, self.local),
+            Version::V2 => v2_header(self.client, self.local),
+        }
+    }
 }
 
 /// At most this many trusted networks (a list, searched per connection).
@@ -171,6 +201,8 @@ pub struct RawProxyProtocol {
     pub trusted: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     pub header_timeout: Option<Duration>,
+    /// `off`, `v1` or `v2`: announce fronted clients to the mask host.
+    pub mask: Option<String>,
 }
 
 impl ProxyProtocolConfig {
@@ -211,9 +243,21 @@ impl ProxyProtocolConfig {
                 "use a duration from 1ms to 60s".into(),
             ));
         }
+        let mask = match raw.mask.as_deref() {
+            None | Some("off") => None,
+            Some("v1") => Some(Version::V1),
+            Some("v2") => Some(Version::V2),
+            Some(o) => {
+                return Err((
+                    "proxy_protocol.mask".into(),
+                    format!("`{o}`: use off, v1 or v2"),
+                ))
+            }
+        };
         Ok(Self {
             trusted,
             header_timeout,
+            mask,
         })
     }
 

@@ -90,6 +90,7 @@ fn trust_is_by_network_and_sees_through_mapped_addresses() {
             "2001:db8::/32".parse().unwrap(),
         ],
         header_timeout: Duration::from_secs(1),
+        mask: None,
     };
     assert!(cfg.trusts("10.1.2.3".parse().unwrap()));
     assert!(cfg.trusts("::ffff:10.1.2.3".parse().unwrap()));
