@@ -7,6 +7,8 @@
 //!   FakeTLS to a proxy (or, without a secret, straight to a DC);
 //! * [`mtproto`]: the few unencrypted MTProto messages both of them need;
 //! * [`mmdb`]: [`write_mmdb`], a tiny MaxMind DB writer for geo tests;
+//! * [`socks5`]: [`socks5::Socks5Server`], a SOCKS5 proxy (optionally with a
+//!   password) that records its targets;
 //! * [`conf`]: pieces of loopback-only mtgate config files;
 //! * [`alloc`]: [`alloc::Counting`], a counting global allocator for memory
 //!   and allocation tests.
@@ -21,6 +23,7 @@ pub mod conf;
 pub mod fake_dc;
 pub mod mmdb;
 pub mod mtproto;
+pub mod socks5;
 
 pub use client::{ClientMode, ClientOptions, ObfsClient};
 pub use fake_dc::{FakeDc, FakeDcConfig, FakeDcMode, FakeDcStats};

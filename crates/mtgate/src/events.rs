@@ -93,6 +93,8 @@ pub enum Event<'a> {
     UpstreamFailed {
         id: u64,
         dc: u16,
+        /// What kind of failure (a metric label).
+        class: crate::net::connect::ErrorClass,
         error: &'a str,
     },
     /// Handed to the mask site (or held past the fronting budget), by cause:
@@ -212,7 +214,12 @@ impl EventSink for LogSink {
             Event::UpstreamConnected { id, dc, addr, took } => {
                 tracing::debug!(conn = id, dc, %addr, took_ms = took.as_millis() as u64, "upstream connected")
             }
-            Event::UpstreamFailed { id, dc, error } => {
+            Event::UpstreamFailed {
+                id,
+                dc,
+                class,
+                error,
+            } => {
                 let (ok, dropped) = self.upstream.allow();
                 if ok {
                     if dropped > 0 {
@@ -221,7 +228,13 @@ impl EventSink for LogSink {
                             "upstream failure lines dropped (over {LINES_PER_SECOND}/s)"
                         );
                     }
-                    tracing::warn!(conn = id, dc, error, "upstream connect failed")
+                    tracing::warn!(
+                        conn = id,
+                        dc,
+                        class = class.label(),
+                        error,
+                        "upstream connect failed"
+                    )
                 }
             }
             Event::Fronted { id, cause } => {

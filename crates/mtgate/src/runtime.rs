@@ -36,6 +36,8 @@ pub struct Runtime {
     pub mask_budget: Arc<crate::front::MaskBudget>,
     /// How clients' addresses are learned (see crate::peer).
     pub peer_source: crate::peer::PeerSource,
+    /// How DCs are reached in direct mode (see crate::net::connect).
+    pub connector: crate::net::connect::Connector,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -113,6 +115,10 @@ impl Runtime {
             policy,
             mask_budget: crate::front::MaskBudget::new(config.mask_budget),
             peer_source: crate::peer::PeerSource::from_config(&config.proxy_protocol),
+            connector: crate::net::connect::Connector::through(
+                config.socks5.clone(),
+                config.connect_timeout,
+            ),
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -145,6 +151,10 @@ impl Runtime {
             policy: self.policy.clone(),
             mask_budget: self.mask_budget.clone(),
             peer_source: crate::peer::PeerSource::from_config(&config.proxy_protocol),
+            connector: crate::net::connect::Connector::through(
+                config.socks5.clone(),
+                config.connect_timeout,
+            ),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),

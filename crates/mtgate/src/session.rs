@@ -328,16 +328,20 @@ async fn setup(
         crate::me::Routed::Done(reason) => return Err(reason),
         crate::me::Routed::Direct(stream, accepted) => (stream, accepted),
     };
-    let mut on_fail = |dc: u16, e: &str| {
-        rt.telemetry
-            .emit(Event::UpstreamFailed { id, dc, error: e })
+    let mut on_fail = |dc: u16, class, e: &str| {
+        rt.telemetry.emit(Event::UpstreamFailed {
+            id,
+            dc,
+            class,
+            error: e,
+        })
     };
     let connected = match Box::pin(upstream::connect_direct(
+        &rt.connector,
         &rt.config.dcs,
         accepted.dc,
         accepted.tag,
         rt.config.prefer,
-        rt.config.connect_timeout,
         &mut on_fail,
     ))
     .await

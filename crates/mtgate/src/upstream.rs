@@ -1,15 +1,16 @@
 //! Upstream selection for direct mode: resolve the client's DC index through
 //! the DC table, dial its addresses in the configured family order (falling
-//! back to the other family), and send the proxy's own obfuscated2 header.
+//! back to the other family) through the configured [`Connector`], and send
+//! the proxy's own obfuscated2 header.
 
 use crate::config::IpPreference;
 use crate::dc::DcTable;
+use crate::net::connect::{ConnectError, Connector, ErrorClass};
 use crate::relay::UpstreamSide;
 use mtgate_proto::obfs2::{self, DcIndex, ProtoTag, HEADER_LEN};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Why no upstream could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -42,27 +43,32 @@ pub fn ordered(addrs: &[SocketAddr], prefer: IpPreference) -> Vec<SocketAddr> {
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("{0}")]
-    Connect(std::io::Error),
-    #[error("connect timed out")]
-    Timeout,
+    Connect(ConnectError),
     /// Connected, but the header could not be sent.
     #[error("{0}")]
     Send(std::io::Error),
 }
 
-/// Connects to one DC address within `timeout` and sends the proxy's own
+impl DialError {
+    /// The failure's class (metrics label, log word).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Connect(e) => e.class,
+            Self::Send(e) => ErrorClass::of_io(e),
+        }
+    }
+}
+
+/// Connects to one DC address through `connector` and sends the proxy's own
 /// obfuscated2 header (PROTOCOL §5.1) announcing `tag`; the stream is then
 /// ready for the transport `tag` names. `mtgate doctor` probes DCs with this.
 pub async fn dial(
+    connector: &Connector,
     addr: SocketAddr,
     tag: ProtoTag,
     dc: DcIndex,
-    timeout: Duration,
 ) -> Result<UpstreamSide, DialError> {
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| DialError::Timeout)?
-        .map_err(DialError::Connect)?;
+    let mut stream = connector.connect(addr).await.map_err(DialError::Connect)?;
     let _ = stream.set_nodelay(true);
     let mut random = [0u8; HEADER_LEN];
     loop {
@@ -79,18 +85,18 @@ pub async fn dial(
 
 /// Dials the DC for `dc` and sends the obfuscated2 header with the client's tag.
 pub async fn connect_direct(
+    connector: &Connector,
     table: &DcTable,
     dc: DcIndex,
     tag: ProtoTag,
     prefer: IpPreference,
-    timeout: Duration,
-    failed: &mut (dyn FnMut(u16, &str) + Send),
+    failed: &mut (dyn FnMut(u16, ErrorClass, &str) + Send),
 ) -> Result<Connected, UpstreamError> {
     let (id, addrs) = table.resolve(dc.0).ok_or(UpstreamError::UnknownDc(dc.0))?;
     let started = Instant::now();
     let mut last = String::from("no address");
     for addr in ordered(addrs, prefer) {
-        match dial(addr, tag, dc, timeout).await {
+        match dial(connector, addr, tag, dc).await {
             Ok(side) => {
                 return Ok(Connected {
                     side,
@@ -101,7 +107,7 @@ pub async fn connect_direct(
             }
             Err(e) => {
                 last = format!("{addr}: {e}");
-                failed(id, &last);
+                failed(id, e.class(), &last);
             }
         }
     }

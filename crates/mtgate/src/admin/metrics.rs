@@ -70,6 +70,12 @@ struct DcLabels {
     dc: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DcClassLabels {
+    dc: String,
+    class: &'static str,
+}
+
 fn connect_histogram() -> Histogram {
     // 1 ms .. ~8 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -89,7 +95,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     connect_seconds: Family<DcLabels, Histogram, fn() -> Histogram>,
-    connect_failures: Family<DcLabels, Counter>,
+    connect_failures: Family<DcClassLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     reload_ok: Gauge,
     conn_cap: Gauge,
@@ -181,7 +187,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_connect_failures",
-            "Failed connects to a DC address, by DC index",
+            "Failed connects to a DC address, by DC index and failure class (refused, timeout, reset, unreachable, dns, tls, protocol, local)",
             m.connect_failures.clone(),
         );
         registry.register(
@@ -330,9 +336,12 @@ impl Metrics {
                     .get_or_create(&self.dc_label(*dc))
                     .observe(took.as_secs_f64());
             }
-            Event::UpstreamFailed { dc, .. } => {
+            Event::UpstreamFailed { dc, class, .. } => {
                 self.connect_failures
-                    .get_or_create(&self.dc_label(*dc))
+                    .get_or_create(&DcClassLabels {
+                        dc: self.dc_label(*dc).dc,
+                        class: class.label(),
+                    })
                     .inc();
             }
             Event::Fronted { cause, .. } => {

@@ -132,6 +132,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
+    /// SOCKS5 proxies (in order) for direct-mode DC connections (`upstream.socks5`).
+    pub socks5: Vec<crate::net::connect::Socks5Hop>,
     /// PROXY protocol from trusted front ends (`[proxy_protocol]`).
     pub proxy_protocol: crate::net::proxy_protocol::ProxyProtocolConfig,
 }
@@ -359,6 +361,20 @@ impl Config {
                 ))
             }
         };
+        let socks5 = u
+            .socks5
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                crate::net::connect::Socks5Hop::parse(h)
+                    .map_err(|e| invalid(format!("upstream.socks5[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if socks5.len() > 8 {
+            return Err(invalid("upstream.socks5", "at most 8 proxies in a chain"));
+        }
         let mut dcs = DcTable::telegram_defaults(unknown);
         for (k, addrs) in &raw.dcs {
             let key = format!("dcs.{k}");
@@ -454,6 +470,7 @@ impl Config {
             fake_cert_len,
             prefer,
             connect_timeout: u.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            socks5,
             dcs,
             users,
             log_level,

@@ -103,6 +103,8 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Duration>,
     pub unknown_dc: Option<String>,
     pub fallback_dc: Option<u16>,
+    /// SOCKS5 proxies, in order, for direct-mode DC connections.
+    pub socks5: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

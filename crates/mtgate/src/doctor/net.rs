@@ -4,6 +4,7 @@
 use super::Check;
 use crate::config::Config;
 use crate::me::files::MeFiles;
+use crate::net::connect::{Connector, ErrorClass};
 use crate::upstream::{self, DialError};
 use mtgate_proto::obfs2::{DcIndex, ProtoTag};
 use mtgate_proto::probe::{self, ProbeError};
@@ -108,6 +109,7 @@ fn unix_now() -> (u64, u32) {
 /// then `req_pq_multi` in the intermediate transport the header announced.
 /// Returns the round-trip time and the server's clock.
 pub async fn probe_dc(
+    connector: &Connector,
     addr: SocketAddr,
     dc: u16,
     timeout: Duration,
@@ -115,11 +117,11 @@ pub async fn probe_dc(
     let started = Instant::now();
     let tag = ProtoTag::Intermediate;
     let dc_index = DcIndex(i16::try_from(dc).unwrap_or(i16::MAX));
-    let side = upstream::dial(addr, tag, dc_index, timeout)
+    let side = upstream::dial(connector, addr, tag, dc_index)
         .await
         .map_err(|e| match e {
-            DialError::Timeout => DcProbeError::ConnectTimeout,
-            DialError::Connect(e) => DcProbeError::Connect(e),
+            DialError::Connect(e) if e.class == ErrorClass::Timeout => DcProbeError::ConnectTimeout,
+            DialError::Connect(e) => DcProbeError::Connect(std::io::Error::other(e.detail)),
             DialError::Send(e) => DcProbeError::Send(e),
         })?;
     let left = timeout.saturating_sub(started.elapsed());
@@ -182,11 +184,14 @@ fn dc_fix(e: &DcProbeError, addr: SocketAddr, dc: u16) -> String {
 pub async fn dcs(cfg: &Config, timeout: Duration) -> DcResults {
     let mut set = tokio::task::JoinSet::new();
     let mut order = Vec::new();
+    // The way `run` reaches DCs (through the SOCKS5 chain, if any).
+    let connector = Connector::through(cfg.socks5.clone(), timeout);
     for (dc, addrs) in cfg.dcs.entries() {
         for &addr in addrs {
             let i = order.len();
             order.push((dc, addr));
-            set.spawn(async move { (i, probe_dc(addr, dc, timeout).await) });
+            let connector = connector.clone();
+            set.spawn(async move { (i, probe_dc(&connector, addr, dc, timeout).await) });
         }
     }
     let mut results: Vec<Option<Result<(Duration, u64), DcProbeError>>> =
@@ -383,7 +388,14 @@ mod tests {
             let _ = s.write_all(&out).await;
             let _ = s.read(&mut buf).await;
         });
-        let e = probe_dc(addr, 2, Duration::from_secs(5)).await.unwrap_err();
+        let e = probe_dc(
+            &Connector::direct(Duration::from_secs(5)),
+            addr,
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(
                 e,

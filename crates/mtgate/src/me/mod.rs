@@ -309,6 +309,8 @@ pub async fn route(
         rt.telemetry.emit(Event::UpstreamFailed {
             id,
             dc: dc.abs(),
+            // No link to any middle-end of the DC is up.
+            class: crate::net::connect::ErrorClass::Unreachable,
             error,
         });
         return if me.fallback_direct() {

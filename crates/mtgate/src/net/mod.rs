@@ -6,7 +6,12 @@
 //!   admission and the client address it carries is what the policy, the
 //!   logs and ME requests see ([`crate::peer::PeerSource::ProxyProtocol`]).
 //!
-//! Still to come here (issue 14): the inbound WebSocket transport, upstream
-//! connectors (TCP, SOCKS5, WebSocket) with balancing, health and pooling.
+//! * [`connect`]: upstream connectors ([`connect::Connector`]): plain TCP or
+//!   a chain of SOCKS5 proxies; every failure classified
+//!   ([`connect::ErrorClass`]) for metrics and logs.
+//!
+//! Still to come here (issue 14): the inbound WebSocket transport, a
+//! WebSocket upstream, balancing with health, pooling.
 
+pub mod connect;
 pub mod proxy_protocol;
