@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import (FAKE_DC_BIN, MTGATE_BIN, MaskSink, Secrets, Service, fmt_addr, proxy_config,
-                     require)
+from harness import (FAKE_DC_BIN, MTGATE_BIN, MaskSink, Secrets, Service, Socks5Proxy, fmt_addr,
+                     proxy_config, require)
 
 
 class Stack(Secrets):
-    def __init__(self, fake_dc: Service, proxy: Service, key_hex: str, mask: MaskSink):
+    def __init__(self, fake_dc: Service, proxy: Service, key_hex: str, mask: MaskSink,
+                 socks: Socks5Proxy | None = None):
         self.fake_dc = fake_dc
         self.proxy = proxy
         self.mask = mask
+        self.socks = socks
         self.key_hex = key_hex
         self.host, self.port = proxy.addrs[0]
         self.dc_host, self.dc_port = fake_dc.addrs[0]
@@ -30,17 +32,22 @@ class Stack(Secrets):
         self.proxy.stop()
         self.fake_dc.stop()
         self.mask.stop()
+        if self.socks is not None:
+            self.socks.stop()
 
     def check_alive(self):
         for s in (self.fake_dc, self.proxy):
             assert s.alive(), f"{s.name} died (rc={s.proc.returncode})\n{self.diag()}"
 
 
-def _start_stack(tmp: Path, host: str) -> Stack:
+def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None) -> Stack:
     require(MTGATE_BIN, FAKE_DC_BIN)
     key_hex = os.urandom(16).hex()
     mask = MaskSink(host)
     fake_dc = None
+    upstream = "\n[upstream]\nfallback_dc = 2\n"
+    if socks is not None:
+        upstream += f'socks5 = ["socks5://{socks.user.decode()}:{socks.password.decode()}@{fmt_addr(*socks.addr)}"]\n'
     try:
         fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)], tmp)
         state = tmp / "state"
@@ -49,14 +56,14 @@ def _start_stack(tmp: Path, host: str) -> Stack:
         cfg.write_text(proxy_config(listen=fmt_addr(host, 0), dcs=[fmt_addr(*fake_dc.addrs[0])],
                                     key_hex=key_hex, state_dir=state,
                                     mask_addr=fmt_addr(*mask.addr), public_host=host,
-                                    extra="\n[upstream]\nfallback_dc = 2\n"))
+                                    extra=upstream))
         proxy = Service("mtgate", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
     except BaseException:
         if fake_dc is not None:
             fake_dc.stop()
         mask.stop()
         raise
-    return Stack(fake_dc, proxy, key_hex, mask)
+    return Stack(fake_dc, proxy, key_hex, mask, socks)
 
 
 def _ipv6_loopback_ok() -> bool:
@@ -85,3 +92,16 @@ def stack6(tmp_path_factory):
     yield st
     st.stop()
 
+
+
+@pytest.fixture(scope="module")
+def stack_socks(tmp_path_factory):
+    """The stack with mtgate's DC connections going through a SOCKS5 proxy with a password."""
+    socks = Socks5Proxy("mtgate", "pw-" + os.urandom(4).hex())
+    try:
+        st = _start_stack(tmp_path_factory.mktemp("stack_socks"), "127.0.0.1", socks)
+    except BaseException:
+        socks.stop()
+        raise
+    yield st
+    st.stop()

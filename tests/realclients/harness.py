@@ -218,6 +218,76 @@ class MaskSink(Acceptor):
             c.close()
 
 
+class Socks5Proxy(Acceptor):
+    """A SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 password) on loopback for mtgate's upstream:
+    records the targets it was asked for and relays both ways."""
+
+    def __init__(self, user: str, password: str):
+        self.user, self.password = user.encode(), password.encode()
+        self.targets: list[str] = []
+        super().__init__("127.0.0.1", "socks5")
+
+    def serve(self, c: socket.socket, conn) -> None:
+        c.settimeout(30)
+        try:
+            ver, n = _recv(c, 2)
+            methods = _recv(c, n)
+            if ver != 5 or 2 not in methods:
+                c.sendall(b"\x05\xff")
+                return
+            c.sendall(b"\x05\x02")
+            _, ulen = _recv(c, 2)
+            user = _recv(c, ulen)
+            password = _recv(c, _recv(c, 1)[0])
+            if (user, password) != (self.user, self.password):
+                c.sendall(b"\x01\x01")
+                return
+            c.sendall(b"\x01\x00")
+            _, cmd, _, atyp = _recv(c, 4)
+            if cmd != 1 or atyp not in (1, 4):
+                return
+            ip = socket.inet_ntop(socket.AF_INET if atyp == 1 else socket.AF_INET6,
+                                  _recv(c, 4 if atyp == 1 else 16))
+            port = int.from_bytes(_recv(c, 2), "big")
+            with self._lock:
+                self.targets.append(fmt_addr(ip, port))
+            up = socket.create_connection((ip, port), timeout=10)
+            c.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00")
+            for s in (c, up):
+                s.settimeout(60)
+            t = threading.Thread(target=_pipe, args=(up, c), daemon=True)
+            t.start()
+            _pipe(c, up)
+            t.join(timeout=60)
+            up.close()
+        except (OSError, ValueError):
+            pass
+        finally:
+            c.close()
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        d = s.recv(n - len(out))
+        if not d:
+            raise ValueError("closed")
+        out += d
+    return out
+
+
+def _pipe(src: socket.socket, dst: socket.socket):
+    try:
+        while True:
+            d = src.recv(65536)
+            if not d:
+                break
+            dst.sendall(d)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def proxy_config(*, key_hex: str, state_dir: Path, mask_addr: str, dcs: list[str],
                  listen: str = "127.0.0.1:0", public_host: str = "127.0.0.1",
                  extra: str = "") -> str:

@@ -75,3 +75,16 @@ def test_ipv6_loopback(stack6):
     assert_tdlib_got_dc_answer(res, stack6)
     res = telethon(stack6.host, stack6.port, stack6.dd_secret, "randomized")
     assert_telethon_got_dc_answer(res, stack6)
+
+
+def test_real_clients_through_a_socks5_upstream(stack_socks):
+    """Direct mode with [upstream] socks5: TDLib (ee) and Telethon (dd) reach the fake DC through
+    a SOCKS5 proxy with a password, which was asked for the fake DC each time."""
+    st = stack_socks
+    res = tdlib(st.host, st.port, st.ee_secret)
+    assert_tdlib_got_dc_answer(res, st)
+    res = telethon(st.host, st.port, st.dd_secret, "randomized")
+    assert_telethon_got_dc_answer(res, st)
+    dc = f"{st.dc_host}:{st.dc_port}"
+    assert len(st.socks.targets) >= 2 and set(st.socks.targets) == {dc}, st.socks.targets
+    st.check_alive()
