@@ -16,6 +16,7 @@
 //! ([`guarded_accept`]) that adds the stop signal and the liveness count the
 //! systemd watchdog reads; the accept loop itself is unchanged.
 
+use crate::net::inbound::TcpInbound;
 use crate::runtime::{Live, Runtime};
 use crate::session;
 use anyhow::Context;
@@ -132,7 +133,12 @@ impl Server {
             shared.push(listener.clone());
             alive.fetch_add(1, Ordering::SeqCst);
             tasks.spawn(guarded_accept(
-                accept_loop(listener, live.clone(), conns.clone(), rx.clone()),
+                accept_loop(
+                    TcpInbound::new(listener, addr),
+                    live.clone(),
+                    conns.clone(),
+                    rx.clone(),
+                ),
                 stop_rx.clone(),
                 AliveGuard(alive.clone()),
             ));
@@ -309,7 +315,7 @@ async fn guarded_accept(
 }
 
 async fn accept_loop(
-    listener: Arc<TcpListener>,
+    listener: TcpInbound,
     live: Arc<Live>,
     conns: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -322,7 +328,7 @@ async fn accept_loop(
         let Ok(permit) = conns.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
+        let inbound = match listener.accept().await {
             Ok(x) => {
                 backoff = Duration::from_millis(5);
                 x
@@ -338,7 +344,7 @@ async fn accept_loop(
         let rt = live.current();
         let sd = shutdown.clone();
         tokio::spawn(async move {
-            session::serve(stream, peer, rt, sd).await;
+            session::serve(inbound, rt, sd).await;
             drop(permit);
         });
     }

@@ -5,6 +5,7 @@
 use crate::config::policy::RefuseAction;
 use crate::events::{CloseReason, Event};
 use crate::mask::{self, MaskLink};
+use crate::net::inbound::{Inbound, Meta};
 use crate::net::proxy_protocol::Announce;
 use crate::peer::Peer;
 use crate::policy::engine::Refusal;
@@ -14,7 +15,6 @@ use crate::stop::Stop;
 use crate::upstream::{self, UpstreamError};
 use mtgate_proto::{Handshake, Outcome, RejectReason};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -44,17 +44,20 @@ fn unix_now() -> u64 {
 /// future that is freed when it ends, so the task keeps only the relay, the
 /// user's lease and a few words (no async-fn arguments stored twice).
 pub fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    inbound: Inbound,
     rt: Arc<Runtime>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send {
     use tracing::Instrument;
     let id = rt.next_conn_id();
+    let Inbound { stream, meta } = inbound;
+    let peer = meta.peer;
     let span = tracing::debug_span!(
         "conn",
         id,
         %peer,
+        listener = %meta.listener,
+        transport = meta.transport.label(),
         client = tracing::field::Empty,
         user = tracing::field::Empty,
         mode = tracing::field::Empty
@@ -75,7 +78,7 @@ pub fn serve(
         let reason = Phases::Setup {
             setup: Box::pin(setup(
                 stream,
-                peer,
+                meta,
                 id,
                 &rt,
                 &traffic,
@@ -211,7 +214,7 @@ fn announce(rt: &Runtime, who: Peer, stream: &TcpStream) -> Option<Announce> {
 #[allow(clippy::too_many_arguments)]
 async fn setup(
     mut stream: TcpStream,
-    peer: SocketAddr,
+    meta: Meta,
     id: u64,
     rt: &Arc<Runtime>,
     traffic: &Traffic,
@@ -220,7 +223,7 @@ async fn setup(
 ) -> Result<Ready, CloseReason> {
     // The client as the policy counts it (behind a trusted front end, the
     // address it vouches for; see crate::peer).
-    let who = match rt.peer_source.identify(&mut stream, peer).await {
+    let who = match rt.peer_source.identify(&mut stream, meta.peer).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "no client address from a trusted front end");
@@ -463,7 +466,15 @@ mod tests {
             crate::runtime::Runtime::build(cfg, vec![], Default::default()).expect("runtime"),
         );
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        let f = super::serve(s, a, rt, rx);
+        let inbound = crate::net::inbound::Inbound {
+            stream: s,
+            meta: crate::net::inbound::Meta {
+                peer: a,
+                listener: a,
+                transport: crate::net::inbound::Transport::Tcp,
+            },
+        };
+        let f = super::serve(inbound, rt, rx);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 1024, "session future is {size} bytes");
     }
