@@ -97,6 +97,16 @@ pub enum Event<'a> {
         class: crate::net::connect::ErrorClass,
         error: &'a str,
     },
+    /// A DC target was taken out of service by its circuit breaker.
+    TargetEjected {
+        addr: std::net::SocketAddr,
+        /// For how long (until a trial or an active check).
+        cooldown: std::time::Duration,
+    },
+    /// A DC target is back in service (a trial or an active check passed).
+    TargetRestored {
+        addr: std::net::SocketAddr,
+    },
     /// Handed to the mask site (or held past the fronting budget), by cause:
     /// a rejected handshake, the handshake deadline, a client that closed
     /// before it decided, or a policy refusal.
@@ -239,6 +249,12 @@ impl EventSink for LogSink {
             }
             Event::Fronted { id, cause } => {
                 tracing::debug!(conn = id, cause = cause.label(), "fronted to mask host")
+            }
+            Event::TargetEjected { addr, cooldown } => {
+                tracing::warn!(%addr, ?cooldown, "upstream target taken out of service after failures")
+            }
+            Event::TargetRestored { addr } => {
+                tracing::info!(%addr, "upstream target back in service")
             }
             Event::Reloaded { ok: true, detail } => {
                 tracing::info!(detail, "configuration reloaded")

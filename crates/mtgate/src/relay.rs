@@ -43,6 +43,9 @@ pub struct ClientSide {
 pub struct UpstreamSide {
     pub stream: TcpStream,
     pub ciphers: CipherPair,
+    /// Counts the connection on its target while it lasts (least-connections
+    /// balancing only; `None` otherwise).
+    pub lease: Option<crate::net::balance::Lease>,
 }
 
 /// Byte counters of one session, readable while it runs.
@@ -80,6 +83,10 @@ struct Keys {
     u_dec: AesCtr,
     u_enc: AesCtr,
     tls: Option<RecordStripper>,
+    /// The upstream target's connection count (least-connections balancing),
+    /// kept here, in the box the relay allocates anyway: it rounds up to the
+    /// same allocation class, so no connection grows for it.
+    _target: Option<crate::net::balance::Lease>,
 }
 
 /// Runs the relay until one side ends it; returns the close reason.
@@ -107,6 +114,7 @@ pub fn run<'a, H: Send + 'a>(
         u_dec: upstream.ciphers.dec,
         u_enc: upstream.ciphers.enc,
         tls: client.tls,
+        _target: upstream.lease,
     });
     let start = Instant::now();
     traffic.touch(start);
@@ -531,6 +539,27 @@ fn record_slices<'b>(
         }
     }
     k
+}
+
+#[cfg(test)]
+mod keys_size {
+    /// The boxed keys stay in the allocation class they had before the
+    /// balancer's lease joined them (jemalloc classes: …, 640, 768, …).
+    #[test]
+    fn the_keys_box_keeps_its_size_class() {
+        let n = std::mem::size_of::<super::Keys>();
+        let without = n - std::mem::size_of::<Option<crate::net::balance::Lease>>();
+        let class = |n: usize| {
+            [512usize, 640, 768, 896, 1024]
+                .into_iter()
+                .find(|c| n <= *c)
+        };
+        assert_eq!(
+            class(n),
+            class(without),
+            "Keys is {n} bytes (was {without})"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! started with, so a reload never changes a running connection.
 
 use crate::config::{Config, User};
-use crate::events::Telemetry;
+use crate::events::{Event, Telemetry};
 use crate::policy::clock::{SharedClock, SystemClock};
 use crate::policy::engine::Policy;
 use crate::policy::error::PolicyError;
@@ -18,6 +18,7 @@ use mtgate_proto::replay::ReplayCache;
 use mtgate_proto::HandshakeConfig;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub struct Runtime {
     pub config: Config,
@@ -38,6 +39,10 @@ pub struct Runtime {
     pub peer_source: crate::peer::PeerSource,
     /// How DCs are reached in direct mode (see crate::net::connect).
     pub connector: crate::net::connect::Connector,
+    /// Which DC target to try first, and their breakers (shared across reloads).
+    pub balancer: Arc<crate::net::balance::Balancer>,
+    /// Connections opened ahead to DC targets (shared across reloads).
+    pub warm: Arc<crate::net::warm::WarmPool>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -119,6 +124,11 @@ impl Runtime {
                 config.socks5.clone(),
                 config.connect_timeout,
             ),
+            balancer: crate::net::balance::Balancer::new(
+                config.balance.clone(),
+                dc_targets(&config),
+            ),
+            warm: Arc::new(crate::net::warm::WarmPool::new(config.warm)),
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -147,6 +157,9 @@ impl Runtime {
         hc.observed_cert_lens = old.observed_cert_lens.clone();
         hc.versions_first = old.versions_first;
         self.mask_budget.reconfigure(config.mask_budget);
+        self.balancer
+            .reconfigure(config.balance.clone(), dc_targets(&config));
+        self.warm.reconfigure(config.warm);
         Ok(Self {
             policy: self.policy.clone(),
             mask_budget: self.mask_budget.clone(),
@@ -155,6 +168,8 @@ impl Runtime {
                 config.socks5.clone(),
                 config.connect_timeout,
             ),
+            balancer: self.balancer.clone(),
+            warm: self.warm.clone(),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),
@@ -239,4 +254,61 @@ pub fn spawn_profiler_with(
             tokio::time::sleep(wait).await;
         }
     })
+}
+
+/// Every DC address of `config`'s table, once each: the balancer's targets.
+fn dc_targets(config: &Config) -> Vec<std::net::SocketAddr> {
+    let mut v: Vec<_> = config
+        .dcs
+        .entries()
+        .flat_map(|(_, addrs)| addrs.iter().copied())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Checks the targets the balancer took out, every `upstream.health.check_interval`:
+/// a DC address that answers the MTProto handshake (the check `mtgate doctor`
+/// runs) is put back in service. Runs until the task is dropped.
+pub async fn health_checks(live: Arc<Live>) {
+    loop {
+        let rt = live.current();
+        let every = rt.balancer.check_interval();
+        if every.is_zero() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        tokio::time::sleep(every).await;
+        let rt = live.current();
+        for addr in rt.balancer.ejected() {
+            let timeout = rt.config.connect_timeout;
+            let ok = crate::doctor::probe_dc(&rt.connector, addr, 2, timeout)
+                .await
+                .is_ok();
+            if ok && rt.balancer.restore(addr) == crate::net::balance::Change::Restored {
+                rt.telemetry.emit(Event::TargetRestored { addr });
+            }
+        }
+    }
+}
+
+/// Keeps the warm pool (`[upstream.pool]`) filled for the DC targets in
+/// service. Runs until the task is dropped.
+pub async fn warm_upkeep(live: Arc<Live>) {
+    loop {
+        let rt = live.current();
+        let Some(period) = rt.warm.period() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let ejected = rt.balancer.ejected();
+        let targets: Vec<_> = dc_targets(&rt.config)
+            .into_iter()
+            .filter(|t| !ejected.contains(t))
+            .collect();
+        rt.warm.refill(&rt.connector, &targets).await;
+        drop(rt);
+        tokio::time::sleep(period).await;
+    }
 }

@@ -49,6 +49,9 @@ pub struct Server {
     /// The users' stop signals, which authenticated sessions listen to
     /// instead of `shutdown` (shared across reloads).
     drains: Arc<crate::stop::Drains>,
+    /// Upstream upkeep: active checks of the DC targets the balancer took
+    /// out, and the warm pool.
+    upkeep: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for Server {
@@ -56,6 +59,7 @@ impl Drop for Server {
     /// only signal (its sender's drop ended them).
     fn drop(&mut self) {
         self.drains.shutdown_all();
+        self.upkeep.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 
@@ -154,6 +158,10 @@ impl Server {
             stop,
             alive,
             drains: rt.drains.clone(),
+            upkeep: [
+                tokio::spawn(crate::runtime::health_checks(live.clone())),
+                tokio::spawn(crate::runtime::warm_upkeep(live)),
+            ],
         })
     }
 
@@ -197,6 +205,7 @@ impl Server {
     /// accept loop has ended.
     pub async fn stop_accepting(&mut self) {
         let _ = self.stop.send(true);
+        self.upkeep.iter().for_each(tokio::task::JoinHandle::abort);
         while self.tasks.join_next().await.is_some() {}
         if let Ok(mut l) = self.listeners.lock() {
             l.clear();

@@ -331,21 +331,33 @@ async fn setup(
         crate::me::Routed::Done(reason) => return Err(reason),
         crate::me::Routed::Direct(stream, accepted) => (stream, accepted),
     };
-    let mut on_fail = |dc: u16, class, e: &str| {
-        rt.telemetry.emit(Event::UpstreamFailed {
-            id,
-            dc,
-            class,
-            error: e,
-        })
+    let mut events = |a: upstream::Attempt<'_>| match a {
+        upstream::Attempt::Failed { dc, class, error } => {
+            rt.telemetry.emit(Event::UpstreamFailed {
+                id,
+                dc,
+                class,
+                error,
+            })
+        }
+        upstream::Attempt::Ejected { addr, cooldown } => {
+            rt.telemetry.emit(Event::TargetEjected { addr, cooldown })
+        }
+        upstream::Attempt::Restored { addr } => rt.telemetry.emit(Event::TargetRestored { addr }),
+    };
+    let route = upstream::Route {
+        connector: &rt.connector,
+        table: &rt.config.dcs,
+        balancer: &rt.balancer,
+        prefer: rt.config.prefer,
+        warm: &rt.warm,
     };
     let connected = match Box::pin(upstream::connect_direct(
-        &rt.connector,
-        &rt.config.dcs,
+        &route,
         accepted.dc,
         accepted.tag,
-        rt.config.prefer,
-        &mut on_fail,
+        ip,
+        &mut events,
     ))
     .await
     {

@@ -5,10 +5,12 @@
 
 use crate::config::IpPreference;
 use crate::dc::DcTable;
+use crate::net::balance::{Balancer, Change};
 use crate::net::connect::{ConnectError, Connector, ErrorClass};
+use crate::net::warm::WarmPool;
 use crate::relay::UpstreamSide;
 use mtgate_proto::obfs2::{self, DcIndex, ProtoTag, HEADER_LEN};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -68,7 +70,16 @@ pub async fn dial(
     tag: ProtoTag,
     dc: DcIndex,
 ) -> Result<UpstreamSide, DialError> {
-    let mut stream = connector.connect(addr).await.map_err(DialError::Connect)?;
+    let stream = connector.connect(addr).await.map_err(DialError::Connect)?;
+    send_header(stream, tag, dc).await.map_err(DialError::Send)
+}
+
+/// Sends the proxy's own obfuscated2 header on a connected `stream`.
+async fn send_header(
+    mut stream: tokio::net::TcpStream,
+    tag: ProtoTag,
+    dc: DcIndex,
+) -> std::io::Result<UpstreamSide> {
     let _ = stream.set_nodelay(true);
     let mut random = [0u8; HEADER_LEN];
     loop {
@@ -79,39 +90,106 @@ pub async fn dial(
     }
     // The client's signed index is passed on (a DC ignores it; it keeps media visible).
     let (header, ciphers) = obfs2::build_dc_header(&random, tag, dc);
-    stream.write_all(&header).await.map_err(DialError::Send)?;
-    Ok(UpstreamSide { stream, ciphers })
+    stream.write_all(&header).await?;
+    Ok(UpstreamSide {
+        stream,
+        ciphers,
+        lease: None,
+    })
 }
 
-/// Dials the DC for `dc` and sends the obfuscated2 header with the client's tag.
+/// A warm connection to `addr` from the pool with the header sent, if one
+/// is ready and takes the header (one that does not is thrown away).
+async fn warm(
+    route: &Route<'_>,
+    addr: SocketAddr,
+    tag: ProtoTag,
+    dc: DcIndex,
+) -> Option<UpstreamSide> {
+    let stream = route.warm.take(addr)?;
+    send_header(stream, tag, dc).await.ok()
+}
+
+/// Where a direct connection goes and how: the connector, the DC table,
+/// the balancer, the family preference.
+pub struct Route<'a> {
+    pub connector: &'a Connector,
+    pub table: &'a DcTable,
+    pub balancer: &'a Balancer,
+    pub prefer: IpPreference,
+    /// Connections opened ahead (`[upstream.pool]`).
+    pub warm: &'a WarmPool,
+}
+
+/// Dials the DC for `dc` and sends the obfuscated2 header with the client's
+/// tag: its targets in the balancer's order for `client`, the next one only
+/// after a failed connect (no client byte has been forwarded yet, so a retry
+/// is safe). Every result feeds the target's circuit breaker; `events` hears
+/// each failure and each ejection.
 pub async fn connect_direct(
-    connector: &Connector,
-    table: &DcTable,
+    route: &Route<'_>,
     dc: DcIndex,
     tag: ProtoTag,
-    prefer: IpPreference,
-    failed: &mut (dyn FnMut(u16, ErrorClass, &str) + Send),
+    client: IpAddr,
+    events: &mut (dyn FnMut(Attempt<'_>) + Send),
 ) -> Result<Connected, UpstreamError> {
-    let (id, addrs) = table.resolve(dc.0).ok_or(UpstreamError::UnknownDc(dc.0))?;
+    let (id, addrs) = route
+        .table
+        .resolve(dc.0)
+        .ok_or(UpstreamError::UnknownDc(dc.0))?;
     let started = Instant::now();
     let mut last = String::from("no address");
-    for addr in ordered(addrs, prefer) {
-        match dial(connector, addr, tag, dc).await {
-            Ok(side) => {
+    for addr in route.balancer.order(addrs, route.prefer, client) {
+        let result = match warm(route, addr, tag, dc).await {
+            Some(side) => Ok(side),
+            None => dial(route.connector, addr, tag, dc).await,
+        };
+        let change = route.balancer.record(addr, result.is_ok());
+        if let Change::Ejected(cooldown) = change {
+            events(Attempt::Ejected { addr, cooldown });
+        }
+        match result {
+            Ok(mut side) => {
+                if change == Change::Restored {
+                    events(Attempt::Restored { addr });
+                }
+                side.lease = route.balancer.lease_for_strategy(addr);
                 return Ok(Connected {
                     side,
                     dc: id,
                     addr,
                     took: started.elapsed(),
-                })
+                });
             }
             Err(e) => {
                 last = format!("{addr}: {e}");
-                failed(id, e.class(), &last);
+                events(Attempt::Failed {
+                    dc: id,
+                    class: e.class(),
+                    error: &last,
+                });
             }
         }
     }
     Err(UpstreamError::Unreachable { dc: id, last })
+}
+
+/// What happened on the way to a DC, for the session's events.
+#[derive(Debug)]
+pub enum Attempt<'a> {
+    /// One target failed.
+    Failed {
+        dc: u16,
+        class: ErrorClass,
+        error: &'a str,
+    },
+    /// A target's breaker opened.
+    Ejected {
+        addr: SocketAddr,
+        cooldown: Duration,
+    },
+    /// A target's trial connection succeeded: back in service.
+    Restored { addr: SocketAddr },
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ struct DcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DcClassLabels {
     dc: String,
     class: &'static str,
@@ -96,6 +101,8 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     connect_seconds: Family<DcLabels, Histogram, fn() -> Histogram>,
     connect_failures: Family<DcClassLabels, Counter>,
+    ejections: Family<TargetLabels, Counter>,
+    restorations: Family<TargetLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     reload_ok: Gauge,
     conn_cap: Gauge,
@@ -133,6 +140,8 @@ impl Metrics {
             bytes: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
             connect_failures: Family::default(),
+            ejections: Family::default(),
+            restorations: Family::default(),
             reloads: Family::default(),
             reload_ok: Gauge::default(),
             conn_cap: Gauge::default(),
@@ -189,6 +198,16 @@ impl Metrics {
             "upstream_connect_failures",
             "Failed connects to a DC address, by DC index and failure class (refused, timeout, reset, unreachable, dns, tls, protocol, local)",
             m.connect_failures.clone(),
+        );
+        registry.register(
+            "upstream_target_ejections",
+            "DC targets taken out of service by their circuit breaker, by target (ip:port)",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "upstream_target_restorations",
+            "DC targets put back in service (a trial connection or an active check passed), by target",
+            m.restorations.clone(),
         );
         registry.register(
             "config_reloads",
@@ -341,6 +360,20 @@ impl Metrics {
                     .get_or_create(&DcClassLabels {
                         dc: self.dc_label(*dc).dc,
                         class: class.label(),
+                    })
+                    .inc();
+            }
+            Event::TargetEjected { addr, .. } => {
+                self.ejections
+                    .get_or_create(&TargetLabels {
+                        target: addr.to_string(),
+                    })
+                    .inc();
+            }
+            Event::TargetRestored { addr } => {
+                self.restorations
+                    .get_or_create(&TargetLabels {
+                        target: addr.to_string(),
                     })
                     .inc();
             }

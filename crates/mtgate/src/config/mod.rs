@@ -132,6 +132,10 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
+    /// Connections opened ahead to DC targets (`[upstream.pool]`).
+    pub warm: crate::net::warm::WarmConfig,
+    /// How a DC's targets are chosen, and their circuit breakers.
+    pub balance: crate::net::balance::BalanceConfig,
     /// SOCKS5 proxies (in order) for direct-mode DC connections (`upstream.socks5`).
     pub socks5: Vec<crate::net::connect::Socks5Hop>,
     /// PROXY protocol from trusted front ends (`[proxy_protocol]`).
@@ -375,6 +379,14 @@ impl Config {
         if socks5.len() > 8 {
             return Err(invalid("upstream.socks5", "at most 8 proxies in a chain"));
         }
+        let balance = crate::net::balance::BalanceConfig::from_raw(
+            u.balance.as_deref(),
+            &u.weights,
+            u.health,
+        )
+        .map_err(|(key, msg)| invalid(key, msg))?;
+        let warm = crate::net::warm::WarmConfig::from_raw(u.pool)
+            .map_err(|(key, msg)| invalid(key, msg))?;
         let mut dcs = DcTable::telegram_defaults(unknown);
         for (k, addrs) in &raw.dcs {
             let key = format!("dcs.{k}");
@@ -471,6 +483,8 @@ impl Config {
             prefer,
             connect_timeout: u.connect_timeout.unwrap_or(Duration::from_secs(10)),
             socks5,
+            balance,
+            warm,
             dcs,
             users,
             log_level,

@@ -105,6 +105,15 @@ pub struct RawUpstream {
     pub fallback_dc: Option<u16>,
     /// SOCKS5 proxies, in order, for direct-mode DC connections.
     pub socks5: Option<Vec<String>>,
+    /// How a DC's targets are chosen.
+    pub balance: Option<String>,
+    /// `"ip:port" = weight`.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub health: crate::net::balance::RawHealth,
+    #[serde(default)]
+    pub pool: crate::net::warm::RawWarm,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -135,6 +135,7 @@ async fn exchange(side: crate::relay::UpstreamSide, tag: ProtoTag) -> Result<u64
     let crate::relay::UpstreamSide {
         mut stream,
         mut ciphers,
+        ..
     } = side;
     let mut nonce = [0u8; 16];
     mtgate_crypto::fill_random(&mut nonce);

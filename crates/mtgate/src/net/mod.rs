@@ -1,6 +1,10 @@
 //! Networking rooms (DESIGN §6): how connections come in and how upstreams
 //! are reached, each behind a narrow interface.
 //!
+//! * [`balance`]: the order in which a DC's targets are tried (failover,
+//!   weighted round-robin, least connections, client hash) and a circuit
+//!   breaker per target, fed by every connect and by active checks.
+//! * [`warm`]: connections to DC targets opened ahead, checked before use.
 //! * [`inbound`]: inbound transports: a listener yields the stream and its
 //!   [`inbound::Meta`] (transport peer, listener, transport kind); plain TCP
 //!   is [`inbound::TcpInbound`].
@@ -14,8 +18,10 @@
 //!   ([`connect::ErrorClass`]) for metrics and logs.
 //!
 //! Still to come here (issue 14): the inbound WebSocket transport, a
-//! WebSocket upstream, balancing with health, pooling.
+//! WebSocket upstream.
 
+pub mod balance;
 pub mod connect;
 pub mod inbound;
 pub mod proxy_protocol;
+pub mod warm;
