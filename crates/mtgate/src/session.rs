@@ -351,6 +351,7 @@ async fn setup(
         balancer: &rt.balancer,
         prefer: rt.config.prefer,
         warm: &rt.warm,
+        attempt_delay: rt.config.attempt_delay,
     };
     let connected = match Box::pin(upstream::connect_direct(
         &route,

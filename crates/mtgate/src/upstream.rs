@@ -9,6 +9,7 @@ use crate::net::balance::{Balancer, Change};
 use crate::net::connect::{ConnectError, Connector, ErrorClass};
 use crate::net::warm::WarmPool;
 use crate::relay::UpstreamSide;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use mtgate_proto::obfs2::{self, DcIndex, ProtoTag, HEADER_LEN};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -119,6 +120,9 @@ pub struct Route<'a> {
     pub prefer: IpPreference,
     /// Connections opened ahead (`[upstream.pool]`).
     pub warm: &'a WarmPool,
+    /// How long an attempt may go unanswered before the next target starts
+    /// alongside it (`upstream.attempt_delay`; zero: one at a time).
+    pub attempt_delay: Duration,
 }
 
 /// Dials the DC for `dc` and sends the obfuscated2 header with the client's
@@ -139,11 +143,48 @@ pub async fn connect_direct(
         .ok_or(UpstreamError::UnknownDc(dc.0))?;
     let started = Instant::now();
     let mut last = String::from("no address");
-    for addr in route.balancer.order(addrs, route.prefer, client) {
+    let mut pending = route
+        .balancer
+        .order(addrs, route.prefer, client)
+        .into_iter();
+    let attempt = |addr: SocketAddr| async move {
         let result = match warm(route, addr, tag, dc).await {
             Some(side) => Ok(side),
             None => dial(route.connector, addr, tag, dc).await,
         };
+        (addr, result)
+    };
+    // Happy eyeballs (RFC 8305): the next target starts when the current
+    // ones failed or after `attempt_delay` without an answer, whichever
+    // comes first; the first connection wins and the others are dropped.
+    let mut running = FuturesUnordered::new();
+    // Started and not yet answered (a handful at most).
+    let mut open: Vec<SocketAddr> = Vec::new();
+    loop {
+        if running.is_empty() {
+            match pending.next() {
+                Some(a) => {
+                    open.push(a);
+                    running.push(attempt(a));
+                }
+                None => break,
+            }
+        }
+        let stagger = !route.attempt_delay.is_zero() && pending.len() > 0;
+        let next = tokio::select! {
+            done = running.next() => done,
+            _ = tokio::time::sleep(route.attempt_delay), if stagger => {
+                if let Some(a) = pending.next() {
+                    open.push(a);
+                    running.push(attempt(a));
+                }
+                continue;
+            }
+        };
+        let Some((addr, result)) = next else {
+            continue;
+        };
+        open.retain(|a| *a != addr);
         let change = route.balancer.record(addr, result.is_ok());
         if let Change::Ejected(cooldown) = change {
             events(Attempt::Ejected { addr, cooldown });
@@ -154,6 +195,23 @@ pub async fn connect_direct(
                     events(Attempt::Restored { addr });
                 }
                 side.lease = route.balancer.lease_for_strategy(addr);
+                // Targets still silent while this one answered are slow or
+                // black-holed: a failure each for their breakers, so one that
+                // never answers is taken out instead of costing every client
+                // the attempt delay.
+                for slow in open {
+                    if let Change::Ejected(cooldown) = route.balancer.record(slow, false) {
+                        events(Attempt::Ejected {
+                            addr: slow,
+                            cooldown,
+                        });
+                    }
+                    events(Attempt::Failed {
+                        dc: id,
+                        class: ErrorClass::Timeout,
+                        error: &format!("{slow}: no answer while another target answered"),
+                    });
+                }
                 return Ok(Connected {
                     side,
                     dc: id,

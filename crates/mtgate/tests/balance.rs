@@ -189,3 +189,43 @@ async fn a_target_killed_and_revived_under_load_loses_no_client() {
     );
     proxy.stop().await;
 }
+
+/// A target that never answers a SYN: a listener whose one-slot accept
+/// queue is full (loopback's way to black-hole).
+fn black_hole() -> (socket2::Socket, std::net::TcpStream) {
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    (l, filler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_eyeballs_serves_past_a_black_holed_target_and_takes_it_out() {
+    let (hole, _filler) = black_hole();
+    let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let good = dcs(1).await;
+    let toml = format!(
+        "[tls]\ndomains = [\"mask.test\"]\nfronting = false\nlearn_profile = false\n\
+         [upstream]\nconnect_timeout = \"5s\"\n[upstream.health]\nfailures = 3\ncheck_interval = \"0s\"\n\
+         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n"
+    );
+    // Failover order: the black hole first.
+    let proxy =
+        Proxy::start_full("127.0.0.1:0", "", &toml, &[hole_addr, good[0].local_addr()]).await;
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        assert!(client(proxy.addr, None).await.is_some(), "client {i}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "client {i} waited {:?}, not the 5 s connect timeout",
+            t.elapsed()
+        );
+    }
+    assert_eq!(served(&good), vec![5]);
+    // Three times silent while the other answered: taken out.
+    assert_eq!(proxy.runtime.balancer.ejected(), vec![hole_addr]);
+    proxy.stop().await;
+}

@@ -132,6 +132,9 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
+    /// Happy eyeballs: how long a DC target may go unanswered before the
+    /// next one starts alongside it (`upstream.attempt_delay`).
+    pub attempt_delay: Duration,
     /// Connections opened ahead to DC targets (`[upstream.pool]`).
     pub warm: crate::net::warm::WarmConfig,
     /// How a DC's targets are chosen, and their circuit breakers.
@@ -385,6 +388,13 @@ impl Config {
             u.health,
         )
         .map_err(|(key, msg)| invalid(key, msg))?;
+        let attempt_delay = u.attempt_delay.unwrap_or(Duration::from_millis(250));
+        if attempt_delay > Duration::from_secs(10) {
+            return Err(invalid(
+                "upstream.attempt_delay",
+                "use 0 (one target at a time) to 10s",
+            ));
+        }
         let warm = crate::net::warm::WarmConfig::from_raw(u.pool)
             .map_err(|(key, msg)| invalid(key, msg))?;
         let mut dcs = DcTable::telegram_defaults(unknown);
@@ -485,6 +495,7 @@ impl Config {
             socks5,
             balance,
             warm,
+            attempt_delay,
             dcs,
             users,
             log_level,

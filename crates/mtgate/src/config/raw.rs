@@ -107,6 +107,9 @@ pub struct RawUpstream {
     pub socks5: Option<Vec<String>>,
     /// How a DC's targets are chosen.
     pub balance: Option<String>,
+    /// Happy eyeballs: the next target starts after this long unanswered.
+    #[serde(default, with = "humantime_serde")]
+    pub attempt_delay: Option<Duration>,
     /// `"ip:port" = weight`.
     #[serde(default)]
     pub weights: BTreeMap<String, u32>,
