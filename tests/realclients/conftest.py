@@ -40,7 +40,7 @@ class Stack(Secrets):
             assert s.alive(), f"{s.name} died (rc={s.proc.returncode})\n{self.diag()}"
 
 
-def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None) -> Stack:
+def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: str = "") -> Stack:
     require(MTGATE_BIN, FAKE_DC_BIN)
     key_hex = os.urandom(16).hex()
     mask = MaskSink(host)
@@ -56,7 +56,7 @@ def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None) -> Stac
         cfg.write_text(proxy_config(listen=fmt_addr(host, 0), dcs=[fmt_addr(*fake_dc.addrs[0])],
                                     key_hex=key_hex, state_dir=state,
                                     mask_addr=fmt_addr(*mask.addr), public_host=host,
-                                    extra=upstream))
+                                    extra=upstream + extra))
         proxy = Service("mtgate", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
     except BaseException:
         if fake_dc is not None:
@@ -103,5 +103,17 @@ def stack_socks(tmp_path_factory):
     except BaseException:
         socks.stop()
         raise
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_pp(tmp_path_factory):
+    """The stack with mtgate trusting a PROXY-protocol front end at 127.0.0.2, whose clients are
+    announced as 198.51.100.7; an ACL blocks 198.51.100.66 to show the policy sees them."""
+    st = _start_stack(tmp_path_factory.mktemp("stack_pp"), "127.0.0.1",
+                      extra='\n[proxy_protocol]\ntrusted = ["127.0.0.2"]\n'
+                            '[policy]\nrefuse_action = "close"\n'
+                            '[policy.acl]\nrules = [ { cidr = "198.51.100.66/32", level = "blocked" } ]\n')
     yield st
     st.stop()

@@ -266,6 +266,38 @@ class Socks5Proxy(Acceptor):
             c.close()
 
 
+class ProxyProtocolFront(Acceptor):
+    """A load balancer stand-in: accepts clients on 127.0.0.1, connects to mtgate from
+    ``source`` (a trusted front end there), sends a PROXY v2 header naming ``client`` as the
+    connection's client, then relays both ways."""
+
+    def __init__(self, upstream: tuple[str, int], source: str, client: tuple[str, int]):
+        self.upstream, self.source, self.client = upstream, source, client
+        super().__init__("127.0.0.1", "pp-front")
+
+    def header(self) -> bytes:
+        sig = b"\r\n\r\n\x00\r\nQUIT\n"
+        body = (socket.inet_aton(self.client[0]) + socket.inet_aton(self.upstream[0]) +
+                self.client[1].to_bytes(2, "big") + self.upstream[1].to_bytes(2, "big"))
+        return sig + bytes([0x21, 0x11]) + len(body).to_bytes(2, "big") + body
+
+    def serve(self, c: socket.socket, conn) -> None:
+        try:
+            up = socket.create_connection(self.upstream, timeout=10, source_address=(self.source, 0))
+            up.sendall(self.header())
+            for s in (c, up):
+                s.settimeout(60)
+            t = threading.Thread(target=_pipe, args=(up, c), daemon=True)
+            t.start()
+            _pipe(c, up)
+            t.join(timeout=60)
+            up.close()
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
 def _recv(s: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import (TLS_DOMAIN, assert_tdlib_got_dc_answer, assert_telethon_got_dc_answer, clients,
-                     tdlib, telethon)
+from harness import (TLS_DOMAIN, ProxyProtocolFront, assert_tdlib_got_dc_answer,
+                     assert_telethon_got_dc_answer, clients, tdlib, telethon)
 
 
 # ------------------------------------------------------------------------------------------
@@ -87,4 +87,25 @@ def test_real_clients_through_a_socks5_upstream(stack_socks):
     assert_telethon_got_dc_answer(res, st)
     dc = f"{st.dc_host}:{st.dc_port}"
     assert len(st.socks.targets) >= 2 and set(st.socks.targets) == {dc}, st.socks.targets
+    st.check_alive()
+
+
+def test_real_clients_behind_a_proxy_protocol_front_end(stack_pp):
+    """Behind a trusted front end sending PROXY v2: TDLib (ee) and Telethon (dd) are served; the
+    same front end announcing a client the ACL blocks gets nothing through."""
+    st = stack_pp
+    front = ProxyProtocolFront((st.host, st.port), "127.0.0.2", ("198.51.100.7", 40000))
+    blocked = ProxyProtocolFront((st.host, st.port), "127.0.0.2", ("198.51.100.66", 40000))
+    try:
+        fh, fp = front.addr
+        res = tdlib(fh, fp, st.ee_secret)
+        assert_tdlib_got_dc_answer(res, st)
+        res = telethon(fh, fp, st.dd_secret, "randomized")
+        assert_telethon_got_dc_answer(res, st)
+        bh, bp = blocked.addr
+        r = tdlib(bh, bp, st.ee_secret, timeout=4.0)
+        assert r.get("error_message") != clients.TDLIB_EXPECTED_ERROR, r
+    finally:
+        front.stop()
+        blocked.stop()
     st.check_alive()
