@@ -34,6 +34,8 @@ const KEY_SHARE_POOL: usize = 256;
 
 pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
+    /// The WebSocket listeners' local addresses (`[websocket]`).
+    pub ws_addrs: Vec<SocketAddr>,
     /// The configured address each listener serves (same order as `local_addrs`).
     pub configured: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -82,6 +84,21 @@ pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// [`bind_std`] with `SO_REUSEPORT` (the WebSocket listeners).
+fn bind_reuse_port(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
 impl Server {
     /// Binds every listener and starts accepting.
     pub async fn start(rt: Arc<Runtime>) -> anyhow::Result<Self> {
@@ -95,7 +112,35 @@ impl Server {
         for addr in &live.current().config.listen {
             listeners.push((*addr, bind_configured(*addr)?));
         }
-        Ok(Self::start_labeled(live, listeners)?)
+        let mut server = Self::start_labeled(live.clone(), listeners)?;
+        server.start_websocket(&live)?;
+        Ok(server)
+    }
+
+    /// Binds the `[websocket]` listeners and starts accepting on them. They
+    /// are bound with `SO_REUSEPORT`, so a process taking over can bind them
+    /// while the old one still serves (they are not handed over).
+    pub fn start_websocket(&mut self, live: &Arc<Live>) -> anyhow::Result<()> {
+        let rt = live.current();
+        for addr in &rt.config.websocket.listen {
+            let std = bind_reuse_port(*addr)
+                .with_context(|| format!("cannot listen for WebSocket on {addr}"))?;
+            let l = TcpListener::from_std(std)?;
+            self.ws_addrs.push(l.local_addr()?);
+            self.alive.fetch_add(1, Ordering::SeqCst);
+            self.tasks.spawn(guarded_accept(
+                crate::net::websocket::accept_loop(
+                    l,
+                    *addr,
+                    live.clone(),
+                    self.conns.clone(),
+                    self.shutdown.subscribe(),
+                ),
+                self.stop.subscribe(),
+                AliveGuard(self.alive.clone()),
+            ));
+        }
+        Ok(())
     }
 
     /// Starts accepting on listeners bound elsewhere (systemd, a previous
@@ -149,6 +194,7 @@ impl Server {
         }
         Ok(Self {
             local_addrs,
+            ws_addrs: Vec::new(),
             configured,
             shutdown: tx,
             tasks,
@@ -195,7 +241,7 @@ impl Server {
         AcceptProbe {
             stopped: self.stop.subscribe(),
             alive: self.alive.clone(),
-            expected: self.local_addrs.len(),
+            expected: self.local_addrs.len() + self.ws_addrs.len(),
         }
     }
 

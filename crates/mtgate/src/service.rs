@@ -167,6 +167,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let live = Live::new(runtime.clone());
         let mut server = Server::start_labeled(live.clone(), listeners)?;
+        server.start_websocket(&live)?;
         let reloader = Reloader::new(
             a.config_path.clone(),
             a.overrides.clone(),

@@ -5,7 +5,7 @@
 use crate::config::policy::RefuseAction;
 use crate::events::{CloseReason, Event};
 use crate::mask::{self, MaskLink};
-use crate::net::inbound::{Inbound, Meta};
+use crate::net::inbound::{Inbound, Meta, Transport};
 use crate::net::proxy_protocol::Announce;
 use crate::peer::Peer;
 use crate::policy::engine::Refusal;
@@ -223,13 +223,20 @@ async fn setup(
 ) -> Result<Ready, CloseReason> {
     // The client as the policy counts it (behind a trusted front end, the
     // address it vouches for; see crate::peer).
-    let who = match rt.peer_source.identify(&mut stream, meta.peer).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "no client address from a trusted front end");
-            return Err(CloseReason::ClientError);
-        }
+    let who = match meta.vouched {
+        // The transport learned the client from a trusted front end.
+        Some(client) => Peer::via(meta.peer, client),
+        None if meta.transport != Transport::Tcp => Peer::direct(meta.peer),
+        None => match rt.peer_source.identify(&mut stream, meta.peer).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "no client address from a trusted front end");
+                return Err(CloseReason::ClientError);
+            }
+        },
     };
+    // Only a raw TCP stream can be handed to the mask site byte for byte.
+    let fronting = rt.config.fronting && meta.transport.can_front();
     if let Some(front) = who.front {
         tracing::Span::current().record("client", tracing::field::display(who.client));
         tracing::debug!(%front, client = %who.client, "client address from a trusted front end");
@@ -246,10 +253,11 @@ async fn setup(
     // Admission (ACL, geo, rate, concurrency, reputation) before reading a byte.
     let mut source = match rt.policy.admit(ip, &mut hit) {
         Ok(guard) => guard,
-        Err(refusal) => return Err(refuse(stream, id, who, rt, refusal).await),
+        Err(refusal) if fronting => return Err(refuse(stream, id, who, rt, refusal).await),
+        Err(refusal) => return Err(CloseReason::Policy(refusal.reason)),
     };
     let mut hs = Handshake::new();
-    let mut link = rt.config.fronting.then(|| {
+    let mut link = fronting.then(|| {
         MaskLink::new(
             rt.config.default_mask_host(),
             rt.config.connect_timeout,
@@ -485,6 +493,7 @@ mod tests {
                 peer: a,
                 listener: a,
                 transport: crate::net::inbound::Transport::Tcp,
+                vouched: None,
             },
         };
         let f = super::serve(inbound, rt, rx);

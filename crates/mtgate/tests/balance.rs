@@ -123,11 +123,22 @@ async fn least_connections_fills_the_emptiest_target() {
         held.push(client(proxy.addr, None).await.expect("client"));
     }
     assert_eq!(served(&dcs), vec![3, 3, 3]);
-    // Close the three on the first target... the next three go there.
-    // (Which client sits where is not known here; close all and see that
-    // new connections still spread one each per round.)
+    // Close them all: new connections spread one each again.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until the nine sessions have ended on the server (their leases go).
+    let closed = || {
+        proxy
+            .counters
+            .closed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for _ in 0..300 {
+        if closed() >= 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed() >= 9, "the held sessions ended");
     let mut again = Vec::new();
     for _ in 0..3 {
         again.push(client(proxy.addr, None).await.expect("client"));

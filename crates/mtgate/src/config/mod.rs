@@ -143,6 +143,8 @@ pub struct Config {
     pub socks5: Vec<crate::net::connect::Socks5Hop>,
     /// PROXY protocol from trusted front ends (`[proxy_protocol]`).
     pub proxy_protocol: crate::net::proxy_protocol::ProxyProtocolConfig,
+    /// WebSocket listeners (`[websocket]`).
+    pub websocket: crate::net::websocket::WsConfig,
 }
 
 /// The admin API token: compared in constant time, never printed.
@@ -433,6 +435,8 @@ impl Config {
         let proxy_protocol =
             crate::net::proxy_protocol::ProxyProtocolConfig::from_raw(raw.proxy_protocol)
                 .map_err(|(key, msg)| invalid(key, msg))?;
+        let websocket = crate::net::websocket::WsConfig::from_raw(raw.websocket)
+            .map_err(|(key, msg)| invalid(key, msg))?;
         let admin_listen = admin_listen(&raw.admin, &listen)?;
         let admin_token = match raw.admin.token {
             None => None,
@@ -505,6 +509,7 @@ impl Config {
             admin_token,
             policy,
             proxy_protocol,
+            websocket,
         })
     }
 }

@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// PROXY protocol from trusted front ends.
     #[serde(default)]
     pub proxy_protocol: crate::net::proxy_protocol::RawProxyProtocol,
+    /// WebSocket listeners.
+    #[serde(default)]
+    pub websocket: crate::net::websocket::RawWs,
 }
 
 #[derive(Debug, Default, Deserialize)]

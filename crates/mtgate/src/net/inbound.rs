@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Transport {
     /// Plain TCP: the obfuscated2 or FakeTLS stream straight on the socket.
     Tcp,
+    /// WebSocket binary messages carrying the same stream (`crate::net::websocket`).
+    WebSocket,
 }
 
 impl Transport {
@@ -24,7 +26,14 @@ impl Transport {
     pub fn label(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
         }
+    }
+
+    /// Whether a connection that is not ours can be handed to the mask site
+    /// byte for byte (only a raw TCP stream can).
+    pub fn can_front(self) -> bool {
+        matches!(self, Self::Tcp)
     }
 }
 
@@ -36,6 +45,9 @@ pub struct Meta {
     /// The configured address of the listener it came in on (its name).
     pub listener: SocketAddr,
     pub transport: Transport,
+    /// The client, when the transport itself learned it from a trusted
+    /// front end (a CDN's `X-Forwarded-For`).
+    pub vouched: Option<SocketAddr>,
 }
 
 /// An accepted connection: its stream and metadata.
@@ -71,6 +83,7 @@ impl TcpInbound {
                 peer,
                 listener: self.configured,
                 transport: Transport::Tcp,
+                vouched: None,
             },
         })
     }

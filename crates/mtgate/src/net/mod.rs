@@ -4,6 +4,8 @@
 //! * [`balance`]: the order in which a DC's targets are tried (failover,
 //!   weighted round-robin, least connections, client hash) and a circuit
 //!   breaker per target, fed by every connect and by active checks.
+//! * [`websocket`]: the WebSocket inbound transport (Telegram Web's framing),
+//!   with a web server's answer for anything else.
 //! * [`warm`]: connections to DC targets opened ahead, checked before use.
 //! * [`inbound`]: inbound transports: a listener yields the stream and its
 //!   [`inbound::Meta`] (transport peer, listener, transport kind); plain TCP
@@ -17,11 +19,11 @@
 //!   a chain of SOCKS5 proxies; every failure classified
 //!   ([`connect::ErrorClass`]) for metrics and logs.
 //!
-//! Still to come here (issue 14): the inbound WebSocket transport, a
-//! WebSocket upstream.
+//! Still to come here (issue 14): a WebSocket upstream.
 
 pub mod balance;
 pub mod connect;
 pub mod inbound;
 pub mod proxy_protocol;
 pub mod warm;
+pub mod websocket;

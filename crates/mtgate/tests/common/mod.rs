@@ -26,6 +26,8 @@ pub fn key() -> mtgate_crypto::Key16 {
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The `[websocket]` listeners, if any.
+    pub ws: Vec<SocketAddr>,
     /// The state directory (kept until the proxy is dropped).
     pub state: tempfile::TempDir,
     pub counters: Arc<Counters>,
@@ -91,6 +93,7 @@ impl Proxy {
         Proxy {
             state,
             addr: server.local_addrs[0],
+            ws: server.ws_addrs.clone(),
             counters,
             runtime,
             server: Some(server),
