@@ -43,6 +43,8 @@ pub struct Runtime {
     pub balancer: Arc<crate::net::balance::Balancer>,
     /// Connections opened ahead to DC targets (shared across reloads).
     pub warm: Arc<crate::net::warm::WarmPool>,
+    /// DC connections through WebSocket endpoints (`None`: off).
+    pub ws_upstream: Option<Arc<crate::net::ws_upstream::WsUpstream>>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -129,6 +131,7 @@ impl Runtime {
                 dc_targets(&config),
             ),
             warm: Arc::new(crate::net::warm::WarmPool::new(config.warm)),
+            ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -170,6 +173,7 @@ impl Runtime {
             ),
             balancer: self.balancer.clone(),
             warm: self.warm.clone(),
+            ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),

@@ -360,6 +360,8 @@ async fn setup(
         prefer: rt.config.prefer,
         warm: &rt.warm,
         attempt_delay: rt.config.attempt_delay,
+        ws: rt.ws_upstream.as_deref(),
+        connect_timeout: rt.config.connect_timeout,
     };
     let connected = match Box::pin(upstream::connect_direct(
         &route,

@@ -8,6 +8,7 @@ use crate::dc::DcTable;
 use crate::net::balance::{Balancer, Change};
 use crate::net::connect::{ConnectError, Connector, ErrorClass};
 use crate::net::warm::WarmPool;
+use crate::net::ws_upstream::WsUpstream;
 use crate::relay::UpstreamSide;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use mtgate_proto::obfs2::{self, DcIndex, ProtoTag, HEADER_LEN};
@@ -123,6 +124,10 @@ pub struct Route<'a> {
     /// How long an attempt may go unanswered before the next target starts
     /// alongside it (`upstream.attempt_delay`; zero: one at a time).
     pub attempt_delay: Duration,
+    /// DC connections through WebSocket endpoints, where configured.
+    pub ws: Option<&'a WsUpstream>,
+    /// Bounds a WebSocket connect (TCP, TLS and the upgrade).
+    pub connect_timeout: Duration,
 }
 
 /// Dials the DC for `dc` and sends the obfuscated2 header with the client's
@@ -142,6 +147,31 @@ pub async fn connect_direct(
         .resolve(dc.0)
         .ok_or(UpstreamError::UnknownDc(dc.0))?;
     let started = Instant::now();
+    if let Some(ws) = route.ws {
+        if let Some(r) = ws.connect(id, dc.0 < 0, route.connect_timeout).await {
+            let failed = match r {
+                Ok((stream, addr)) => match send_header(stream, tag, dc).await {
+                    Ok(side) => {
+                        return Ok(Connected {
+                            side,
+                            dc: id,
+                            addr,
+                            took: started.elapsed(),
+                        })
+                    }
+                    Err(e) => DialError::Send(e),
+                },
+                Err(e) => DialError::Connect(e),
+            };
+            let last = failed.to_string();
+            events(Attempt::Failed {
+                dc: id,
+                class: failed.class(),
+                error: &last,
+            });
+            return Err(UpstreamError::Unreachable { dc: id, last });
+        }
+    }
     let mut last = String::from("no address");
     let mut pending = route
         .balancer

@@ -135,6 +135,8 @@ pub struct Config {
     /// Happy eyeballs: how long a DC target may go unanswered before the
     /// next one starts alongside it (`upstream.attempt_delay`).
     pub attempt_delay: Duration,
+    /// DC connections through Telegram's WebSocket endpoints (`[upstream.websocket]`).
+    pub ws_upstream: crate::net::ws_upstream::WsUpstreamConfig,
     /// Connections opened ahead to DC targets (`[upstream.pool]`).
     pub warm: crate::net::warm::WarmConfig,
     /// How a DC's targets are chosen, and their circuit breakers.
@@ -399,6 +401,8 @@ impl Config {
         }
         let warm = crate::net::warm::WarmConfig::from_raw(u.pool)
             .map_err(|(key, msg)| invalid(key, msg))?;
+        let ws_upstream = crate::net::ws_upstream::WsUpstreamConfig::from_raw(u.websocket)
+            .map_err(|(key, msg)| invalid(key, msg))?;
         let mut dcs = DcTable::telegram_defaults(unknown);
         for (k, addrs) in &raw.dcs {
             let key = format!("dcs.{k}");
@@ -500,6 +504,7 @@ impl Config {
             balance,
             warm,
             attempt_delay,
+            ws_upstream,
             dcs,
             users,
             log_level,

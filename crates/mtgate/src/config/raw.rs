@@ -120,6 +120,8 @@ pub struct RawUpstream {
     pub health: crate::net::balance::RawHealth,
     #[serde(default)]
     pub pool: crate::net::warm::RawWarm,
+    #[serde(default)]
+    pub websocket: crate::net::ws_upstream::RawWsUpstream,
 }
 
 #[derive(Debug, Default, Deserialize)]

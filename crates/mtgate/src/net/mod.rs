@@ -19,7 +19,7 @@
 //!   a chain of SOCKS5 proxies; every failure classified
 //!   ([`connect::ErrorClass`]) for metrics and logs.
 //!
-//! Still to come here (issue 14): a WebSocket upstream.
+//! * [`ws_upstream`]: DC connections through Telegram's WebSocket endpoints.
 
 pub mod balance;
 pub mod connect;
@@ -27,3 +27,4 @@ pub mod inbound;
 pub mod proxy_protocol;
 pub mod warm;
 pub mod websocket;
+pub mod ws_upstream;

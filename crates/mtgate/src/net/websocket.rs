@@ -329,9 +329,12 @@ async fn serve(
     let _ = session.await;
 }
 
-/// Moves bytes between the WebSocket (binary messages) and the session's
-/// loopback end until either side ends.
-async fn pump(ws: WebSocketStream<TcpStream>, tcp: TcpStream) {
+/// Moves bytes between a WebSocket (binary messages) and a loopback TCP end
+/// until either side ends (both transports, both roles).
+pub async fn pump<S>(ws: WebSocketStream<S>, tcp: TcpStream)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let (mut sink, mut stream) = ws.split();
     let (mut rd, mut wr) = tcp.into_split();
     let up = async {
