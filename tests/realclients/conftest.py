@@ -117,3 +117,37 @@ def stack_pp(tmp_path_factory):
                             '[policy.acl]\nrules = [ { cidr = "198.51.100.66/32", level = "blocked" } ]\n')
     yield st
     st.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_ws(tmp_path_factory):
+    """mtgate reaching the fake DC only through a ws:// WebSocket endpoint in front of it
+    ([upstream.websocket]); every DC's TCP address is dead."""
+    require(MTGATE_BIN, FAKE_DC_BIN)
+    tmp = tmp_path_factory.mktemp("stack_ws")
+    key_hex = os.urandom(16).hex()
+    mask = MaskSink("127.0.0.1")
+    fake_dc = None
+    try:
+        fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", "127.0.0.1:0",
+                                      "--ws-front", "127.0.0.1:0"], tmp)
+        ws = next(line.split()[1] for line in fake_dc.lines if line.startswith("LISTENING-WS "))
+        names = [f"dc{n}.ws.test" for n in range(1, 6)] + [f"dc{n}-1.ws.test" for n in range(1, 6)]
+        hosts = ", ".join(f'"{n}" = "dc{n}.ws.test"' for n in range(1, 6))
+        resolve = ", ".join(f'"{name}" = "{ws}"' for name in names)
+        state = tmp / "state"
+        state.mkdir(exist_ok=True)
+        cfg = tmp / "mtgate.toml"
+        cfg.write_text(proxy_config(dcs=["127.0.0.1:1"], key_hex=key_hex, state_dir=state,
+                                    mask_addr=fmt_addr(*mask.addr),
+                                    extra=f"\n[upstream.websocket]\nenabled = true\ntls = false\n"
+                                          f"hosts = {{ {hosts} }}\nresolve = {{ {resolve} }}\n"))
+        proxy = Service("mtgate", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
+    except BaseException:
+        if fake_dc is not None:
+            fake_dc.stop()
+        mask.stop()
+        raise
+    st = Stack(fake_dc, proxy, key_hex, mask)
+    yield st
+    st.stop()

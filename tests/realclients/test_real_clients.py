@@ -109,3 +109,14 @@ def test_real_clients_behind_a_proxy_protocol_front_end(stack_pp):
         front.stop()
         blocked.stop()
     st.check_alive()
+
+
+def test_real_clients_through_the_websocket_upstream(stack_ws):
+    """[upstream.websocket]: TDLib (ee) and Telethon (dd) reach the fake DC through its ws:// apiws
+    endpoint; the DCs' TCP addresses are dead, so no other way exists."""
+    st = stack_ws
+    res = tdlib(st.host, st.port, st.ee_secret)
+    assert_tdlib_got_dc_answer(res, st)
+    res = telethon(st.host, st.port, st.dd_secret, "randomized")
+    assert_telethon_got_dc_answer(res, st)
+    st.check_alive()

@@ -9,6 +9,8 @@
 //! * [`mmdb`]: [`write_mmdb`], a tiny MaxMind DB writer for geo tests;
 //! * [`socks5`]: [`socks5::Socks5Server`], a SOCKS5 proxy (optionally with a
 //!   password) that records its targets;
+//! * [`ws_front`]: [`ws_front::WsFront`], a `ws://` endpoint in front of a
+//!   fake DC, like Telegram's `apiws`;
 //! * [`conf`]: pieces of loopback-only mtgate config files;
 //! * [`alloc`]: [`alloc::Counting`], a counting global allocator for memory
 //!   and allocation tests.
@@ -24,6 +26,7 @@ pub mod fake_dc;
 pub mod mmdb;
 pub mod mtproto;
 pub mod socks5;
+pub mod ws_front;
 
 pub use client::{ClientMode, ClientOptions, ObfsClient};
 pub use fake_dc::{FakeDc, FakeDcConfig, FakeDcMode, FakeDcStats};

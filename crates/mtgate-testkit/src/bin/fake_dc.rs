@@ -2,12 +2,15 @@
 //! that drive real clients (tests/realclients) or a separately started proxy.
 //!
 //! ```text
-//! mtgate-fake-dc [--listen ADDR]... [--echo]
+//! mtgate-fake-dc [--listen ADDR]... [--echo] [--ws-front ADDR]
 //! ```
 //!
 //! * `--listen ADDR` (repeatable; default `127.0.0.1:0`): where to listen; port 0
 //!   picks a free port.
 //! * `--echo`: echo mode instead of answering `req_pq_multi`/`req_DH_params`.
+//! * `--ws-front ADDR`: also a `ws://ADDR/apiws` endpoint in front of the
+//!   first DC (Telegram's WebSocket way in); its address is printed first as
+//!   `LISTENING-WS <ip:port>`.
 //!
 //! Once every listener is bound it prints one `LISTENING <ip:port>` line per
 //! listener on stdout (flushed), logs connection events on stderr, and runs
@@ -19,11 +22,14 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use mtgate_testkit::{FakeDc, FakeDcConfig, FakeDcMode};
 
-const USAGE: &str = "usage: mtgate-fake-dc [--listen ADDR]... [--echo]";
+const USAGE: &str = "usage: mtgate-fake-dc [--listen ADDR]... [--echo] [--ws-front ADDR]";
 
-fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<(Vec<SocketAddr>, FakeDcMode)> {
+type Args = (Vec<SocketAddr>, FakeDcMode, Option<SocketAddr>);
+
+fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut listen = Vec::new();
     let mut mode = FakeDcMode::Mtproto;
+    let mut ws = None;
     let mut args = args.peekable();
     while let Some(a) = args.next() {
         let value = |v: Option<String>| v.with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -43,6 +49,13 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<(Vec<SocketA
                 );
             }
             "--echo" => mode = FakeDcMode::Echo,
+            "--ws-front" => {
+                let v = value(args.next())?;
+                ws = Some(
+                    v.parse()
+                        .with_context(|| format!("bad --ws-front address {v:?}"))?,
+                );
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -53,12 +66,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<(Vec<SocketA
     if listen.is_empty() {
         listen.push(SocketAddr::from(([127, 0, 0, 1], 0)));
     }
-    Ok((listen, mode))
+    Ok((listen, mode, ws))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (listen, mode) = parse_args(std::env::args().skip(1))?;
+    let (listen, mode, ws) = parse_args(std::env::args().skip(1))?;
     let mut dcs = Vec::with_capacity(listen.len());
     for addr in listen {
         let cfg = FakeDcConfig {
@@ -68,7 +81,16 @@ async fn main() -> anyhow::Result<()> {
         };
         dcs.push(FakeDc::start_with(addr, cfg).await?);
     }
+    let front = match ws {
+        Some(at) => {
+            Some(mtgate_testkit::ws_front::WsFront::start(at, dcs[0].local_addr(), "/apiws").await?)
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
+    if let Some(f) = &front {
+        writeln!(out, "LISTENING-WS {}", f.addr())?;
+    }
     for dc in &dcs {
         writeln!(out, "LISTENING {}", dc.local_addr())?;
     }
@@ -91,18 +113,21 @@ mod tests {
 
     #[test]
     fn parses_arguments() {
-        let (l, m) = parse_args(args(&[])).unwrap();
+        let (l, m, ws) = parse_args(args(&[])).unwrap();
         assert_eq!(l, vec!["127.0.0.1:0".parse().unwrap()]);
-        assert_eq!(m, FakeDcMode::Mtproto);
-        let (l, m) = parse_args(args(&[
+        assert_eq!((m, ws), (FakeDcMode::Mtproto, None));
+        let (l, m, ws) = parse_args(args(&[
             "--listen",
             "[::1]:5",
             "--echo",
             "--listen=127.0.0.1:7",
+            "--ws-front",
+            "127.0.0.1:0",
         ]))
         .unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(m, FakeDcMode::Echo);
+        assert_eq!(ws, Some("127.0.0.1:0".parse().unwrap()));
         assert!(parse_args(args(&["--listen"])).is_err());
         assert!(parse_args(args(&["--listen", "nope"])).is_err());
         assert!(parse_args(args(&["--bogus"])).is_err());
