@@ -147,31 +147,65 @@ pub async fn connect_direct(
         .resolve(dc.0)
         .ok_or(UpstreamError::UnknownDc(dc.0))?;
     let started = Instant::now();
-    if let Some(ws) = route.ws {
-        if let Some(r) = ws.connect(id, dc.0 < 0, route.connect_timeout).await {
-            let failed = match r {
-                Ok((stream, addr)) => match send_header(stream, tag, dc).await {
-                    Ok(side) => {
-                        return Ok(Connected {
-                            side,
-                            dc: id,
-                            addr,
-                            took: started.elapsed(),
-                        })
-                    }
-                    Err(e) => DialError::Send(e),
-                },
-                Err(e) => DialError::Connect(e),
-            };
-            let last = failed.to_string();
-            events(Attempt::Failed {
-                dc: id,
-                class: failed.class(),
-                error: &last,
-            });
-            return Err(UpstreamError::Unreachable { dc: id, last });
-        }
+    let ws = route.ws.filter(|w| w.host(id, dc.0 < 0).is_some());
+    match ws {
+        None => via_tcp(route, id, addrs, dc, tag, client, started, events).await,
+        Some(ws) if !ws.fallback_only() => via_ws(ws, route, id, dc, tag, started, events).await,
+        // TCP first; the WebSocket endpoint when every address failed.
+        Some(ws) => match via_tcp(route, id, addrs, dc, tag, client, started, events).await {
+            Ok(c) => Ok(c),
+            Err(_) => via_ws(ws, route, id, dc, tag, started, events).await,
+        },
     }
+}
+
+/// The DC through its WebSocket endpoint.
+async fn via_ws(
+    ws: &WsUpstream,
+    route: &Route<'_>,
+    id: u16,
+    dc: DcIndex,
+    tag: ProtoTag,
+    started: Instant,
+    events: &mut (dyn FnMut(Attempt<'_>) + Send),
+) -> Result<Connected, UpstreamError> {
+    let r = ws.connect(id, dc.0 < 0, route.connect_timeout).await;
+    let failed = match r {
+        Some(Ok((stream, addr))) => match send_header(stream, tag, dc).await {
+            Ok(side) => {
+                return Ok(Connected {
+                    side,
+                    dc: id,
+                    addr,
+                    took: started.elapsed(),
+                })
+            }
+            Err(e) => DialError::Send(e),
+        },
+        Some(Err(e)) => DialError::Connect(e),
+        None => return Err(UpstreamError::UnknownDc(dc.0)),
+    };
+    let last = failed.to_string();
+    events(Attempt::Failed {
+        dc: id,
+        class: failed.class(),
+        error: &last,
+    });
+    Err(UpstreamError::Unreachable { dc: id, last })
+}
+
+/// The DC over TCP: its addresses in the balancer's order, happy eyeballs.
+#[allow(clippy::too_many_arguments)]
+async fn via_tcp(
+    route: &Route<'_>,
+    id: u16,
+    addrs: &[SocketAddr],
+    dc: DcIndex,
+    tag: ProtoTag,
+    client: IpAddr,
+    started: Instant,
+    events: &mut (dyn FnMut(Attempt<'_>) + Send),
+) -> Result<Connected, UpstreamError> {
     let mut last = String::from("no address");
     let mut pending = route
         .balancer

@@ -176,3 +176,44 @@ async fn an_untrusted_certificate_is_a_tls_failure() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_fallback_mode_the_endpoint_serves_only_when_tcp_fails() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let wss = wss_dc(&["venus.test"], dc.local_addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &wss.pem).unwrap();
+    let toml = || {
+        format!(
+            "[tls]\ndomains = [\"mask.test\"]\nfronting = false\nlearn_profile = false\n\
+             [upstream.websocket]\nenabled = true\nmode = \"fallback\"\nhosts = {{ \"2\" = \"venus.test\" }}\n\
+             resolve = {{ \"venus.test\" = \"{}\" }}\nca_file = \"{}\"\n\
+             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n",
+            wss.addr,
+            ca.display()
+        )
+    };
+    let resp = |addr| async move {
+        let mut c = ObfsClient::connect(addr, &key(), ClientMode::Secure, 2)
+            .await
+            .expect("connect");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), c.req_pq_multi()).await,
+            Ok(Ok(_))
+        )
+    };
+    // TCP to the DC works: the endpoint is not used.
+    let proxy = Proxy::start_full("127.0.0.1:0", "", &toml(), &[dc.local_addr()]).await;
+    assert!(resp(proxy.addr).await);
+    assert!(wss.seen.lock().unwrap().is_empty());
+    proxy.stop().await;
+    // TCP is dead: the endpoint serves.
+    let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let proxy = Proxy::start_full("127.0.0.1:0", "", &toml(), &[dead]).await;
+    assert!(resp(proxy.addr).await);
+    assert_eq!(wss.seen.lock().unwrap().len(), 1);
+    proxy.stop().await;
+}

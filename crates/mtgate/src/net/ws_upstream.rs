@@ -33,6 +33,8 @@ pub struct WsUpstreamConfig {
     pub resolve: HashMap<String, SocketAddr>,
     /// Extra trust roots (from `ca_file`), besides the web PKI.
     pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Only when every TCP address of the DC failed (`mode = "fallback"`).
+    pub fallback: bool,
 }
 
 /// `[upstream.websocket]` as written.
@@ -49,6 +51,8 @@ pub struct RawWsUpstream {
     #[serde(default)]
     pub resolve: BTreeMap<String, String>,
     pub ca_file: Option<String>,
+    /// `only` (the default) or `fallback` (after the DC's TCP addresses).
+    pub mode: Option<String>,
 }
 
 const WEB_NAMES: [(u16, &str); 5] = [
@@ -109,6 +113,11 @@ impl WsUpstreamConfig {
                 certs
             }
         };
+        let fallback = match raw.mode.as_deref() {
+            None | Some("only") => false,
+            Some("fallback") => true,
+            Some(o) => return Err((key("mode"), format!("`{o}`: use only or fallback"))),
+        };
         Ok(Self {
             hosts,
             path,
@@ -116,6 +125,7 @@ impl WsUpstreamConfig {
             tls,
             resolve,
             ca,
+            fallback,
         })
     }
 
@@ -172,6 +182,11 @@ impl WsUpstream {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             pairs: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// Whether the endpoint is used only after the DC's TCP addresses failed.
+    pub fn fallback_only(&self) -> bool {
+        self.cfg.fallback
     }
 
     /// The host for DC `dc` (`media`: the `-1` name), if this upstream serves it.
