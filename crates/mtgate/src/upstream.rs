@@ -148,13 +148,17 @@ pub async fn connect_direct(
         .ok_or(UpstreamError::UnknownDc(dc.0))?;
     let started = Instant::now();
     let ws = route.ws.filter(|w| w.host(id, dc.0 < 0).is_some());
+    // The WebSocket way (TLS, the upgrade) is large and rare: boxed, so the
+    // future every connection allocates stays small.
     match ws {
         None => via_tcp(route, id, addrs, dc, tag, client, started, events).await,
-        Some(ws) if !ws.fallback_only() => via_ws(ws, route, id, dc, tag, started, events).await,
+        Some(ws) if !ws.fallback_only() => {
+            Box::pin(via_ws(ws, route, id, dc, tag, started, events)).await
+        }
         // TCP first; the WebSocket endpoint when every address failed.
         Some(ws) => match via_tcp(route, id, addrs, dc, tag, client, started, events).await {
             Ok(c) => Ok(c),
-            Err(_) => via_ws(ws, route, id, dc, tag, started, events).await,
+            Err(_) => Box::pin(via_ws(ws, route, id, dc, tag, started, events)).await,
         },
     }
 }
@@ -327,5 +331,50 @@ mod tests {
         ];
         assert!(ordered(&a, IpPreference::V6)[0].is_ipv6());
         assert_eq!(ordered(&a, IpPreference::V4), vec![a[0], a[2], a[1]]);
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    /// The dial's future is allocated for every connection: the rare paths
+    /// (WebSocket, TLS) are boxed inside it, so it stays small.
+    #[test]
+    fn the_connect_future_stays_small() {
+        let connector = Connector::direct(Duration::from_secs(1));
+        let table = DcTable::telegram_defaults(crate::dc::UnknownDcRule::Close);
+        let balancer = Balancer::new(Default::default(), []);
+        let warm = WarmPool::default();
+        let route = Route {
+            connector: &connector,
+            table: &table,
+            balancer: &balancer,
+            prefer: IpPreference::V4,
+            warm: &warm,
+            attempt_delay: Duration::from_millis(250),
+            ws: None,
+            connect_timeout: Duration::from_secs(1),
+        };
+        let mut events = |_: Attempt<'_>| {};
+        let f = connect_direct(
+            &route,
+            DcIndex(2),
+            ProtoTag::Intermediate,
+            IpAddr::from([127, 0, 0, 1]),
+            &mut events,
+        );
+        let size = std::mem::size_of_val(&f);
+        eprintln!("connect_direct future: {size} B");
+        assert!(size <= 2048, "connect_direct future is {size} B");
+        let d = dial(
+            &connector,
+            "127.0.0.1:1".parse().unwrap(),
+            ProtoTag::Intermediate,
+            DcIndex(2),
+        );
+        let size = std::mem::size_of_val(&d);
+        eprintln!("dial future: {size} B");
+        assert!(size <= 1024, "dial future is {size} B");
     }
 }

@@ -214,10 +214,22 @@ impl Connector {
     }
 
     async fn open(&self, target: SocketAddr) -> Result<TcpStream, ConnectError> {
-        let Some(first) = self.hops.first() else {
+        if self.hops.is_empty() {
             return TcpStream::connect(target)
                 .await
                 .map_err(|e| ConnectError::io(target, &e));
+        }
+        // The chain's futures are large and only some deployments use them:
+        // boxed, so a direct connect's future stays small.
+        Box::pin(self.through_chain(target)).await
+    }
+
+    async fn through_chain(&self, target: SocketAddr) -> Result<TcpStream, ConnectError> {
+        let Some(first) = self.hops.first() else {
+            return Err(ConnectError {
+                class: ErrorClass::Local,
+                detail: "no SOCKS5 proxy configured".into(),
+            });
         };
         let first_addrs: Vec<SocketAddr> = tokio::net::lookup_host(first.addr.as_str())
             .await
