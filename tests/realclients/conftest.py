@@ -40,7 +40,20 @@ class Stack(Secrets):
             assert s.alive(), f"{s.name} died (rc={s.proc.returncode})\n{self.diag()}"
 
 
-def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: str = "") -> Stack:
+def _ws_upstream(fake_dc: Service) -> str:
+    """[upstream.websocket] pointing every DC (and its media name) at the fake DC's ws:// front."""
+    ws = next(line.split()[1] for line in fake_dc.lines if line.startswith("LISTENING-WS "))
+    names = [f"dc{n}.ws.test" for n in range(1, 6)] + [f"dc{n}-1.ws.test" for n in range(1, 6)]
+    hosts = ", ".join(f'"{n}" = "dc{n}.ws.test"' for n in range(1, 6))
+    resolve = ", ".join(f'"{name}" = "{ws}"' for name in names)
+    return (f"\n[upstream.websocket]\nenabled = true\ntls = false\n"
+            f"hosts = {{ {hosts} }}\nresolve = {{ {resolve} }}\n")
+
+
+def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: str = "",
+                 ws_front: bool = False) -> Stack:
+    """The fake DC and mtgate (with a loopback mask sink) on ``host``. ``socks``: DC connections
+    through it; ``ws_front``: only through the fake DC's ws:// endpoint (DC addresses dead)."""
     require(MTGATE_BIN, FAKE_DC_BIN)
     key_hex = os.urandom(16).hex()
     mask = MaskSink(host)
@@ -49,11 +62,17 @@ def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: 
     if socks is not None:
         upstream += f'socks5 = ["socks5://{socks.user.decode()}:{socks.password.decode()}@{fmt_addr(*socks.addr)}"]\n'
     try:
-        fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)], tmp)
+        args = [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)]
+        if ws_front:
+            args += ["--ws-front", "127.0.0.1:0"]
+        fake_dc = Service("fake-dc", args, tmp)
+        dcs = [fmt_addr(*fake_dc.addrs[0])]
+        if ws_front:
+            dcs, upstream = ["127.0.0.1:1"], upstream + _ws_upstream(fake_dc)
         state = tmp / "state"
         state.mkdir(exist_ok=True)
         cfg = tmp / "mtgate.toml"
-        cfg.write_text(proxy_config(listen=fmt_addr(host, 0), dcs=[fmt_addr(*fake_dc.addrs[0])],
+        cfg.write_text(proxy_config(listen=fmt_addr(host, 0), dcs=dcs,
                                     key_hex=key_hex, state_dir=state,
                                     mask_addr=fmt_addr(*mask.addr), public_host=host,
                                     extra=upstream + extra))
@@ -123,31 +142,6 @@ def stack_pp(tmp_path_factory):
 def stack_ws(tmp_path_factory):
     """mtgate reaching the fake DC only through a ws:// WebSocket endpoint in front of it
     ([upstream.websocket]); every DC's TCP address is dead."""
-    require(MTGATE_BIN, FAKE_DC_BIN)
-    tmp = tmp_path_factory.mktemp("stack_ws")
-    key_hex = os.urandom(16).hex()
-    mask = MaskSink("127.0.0.1")
-    fake_dc = None
-    try:
-        fake_dc = Service("fake-dc", [str(FAKE_DC_BIN), "--listen", "127.0.0.1:0",
-                                      "--ws-front", "127.0.0.1:0"], tmp)
-        ws = next(line.split()[1] for line in fake_dc.lines if line.startswith("LISTENING-WS "))
-        names = [f"dc{n}.ws.test" for n in range(1, 6)] + [f"dc{n}-1.ws.test" for n in range(1, 6)]
-        hosts = ", ".join(f'"{n}" = "dc{n}.ws.test"' for n in range(1, 6))
-        resolve = ", ".join(f'"{name}" = "{ws}"' for name in names)
-        state = tmp / "state"
-        state.mkdir(exist_ok=True)
-        cfg = tmp / "mtgate.toml"
-        cfg.write_text(proxy_config(dcs=["127.0.0.1:1"], key_hex=key_hex, state_dir=state,
-                                    mask_addr=fmt_addr(*mask.addr),
-                                    extra=f"\n[upstream.websocket]\nenabled = true\ntls = false\n"
-                                          f"hosts = {{ {hosts} }}\nresolve = {{ {resolve} }}\n"))
-        proxy = Service("mtgate", [str(MTGATE_BIN), "run", "--config", str(cfg)], tmp)
-    except BaseException:
-        if fake_dc is not None:
-            fake_dc.stop()
-        mask.stop()
-        raise
-    st = Stack(fake_dc, proxy, key_hex, mask)
+    st = _start_stack(tmp_path_factory.mktemp("stack_ws"), "127.0.0.1", ws_front=True)
     yield st
     st.stop()

@@ -253,13 +253,7 @@ class Socks5Proxy(Acceptor):
                 self.targets.append(fmt_addr(ip, port))
             up = socket.create_connection((ip, port), timeout=10)
             c.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00")
-            for s in (c, up):
-                s.settimeout(60)
-            t = threading.Thread(target=_pipe, args=(up, c), daemon=True)
-            t.start()
-            _pipe(c, up)
-            t.join(timeout=60)
-            up.close()
+            _relay(c, up)
         except (OSError, ValueError):
             pass
         finally:
@@ -285,13 +279,7 @@ class ProxyProtocolFront(Acceptor):
         try:
             up = socket.create_connection(self.upstream, timeout=10, source_address=(self.source, 0))
             up.sendall(self.header())
-            for s in (c, up):
-                s.settimeout(60)
-            t = threading.Thread(target=_pipe, args=(up, c), daemon=True)
-            t.start()
-            _pipe(c, up)
-            t.join(timeout=60)
-            up.close()
+            _relay(c, up)
         except OSError:
             pass
         finally:
@@ -306,6 +294,17 @@ def _recv(s: socket.socket, n: int) -> bytes:
             raise ValueError("closed")
         out += d
     return out
+
+
+def _relay(c: socket.socket, up: socket.socket):
+    """Both ways between ``c`` and ``up`` until each side has closed; closes ``up``."""
+    for s in (c, up):
+        s.settimeout(60)
+    t = threading.Thread(target=_pipe, args=(up, c), daemon=True)
+    t.start()
+    _pipe(c, up)
+    t.join(timeout=60)
+    up.close()
 
 
 def _pipe(src: socket.socket, dst: socket.socket):

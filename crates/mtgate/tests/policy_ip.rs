@@ -68,13 +68,7 @@ async fn works_from(proxy: SocketAddr, from: &str) -> bool {
         io_timeout: Duration::from_secs(3),
         ..Default::default()
     };
-    match ObfsClient::connect_with(proxy, &key(), ClientMode::Secure, 2, opts).await {
-        Ok(mut c) => matches!(
-            tokio::time::timeout(Duration::from_secs(3), c.req_pq_multi()).await,
-            Ok(Ok(_))
-        ),
-        Err(_) => false,
-    }
+    resolves_with(proxy, ClientMode::Secure, opts).await
 }
 
 /// Connects from `from` and sends `bytes`; true when the proxy closes the

@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{key, MaskSite, Proxy, KEY_HEX};
+use common::{MaskSite, Proxy, KEY_HEX};
 use mtgate::net::proxy_protocol::{v1_header, v2_header};
-use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
+use mtgate_testkit::client::{ClientMode, ClientOptions};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,13 +45,7 @@ async fn round_trip(proxy: SocketAddr, from: &str, preamble: Vec<u8>) -> bool {
         preamble,
         ..Default::default()
     };
-    match ObfsClient::connect_with(proxy, &key(), ClientMode::Secure, 2, opts).await {
-        Ok(mut c) => matches!(
-            tokio::time::timeout(Duration::from_secs(3), c.req_pq_multi()).await,
-            Ok(Ok(_))
-        ),
-        Err(_) => false,
-    }
+    common::resolves_with(proxy, ClientMode::Secure, opts).await
 }
 
 fn client(s: &str) -> SocketAddr {

@@ -5,12 +5,10 @@
 
 mod common;
 
-use common::{key, Proxy, KEY_HEX};
+use common::{Proxy, KEY_HEX};
 use mtgate::admin::{Metrics, MetricsSink};
-use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use mtgate_testkit::socks5::Socks5Server;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 async fn dc() -> FakeDc {
@@ -31,17 +29,6 @@ async fn start(dc: &FakeDc, socks5: &[String]) -> Proxy {
     Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await
 }
 
-/// One dd client's round trip (req_pq_multi → resPQ) through the proxy.
-async fn round_trip(proxy: SocketAddr) -> bool {
-    match ObfsClient::connect(proxy, &key(), ClientMode::Secure, 2).await {
-        Ok(mut c) => matches!(
-            tokio::time::timeout(Duration::from_secs(5), c.req_pq_multi()).await,
-            Ok(Ok(_))
-        ),
-        Err(_) => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dc_connections_go_through_one_socks5_proxy() {
     let dc = dc().await;
@@ -53,7 +40,7 @@ async fn dc_connections_go_through_one_socks5_proxy() {
         };
         let proxy = start(&dc, &[url]).await;
         for _ in 0..3 {
-            assert!(round_trip(proxy.addr).await, "auth {auth:?}");
+            assert!(common::resolves(proxy.addr).await, "auth {auth:?}");
         }
         let st = socks.stats();
         assert_eq!(st.accepted, 3, "{st:?}");
@@ -79,8 +66,8 @@ async fn a_chain_of_two_proxies_is_followed_in_order() {
         ],
     )
     .await;
-    assert!(round_trip(proxy.addr).await);
-    assert!(round_trip(proxy.addr).await);
+    assert!(common::resolves(proxy.addr).await);
+    assert!(common::resolves(proxy.addr).await);
     assert_eq!(
         first.stats().targets,
         vec![second.addr().to_string(); 2],
@@ -123,7 +110,7 @@ async fn a_wrong_password_or_a_dead_hop_is_a_classified_failure() {
         let rt = std::sync::Arc::new(mtgate::runtime::Runtime::build(cfg, users, tel).unwrap());
         let server = mtgate::server::Server::start(rt).await.unwrap();
         let started = std::time::Instant::now();
-        assert!(!round_trip(server.local_addrs[0]).await);
+        assert!(!common::resolves(server.local_addrs[0]).await);
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "a failed hop ends the attempt within the connect timeout"

@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::{key, Proxy, KEY_HEX};
-use mtgate_testkit::client::{ClientMode, ObfsClient};
+use common::{Proxy, KEY_HEX};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcConfig};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -34,16 +32,6 @@ async fn start(dc: &FakeDc, pool: &str) -> Proxy {
     Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await
 }
 
-async fn round_trip(proxy: SocketAddr) -> bool {
-    match ObfsClient::connect(proxy, &key(), ClientMode::Secure, 2).await {
-        Ok(mut c) => matches!(
-            tokio::time::timeout(Duration::from_secs(5), c.req_pq_multi()).await,
-            Ok(Ok(_))
-        ),
-        Err(_) => false,
-    }
-}
-
 async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..300 {
         if f() {
@@ -65,7 +53,7 @@ async fn clients_are_served_on_connections_opened_ahead() {
     );
     assert_eq!(dc.stats().accepted, 2, "opened ahead, before any client");
     for _ in 0..4 {
-        assert!(round_trip(proxy.addr).await);
+        assert!(common::resolves(proxy.addr).await);
     }
     let used = proxy.runtime.warm.stats.used.load(Relaxed);
     assert!(used >= 2, "clients took warm connections: {used}");
@@ -87,7 +75,7 @@ async fn a_pooled_connection_the_dc_closed_is_never_handed_out() {
     let mut failed = 0;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(60)).await;
-        if !round_trip(proxy.addr).await {
+        if !common::resolves(proxy.addr).await {
             failed += 1;
         }
     }

@@ -6,7 +6,6 @@
 mod common;
 
 use common::{key, Proxy, DOMAIN, KEY_HEX};
-use futures_util::{SinkExt, StreamExt};
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
@@ -14,7 +13,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 async fn start(dc: &FakeDc) -> Proxy {
     let toml = format!(
@@ -61,33 +59,7 @@ async fn ws_bridge(
                         .map(|v| v.as_bytes()),
                     Some(&b"binary"[..])
                 );
-                let (mut sink, mut stream) = wss.split();
-                let (mut rd, mut wr) = tcp.into_split();
-                let up = async move {
-                    let mut buf = vec![0u8; 8192];
-                    while let Ok(n) = rd.read(&mut buf).await {
-                        if n == 0
-                            || sink
-                                .send(Message::Binary(buf[..n].to_vec().into()))
-                                .await
-                                .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    let _ = sink.close().await;
-                };
-                let down = async move {
-                    while let Some(Ok(m)) = stream.next().await {
-                        if let Message::Binary(b) = m {
-                            if wr.write_all(&b).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    let _ = wr.shutdown().await;
-                };
-                tokio::join!(up, down);
+                mtgate::net::websocket::pump(wss, tcp).await;
             });
         }
     });

@@ -6,16 +6,13 @@
 mod common;
 
 use common::{key, Proxy, KEY_HEX};
-use futures_util::{SinkExt, StreamExt};
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::Message;
 
 /// A `wss://` endpoint for `names` in front of `dc`; records each upgrade's
 /// host, path and protocol.
@@ -75,31 +72,7 @@ async fn wss_dc(names: &[&str], dc: SocketAddr) -> WssDc {
                     return;
                 };
                 let tcp = TcpStream::connect(dc).await.unwrap();
-                let (mut sink, mut stream) = ws.split();
-                let (mut rd, mut wr) = tcp.into_split();
-                let up = async move {
-                    while let Some(Ok(m)) = stream.next().await {
-                        if let Message::Binary(b) = m {
-                            if wr.write_all(&b).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                };
-                let down = async move {
-                    let mut buf = vec![0u8; 8192];
-                    while let Ok(n) = rd.read(&mut buf).await {
-                        if n == 0
-                            || sink
-                                .send(Message::Binary(buf[..n].to_vec().into()))
-                                .await
-                                .is_err()
-                        {
-                            break;
-                        }
-                    }
-                };
-                tokio::select! { _ = up => {}, _ = down => {} }
+                mtgate::net::websocket::pump(ws, tcp).await;
             });
         }
     });

@@ -24,6 +24,34 @@ pub fn key() -> mtgate_crypto::Key16 {
     mtgate_testkit::conf::key_from_hex(KEY_HEX)
 }
 
+/// Whether alice's client in `mode` toward DC 2, with `opts` (source
+/// address, a preamble, …), gets the fake DC's resPQ through `proxy`.
+pub async fn resolves_with(
+    proxy: SocketAddr,
+    mode: mtgate_testkit::client::ClientMode,
+    opts: mtgate_testkit::client::ClientOptions,
+) -> bool {
+    use mtgate_testkit::client::ObfsClient;
+    let limit = opts.io_timeout.min(Duration::from_secs(5));
+    match ObfsClient::connect_with(proxy, &key(), mode, 2, opts).await {
+        Ok(mut c) => matches!(
+            tokio::time::timeout(limit, c.req_pq_multi()).await,
+            Ok(Ok(_))
+        ),
+        Err(_) => false,
+    }
+}
+
+/// [`resolves_with`] for a `dd` client with default options.
+pub async fn resolves(proxy: SocketAddr) -> bool {
+    resolves_with(
+        proxy,
+        mtgate_testkit::client::ClientMode::Secure,
+        Default::default(),
+    )
+    .await
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     /// The `[websocket]` listeners, if any.
