@@ -12,8 +12,10 @@
 //! ```text
 //! new → old   MTGATE-HANDOVER/1 GET
 //! old → new   OK <n>                       (one sendmsg carrying n fds by SCM_RIGHTS,
-//!             <configured> <local> [admin]  one line per fd, in fd order; `admin`
-//!             ...                           marks the admin listener, at most one)
+//!             <configured> <local> [admin|websocket]  one line per fd, in fd
+//!             ...                           order; `admin` marks the admin listener
+//!                                           (at most one), `websocket` a
+//!                                           `[websocket]` listener)
 //!         or  ERR <reason>
 //! new         starts accepting on the fds (and binds any address the old one lacked)
 //! new → old   TAKEN <pid>
@@ -161,6 +163,8 @@ pub struct Offer {
     pub fd: OwnedFd,
     /// This is the admin (metrics, health) listener, not a client one.
     pub admin: bool,
+    /// This is a `[websocket]` listener.
+    pub websocket: bool,
 }
 
 /// A new process has taken the listeners over. Stop accepting, then answer
@@ -304,7 +308,11 @@ where
             .local_addr()?
             .as_socket()
             .ok_or_else(|| proto("a listener is not an inet socket"))?;
-        let tag = if o.admin { " admin" } else { "" };
+        let tag = match (o.admin, o.websocket) {
+            (true, _) => " admin",
+            (false, true) => " websocket",
+            (false, false) => "",
+        };
         text.push_str(&format!("{} {}{tag}\n", o.configured, local));
     }
     let fds: Vec<RawFd> = offers.iter().map(|o| o.fd.as_raw_fd()).collect();
@@ -328,6 +336,8 @@ pub struct Takeover {
     pub listeners: Vec<Inherited>,
     /// The admin listener, when the running process had one.
     pub admin: Option<Inherited>,
+    /// The `[websocket]` listeners.
+    pub websocket: Vec<Inherited>,
     stream: BufReader<UnixStream>,
 }
 
@@ -396,6 +406,7 @@ pub async fn request(path: &Path) -> Result<Option<Takeover>, HandoverError> {
     }
     let mut listeners = Vec::with_capacity(n);
     let mut admin = None;
+    let mut websocket = Vec::new();
     for (line, fd) in text.lines().skip(1).zip(fds) {
         let mut parts = line.split(' ');
         let configured = parts
@@ -406,12 +417,14 @@ pub async fn request(path: &Path) -> Result<Option<Takeover>, HandoverError> {
         match parts.nth(1) {
             Some("admin") if admin.is_none() => admin = Some(inherited),
             Some("admin") => return Err(proto("two admin listeners")),
+            Some("websocket") => websocket.push(inherited),
             _ => listeners.push(inherited),
         }
     }
     Ok(Some(Takeover {
         listeners,
         admin,
+        websocket,
         stream,
     }))
 }
@@ -551,6 +564,9 @@ mod tests {
         let admin = listener();
         let admin_local = admin.local_addr().expect("addr");
         let configured: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let ws = listener();
+        let ws_local = ws.local_addr().expect("addr");
+        let ws_configured: SocketAddr = "[::]:8080".parse().expect("addr");
         let (tx, mut rx) = mpsc::channel(1);
         let ctl = ControlSocket::start(
             &path,
@@ -560,11 +576,19 @@ mod tests {
                         configured,
                         fd: OwnedFd::from(admin.try_clone()?),
                         admin: true,
+                        websocket: false,
+                    },
+                    Offer {
+                        configured: ws_configured,
+                        fd: OwnedFd::from(ws.try_clone()?),
+                        admin: false,
+                        websocket: true,
                     },
                     Offer {
                         configured,
                         fd: OwnedFd::from(dup.try_clone()?),
                         admin: false,
+                        websocket: false,
                     },
                 ])
             },
@@ -579,6 +603,9 @@ mod tests {
         assert_eq!(t.listeners[0].listener.local_addr().expect("a"), local);
         let a = t.admin.as_ref().expect("admin listener handed over");
         assert_eq!(a.listener.local_addr().expect("a"), admin_local);
+        assert_eq!(t.websocket.len(), 1, "the websocket listener is marked");
+        assert_eq!(t.websocket[0].configured, ws_configured);
+        assert_eq!(t.websocket[0].listener.local_addr().expect("a"), ws_local);
         drop(t);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err(), "no takeover reported");

@@ -44,6 +44,8 @@ pub struct Server {
     max: usize,
     /// The listeners, shared with the accept loops; emptied by `stop_accepting`.
     listeners: Arc<Mutex<Vec<Arc<TcpListener>>>>,
+    /// The `[websocket]` listeners with their configured addresses; the same.
+    ws_listeners: WsListeners,
     /// Tells the accept loops to stop (sessions go on).
     stop: watch::Sender<bool>,
     /// Accept loops running now.
@@ -84,6 +86,10 @@ pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// The `[websocket]` listeners (configured address, socket), shared with
+/// their accept loops and the handover.
+type WsListeners = Arc<Mutex<Vec<(SocketAddr, Arc<TcpListener>)>>>;
+
 /// [`bind_std`] with `SO_REUSEPORT` (the WebSocket listeners).
 fn bind_reuse_port(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -113,20 +119,32 @@ impl Server {
             listeners.push((*addr, bind_configured(*addr)?));
         }
         let mut server = Self::start_labeled(live.clone(), listeners)?;
-        server.start_websocket(&live)?;
+        server.start_websocket(&live, Vec::new())?;
         Ok(server)
     }
 
-    /// Binds the `[websocket]` listeners and starts accepting on them. They
-    /// are bound with `SO_REUSEPORT`, so a process taking over can bind them
-    /// while the old one still serves (they are not handed over).
-    pub fn start_websocket(&mut self, live: &Arc<Live>) -> anyhow::Result<()> {
+    /// Starts accepting on the `[websocket]` listeners: those `handed`
+    /// over by a previous process (by configured address), the rest bound
+    /// here with `SO_REUSEPORT` (so a taker without them can still bind
+    /// beside the old process).
+    pub fn start_websocket(
+        &mut self,
+        live: &Arc<Live>,
+        mut handed: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> anyhow::Result<()> {
         let rt = live.current();
         for addr in &rt.config.websocket.listen {
-            let std = bind_reuse_port(*addr)
-                .with_context(|| format!("cannot listen for WebSocket on {addr}"))?;
-            let l = TcpListener::from_std(std)?;
+            let std = match handed.iter().position(|(c, _)| c == addr) {
+                Some(i) => handed.swap_remove(i).1,
+                None => bind_reuse_port(*addr)
+                    .with_context(|| format!("cannot listen for WebSocket on {addr}"))?,
+            };
+            std.set_nonblocking(true)?;
+            let l = Arc::new(TcpListener::from_std(std)?);
             self.ws_addrs.push(l.local_addr()?);
+            if let Ok(mut v) = self.ws_listeners.lock() {
+                v.push((*addr, l.clone()));
+            }
             self.alive.fetch_add(1, Ordering::SeqCst);
             self.tasks.spawn(guarded_accept(
                 crate::net::websocket::accept_loop(
@@ -201,6 +219,7 @@ impl Server {
             conns,
             max,
             listeners: Arc::new(Mutex::new(shared)),
+            ws_listeners: Arc::default(),
             stop,
             alive,
             drains: rt.drains.clone(),
@@ -233,6 +252,7 @@ impl Server {
         ListenerSource {
             configured: self.configured.clone(),
             listeners: self.listeners.clone(),
+            ws: self.ws_listeners.clone(),
         }
     }
 
@@ -254,6 +274,9 @@ impl Server {
         self.upkeep.iter().for_each(tokio::task::JoinHandle::abort);
         while self.tasks.join_next().await.is_some() {}
         if let Ok(mut l) = self.listeners.lock() {
+            l.clear();
+        }
+        if let Ok(mut l) = self.ws_listeners.lock() {
             l.clear();
         }
     }
@@ -311,6 +334,7 @@ pub fn bind_configured(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
 pub struct ListenerSource {
     configured: Vec<SocketAddr>,
     listeners: Arc<Mutex<Vec<Arc<TcpListener>>>>,
+    ws: WsListeners,
 }
 
 impl ListenerSource {
@@ -323,6 +347,20 @@ impl ListenerSource {
         l.iter()
             .zip(&self.configured)
             .map(|(l, c)| {
+                let dup = socket2::SockRef::from(l.as_ref()).try_clone()?;
+                Ok((*c, std::os::fd::OwnedFd::from(dup)))
+            })
+            .collect()
+    }
+
+    /// Duplicates of the `[websocket]` listeners still open.
+    pub fn ws_fds(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
+        let l = self
+            .ws
+            .lock()
+            .map_err(|_| std::io::Error::other("listener list poisoned"))?;
+        l.iter()
+            .map(|(c, l)| {
                 let dup = socket2::SockRef::from(l.as_ref()).try_clone()?;
                 Ok((*c, std::os::fd::OwnedFd::from(dup)))
             })

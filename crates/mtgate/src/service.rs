@@ -167,7 +167,17 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let live = Live::new(runtime.clone());
         let mut server = Server::start_labeled(live.clone(), listeners)?;
-        server.start_websocket(&live)?;
+        #[cfg(unix)]
+        let handed_ws = takeover
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.websocket))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| (i.configured, i.listener))
+            .collect();
+        #[cfg(not(unix))]
+        let handed_ws = Vec::new();
+        server.start_websocket(&live, handed_ws)?;
         let reloader = Reloader::new(
             a.config_path.clone(),
             a.overrides.clone(),
@@ -202,11 +212,14 @@ pub fn run(a: Start) -> anyhow::Result<()> {
                 let mut out: Vec<handover::Offer> = source
                     .fds()?
                     .into_iter()
-                    .map(|(configured, fd)| handover::Offer { configured, fd, admin: false })
+                    .map(|(configured, fd)| handover::Offer { configured, fd, admin: false, websocket: false })
                     .collect();
+                for (configured, fd) in source.ws_fds()? {
+                    out.push(handover::Offer { configured, fd, admin: false, websocket: true });
+                }
                 if let Some(a) = admin_fd.offer() {
                     let (configured, fd) = a?;
-                    out.push(handover::Offer { configured, fd, admin: true });
+                    out.push(handover::Offer { configured, fd, admin: true, websocket: false });
                 }
                 Ok(out)
             };

@@ -319,3 +319,67 @@ async fn systemd_socket_activation_readiness_and_watchdog() {
     assert!(std::net::TcpStream::connect(addr).is_ok());
     drop(listener);
 }
+
+/// The inodes of the sockets listening on `port` on 127.0.0.1 (from /proc/net/tcp).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_listeners_are_handed_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dc = echo_dc().await;
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let text = format!(
+        "{}[websocket]\nlisten = [\"127.0.0.1:{ws_port}\"]\n",
+        config(dir.path(), &["127.0.0.1:0"], dc.local_addr(), "5s")
+    );
+    let cfg = write_config(dir.path(), "config.toml", &text);
+    let mut a = Proc::spawn("A", dir.path(), &cfg, &[]);
+    a.listening()
+        .await
+        .unwrap_or_else(|| panic!("A: {}", a.log()));
+    let before = listening_inodes(ws_port);
+    assert_eq!(before.len(), 1, "A listens for WebSocket: {before:?}");
+    let mut b = Proc::spawn("B", dir.path(), &cfg, &["--takeover"]);
+    b.listening()
+        .await
+        .unwrap_or_else(|| panic!("B: {}\nA: {}", b.log(), a.log()));
+    let s = a.wait_exit(Duration::from_secs(10)).await.expect("A exits");
+    assert!(s.success(), "{s:?}");
+    // The very socket A listened on is B's now: handed over, not bound anew.
+    assert_eq!(listening_inodes(ws_port), before, "B: {}", b.log());
+    // And it serves: a plain request gets the web answer.
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", ws_port))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut c, &mut out),
+    )
+    .await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 404 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    b.signal("-TERM");
+    let _ = b.wait_exit(Duration::from_secs(10)).await;
+}

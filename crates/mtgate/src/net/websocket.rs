@@ -213,7 +213,7 @@ impl Pairs {
 /// Accepts WebSocket clients on `listener` until the task is dropped; each
 /// holds a slot of the connection cap while it lasts.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     configured: SocketAddr,
     live: Arc<Live>,
     conns: Arc<Semaphore>,
