@@ -248,6 +248,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         let facts = crate::banner::Facts {
             clients: &server.local_addrs,
             admin: admin.local_addr(),
+            websocket: &server.ws_addrs,
             secret_created: created,
             limits: limits_line(cfg.max_connections, configured_max, nofile),
         };
