@@ -4,6 +4,8 @@
 #   fuzz/smoke.sh          # 20 s per target
 #   fuzz/smoke.sh 10       # 10 s per target
 #   TARGETS="handshake tls_records" fuzz/smoke.sh 60
+#   FUZZ_PROFILE=dev fuzz/smoke.sh 5   # sanitizer build without optimisation:
+#                                      # half the build time, for CI's short run
 #
 # Builds all targets first (sanitizer build via RUSTC_BOOTSTRAP=1 on stable),
 # starts each run from fuzz/seeds/<target> plus whatever fuzz/corpus/<target>
@@ -30,12 +32,18 @@ all_targets=$(cargo fuzz list)
 targets="${TARGETS:-$all_targets}"
 
 start=$(date +%s)
-echo "smoke: building: $(echo $targets)" >&2
+profile="${FUZZ_PROFILE:-release}"
+case "$profile" in
+    release) build_flags=() ;;
+    dev) build_flags=(--dev) ;;
+    *) echo "FUZZ_PROFILE is release or dev" >&2; exit 2 ;;
+esac
+echo "smoke: building ($profile): $(echo $targets)" >&2
 if [ -z "${TARGETS:-}" ]; then
-    cargo fuzz build || { echo "smoke: build failed" >&2; exit 1; }
+    cargo fuzz build "${build_flags[@]}" || { echo "smoke: build failed" >&2; exit 1; }
 else
     for t in $targets; do
-        cargo fuzz build "$t" || { echo "smoke: build of $t failed" >&2; exit 1; }
+        cargo fuzz build "${build_flags[@]}" "$t" || { echo "smoke: build of $t failed" >&2; exit 1; }
     done
 fi
 echo "smoke: built in $(( $(date +%s) - start ))s" >&2
@@ -43,7 +51,9 @@ echo "smoke: built in $(( $(date +%s) - start ))s" >&2
 # Run the binaries just built (not `cargo fuzz run`, which would rebuild, and
 # pick up any source edited since) with the flags cargo-fuzz would pass.
 host=$(rustc -vV | sed -n 's/^host: //p')
-bindir="${CARGO_TARGET_DIR:-target}/$host/release"
+dir=release
+[ "$profile" = dev ] && dir=debug
+bindir="${CARGO_TARGET_DIR:-target}/$host/$dir"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0}"
 
 logdir="$(mktemp -d "${TMPDIR:-/tmp}/mtgate-fuzz-smoke.XXXXXX")"
