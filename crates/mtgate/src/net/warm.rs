@@ -158,10 +158,18 @@ impl WarmPool {
                 // Expire early by a margin: a connection must not reach its
                 // age limit between this round and the next.
                 let limit = cfg.max_idle.saturating_sub(cfg.max_idle / 4);
-                let before = q.len();
-                q.retain(|(s, since)| since.elapsed() < limit && is_fresh(s));
-                let gone = (before - q.len()) as u64;
-                self.stats.expired.fetch_add(gone, Relaxed);
+                // Each dropped connection is counted once, for why it went.
+                q.retain(|(s, since)| {
+                    if since.elapsed() >= limit {
+                        self.stats.expired.fetch_add(1, Relaxed);
+                        false
+                    } else if !is_fresh(s) {
+                        self.stats.stale.fetch_add(1, Relaxed);
+                        false
+                    } else {
+                        true
+                    }
+                });
                 q.truncate(cfg.size);
                 if q.len() < cfg.size {
                     missing.push((*t, cfg.size - q.len()));

@@ -287,13 +287,14 @@ async fn serve(
             binary,
             forwarded_for,
         } => (len, key, binary, forwarded_for),
-        Head::Web { status } => {
+        // Not an upgrade (or not HTTP at all): a web server's answer, then FIN.
+        other => {
+            let status = match other {
+                Head::Web { status } => status,
+                _ => 400,
+            };
             let _ = tcp.write_all(&web_answer(status)).await;
             let _ = tcp.shutdown().await;
-            return;
-        }
-        Head::Incomplete | Head::Invalid => {
-            let _ = tcp.write_all(&web_answer(400)).await;
             return;
         }
     };
