@@ -33,7 +33,12 @@ impl Drop for Socks5Server {
 impl Socks5Server {
     /// Starts on 127.0.0.1:0; `auth`: the only accepted user and password.
     pub async fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at("127.0.0.1:0".parse()?, auth).await
+    }
+
+    /// [`Socks5Server::start`] on `addr` (a proxy back where one died).
+    pub async fn start_at(addr: SocketAddr, auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        let l = TcpListener::bind(addr).await?;
         let addr = l.local_addr()?;
         let stats = Arc::new(Mutex::new(Socks5Stats::default()));
         let auth = auth.map(|(u, p)| (u.to_owned(), p.to_owned()));

@@ -5,6 +5,7 @@
 //! index without an entry (test DCs `10000+n` included, unless configured)
 //! follow [`UnknownDcRule`]: fall back to a configured DC (default 2) or close.
 
+use crate::net::target::Target;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -15,10 +16,11 @@ pub enum UnknownDcRule {
     Close,
 }
 
-/// DC number → addresses (IPv4 and IPv6 mixed; the upstream orders them by preference).
+/// DC number → its group of targets (addresses of both families, SOCKS5
+/// ways, its WebSocket endpoint; the balancer orders them per connection).
 #[derive(Clone, Debug)]
 pub struct DcTable {
-    entries: BTreeMap<u16, Vec<SocketAddr>>,
+    entries: BTreeMap<u16, Vec<Target>>,
     pub unknown: UnknownDcRule,
 }
 
@@ -64,21 +66,24 @@ impl DcTable {
             entries.insert(
                 id,
                 vec![
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(v4)), 443),
-                    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)), 443),
+                    Target::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(v4)), 443)),
+                    Target::Addr(SocketAddr::new(
+                        IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+                        443,
+                    )),
                 ],
             );
         }
         Self { entries, unknown }
     }
 
-    /// Replaces the addresses of DC `id`.
-    pub fn set(&mut self, id: u16, addrs: Vec<SocketAddr>) {
-        self.entries.insert(id, addrs);
+    /// Replaces the targets of DC `id`.
+    pub fn set(&mut self, id: u16, targets: Vec<Target>) {
+        self.entries.insert(id, targets);
     }
 
-    /// Every DC number and its addresses, in DC order.
-    pub fn entries(&self) -> impl Iterator<Item = (u16, &[SocketAddr])> {
+    /// Every DC number and its targets, in DC order.
+    pub fn entries(&self) -> impl Iterator<Item = (u16, &[Target])> {
         self.entries.iter().map(|(id, a)| (*id, a.as_slice()))
     }
 
@@ -86,8 +91,8 @@ impl DcTable {
         self.entries.contains_key(&id)
     }
 
-    /// The DC number and addresses for a client's signed DC index, or `None` to close.
-    pub fn resolve(&self, dc: i16) -> Option<(u16, &[SocketAddr])> {
+    /// The DC number and targets for a client's signed DC index, or `None` to close.
+    pub fn resolve(&self, dc: i16) -> Option<(u16, &[Target])> {
         let n = dc.unsigned_abs();
         if let Some(a) = self.entries.get(&n).filter(|_| n != 0) {
             return Some((n, a));
@@ -121,9 +126,9 @@ mod tests {
     #[test]
     fn media_and_unknown_dcs() {
         let mut t = DcTable::telegram_defaults(UnknownDcRule::Fallback(2));
-        let lo: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        t.set(4, vec![lo]);
-        assert_eq!(t.resolve(4), Some((4, &[lo][..])));
+        let lo = Target::Addr("127.0.0.1:9".parse().unwrap());
+        t.set(4, vec![lo.clone()]);
+        assert_eq!(t.resolve(4), Some((4, &[lo.clone()][..])));
         assert_eq!(t.resolve(-4), Some((4, &[lo][..])));
         assert_eq!(t.resolve(203).unwrap().0, 203);
         assert_eq!(t.resolve(0).unwrap().0, 2);

@@ -99,13 +99,13 @@ pub enum Event<'a> {
     },
     /// A DC target was taken out of service by its circuit breaker.
     TargetEjected {
-        addr: std::net::SocketAddr,
+        target: &'a crate::net::target::Target,
         /// For how long (until a trial or an active check).
         cooldown: std::time::Duration,
     },
     /// A DC target is back in service (a trial or an active check passed).
     TargetRestored {
-        addr: std::net::SocketAddr,
+        target: &'a crate::net::target::Target,
     },
     /// Handed to the mask site (or held past the fronting budget), by cause:
     /// a rejected handshake, the handshake deadline, a client that closed
@@ -250,11 +250,11 @@ impl EventSink for LogSink {
             Event::Fronted { id, cause } => {
                 tracing::debug!(conn = id, cause = cause.label(), "fronted to mask host")
             }
-            Event::TargetEjected { addr, cooldown } => {
-                tracing::warn!(%addr, ?cooldown, "upstream target taken out of service after failures")
+            Event::TargetEjected { target, cooldown } => {
+                tracing::warn!(%target, ?cooldown, "upstream target taken out of service after failures")
             }
-            Event::TargetRestored { addr } => {
-                tracing::info!(%addr, "upstream target back in service")
+            Event::TargetRestored { target } => {
+                tracing::info!(%target, "upstream target back in service")
             }
             Event::Reloaded { ok: true, detail } => {
                 tracing::info!(detail, "configuration reloaded")

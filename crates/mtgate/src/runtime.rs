@@ -8,6 +8,7 @@
 
 use crate::config::{Config, User};
 use crate::events::{Event, Telemetry};
+use crate::net::target::Target;
 use crate::policy::clock::{SharedClock, SystemClock};
 use crate::policy::engine::Policy;
 use crate::policy::error::PolicyError;
@@ -39,6 +40,8 @@ pub struct Runtime {
     pub peer_source: crate::peer::PeerSource,
     /// How DCs are reached in direct mode (see crate::net::connect).
     pub connector: crate::net::connect::Connector,
+    /// The named SOCKS5 chains of `via` targets (`[upstream.chains]`).
+    pub chains: crate::net::connect::Chains,
     /// Which DC target to try first, and their breakers (shared across reloads).
     pub balancer: Arc<crate::net::balance::Balancer>,
     /// Connections opened ahead to DC targets (shared across reloads).
@@ -126,6 +129,7 @@ impl Runtime {
                 config.socks5.clone(),
                 config.connect_timeout,
             ),
+            chains: crate::net::connect::Chains::build(&config.chains, config.connect_timeout),
             balancer: crate::net::balance::Balancer::new(
                 config.balance.clone(),
                 dc_targets(&config),
@@ -171,6 +175,7 @@ impl Runtime {
                 config.socks5.clone(),
                 config.connect_timeout,
             ),
+            chains: crate::net::connect::Chains::build(&config.chains, config.connect_timeout),
             balancer: self.balancer.clone(),
             warm: self.warm.clone(),
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
@@ -192,6 +197,21 @@ impl Runtime {
             budget: self.mask_budget.clone(),
             source,
             suspect,
+        }
+    }
+
+    /// How this runtime reaches DCs in direct mode.
+    pub fn route(&self) -> crate::upstream::Route<'_> {
+        crate::upstream::Route {
+            connector: &self.connector,
+            chains: &self.chains,
+            table: &self.config.dcs,
+            balancer: &self.balancer,
+            prefer: self.config.prefer,
+            warm: &self.warm,
+            attempt_delay: self.config.attempt_delay,
+            ws: self.ws_upstream.as_deref(),
+            connect_timeout: self.config.connect_timeout,
         }
     }
 
@@ -260,12 +280,11 @@ pub fn spawn_profiler_with(
     })
 }
 
-/// Every DC address of `config`'s table, once each: the balancer's targets.
-fn dc_targets(config: &Config) -> Vec<std::net::SocketAddr> {
-    let mut v: Vec<_> = config
-        .dcs
-        .entries()
-        .flat_map(|(_, addrs)| addrs.iter().copied())
+/// Every DC target of `config`, once each: the balancer's targets.
+fn dc_targets(config: &Config) -> Vec<Target> {
+    let mut v: Vec<_> = crate::upstream::all_targets(&config.dcs, &config.ws_upstream)
+        .into_iter()
+        .map(|(_, t)| t)
         .collect();
     v.sort_unstable();
     v.dedup();
@@ -273,8 +292,8 @@ fn dc_targets(config: &Config) -> Vec<std::net::SocketAddr> {
 }
 
 /// Checks the targets the balancer took out, every `upstream.health.check_interval`:
-/// a DC address that answers the MTProto handshake (the check `mtgate doctor`
-/// runs) is put back in service. Runs until the task is dropped.
+/// a target that answers the MTProto handshake, opened by its kind (the check
+/// `mtgate doctor` runs), is put back in service. Runs until the task is dropped.
 pub async fn health_checks(live: Arc<Live>) {
     loop {
         let rt = live.current();
@@ -285,13 +304,18 @@ pub async fn health_checks(live: Arc<Live>) {
         }
         tokio::time::sleep(every).await;
         let rt = live.current();
-        for addr in rt.balancer.ejected() {
+        let route = rt.route();
+        for target in rt.balancer.ejected() {
+            let dc = match target {
+                Target::WebSocket { dc } => dc,
+                _ => 2,
+            };
             let timeout = rt.config.connect_timeout;
-            let ok = crate::doctor::probe_dc(&rt.connector, addr, 2, timeout)
+            let ok = crate::upstream::probe::probe_target(&route, &target, dc, timeout)
                 .await
                 .is_ok();
-            if ok && rt.balancer.restore(addr) == crate::net::balance::Change::Restored {
-                rt.telemetry.emit(Event::TargetRestored { addr });
+            if ok && rt.balancer.restore(&target) == crate::net::balance::Change::Restored {
+                rt.telemetry.emit(Event::TargetRestored { target: &target });
             }
         }
     }
@@ -307,9 +331,14 @@ pub async fn warm_upkeep(live: Arc<Live>) {
             continue;
         };
         let ejected = rt.balancer.ejected();
+        // Plain addresses only: the pool holds connections of the default way.
         let targets: Vec<_> = dc_targets(&rt.config)
             .into_iter()
             .filter(|t| !ejected.contains(t))
+            .filter_map(|t| match t {
+                Target::Addr(a) => Some(a),
+                _ => None,
+            })
             .collect();
         rt.warm.refill(&rt.connector, &targets).await;
         drop(rt);

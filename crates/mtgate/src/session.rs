@@ -348,21 +348,14 @@ async fn setup(
                 error,
             })
         }
-        upstream::Attempt::Ejected { addr, cooldown } => {
-            rt.telemetry.emit(Event::TargetEjected { addr, cooldown })
+        upstream::Attempt::Ejected { target, cooldown } => {
+            rt.telemetry.emit(Event::TargetEjected { target, cooldown })
         }
-        upstream::Attempt::Restored { addr } => rt.telemetry.emit(Event::TargetRestored { addr }),
+        upstream::Attempt::Restored { target } => {
+            rt.telemetry.emit(Event::TargetRestored { target })
+        }
     };
-    let route = upstream::Route {
-        connector: &rt.connector,
-        table: &rt.config.dcs,
-        balancer: &rt.balancer,
-        prefer: rt.config.prefer,
-        warm: &rt.warm,
-        attempt_delay: rt.config.attempt_delay,
-        ws: rt.ws_upstream.as_deref(),
-        connect_timeout: rt.config.connect_timeout,
-    };
+    let route = rt.route();
     let connected = match Box::pin(upstream::connect_direct(
         &route,
         accepted.dc,

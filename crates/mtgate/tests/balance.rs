@@ -176,7 +176,7 @@ async fn a_target_killed_and_revived_under_load_loses_no_client() {
         failures, 2,
         "two failures open the breaker; no attempt after"
     );
-    assert_eq!(proxy.runtime.balancer.ejected(), vec![dead]);
+    assert_eq!(proxy.runtime.balancer.ejected(), vec![dead.into()]);
 
     // Revive it on the same port: the active check brings it back.
     let revived = FakeDc::start(dead, FakeDcMode::Mtproto)
@@ -237,6 +237,6 @@ async fn happy_eyeballs_serves_past_a_black_holed_target_and_takes_it_out() {
     }
     assert_eq!(served(&good), vec![5]);
     // Three times silent while the other answered: taken out.
-    assert_eq!(proxy.runtime.balancer.ejected(), vec![hole_addr]);
+    assert_eq!(proxy.runtime.balancer.ejected(), vec![hole_addr.into()]);
     proxy.stop().await;
 }

@@ -363,17 +363,17 @@ impl Metrics {
                     })
                     .inc();
             }
-            Event::TargetEjected { addr, .. } => {
+            Event::TargetEjected { target, .. } => {
                 self.ejections
                     .get_or_create(&TargetLabels {
-                        target: addr.to_string(),
+                        target: target.to_string(),
                     })
                     .inc();
             }
-            Event::TargetRestored { addr } => {
+            Event::TargetRestored { target } => {
                 self.restorations
                     .get_or_create(&TargetLabels {
-                        target: addr.to_string(),
+                        target: target.to_string(),
                     })
                     .inc();
             }

@@ -11,10 +11,11 @@ pub mod me;
 mod overrides;
 pub mod policy;
 pub mod raw;
+mod upstream;
 pub mod user_limits;
 mod users;
 
-use crate::dc::{DcTable, UnknownDcRule};
+use crate::dc::DcTable;
 pub use me::{MeConfig, MeFetch, PinMode};
 use mtgate_proto::secret::validate_domain;
 use overrides::apply_overrides;
@@ -24,6 +25,7 @@ use raw::RawConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use upstream::Upstream;
 pub use user_limits::UserLimits;
 pub use users::{Modes, User};
 
@@ -143,6 +145,9 @@ pub struct Config {
     pub balance: crate::net::balance::BalanceConfig,
     /// SOCKS5 proxies (in order) for direct-mode DC connections (`upstream.socks5`).
     pub socks5: Vec<crate::net::connect::Socks5Hop>,
+    /// Named SOCKS5 chains that DC targets name with `via` (`[upstream.chains]`).
+    pub chains:
+        std::collections::BTreeMap<std::sync::Arc<str>, Vec<crate::net::connect::Socks5Hop>>,
     /// PROXY protocol from trusted front ends (`[proxy_protocol]`).
     pub proxy_protocol: crate::net::proxy_protocol::ProxyProtocolConfig,
     /// WebSocket listeners (`[websocket]`).
@@ -351,87 +356,17 @@ impl Config {
             return Err(invalid("tls.replay_cache_size", "must be at least 1"));
         }
 
-        let u = raw.upstream;
-        let prefer = match u.prefer.as_deref() {
-            None | Some("ipv4") => IpPreference::V4,
-            Some("ipv6") => IpPreference::V6,
-            Some(o) => {
-                return Err(invalid(
-                    "upstream.prefer",
-                    format!("`{o}`: use ipv4 or ipv6"),
-                ))
-            }
-        };
-        let unknown = match u.unknown_dc.as_deref() {
-            None | Some("fallback") => UnknownDcRule::Fallback(u.fallback_dc.unwrap_or(2)),
-            Some("close") => UnknownDcRule::Close,
-            Some(o) => {
-                return Err(invalid(
-                    "upstream.unknown_dc",
-                    format!("`{o}`: use fallback or close"),
-                ))
-            }
-        };
-        let socks5 = u
-            .socks5
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                crate::net::connect::Socks5Hop::parse(h)
-                    .map_err(|e| invalid(format!("upstream.socks5[{i}]"), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if socks5.len() > 8 {
-            return Err(invalid("upstream.socks5", "at most 8 proxies in a chain"));
-        }
-        let balance = crate::net::balance::BalanceConfig::from_raw(
-            u.balance.as_deref(),
-            &u.weights,
-            u.health,
-        )
-        .map_err(|(key, msg)| invalid(key, msg))?;
-        let attempt_delay = u.attempt_delay.unwrap_or(Duration::from_millis(250));
-        if attempt_delay > Duration::from_secs(10) {
-            return Err(invalid(
-                "upstream.attempt_delay",
-                "use 0 (one target at a time) to 10s",
-            ));
-        }
-        let warm = crate::net::warm::WarmConfig::from_raw(u.pool)
-            .map_err(|(key, msg)| invalid(key, msg))?;
-        let ws_upstream = crate::net::ws_upstream::WsUpstreamConfig::from_raw(u.websocket)
-            .map_err(|(key, msg)| invalid(key, msg))?;
-        let mut dcs = DcTable::telegram_defaults(unknown);
-        for (k, addrs) in &raw.dcs {
-            let key = format!("dcs.{k}");
-            let id: u16 = k.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                invalid(
-                    &key,
-                    "DC index must be a positive number (media DCs use the same entry)",
-                )
-            })?;
-            if addrs.is_empty() {
-                return Err(invalid(&key, "at least one address is required"));
-            }
-            let parsed = addrs
-                .iter()
-                .map(|a| {
-                    a.parse::<SocketAddr>()
-                        .map_err(|_| invalid(&key, format!("`{a}` is not an ip:port address")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            dcs.set(id, parsed);
-        }
-        if let UnknownDcRule::Fallback(f) = unknown {
-            if !dcs.has(f) {
-                return Err(invalid(
-                    "upstream.fallback_dc",
-                    format!("DC {f} is not in the DC table"),
-                ));
-            }
-        }
+        let Upstream {
+            prefer,
+            connect_timeout,
+            socks5,
+            chains,
+            balance,
+            attempt_delay,
+            warm,
+            ws_upstream,
+            dcs,
+        } = upstream::parse(raw.upstream, &raw.dcs)?;
 
         let (users, user_ad_tags) = users::parse(raw.users, default_modes)?;
         let me = MeConfig::from_raw(raw.me, user_ad_tags)?;
@@ -499,8 +434,9 @@ impl Config {
             replay_cache_size,
             fake_cert_len,
             prefer,
-            connect_timeout: u.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            connect_timeout,
             socks5,
+            chains,
             balance,
             warm,
             attempt_delay,

@@ -67,7 +67,10 @@ pub(super) fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(),
         let (n, a) = d
             .split_once('=')
             .ok_or_else(|| invalid("--dc", format!("`{d}`: want N=IP:PORT")))?;
-        raw.dcs.entry(n.to_owned()).or_default().push(a.to_owned());
+        raw.dcs
+            .entry(n.to_owned())
+            .or_default()
+            .push(toml::Value::String(a.to_owned()));
     }
     Ok(())
 }

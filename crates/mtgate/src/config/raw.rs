@@ -14,9 +14,10 @@ pub struct RawConfig {
     pub tls: RawTls,
     #[serde(default)]
     pub upstream: RawUpstream,
-    /// DC index → list of `ip:port` addresses (replaces the built-in entry).
+    /// DC index → its targets: `"ip:port"`, `"websocket"`, or tables
+    /// (`crate::net::target::parse_entry`); replaces the built-in entry.
     #[serde(default)]
-    pub dcs: BTreeMap<String, Vec<String>>,
+    pub dcs: BTreeMap<String, Vec<toml::Value>>,
     #[serde(default)]
     pub users: BTreeMap<String, RawUser>,
     #[serde(default)]
@@ -108,6 +109,9 @@ pub struct RawUpstream {
     pub fallback_dc: Option<u16>,
     /// SOCKS5 proxies, in order, for direct-mode DC connections.
     pub socks5: Option<Vec<String>>,
+    /// Named SOCKS5 chains for DC targets (`via = "NAME"`).
+    #[serde(default)]
+    pub chains: BTreeMap<String, Vec<String>>,
     /// How a DC's targets are chosen.
     pub balance: Option<String>,
     /// Happy eyeballs: the next target starts after this long unanswered.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::net::target::Target;
 
 fn err(text: &str) -> String {
     Config::from_toml(text, &Overrides::default())
@@ -107,7 +108,7 @@ fn flags_override_the_file() {
     assert_eq!(names, vec!["carol", "user2"]);
     assert_eq!(
         c.dcs.resolve(2).unwrap().1,
-        &["127.0.0.1:5555".parse().unwrap()][..]
+        &[Target::Addr("127.0.0.1:5555".parse().unwrap())][..]
     );
     assert!(Config::from_overrides(&Overrides {
         dcs: vec!["x".into()],
@@ -145,4 +146,60 @@ fn handover_socket_and_drain_timeout() {
         "a".repeat(120)
     ))
     .contains("server.handover_socket"));
+}
+
+#[test]
+fn a_dc_group_mixes_kinds_with_weights() {
+    let c = Config::from_toml(
+        "[upstream.chains]\neu = [\"socks5://u:p@10.0.0.9:1080\", \"socks5://10.0.0.8:1080\"]\n\
+         [upstream.websocket]\nenabled = true\n\
+         [dcs]\n2 = [\"1.2.3.4:443\", { addr = \"1.2.3.4:443\", via = \"eu\", weight = 3 }, \
+         { addr = \"5.6.7.8:443\", via = \"direct\" }, { websocket = true, weight = 2 }]\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let group = c.dcs.resolve(2).unwrap().1;
+    let a: std::net::SocketAddr = "1.2.3.4:443".parse().unwrap();
+    let eu = Target::Via {
+        addr: a,
+        chain: "eu".into(),
+    };
+    assert_eq!(group.len(), 4);
+    assert_eq!(group[0], Target::Addr(a));
+    assert_eq!(group[1], eu);
+    assert_eq!(group[2].to_string(), "5.6.7.8:443 via direct");
+    assert_eq!(group[3], Target::WebSocket { dc: 2 });
+    assert_eq!(c.balance.weights[&eu], 3);
+    assert_eq!(c.balance.weights[&Target::WebSocket { dc: 2 }], 2);
+    assert_eq!(c.chains["eu"].len(), 2);
+    // Credentials are kept, never printed.
+    assert!(!format!("{:?}", c.chains).contains("u:p"));
+}
+
+#[test]
+fn bad_groups_and_chains_name_the_entry() {
+    for (text, key) in [
+        ("[dcs]\n2 = [\"websocket\"]", "dcs.2[0]"),
+        (
+            "[dcs]\n2 = [{ addr = \"1.2.3.4:1\", via = \"nope\" }]",
+            "dcs.2[0]",
+        ),
+        ("[dcs]\n2 = [\"1.2.3.4:1\", \"1.2.3.4:1\"]", "dcs.2[1]"),
+        (
+            "[upstream.chains]\ndirect = [\"socks5://1.2.3.4:1\"]",
+            "upstream.chains.direct",
+        ),
+        (
+            "[upstream.chains]\n\"a b\" = [\"socks5://1.2.3.4:1\"]",
+            "upstream.chains.a b",
+        ),
+        ("[upstream.chains]\neu = []", "upstream.chains.eu"),
+        (
+            "[upstream.chains]\neu = [\"http://1.2.3.4:1\"]",
+            "upstream.chains.eu[0]",
+        ),
+    ] {
+        let e = err(text);
+        assert!(e.starts_with(key), "{text}: {e}");
+    }
 }

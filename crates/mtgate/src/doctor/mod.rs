@@ -26,8 +26,6 @@
 
 mod mask;
 mod net;
-/// The DC check (`upstream::dial` + `req_pq_multi`), also the balancer's active health check.
-pub use net::probe_dc;
 mod system;
 
 use crate::config::{Config, ConfigError};

@@ -4,17 +4,10 @@
 use super::Check;
 use crate::config::Config;
 use crate::me::files::MeFiles;
-use crate::net::connect::{Connector, ErrorClass};
-use crate::upstream::{self, DialError};
-use mtgate_proto::obfs2::{DcIndex, ProtoTag};
-use mtgate_proto::probe::{self, ProbeError};
-use mtgate_proto::transport::{self, Decoded};
+use crate::net::target::Target;
+use crate::upstream::{self, probe::probe_target, probe::unix_now, probe::DcProbeError};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Largest answer frame read from a DC during the probe (a resPQ is ~84 bytes).
-const MAX_ANSWER: usize = 4096;
+use std::time::{Duration, Instant};
 
 /// Binds each client listener and the admin address, then drops them.
 pub fn binds(cfg: &Config) -> Vec<Check> {
@@ -77,100 +70,24 @@ pub struct DcResults {
     pub server_times: Vec<(i64, i64)>,
 }
 
-/// Why a DC address did not prove itself a DC.
-#[derive(Debug, thiserror::Error)]
-pub enum DcProbeError {
-    #[error("TCP connect: {0}")]
-    Connect(std::io::Error),
-    #[error("TCP connect timed out")]
-    ConnectTimeout,
-    #[error("sending the obfuscated2 header: {0}")]
-    Send(std::io::Error),
-    #[error("connection closed after the obfuscated2 header, no resPQ")]
-    Closed,
-    #[error("connected, but no resPQ within the timeout")]
-    NoAnswer,
-    #[error("reading the answer: {0}")]
-    Read(std::io::Error),
-    #[error("bad answer frame: {0}")]
-    Frame(#[from] transport::FrameError),
-    #[error("{0}")]
-    Answer(#[from] ProbeError),
-}
-
-fn unix_now() -> (u64, u32) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_secs(), d.subsec_nanos())
-}
-
-/// One DC address: TCP, our own obfuscated2 header (the code `run` uses),
-/// then `req_pq_multi` in the intermediate transport the header announced.
-/// Returns the round-trip time and the server's clock.
-pub async fn probe_dc(
-    connector: &Connector,
-    addr: SocketAddr,
-    dc: u16,
-    timeout: Duration,
-) -> Result<(Duration, u64), DcProbeError> {
-    let started = Instant::now();
-    let tag = ProtoTag::Intermediate;
-    let dc_index = DcIndex(i16::try_from(dc).unwrap_or(i16::MAX));
-    let side = upstream::dial(connector, addr, tag, dc_index)
-        .await
-        .map_err(|e| match e {
-            DialError::Connect(e) if e.class == ErrorClass::Timeout => DcProbeError::ConnectTimeout,
-            DialError::Connect(e) => DcProbeError::Connect(std::io::Error::other(e.detail)),
-            DialError::Send(e) => DcProbeError::Send(e),
-        })?;
-    let left = timeout.saturating_sub(started.elapsed());
-    tokio::time::timeout(left, exchange(side, tag))
-        .await
-        .map_err(|_| DcProbeError::NoAnswer)?
-        .map(|server_time| (started.elapsed(), server_time))
-}
-
-async fn exchange(side: crate::relay::UpstreamSide, tag: ProtoTag) -> Result<u64, DcProbeError> {
-    let crate::relay::UpstreamSide {
-        mut stream,
-        mut ciphers,
-        ..
-    } = side;
-    let mut nonce = [0u8; 16];
-    mtgate_crypto::fill_random(&mut nonce);
-    let (secs, nanos) = unix_now();
-    let msg = probe::req_pq_multi(probe::msg_id_at(secs, nanos, 0, 0), &nonce);
-    let mut out = Vec::with_capacity(msg.len() + 4);
-    transport::encode_frame(tag, &msg, &[], &mut out)?;
-    ciphers.enc.apply(&mut out);
-    stream.write_all(&out).await.map_err(DcProbeError::Send)?;
-    let mut rx = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await.map_err(DcProbeError::Read)?;
-        if n == 0 {
-            return Err(DcProbeError::Closed);
-        }
-        ciphers.dec.apply(&mut buf[..n]);
-        rx.extend_from_slice(&buf[..n]);
-        if let Decoded::Frame(f) = transport::decode(tag, &rx, MAX_ANSWER)? {
-            let (msg_id, _) = probe::check_res_pq(&rx[f.start..f.end], &nonce)?;
-            return Ok(probe::msg_id_time(msg_id));
-        }
-    }
-}
-
-fn dc_fix(e: &DcProbeError, addr: SocketAddr, dc: u16) -> String {
+fn dc_fix(e: &DcProbeError, target: &Target, dc: u16) -> String {
+    let addr = target;
     match e {
+        DcProbeError::Connect(_) if matches!(target, Target::WebSocket { .. }) => format!(
+            "no WebSocket connection to DC {dc}'s endpoint: check [upstream.websocket] (host, port, tls, resolve) and the way to it"
+        ),
+        DcProbeError::Connect(_) if matches!(target, Target::Via { .. }) => format!(
+            "no connection to {addr}: check the chain's SOCKS5 proxies in [upstream.chains] and that they may reach the DC"
+        ),
         DcProbeError::Connect(io)
-            if addr.is_ipv6() && io.kind() == std::io::ErrorKind::NetworkUnreachable =>
+            if target.addr().is_some_and(|a| a.is_ipv6())
+                && io.to_string().contains("unreachable") =>
         {
             format!("this host has no IPv6 route; enable IPv6, or leave IPv6 out of [dcs] {dc}")
         }
         DcProbeError::Connect(_) | DcProbeError::ConnectTimeout => format!(
             "no TCP to {addr}: check the outbound firewall and routing (TCP port {}), or set [dcs] {dc} to reachable addresses",
-            addr.port()
+            target.addr().map_or(443, |a| a.port())
         ),
         DcProbeError::NoAnswer | DcProbeError::Closed | DcProbeError::Send(_) | DcProbeError::Read(_) => format!(
             "{addr} accepts TCP but does not answer the MTProto handshake: it is not a Telegram DC, or something on the path interferes; check [dcs] {dc}"
@@ -181,27 +98,23 @@ fn dc_fix(e: &DcProbeError, addr: SocketAddr, dc: u16) -> String {
     }
 }
 
-/// Probes every address of every DC in the table, all at once.
+/// Probes every target of every DC in the table (each by its kind: an
+/// address, a SOCKS5 chain, a WebSocket endpoint), all at once.
 pub async fn dcs(cfg: &Config, timeout: Duration) -> DcResults {
-    let mut set = tokio::task::JoinSet::new();
-    let mut order = Vec::new();
-    // The way `run` reaches DCs (through the SOCKS5 chain, if any).
-    let connector = Connector::through(cfg.socks5.clone(), timeout);
-    for (dc, addrs) in cfg.dcs.entries() {
-        for &addr in addrs {
-            let i = order.len();
-            order.push((dc, addr));
-            let connector = connector.clone();
-            set.spawn(async move { (i, probe_dc(&connector, addr, dc, timeout).await) });
-        }
-    }
-    let mut results: Vec<Option<Result<(Duration, u64), DcProbeError>>> =
-        order.iter().map(|_| None).collect();
-    while let Some(r) = set.join_next().await {
-        if let Ok((i, res)) = r {
-            results[i] = Some(res);
-        }
-    }
+    // The ways `run` reaches DCs (the SOCKS5 chains, the WebSocket endpoints).
+    let ways = upstream::Ways::new(cfg, timeout);
+    let route = ways.route();
+    let order = upstream::all_targets(&cfg.dcs, &cfg.ws_upstream);
+    let results: Vec<Option<Result<(Duration, u64), DcProbeError>>> =
+        futures_util::future::join_all(
+            order
+                .iter()
+                .map(|(dc, t)| probe_target(&route, t, *dc, timeout)),
+        )
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
     let local = unix_now().0 as i64;
     let mut server_times = Vec::new();
     let mut checks = Vec::new();
@@ -217,17 +130,18 @@ pub async fn dcs(cfg: &Config, timeout: Duration) -> DcResults {
                 checks.push(Check::ok(
                     name,
                     format!(
-                        "TCP + obfuscated2 + req_pq_multi → resPQ in {}",
+                        "{} + obfuscated2 + req_pq_multi → resPQ in {}",
+                        addr.kind(),
                         super::ms(*rtt)
                     ),
                 ));
             }
             Some(Err(e)) => {
-                let fix = dc_fix(e, *addr, *dc);
+                let fix = dc_fix(e, addr, *dc);
                 checks.push(if any_ok {
-                    Check::warn(name, format!("{e} (another address of DC {dc} works)"), fix)
+                    Check::warn(name, format!("{e} (another target of DC {dc} works)"), fix)
                 } else {
-                    Check::fail(name, format!("{e}; no address of DC {dc} works"), fix)
+                    Check::fail(name, format!("{e}; no target of DC {dc} works"), fix)
                 });
             }
             None => checks.push(Check::fail(
@@ -344,7 +258,11 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mtgate_proto::obfs2::ProtoTag;
+    use mtgate_proto::probe::{self, ProbeError};
+    use mtgate_proto::transport;
     use std::io::ErrorKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn bind_fixes() {
@@ -389,14 +307,12 @@ mod tests {
             let _ = s.write_all(&out).await;
             let _ = s.read(&mut buf).await;
         });
-        let e = probe_dc(
-            &Connector::direct(Duration::from_secs(5)),
-            addr,
-            2,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
+        let cfg = Config::from_toml("", &Default::default()).unwrap();
+        let ways = upstream::Ways::new(&cfg, Duration::from_secs(5));
+        let target = Target::Addr(addr);
+        let e = probe_target(&ways.route(), &target, 2, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -404,6 +320,6 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(dc_fix(&e, addr, 2).contains("not like a Telegram DC"));
+        assert!(dc_fix(&e, &target, 2).contains("not like a Telegram DC"));
     }
 }

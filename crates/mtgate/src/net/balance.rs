@@ -14,6 +14,7 @@
 //! state is shared across reloads and bounded by the configured targets.
 
 use crate::config::IpPreference;
+use crate::net::target::Target;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -61,8 +62,8 @@ impl Strategy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BalanceConfig {
     pub strategy: Strategy,
-    /// Per-address weights (1 when not listed; 0 is not allowed).
-    pub weights: HashMap<SocketAddr, u32>,
+    /// Per-target weights (1 when not listed; 0 is not allowed).
+    pub weights: HashMap<Target, u32>,
     /// Consecutive failures that eject a target.
     pub failures: u32,
     /// The first ejection's length; each further one doubles it.
@@ -120,7 +121,7 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Balancer {
     config: RwLock<BalanceConfig>,
-    targets: RwLock<HashMap<SocketAddr, Arc<TargetState>>>,
+    targets: RwLock<HashMap<Target, Arc<TargetState>>>,
     rr: AtomicU64,
     epoch: Instant,
 }
@@ -136,8 +137,8 @@ impl Drop for Lease {
 }
 
 impl Balancer {
-    /// A balancer for `targets` (every DC address).
-    pub fn new(config: BalanceConfig, targets: impl IntoIterator<Item = SocketAddr>) -> Arc<Self> {
+    /// A balancer for `targets` (every DC target).
+    pub fn new(config: BalanceConfig, targets: impl IntoIterator<Item = Target>) -> Arc<Self> {
         let b = Arc::new(Self {
             config: RwLock::new(config),
             targets: RwLock::default(),
@@ -150,18 +151,14 @@ impl Balancer {
 
     /// New settings and targets (a reload): known targets keep their state,
     /// gone ones are forgotten.
-    pub fn reconfigure(
-        &self,
-        config: BalanceConfig,
-        targets: impl IntoIterator<Item = SocketAddr>,
-    ) {
+    pub fn reconfigure(&self, config: BalanceConfig, targets: impl IntoIterator<Item = Target>) {
         if let Ok(mut c) = self.config.write() {
             *c = config;
         }
         self.set_targets(targets);
     }
 
-    fn set_targets(&self, targets: impl IntoIterator<Item = SocketAddr>) {
+    fn set_targets(&self, targets: impl IntoIterator<Item = Target>) {
         let Ok(mut map) = self.targets.write() else {
             return;
         };
@@ -177,33 +174,33 @@ impl Balancer {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn state(&self, t: &SocketAddr) -> Option<Arc<TargetState>> {
+    fn state(&self, t: &Target) -> Option<Arc<TargetState>> {
         self.targets.read().ok()?.get(t).cloned()
     }
 
-    fn weight(cfg: &BalanceConfig, t: &SocketAddr) -> u64 {
+    fn weight(cfg: &BalanceConfig, t: &Target) -> u64 {
         u64::from(cfg.weights.get(t).copied().unwrap_or(1).max(1))
     }
 
-    /// The order in which to try `addrs` for a client at `client`.
-    pub fn order(
-        &self,
-        addrs: &[SocketAddr],
-        prefer: IpPreference,
-        client: IpAddr,
-    ) -> Vec<SocketAddr> {
+    /// The order in which to try `targets` for a client at `client`. A
+    /// target without an address of its own (a WebSocket endpoint) counts
+    /// as of the preferred family.
+    pub fn order(&self, targets: &[Target], prefer: IpPreference, client: IpAddr) -> Vec<Target> {
         let Ok(cfg) = self.config.read() else {
-            return addrs.to_vec();
+            return targets.to_vec();
         };
         let now = self.now_ms();
         let mut healthy = [Vec::new(), Vec::new()];
         let mut trials = [Vec::new(), Vec::new()];
         let mut ejected = Vec::new();
-        for &a in addrs {
-            let family = usize::from(!matches!(
-                (prefer, a.is_ipv6()),
-                (IpPreference::V6, true) | (IpPreference::V4, false)
-            ));
+        for a in targets {
+            let family = usize::from(a.addr().is_some_and(|a| {
+                !matches!(
+                    (prefer, a.is_ipv6()),
+                    (IpPreference::V6, true) | (IpPreference::V4, false)
+                )
+            }));
+            let a = a.clone();
             let Some(s) = self.state(&a) else {
                 healthy[family].push(a);
                 continue;
@@ -223,7 +220,7 @@ impl Balancer {
                 ejected.push(a);
             }
         }
-        let mut out = Vec::with_capacity(addrs.len());
+        let mut out = Vec::with_capacity(targets.len());
         for (group, trial) in healthy.iter_mut().zip(&mut trials) {
             self.arrange(&cfg, group, client);
             out.append(trial);
@@ -234,7 +231,7 @@ impl Balancer {
     }
 
     /// Puts the strategy's first choice first (the rest keep their order).
-    fn arrange(&self, cfg: &BalanceConfig, group: &mut [SocketAddr], client: IpAddr) {
+    fn arrange(&self, cfg: &BalanceConfig, group: &mut [Target], client: IpAddr) {
         if group.len() < 2 {
             return;
         }
@@ -265,8 +262,8 @@ impl Balancer {
     }
 
     /// Counts a connection open through `target` until the lease drops.
-    pub fn lease(&self, target: SocketAddr) -> Option<Lease> {
-        let s = self.state(&target)?;
+    pub fn lease(&self, target: &Target) -> Option<Lease> {
+        let s = self.state(target)?;
         s.active.fetch_add(1, Relaxed);
         Some(Lease(s))
     }
@@ -274,7 +271,7 @@ impl Balancer {
     /// A lease on `target` when the strategy counts connections (least
     /// connections); `None` otherwise, so other strategies keep nothing per
     /// connection.
-    pub fn lease_for_strategy(&self, target: SocketAddr) -> Option<Lease> {
+    pub fn lease_for_strategy(&self, target: &Target) -> Option<Lease> {
         let counts = self
             .config
             .read()
@@ -288,8 +285,8 @@ impl Balancer {
     }
 
     /// Feeds the breaker with one connect's result.
-    pub fn record(&self, target: SocketAddr, ok: bool) -> Change {
-        let Some(s) = self.state(&target) else {
+    pub fn record(&self, target: &Target, ok: bool) -> Change {
+        let Some(s) = self.state(target) else {
             return Change::None;
         };
         let Ok(cfg) = self.config.read() else {
@@ -323,8 +320,8 @@ impl Balancer {
     }
 
     /// Where `target` stands now.
-    pub fn status(&self, target: SocketAddr) -> Status {
-        let until = self.state(&target).map_or(0, |s| s.until_ms.load(Relaxed));
+    pub fn status(&self, target: &Target) -> Status {
+        let until = self.state(target).map_or(0, |s| s.until_ms.load(Relaxed));
         let now = self.now_ms();
         if until == 0 || until <= now {
             Status::InService
@@ -334,7 +331,7 @@ impl Balancer {
     }
 
     /// Targets taken out of service now.
-    pub fn ejected(&self) -> Vec<SocketAddr> {
+    pub fn ejected(&self) -> Vec<Target> {
         let now = self.now_ms();
         self.targets
             .read()
@@ -344,7 +341,7 @@ impl Balancer {
                         let u = s.until_ms.load(Relaxed);
                         u != 0 && u > now
                     })
-                    .map(|(a, _)| *a)
+                    .map(|(a, _)| a.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -359,7 +356,7 @@ impl Balancer {
     }
 
     /// An active check of an ejected target succeeded: back in service now.
-    pub fn restore(&self, target: SocketAddr) -> Change {
+    pub fn restore(&self, target: &Target) -> Change {
         self.record(target, true)
     }
 }
@@ -372,7 +369,7 @@ fn half_open_ms(cfg: &BalanceConfig) -> u64 {
 }
 
 /// The index that `n` falls on when each target owns `weight` slots.
-fn weighted_pick(cfg: &BalanceConfig, group: &[SocketAddr], n: u64) -> usize {
+fn weighted_pick(cfg: &BalanceConfig, group: &[Target], n: u64) -> usize {
     let total: u64 = group.iter().map(|t| Balancer::weight(cfg, t)).sum();
     let mut slot = n % total.max(1);
     for (i, t) in group.iter().enumerate() {
@@ -428,7 +425,7 @@ impl BalanceConfig {
             if !(1..=1000).contains(v) {
                 return Err((key, "a weight is 1..1000".into()));
             }
-            w.insert(addr, *v);
+            w.insert(Target::Addr(addr), *v);
         }
         let failures = health.failures.unwrap_or(d.failures);
         if !(1..=1000).contains(&failures) {

@@ -266,6 +266,35 @@ impl Connector {
     }
 }
 
+/// The named chains of `[upstream.chains]`, each a [`Connector`], with
+/// `direct` (no proxy) always there: the ways a `via` target of a DC group
+/// names. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Chains(Arc<std::collections::BTreeMap<Arc<str>, Connector>>);
+
+impl Chains {
+    /// A connector for each chain, every one bounded by `timeout`.
+    pub fn build(
+        chains: &std::collections::BTreeMap<Arc<str>, Vec<Socks5Hop>>,
+        timeout: Duration,
+    ) -> Self {
+        let mut m: std::collections::BTreeMap<Arc<str>, Connector> = chains
+            .iter()
+            .map(|(name, hops)| (name.clone(), Connector::through(hops.clone(), timeout)))
+            .collect();
+        m.insert(
+            crate::net::target::DIRECT.into(),
+            Connector::direct(timeout),
+        );
+        Self(Arc::new(m))
+    }
+
+    /// The chain named `name`.
+    pub fn get(&self, name: &str) -> Option<&Connector> {
+        self.0.get(name)
+    }
+}
+
 /// Asks `hop` (at the other end of `stream`) to connect to `target`.
 async fn socks_connect<'t, T: tokio_socks::IntoTargetAddr<'t>>(
     stream: TcpStream,

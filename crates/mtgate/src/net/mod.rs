@@ -20,11 +20,15 @@
 //!   ([`connect::ErrorClass`]) for metrics and logs.
 //!
 //! * [`ws_upstream`]: DC connections through Telegram's WebSocket endpoints.
+//!
+//! * [`target`]: a DC's group of targets of mixed kinds (addresses, addresses
+//!   through a named SOCKS5 chain, the WebSocket endpoint), balanced as one.
 
 pub mod balance;
 pub mod connect;
 pub mod inbound;
 pub mod proxy_protocol;
+pub mod target;
 pub mod warm;
 pub mod websocket;
 pub mod ws_upstream;

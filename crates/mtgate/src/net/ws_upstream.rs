@@ -132,6 +132,11 @@ impl WsUpstreamConfig {
     pub fn enabled(&self) -> bool {
         !self.hosts.is_empty()
     }
+
+    /// DC `dc`'s host name, if it has one.
+    pub fn host(&self, dc: u16) -> Option<&str> {
+        self.hosts.get(&dc).map(String::as_str)
+    }
 }
 
 /// Opens WebSocket connections to DCs.

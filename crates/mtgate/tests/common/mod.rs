@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod nginx;
 pub mod prober;
+pub mod wss;
 
 use mtgate::config::{Config, Overrides};
 use mtgate::events::{Counters, Telemetry};
@@ -94,7 +95,12 @@ impl Proxy {
         dc: &[SocketAddr],
         clock: Option<mtgate::policy::clock::SharedClock>,
     ) -> Proxy {
-        let dcs = mtgate_testkit::conf::dcs_table(dc);
+        // A test that writes its own `[dcs]` gets no generated one.
+        let dcs = if toml.contains("[dcs]") {
+            String::new()
+        } else {
+            mtgate_testkit::conf::dcs_table(dc)
+        };
         let hs = if server_extra.contains("handshake_timeout") {
             ""
         } else {
