@@ -78,7 +78,13 @@ pub fn render(cfg: &Config, f: &Facts<'_>) -> String {
         .first()
         .map(String::as_str)
         .unwrap_or(crate::config::DEFAULT_DOMAIN);
-    if cfg.fronting {
+    if cfg.fronting && cfg.site.enabled() {
+        let _ = writeln!(
+            out,
+            "  site     https://{}/ served here (own certificate); a connection whose handshake fails gets this site",
+            cfg.site.hosts.join("/, https://")
+        );
+    } else if cfg.fronting {
         let _ = writeln!(
             out,
             "  fronting {} for {domain}: a connection whose handshake fails is handed to that site",

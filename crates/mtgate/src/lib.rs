@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod banner;
+pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod dc;
@@ -43,3 +44,5 @@ pub mod session;
 pub mod state;
 pub mod stop;
 pub mod upstream;
+pub mod web;
+pub mod x509;

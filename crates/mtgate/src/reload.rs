@@ -27,8 +27,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("state: {0}")]
     State(#[from] crate::state::StateError),
-    #[error("policy: {0}")]
-    Policy(#[from] crate::policy::error::PolicyError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
 }
 
 /// What a reload changed.

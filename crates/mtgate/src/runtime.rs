@@ -48,7 +48,18 @@ pub struct Runtime {
     pub warm: Arc<crate::net::warm::WarmPool>,
     /// DC connections through WebSocket endpoints (`None`: off).
     pub ws_upstream: Option<Arc<crate::net::ws_upstream::WsUpstream>>,
+    /// The own site, the fronting target when configured (shared across reloads).
+    pub site: Option<Arc<crate::web::Site>>,
     conn_ids: Arc<AtomicU64>,
+}
+
+/// Why a runtime could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Site(#[from] crate::web::SiteError),
 }
 
 /// The runtime new connections get; swapped by a reload.
@@ -108,7 +119,7 @@ impl Runtime {
         config: Config,
         users: Vec<User>,
         telemetry: Telemetry,
-    ) -> Result<Self, PolicyError> {
+    ) -> Result<Self, RuntimeError> {
         Self::build_with_clock(config, users, telemetry, SystemClock::shared())
     }
 
@@ -118,9 +129,13 @@ impl Runtime {
         users: Vec<User>,
         telemetry: Telemetry,
         clock: SharedClock,
-    ) -> Result<Self, PolicyError> {
+    ) -> Result<Self, RuntimeError> {
         let window = config.max_past.as_secs() + config.max_future.as_secs();
         let policy = Arc::new(Policy::new(&config, &users, clock)?);
+        let site = match config.site.enabled() {
+            true => Some(crate::web::Site::new(&config.site, &config.state_dir)?),
+            false => None,
+        };
         Ok(Self {
             policy,
             mask_budget: crate::front::MaskBudget::new(config.mask_budget),
@@ -136,6 +151,7 @@ impl Runtime {
             ),
             warm: Arc::new(crate::net::warm::WarmPool::new(config.warm)),
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
+            site,
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -156,8 +172,27 @@ impl Runtime {
     /// policy reads its files first (an error changes nothing), then applies
     /// the new settings in place, keeping usage, blocks and reputation: call
     /// this only when the result will be swapped in.
-    pub fn rebuild(&self, config: Config, users: Vec<User>) -> Result<Self, PolicyError> {
+    pub fn rebuild(&self, config: Config, users: Vec<User>) -> Result<Self, RuntimeError> {
         let prepared = Policy::prepare(&config)?;
+        // The site: the same one takes the new settings (checked before
+        // anything changes); one turned on by the reload starts now.
+        let site = match (&self.site, config.site.enabled()) {
+            (Some(s), true) => {
+                s.check(&config.site)?;
+                Some(s.clone())
+            }
+            (None, true) => {
+                let s = crate::web::Site::new(&config.site, &config.state_dir)?;
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tokio::spawn(s.clone().run());
+                }
+                Some(s)
+            }
+            (_, false) => None,
+        };
+        if let (Some(s), true) = (&site, self.site.is_some()) {
+            s.reconfigure(&config.site);
+        }
         self.policy.apply(&config, &users, prepared);
         let mut hc = handshake_config(&config, &users);
         let old = self.handshake.load();
@@ -179,6 +214,7 @@ impl Runtime {
             balancer: self.balancer.clone(),
             warm: self.warm.clone(),
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
+            site,
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),
@@ -200,6 +236,15 @@ impl Runtime {
         }
     }
 
+    /// Where connections that are not clients are fronted by default: the
+    /// own site when there is one, else `tls.mask_host`.
+    pub fn mask_host(&self) -> String {
+        match &self.site {
+            Some(s) => s.addr().to_string(),
+            None => self.config.mask_host.clone(),
+        }
+    }
+
     /// How this runtime reaches DCs in direct mode.
     pub fn route(&self) -> crate::upstream::Route<'_> {
         crate::upstream::Route {
@@ -212,6 +257,7 @@ impl Runtime {
             attempt_delay: self.config.attempt_delay,
             ws: self.ws_upstream.as_deref(),
             connect_timeout: self.config.connect_timeout,
+            retry: self.config.retry,
         }
     }
 
@@ -255,7 +301,7 @@ pub fn spawn_profiler_with(
         loop {
             let rt = live.current();
             let sni = rt.config.domains[0].clone();
-            let addr = rt.config.mask_host.clone();
+            let addr = rt.mask_host();
             let wait = match crate::profile::learn(&addr, &sni, 3, rt.config.connect_timeout).await
             {
                 Some((lens, vf)) => {

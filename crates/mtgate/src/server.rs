@@ -210,6 +210,11 @@ impl Server {
                 AliveGuard(alive.clone()),
             ));
         }
+        // The own site serves for the process's life: connections fronted to
+        // it go on through a drain after a takeover.
+        if let Some(site) = &rt.site {
+            tokio::spawn(site.clone().run());
+        }
         Ok(Self {
             local_addrs,
             ws_addrs: Vec::new(),

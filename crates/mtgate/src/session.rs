@@ -185,7 +185,7 @@ async fn refuse(
             cause: CloseReason::Policy(refusal.reason),
         });
         let link = MaskLink::new(
-            rt.config.default_mask_host(),
+            rt.mask_host(),
             rt.config.connect_timeout,
             None,
             // A refusal for volume (over the cap) shares a suspect's budget.
@@ -259,7 +259,7 @@ async fn setup(
     let mut hs = Handshake::new();
     let mut link = fronting.then(|| {
         MaskLink::new(
-            rt.config.default_mask_host(),
+            rt.mask_host(),
             rt.config.connect_timeout,
             rt.config.mask_preconnect,
             rt.mask_gate(ip, source.suspect.is_some()),

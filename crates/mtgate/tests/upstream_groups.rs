@@ -118,3 +118,41 @@ async fn a_group_of_an_address_a_socks5_chain_and_a_websocket_endpoint() {
     assert!(chained.stats().res_pq > 20, "in service again");
     proxy.stop().await;
 }
+
+/// A DC whose only target refuses at first and comes up a moment later: with
+/// the default retry pass (after a back-off) the client is served; with
+/// `retries = 0` the same client is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_pass_after_a_back_off_catches_a_target_coming_back() {
+    for (retries, want) in [("", true), ("retries = 0\n", false)] {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let toml = format!(
+            "[tls]\ndomains = [\"mask.test\"]\nfronting = false\nlearn_profile = false\n\
+             [upstream]\nconnect_timeout = \"3s\"\nretry_backoff = \"400ms\"\n{retries}\
+             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\"]\n"
+        );
+        let proxy = Proxy::start_full("127.0.0.1:0", "", &toml, &[addr]).await;
+        let client = tokio::spawn(served(proxy.addr, 2));
+        // The first pass is refused; the DC is up before the back-off ends.
+        let failures = || {
+            proxy
+                .counters
+                .upstream_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        for _ in 0..300 {
+            if failures() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(failures(), 1, "the first pass was refused");
+        let dc = FakeDc::start(addr, FakeDcMode::Mtproto).await.expect("dc");
+        assert_eq!(client.await.unwrap(), want, "retries: {retries:?}");
+        assert_eq!(dc.stats().res_pq, u64::from(want));
+        proxy.stop().await;
+    }
+}

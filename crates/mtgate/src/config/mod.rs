@@ -137,6 +137,8 @@ pub struct Config {
     /// Happy eyeballs: how long a DC target may go unanswered before the
     /// next one starts alongside it (`upstream.attempt_delay`).
     pub attempt_delay: Duration,
+    /// Passes over a DC whose every target failed (`upstream.retries`, `retry_backoff`).
+    pub retry: crate::upstream::Retry,
     /// DC connections through Telegram's WebSocket endpoints (`[upstream.websocket]`).
     pub ws_upstream: crate::net::ws_upstream::WsUpstreamConfig,
     /// Connections opened ahead to DC targets (`[upstream.pool]`).
@@ -152,6 +154,8 @@ pub struct Config {
     pub proxy_protocol: crate::net::proxy_protocol::ProxyProtocolConfig,
     /// WebSocket listeners (`[websocket]`).
     pub websocket: crate::net::websocket::WsConfig,
+    /// The own site (`[site]`; off without hosts).
+    pub site: crate::web::SiteConfig,
 }
 
 /// The admin API token: compared in constant time, never printed.
@@ -303,9 +307,13 @@ impl Config {
             }
         }
 
+        let site =
+            crate::web::SiteConfig::from_raw(raw.site).map_err(|(key, msg)| invalid(key, msg))?;
         let t = raw.tls;
+        // With an own site, FakeTLS clients name its hosts by default.
         let domains: Vec<String> = t
             .domains
+            .or_else(|| site.enabled().then(|| site.hosts.clone()))
             .unwrap_or_else(|| vec![DEFAULT_DOMAIN.into()])
             .into_iter()
             .map(|d| d.to_ascii_lowercase())
@@ -363,6 +371,7 @@ impl Config {
             chains,
             balance,
             attempt_delay,
+            retry,
             warm,
             ws_upstream,
             dcs,
@@ -403,7 +412,8 @@ impl Config {
 
         Ok(Config {
             listen,
-            public_host: s.public_host,
+            // Links name the site's host when there is one.
+            public_host: s.public_host.or_else(|| site.hosts.first().cloned()),
             state_dir,
             default_modes,
             max_connections,
@@ -440,6 +450,7 @@ impl Config {
             balance,
             warm,
             attempt_delay,
+            retry,
             ws_upstream,
             dcs,
             users,
@@ -451,6 +462,7 @@ impl Config {
             policy,
             proxy_protocol,
             websocket,
+            site,
         })
     }
 }

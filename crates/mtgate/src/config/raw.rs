@@ -37,6 +37,9 @@ pub struct RawConfig {
     /// WebSocket listeners.
     #[serde(default)]
     pub websocket: crate::net::websocket::RawWs,
+    /// The own site (`[site]`).
+    #[serde(default)]
+    pub site: crate::web::RawSite,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +120,11 @@ pub struct RawUpstream {
     /// Happy eyeballs: the next target starts after this long unanswered.
     #[serde(default, with = "humantime_serde")]
     pub attempt_delay: Option<Duration>,
+    /// Extra passes over a DC whose every target failed.
+    pub retries: Option<u8>,
+    /// The first back-off before such a pass.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_backoff: Option<Duration>,
     /// `"ip:port" = weight`.
     #[serde(default)]
     pub weights: BTreeMap<String, u32>,

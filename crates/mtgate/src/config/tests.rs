@@ -203,3 +203,18 @@ fn bad_groups_and_chains_name_the_entry() {
         assert!(e.starts_with(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn retry_passes_and_back_off() {
+    let c = Config::from_toml("", &Overrides::default()).unwrap();
+    assert_eq!(c.retry, crate::upstream::Retry::default());
+    let c = Config::from_toml(
+        "[upstream]\nretries = 3\nretry_backoff = \"50ms\"",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!((c.retry.passes, c.retry.backoff.as_millis()), (3, 50));
+    assert!(err("[upstream]\nretries = 6").starts_with("upstream.retries"));
+    assert!(err("[upstream]\nretry_backoff = \"1ms\"").starts_with("upstream.retry_backoff"));
+    assert!(err("[upstream]\nretry_backoff = \"9s\"").starts_with("upstream.retry_backoff"));
+}

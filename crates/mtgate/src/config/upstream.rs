@@ -22,6 +22,7 @@ pub(super) struct Upstream {
     pub chains: BTreeMap<Arc<str>, Vec<Socks5Hop>>,
     pub balance: BalanceConfig,
     pub attempt_delay: Duration,
+    pub retry: crate::upstream::Retry,
     pub warm: WarmConfig,
     pub ws_upstream: WsUpstreamConfig,
     pub dcs: DcTable,
@@ -95,6 +96,17 @@ pub(super) fn parse(
             "use 0 (one target at a time) to 10s",
         ));
     }
+    let d = crate::upstream::Retry::default();
+    let retry = crate::upstream::Retry {
+        passes: u.retries.unwrap_or(d.passes),
+        backoff: u.retry_backoff.unwrap_or(d.backoff),
+    };
+    if retry.passes > 5 {
+        return Err(invalid("upstream.retries", "use 0..5"));
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&retry.backoff) {
+        return Err(invalid("upstream.retry_backoff", "use 10ms..5s"));
+    }
     let warm = WarmConfig::from_raw(u.pool).map_err(|(key, msg)| invalid(key, msg))?;
     let ws_upstream =
         WsUpstreamConfig::from_raw(u.websocket).map_err(|(key, msg)| invalid(key, msg))?;
@@ -154,6 +166,7 @@ pub(super) fn parse(
         chains,
         balance,
         attempt_delay,
+        retry,
         warm,
         ws_upstream,
         dcs,

@@ -3,9 +3,10 @@
 //! HTTP `HEAD /` on the same connection for the site's `Date:` header, and
 //! whether the domain resolves to this server's public address.
 
-use super::system::{format_date, parse_asn1_time, parse_http_date, unix_now};
+use super::system::{format_date, parse_http_date, unix_now};
 use super::{Check, DoctorOpts};
 use crate::config::Config;
+use crate::x509::cert_info;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -228,76 +229,6 @@ async fn http_date<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     })
 }
 
-/// Subject CN, issuer CN and notAfter of a DER certificate.
-struct CertInfo {
-    subject: Option<String>,
-    issuer: Option<String>,
-    not_after: Option<i64>,
-}
-
-/// One DER TLV: (tag, contents, rest).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *b.first()?;
-    let first = *b.get(1)?;
-    let (len, hdr) = if first < 0x80 {
-        (first as usize, 2)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut l = 0usize;
-        for i in 0..n {
-            l = (l << 8) | *b.get(2 + i)? as usize;
-        }
-        (l, 2 + n)
-    };
-    let end = hdr.checked_add(len)?;
-    Some((tag, b.get(hdr..end)?, b.get(end..)?))
-}
-
-/// The commonName (OID 2.5.4.3) of a DER Name, else its first attribute.
-fn name_cn(name: &[u8]) -> Option<String> {
-    let mut rest = name;
-    let mut first = None;
-    while let Some((_, set, r)) = tlv(rest) {
-        rest = r;
-        let (_, atv, _) = tlv(set)?;
-        let (_, oid, val) = tlv(atv)?;
-        let (_, v, _) = tlv(val)?;
-        let s = String::from_utf8_lossy(v).into_owned();
-        if oid == [0x55, 0x04, 0x03] {
-            return Some(format!("CN={s}"));
-        }
-        if first.is_none() {
-            first = Some(s);
-        }
-    }
-    first
-}
-
-fn cert_info(der: &[u8]) -> Option<CertInfo> {
-    let (_, cert, _) = tlv(der)?;
-    let (_, tbs, _) = tlv(cert)?;
-    let mut r = tbs;
-    let (tag, _, rest) = tlv(r)?;
-    if tag == 0xa0 {
-        r = rest; // explicit version
-    }
-    let (_, _, r) = tlv(r)?; // serial
-    let (_, _, r) = tlv(r)?; // signature algorithm
-    let (_, issuer, r) = tlv(r)?;
-    let (_, validity, r) = tlv(r)?;
-    let (_, subject, _) = tlv(r)?;
-    let (_, _, v) = tlv(validity)?;
-    let not_after = tlv(v).and_then(|(t, s, _)| parse_asn1_time(t, s));
-    Some(CertInfo {
-        subject: name_cn(subject),
-        issuer: name_cn(issuer),
-        not_after,
-    })
-}
-
 /// Resolves `domain` with a deadline; `Err` on failure or timeout.
 async fn resolve(domain: &str, timeout: Duration) -> Result<Vec<IpAddr>, String> {
     match tokio::time::timeout(timeout, tokio::net::lookup_host((domain, 443))).await {
@@ -482,23 +413,6 @@ fn dns_check(domain: &str, dns: Result<Vec<IpAddr>, String>, public_ip: Option<I
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn certificate_fields() {
-        let c = rcgen::generate_simple_self_signed(vec!["mask.test".to_string()]).unwrap();
-        let i = cert_info(c.cert.der()).unwrap();
-        assert_eq!(i.subject.as_deref(), Some("CN=rcgen self signed cert"));
-        assert_eq!(i.issuer, i.subject);
-        // rcgen's default validity ends in 4096.
-        let t = i.not_after.unwrap();
-        assert!(
-            format_date(t).starts_with("4096-01-01"),
-            "{}",
-            format_date(t)
-        );
-        assert!(cert_info(&[0x30, 0x82, 0xff]).is_none());
-        assert!(cert_info(&[]).is_none());
-    }
 
     #[test]
     fn dns_verdicts() {

@@ -106,6 +106,42 @@ async fn warm(
     send_header(stream, tag, dc).await.ok()
 }
 
+/// A second look at a DC whose every target failed (`upstream.retries`,
+/// `upstream.retry_backoff`): after a back-off the group is tried again,
+/// in a fresh order, while the client's connect budget
+/// (`upstream.connect_timeout`, from the first attempt) allows. Only ever
+/// before a client byte was forwarded: a relayed connection is never
+/// re-dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Extra passes over the group (0: none).
+    pub passes: u8,
+    /// The first back-off; each further one doubles, plus up to half again
+    /// of random jitter so clients retrying at once spread out.
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            passes: 1,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before pass `n` (1-based), jitter included.
+    fn wait(&self, n: u8) -> Duration {
+        let base = self
+            .backoff
+            .saturating_mul(1u32 << u32::from(n.saturating_sub(1).min(8)));
+        let mut r = [0u8; 2];
+        mtgate_crypto::fill_random(&mut r);
+        base + base.mul_f64(f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) / 2.0)
+    }
+}
+
 /// Where a direct connection goes and how: the connectors, the DC table,
 /// the balancer, the family preference.
 pub struct Route<'a> {
@@ -123,8 +159,11 @@ pub struct Route<'a> {
     pub attempt_delay: Duration,
     /// DC connections through WebSocket endpoints, where configured.
     pub ws: Option<&'a WsUpstream>,
-    /// Bounds a WebSocket connect (TCP, TLS and the upgrade).
+    /// Bounds a WebSocket connect (TCP, TLS and the upgrade), and a
+    /// client's whole connect when it comes to retry passes.
     pub connect_timeout: Duration,
+    /// Passes over a group whose every target failed.
+    pub retry: Retry,
 }
 
 /// Every target the table and `[upstream.websocket]` give each DC: its
@@ -182,6 +221,10 @@ impl Ways {
             attempt_delay: Duration::ZERO,
             ws: self.ws.as_deref(),
             connect_timeout: self.timeout,
+            retry: Retry {
+                passes: 0,
+                ..Retry::default()
+            },
         }
     }
 }
@@ -222,13 +265,27 @@ pub async fn connect_direct(
         client,
         started,
     };
-    match ws {
-        None => call.try_group(targets, events).await,
-        Some(ws) if !ws.fallback_only() => call.try_group(&endpoint, events).await,
-        Some(_) => match call.try_group(targets, events).await {
-            Ok(c) => Ok(c),
-            Err(_) => call.try_group(&endpoint, events).await,
-        },
+    let mut pass = 0;
+    loop {
+        let r = match ws {
+            None => call.try_group(targets, events).await,
+            Some(ws) if !ws.fallback_only() => call.try_group(&endpoint, events).await,
+            Some(_) => match call.try_group(targets, events).await {
+                Ok(c) => Ok(c),
+                Err(_) => call.try_group(&endpoint, events).await,
+            },
+        };
+        pass += 1;
+        let wait = route.retry.wait(pass);
+        let budget = route.connect_timeout.saturating_sub(started.elapsed());
+        match r {
+            Err(UpstreamError::Unreachable { .. })
+                if pass <= route.retry.passes && wait < budget =>
+            {
+                tokio::time::sleep(wait).await;
+            }
+            r => return r,
+        }
     }
 }
 
@@ -433,6 +490,7 @@ mod future_size {
             attempt_delay: Duration::from_millis(250),
             ws: None,
             connect_timeout: Duration::from_secs(1),
+            retry: Retry::default(),
         };
         let mut events = |_: Attempt<'_>| {};
         let f = connect_direct(
@@ -454,5 +512,27 @@ mod future_size {
         let size = std::mem::size_of_val(&d);
         eprintln!("dial future: {size} B");
         assert!(size <= 1024, "dial future is {size} B");
+    }
+}
+
+#[cfg(test)]
+mod retry {
+    use super::Retry;
+    use std::time::Duration;
+
+    #[test]
+    fn back_off_doubles_with_bounded_jitter() {
+        let r = Retry {
+            passes: 3,
+            backoff: Duration::from_millis(100),
+        };
+        for (n, base) in [(1u8, 100u64), (2, 200), (3, 400)] {
+            for _ in 0..50 {
+                let w = r.wait(n).as_millis() as u64;
+                assert!((base..=base + base / 2).contains(&w), "pass {n}: {w} ms");
+            }
+        }
+        // Far passes stay bounded.
+        assert!(r.wait(200) <= Duration::from_millis(100 * 256 * 3 / 2));
     }
 }

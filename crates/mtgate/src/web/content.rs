@@ -1,0 +1,167 @@
+//! What the own site serves: a static directory (tower-http `ServeDir`:
+//! index files, content types, conditional and range requests), a reverse
+//! proxy to a local HTTP server, or a small neutral page. Every answer is a
+//! web server's: a 404 page for what is not there, 405 for methods a static
+//! site does not take, 502 when the upstream is down.
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{header, Request, Response, StatusCode};
+use std::path::PathBuf;
+use tower::ServiceExt;
+
+/// The error type of every body the site sends.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body of any of the site's sources.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Where the pages come from (`[site] dir`, `upstream`, or neither).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Dir(PathBuf),
+    /// `http://host:port` of a local server; paths and queries pass as they are.
+    Upstream(hyper::Uri),
+    /// The built-in page.
+    Default,
+}
+
+/// The default page: neutral, the kind a fresh server shows.
+const DEFAULT_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>Welcome</title>\n<style>body{max-width:40em;margin:4em auto;font-family:sans-serif;color:#333}</style>\n</head>\n<body>\n<h1>Welcome</h1>\n<p>This site is under construction. Please check back later.</p>\n</body>\n</html>\n";
+
+fn page(status: StatusCode) -> String {
+    let reason = status.canonical_reason().unwrap_or("");
+    format!(
+        "<html>\r\n<head><title>{} {reason}</title></head>\r\n<body>\r\n<center><h1>{} {reason}</h1></center>\r\n</body>\r\n</html>\r\n",
+        status.as_u16(),
+        status.as_u16()
+    )
+}
+
+fn full(status: StatusCode, kind: &str, body: impl Into<Bytes>, head: bool) -> Response<Body> {
+    let body: Bytes = body.into();
+    let len = body.len();
+    let body = if head { Bytes::new() } else { body };
+    let mut r = Response::new(Full::new(body).map_err(|e| match e {}).boxed_unsync());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(kind)
+            .unwrap_or(header::HeaderValue::from_static("text/html")),
+    );
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    r
+}
+
+/// An error page of `status`.
+pub fn error_page(status: StatusCode, head: bool) -> Response<Body> {
+    full(status, "text/html", page(status), head)
+}
+
+/// Serves the site's sources; cheap to clone.
+#[derive(Clone)]
+pub struct Content {
+    source: Source,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Incoming,
+    >,
+}
+
+impl Content {
+    pub fn new(source: Source) -> Self {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(30))
+                .build_http();
+        Self { source, client }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The answer to one request.
+    pub async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let head = req.method() == hyper::Method::HEAD;
+        match &self.source {
+            Source::Default => match (req.method().as_str(), req.uri().path()) {
+                ("GET" | "HEAD", "/" | "/index.html") => {
+                    full(StatusCode::OK, "text/html", DEFAULT_PAGE, head)
+                }
+                ("GET" | "HEAD", _) => error_page(StatusCode::NOT_FOUND, head),
+                _ => error_page(StatusCode::METHOD_NOT_ALLOWED, head),
+            },
+            Source::Dir(dir) => {
+                let serve =
+                    tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
+                let r = match serve.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                };
+                if r.status() == StatusCode::NOT_FOUND {
+                    return self.not_found(dir, head).await;
+                }
+                r.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync())
+            }
+            Source::Upstream(base) => self.proxy(base, req).await,
+        }
+    }
+
+    /// The directory's `404.html`, else the built-in 404 page.
+    async fn not_found(&self, dir: &std::path::Path, head: bool) -> Response<Body> {
+        match tokio::fs::read(dir.join("404.html")).await {
+            Ok(b) => full(StatusCode::NOT_FOUND, "text/html", b, head),
+            Err(_) => error_page(StatusCode::NOT_FOUND, head),
+        }
+    }
+
+    async fn proxy(&self, base: &hyper::Uri, mut req: Request<Incoming>) -> Response<Body> {
+        let head = req.method() == hyper::Method::HEAD;
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let Ok(uri) = format!(
+            "{}://{}{pq}",
+            base.scheme_str().unwrap_or("http"),
+            base.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1")
+        )
+        .parse::<hyper::Uri>() else {
+            return error_page(StatusCode::BAD_REQUEST, head);
+        };
+        *req.uri_mut() = uri;
+        // HTTP/2 from the browser, HTTP/1.1 to the upstream.
+        *req.version_mut() = hyper::Version::HTTP_11;
+        req.headers_mut().insert(
+            "x-forwarded-proto",
+            header::HeaderValue::from_static("https"),
+        );
+        match self.client.request(req).await {
+            Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync()),
+            Err(e) => {
+                tracing::debug!(error = %e, "site upstream unreachable");
+                error_page(StatusCode::BAD_GATEWAY, head)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_pages_look_like_a_web_servers() {
+        let p = page(StatusCode::NOT_FOUND);
+        assert!(p.contains("<title>404 Not Found</title>"));
+        let r = error_page(StatusCode::METHOD_NOT_ALLOWED, true);
+        assert_eq!(r.status(), 405);
+        assert_eq!(
+            r.headers()[header::CONTENT_LENGTH],
+            page(StatusCode::METHOD_NOT_ALLOWED).len().to_string()
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The own site (DESIGN §6 `web/`): mtgate's own port as a real website.
+//!
+//! With `[site] hosts`, mtgate runs an HTTPS server of its own (rustls,
+//! certificates by SNI from [`certs`], HTTP/1.1 and HTTP/2 by ALPN through
+//! hyper, pages from [`content`]) on an internal listener, and every
+//! connection that is not a client is fronted to it instead of to somebody
+//! else's site: a TLS hello for a site host that is not a valid FakeTLS hello
+//! is answered with the site's own certificate and pages, anything else with
+//! what this server answers to it. The fronting path is the one mask sites
+//! use (pre-connect, the fronting budget, byte-exact replay), so a connection
+//! fronted through the client port and one made to the site directly meet
+//! the same server with the same timeouts; the FakeTLS profile is learned
+//! from this server, so FakeTLS answers take its shape.
+//!
+//! The listener is loopback by default (`site.listen`): probes are answered
+//! without a connection leaving the host. Certificates and content follow a
+//! reload; changed certificate files are picked up within seconds; open
+//! connections keep what they started with.
+
+pub mod certs;
+pub mod content;
+mod serve;
+
+use certs::{CertStore, Source as CertSource};
+use content::{Content, Source as ContentSource};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// `[site]`, checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteConfig {
+    /// Host names the site answers for (SNI); empty: no own site.
+    pub hosts: Vec<String>,
+    pub content: Option<ContentSource>,
+    /// PEM files; `None`: a self-signed certificate in the state directory.
+    pub certs: Option<CertSource>,
+    /// The site's own listener (the fronting target).
+    pub listen: Option<SocketAddr>,
+    /// A `Server:` header on every answer (none by default).
+    pub server_header: Option<String>,
+}
+
+/// `[site]` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub dir: Option<String>,
+    pub upstream: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub listen: Option<String>,
+    pub server_header: Option<String>,
+}
+
+impl SiteConfig {
+    /// Checks `[site]`; an error names the key.
+    pub fn from_raw(raw: RawSite) -> Result<Self, (String, String)> {
+        let key = |k: &str| format!("site.{k}");
+        let mut hosts = Vec::new();
+        for (i, h) in raw.hosts.iter().enumerate() {
+            let h = h.to_ascii_lowercase();
+            mtgate_proto::secret::validate_domain(&h)
+                .map_err(|e| (key(&format!("hosts[{i}]")), e.to_string()))?;
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let content = match (raw.dir, raw.upstream) {
+            (Some(_), Some(_)) => {
+                return Err((key("dir"), "use `dir` or `upstream`, not both".into()))
+            }
+            (Some(d), None) => {
+                let p = PathBuf::from(&d);
+                if !p.is_dir() {
+                    return Err((key("dir"), format!("{d}: not a directory")));
+                }
+                Some(ContentSource::Dir(p))
+            }
+            (None, Some(u)) => {
+                let uri: hyper::Uri = u
+                    .parse()
+                    .map_err(|_| (key("upstream"), format!("`{u}` is not a URL")))?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    return Err((
+                        key("upstream"),
+                        format!("`{u}`: want http://host:port of a local server"),
+                    ));
+                }
+                Some(ContentSource::Upstream(uri))
+            }
+            (None, None) => None,
+        };
+        let certs = match (raw.cert, raw.key) {
+            (Some(c), Some(k)) => Some(CertSource::Files {
+                cert: c.into(),
+                key: k.into(),
+            }),
+            (None, None) => None,
+            _ => return Err((key("cert"), "set both `cert` and `key`".into())),
+        };
+        let listen = raw
+            .listen
+            .map(|l| {
+                l.parse::<SocketAddr>()
+                    .map_err(|_| (key("listen"), format!("`{l}` is not an ip:port address")))
+            })
+            .transpose()?;
+        if let Some(h) = &raw.server_header {
+            if h.is_empty() || h.len() > 64 || h.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+                return Err((
+                    key("server_header"),
+                    "1..64 printable ASCII characters".into(),
+                ));
+            }
+        }
+        if hosts.is_empty() && (content.is_some() || certs.is_some() || listen.is_some()) {
+            return Err((key("hosts"), "name the site's host names".into()));
+        }
+        Ok(Self {
+            hosts,
+            content,
+            certs,
+            listen,
+            server_header: raw.server_header,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+}
+
+/// Why the site could not start or take a new configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("site certificate: {0}")]
+    Cert(#[from] certs::CertError),
+    #[error("site TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("site listener {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a reload may change while the site runs.
+struct Live {
+    content: Content,
+    certs: Option<CertSource>,
+    hosts: Vec<String>,
+    server_header: Option<hyper::header::HeaderValue>,
+}
+
+/// The running site. Shared across reloads.
+pub struct Site {
+    addr: SocketAddr,
+    certs: Arc<CertStore>,
+    tls: tokio_rustls::TlsAcceptor,
+    live: arc_swap::ArcSwap<Live>,
+    /// Taken by [`Site::run`].
+    listener: Mutex<Option<std::net::TcpListener>>,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site").field("addr", &self.addr).finish()
+    }
+}
+
+fn cert_source(cfg: &SiteConfig, state_dir: &Path) -> CertSource {
+    cfg.certs.clone().unwrap_or_else(|| CertSource::SelfSigned {
+        dir: state_dir.to_path_buf(),
+    })
+}
+
+impl Site {
+    /// Loads the certificates and binds the listener (served once
+    /// [`Site::run`] runs; connections wait in the backlog until then).
+    pub fn new(cfg: &SiteConfig, state_dir: &Path) -> Result<Arc<Self>, SiteError> {
+        let certs = CertStore::new(Vec::new());
+        certs.load(&cert_source(cfg, state_dir), &cfg.hosts)?;
+        let addr = cfg
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener =
+            crate::server::bind_std(addr).map_err(|source| SiteError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SiteError::Bind { addr, source })?;
+        Ok(Arc::new(Self {
+            addr,
+            tls: serve::acceptor(certs.clone())?,
+            certs,
+            live: arc_swap::ArcSwap::from_pointee(live(cfg)),
+            listener: Mutex::new(Some(listener)),
+            state_dir: state_dir.to_path_buf(),
+        }))
+    }
+
+    /// Where the site listens: the fronting target.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The certificates (expiry for metrics, the first screen, the doctor).
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
+    /// Checks a reload's `[site]`: its certificate loads. Nothing changes
+    /// yet; [`Site::reconfigure`] applies it.
+    pub fn check(&self, cfg: &SiteConfig) -> Result<(), SiteError> {
+        certs::read_source(&cert_source(cfg, &self.state_dir), &cfg.hosts)?;
+        Ok(())
+    }
+
+    /// A reload: new content, hosts and certificate source (checked first
+    /// with [`Site::check`]; a certificate that still fails leaves the
+    /// current one, and says so).
+    pub fn reconfigure(&self, cfg: &SiteConfig) {
+        let source = cert_source(cfg, &self.state_dir);
+        if let Err(e) = self.certs.load(&source, &cfg.hosts) {
+            tracing::warn!(error = %e, "site certificate not replaced");
+        }
+        self.live.store(Arc::new(live(cfg)));
+    }
+
+    /// Serves the listener until the task is dropped; rereads the
+    /// certificate files when they change.
+    pub async fn run(self: Arc<Self>) {
+        let Some(std) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "site listener");
+                return;
+            }
+        };
+        let watch = tokio::spawn(watch_files(self.clone()));
+        serve::accept_loop(self, listener).await;
+        watch.abort();
+    }
+}
+
+fn live(cfg: &SiteConfig) -> Live {
+    Live {
+        content: Content::new(cfg.content.clone().unwrap_or(ContentSource::Default)),
+        certs: cfg.certs.clone(),
+        hosts: cfg.hosts.clone(),
+        server_header: cfg
+            .server_header
+            .as_deref()
+            .and_then(|h| hyper::header::HeaderValue::from_str(h).ok()),
+    }
+}
+
+/// How often certificate files are checked for a change.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn watch_files(site: Arc<Site>) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let live = site.live.load();
+        let Some(source) = &live.certs else {
+            continue;
+        };
+        if site.certs.changed(source) {
+            match site.certs.load(source, &live.hosts) {
+                Ok(()) => tracing::info!("site certificate reloaded from its files"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "site certificate changed on disk but cannot be loaded; keeping the current one")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The site's connections: TLS (rustls, ALPN `h2` and `http/1.1`), then
+//! hyper's HTTP/1.1 or HTTP/2 server; a plain HTTP request on the TLS port
+//! gets the 400 answer web servers give it. Timeouts are a web server's:
+//! the TLS handshake and each request head within [`HEAD_TIMEOUT`].
+
+use super::certs::CertStore;
+use super::content::{error_page, Body};
+use super::Site;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The TLS handshake and every request head must arrive within this (a web
+/// server's client header timeout).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once; past it new ones wait in the backlog.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// The TLS acceptor over the site's certificate store.
+pub fn acceptor(certs: Arc<CertStore>) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+pub async fn accept_loop(site: Arc<Site>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "site accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let site = site.clone();
+        tokio::spawn(async move {
+            connection(&site, stream).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Whether the first byte starts a plain HTTP request (a method's letter).
+fn plain_http(first: u8) -> bool {
+    first.is_ascii_uppercase()
+}
+
+async fn connection(site: &Arc<Site>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)).await;
+    let Ok(Ok(1)) = peeked else {
+        return;
+    };
+    if plain_http(first[0]) {
+        serve_http1(site, TokioIo::new(stream), true).await;
+        return;
+    }
+    let tls = match tokio::time::timeout(HEAD_TIMEOUT, site.tls.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        _ => return,
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let svc = service(site, false);
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        serve_http1(site, io, false).await;
+    }
+}
+
+async fn serve_http1<I>(site: &Arc<Site>, io: I, plain: bool)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service(site, plain);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .keep_alive(!plain)
+        .serve_connection(io, svc)
+        .await;
+}
+
+/// The request handler: the site's content, or (`plain`) the answer to a
+/// plain HTTP request sent to the TLS port.
+fn service(
+    site: &Arc<Site>,
+    plain: bool,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Clone {
+    let site = site.clone();
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let site = site.clone();
+        async move {
+            let live = site.live.load_full();
+            let head = req.method() == hyper::Method::HEAD;
+            let mut r = if plain {
+                plain_http_answer(head)
+            } else {
+                live.content.answer(req).await
+            };
+            if let Some(h) = &live.server_header {
+                r.headers_mut().insert(hyper::header::SERVER, h.clone());
+            }
+            Ok(r)
+        }
+    })
+}
+
+/// What web servers answer to plain HTTP on their TLS port.
+fn plain_http_answer(head: bool) -> Response<Body> {
+    let mut r = error_page(hyper::StatusCode::BAD_REQUEST, head);
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_http_is_told_apart_from_tls() {
+        assert!(super::plain_http(b'G'));
+        assert!(super::plain_http(b'P'));
+        assert!(!super::plain_http(0x16));
+        assert!(!super::plain_http(0x00));
+    }
+}
