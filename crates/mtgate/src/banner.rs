@@ -19,6 +19,8 @@ pub struct Facts<'a> {
     pub secret_created: bool,
     /// The `CONNECTIONS …` line (see `cli::limits_line`).
     pub limits: String,
+    /// The own site's certificate: (notAfter, self-signed), when there is a site.
+    pub site_cert: Option<(i64, bool)>,
 }
 
 /// The block, ending with an empty line.
@@ -78,11 +80,24 @@ pub fn render(cfg: &Config, f: &Facts<'_>) -> String {
         .first()
         .map(String::as_str)
         .unwrap_or(crate::config::DEFAULT_DOMAIN);
+    if cfg.site.enabled() {
+        let cert = match f.site_cert {
+            Some((_, true)) => {
+                "a self-signed certificate: browsers warn; set [site] cert and key".to_owned()
+            }
+            Some((t, false)) => format!("certificate valid until {}", crate::civil::format_date(t)),
+            None => "no certificate".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  site     https://{}/ served here, {cert}",
+            cfg.site.hosts.join("/, https://")
+        );
+    }
     if cfg.fronting && cfg.site.enabled() {
         let _ = writeln!(
             out,
-            "  site     https://{}/ served here (own certificate); a connection whose handshake fails gets this site",
-            cfg.site.hosts.join("/, https://")
+            "  fronting a connection whose handshake fails gets this site"
         );
     } else if cfg.fronting {
         let _ = writeln!(
@@ -120,6 +135,7 @@ mod tests {
                 websocket: &["127.0.0.1:8080".parse().expect("addr")],
                 secret_created: true,
                 limits: "CONNECTIONS at most 10 at once".into(),
+                site_cert: None,
             },
         );
         assert!(text.starts_with("LISTENING 127.0.0.1:8443\nCONNECTIONS at most 10 at once\n"));

@@ -87,6 +87,21 @@ struct CommonArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Serve an own website for this host name on the client port (links name it). Repeatable.
+    #[arg(long)]
+    site_host: Vec<String>,
+    /// The own site's static directory (with --site-host).
+    #[arg(long)]
+    site_dir: Option<String>,
+    /// The own site as a reverse proxy to `http://host:port` (with --site-host).
+    #[arg(long)]
+    site_upstream: Option<String>,
+    /// The own site's PEM certificate chain (with --site-key).
+    #[arg(long)]
+    site_cert: Option<String>,
+    /// The own site's PEM private key (with --site-cert).
+    #[arg(long)]
+    site_key: Option<String>,
 }
 
 impl CommonArgs {
@@ -102,6 +117,11 @@ impl CommonArgs {
             modes: self.modes.clone(),
             prefer_ipv6: self.prefer_ipv6,
             workers: self.workers,
+            site_hosts: self.site_host.clone(),
+            site_dir: self.site_dir.clone(),
+            site_upstream: self.site_upstream.clone(),
+            site_cert: self.site_cert.clone(),
+            site_key: self.site_key.clone(),
         }
     }
 

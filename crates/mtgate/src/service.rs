@@ -110,6 +110,9 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         let mut signals = Signals::new();
         metrics.set_policy(runtime.policy.clone());
         metrics.set_mask_budget(runtime.mask_budget.clone());
+        if let Some(site) = &runtime.site {
+            metrics.set_site_certs(site.certs().clone());
+        }
         metrics.set_limits(cfg.max_connections, nofile.map(|l| l.soft));
         if cfg.max_connections < configured_max {
             tracing::warn!(
@@ -251,6 +254,10 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             websocket: &server.ws_addrs,
             secret_created: created,
             limits: limits_line(cfg.max_connections, configured_max, nofile),
+            site_cert: runtime.site.as_ref().and_then(|s| {
+                let c = s.certs().current();
+                c.iter().map(|l| (l.not_after, l.self_signed)).min()
+            }),
         };
         out.write_all(crate::banner::render(&cfg, &facts).as_bytes())?;
         let port = links::public_port(&cfg, server.local_addrs.first().map(|a| a.port()));

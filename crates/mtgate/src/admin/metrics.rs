@@ -113,6 +113,7 @@ pub struct Metrics {
     policy_src: Arc<std::sync::OnceLock<Arc<crate::policy::engine::Policy>>>,
     /// The fronting budget, once the runtime exists (read at scrape time).
     mask_budget: Arc<std::sync::OnceLock<Arc<crate::front::MaskBudget>>>,
+    site_certs: Arc<std::sync::OnceLock<Arc<crate::web::certs::CertStore>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,6 +150,7 @@ impl Metrics {
             policy: Family::default(),
             policy_src: Arc::default(),
             mask_budget: Arc::default(),
+            site_certs: Arc::default(),
         };
         registry.register(
             "connections_max",
@@ -233,6 +235,9 @@ impl Metrics {
         registry.register_collector(Box::new(super::me_metrics::MeCollector));
         registry.register_collector(Box::new(super::front_metrics::FrontCollector {
             budget: m.mask_budget.clone(),
+        }));
+        registry.register_collector(Box::new(super::site_metrics::SiteCollector {
+            certs: m.site_certs.clone(),
         }));
         // Known label sets start at zero so rates and dashboards see them at once.
         for r in RejectReason::ALL {
@@ -328,6 +333,11 @@ impl Metrics {
     /// Attaches the fronting budget (once): the `mtgate_mask_*` figures appear.
     pub fn set_mask_budget(&self, budget: Arc<crate::front::MaskBudget>) {
         let _ = self.mask_budget.set(budget);
+    }
+
+    /// Attaches the own site's certificates (once): `mtgate_site_certificate_*` appear.
+    pub fn set_site_certs(&self, certs: Arc<crate::web::certs::CertStore>) {
+        let _ = self.site_certs.set(certs);
     }
 
     /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).

@@ -24,6 +24,7 @@ pub mod me_metrics;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;
+pub mod site_metrics;
 pub mod slot;
 
 use crate::config::AdminToken;

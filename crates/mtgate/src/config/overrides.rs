@@ -19,6 +19,12 @@ pub struct Overrides {
     pub modes: Option<Vec<String>>,
     pub prefer_ipv6: bool,
     pub workers: Option<usize>,
+    /// `[site]` from the command line.
+    pub site_hosts: Vec<String>,
+    pub site_dir: Option<String>,
+    pub site_upstream: Option<String>,
+    pub site_cert: Option<String>,
+    pub site_key: Option<String>,
 }
 
 pub(super) fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(), ConfigError> {
@@ -45,6 +51,19 @@ pub(super) fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(),
     }
     if ov.prefer_ipv6 {
         raw.upstream.prefer = Some("ipv6".into());
+    }
+    if !ov.site_hosts.is_empty() {
+        raw.site.hosts = ov.site_hosts.clone();
+    }
+    for (field, v) in [
+        (&mut raw.site.dir, &ov.site_dir),
+        (&mut raw.site.upstream, &ov.site_upstream),
+        (&mut raw.site.cert, &ov.site_cert),
+        (&mut raw.site.key, &ov.site_key),
+    ] {
+        if v.is_some() {
+            field.clone_from(v);
+        }
     }
     for (i, s) in ov.secrets.iter().enumerate() {
         let (name, secret) = match s.split_once('=') {

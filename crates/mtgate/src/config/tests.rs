@@ -218,3 +218,24 @@ fn retry_passes_and_back_off() {
     assert!(err("[upstream]\nretry_backoff = \"1ms\"").starts_with("upstream.retry_backoff"));
     assert!(err("[upstream]\nretry_backoff = \"9s\"").starts_with("upstream.retry_backoff"));
 }
+
+#[test]
+fn the_site_from_flags_names_the_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let ov = Overrides {
+        site_hosts: vec!["Proxy.Example.net".into()],
+        site_dir: Some(dir.path().display().to_string()),
+        ..Default::default()
+    };
+    let c = Config::from_toml("", &ov).unwrap();
+    assert_eq!(c.site.hosts, vec!["proxy.example.net".to_string()]);
+    assert_eq!(c.domains, c.site.hosts, "FakeTLS names the site");
+    assert_eq!(c.public_host.as_deref(), Some("proxy.example.net"));
+    assert!(err("[site]\nhosts = [\"a.test\"]\ndir = \"/nonexistent\"").starts_with("site.dir"));
+    assert!(
+        err("[site]\nhosts = [\"a.test\"]\nupstream = \"ftp://x\"").starts_with("site.upstream")
+    );
+    assert!(err("[site]\nhosts = [\"a.test\"]\ncert = \"/x\"").starts_with("site.cert"));
+    assert!(err("[site]\ndir = \"/tmp\"").starts_with("site.hosts"));
+    assert!(err("[site]\nhosts = [\"bad host\"]").starts_with("site.hosts[0]"));
+}

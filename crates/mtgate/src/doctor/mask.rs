@@ -230,7 +230,7 @@ async fn http_date<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Resolves `domain` with a deadline; `Err` on failure or timeout.
-async fn resolve(domain: &str, timeout: Duration) -> Result<Vec<IpAddr>, String> {
+pub(super) async fn resolve(domain: &str, timeout: Duration) -> Result<Vec<IpAddr>, String> {
     match tokio::time::timeout(timeout, tokio::net::lookup_host((domain, 443))).await {
         Err(_) => Err(format!("DNS lookup timed out after {timeout:?}")),
         Ok(Err(e)) => Err(e.to_string()),
@@ -377,7 +377,11 @@ fn cert_check(v: &Visit, domain: &str) -> Check {
     }
 }
 
-fn dns_check(domain: &str, dns: Result<Vec<IpAddr>, String>, public_ip: Option<IpAddr>) -> Check {
+pub(super) fn dns_check(
+    domain: &str,
+    dns: Result<Vec<IpAddr>, String>,
+    public_ip: Option<IpAddr>,
+) -> Check {
     let name = "mask dns";
     match (dns, public_ip.map(unmap)) {
         (Err(e), ip) => Check::warn(

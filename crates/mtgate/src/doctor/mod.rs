@@ -26,6 +26,7 @@
 
 mod mask;
 mod net;
+mod site;
 mod system;
 
 use crate::config::{Config, ConfigError};
@@ -246,7 +247,14 @@ pub async fn run(cfg: &Config, opts: &DoctorOpts) -> Report {
     let (dcs, me, mask) = tokio::join!(
         net::dcs(cfg, opts.timeout),
         net::me_links(cfg, me_files.as_ref(), opts.timeout),
-        mask::check(cfg, opts, public_ip),
+        async {
+            // With an own site there is no outside mask host to check.
+            if cfg.site.enabled() {
+                site::check(cfg, opts, public_ip).await
+            } else {
+                mask::check(cfg, opts, public_ip).await
+            }
+        },
     );
     checks.extend(me);
     checks.extend(dcs.checks);

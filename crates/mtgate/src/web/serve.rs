@@ -94,6 +94,9 @@ where
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
+        // A client that half-closes after its request still gets the answer,
+        // as from nginx (and whatever the timing of its FIN).
+        .half_close(true)
         .max_buf_size(64 * 1024)
         .keep_alive(!plain)
         .serve_connection(io, svc)
