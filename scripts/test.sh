@@ -16,6 +16,18 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ -z "${MTG
     fi
 fi
 
+echo "== system packages (pebble: the ACME test CA of crates/mtgate/tests/site_acme.rs)"
+if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get install -y -qq pebble >/dev/null 2>&1 \
+            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq pebble >/dev/null; }
+    else
+        echo "pebble is needed by crates/mtgate/tests/site_acme.rs; install Debian's pebble package" >&2
+        exit 1
+    fi
+fi
+
 echo "== cargo build (binaries used by the real-client tests)"
 cargo build --workspace --bins
 

@@ -6,6 +6,7 @@
 use crate::web::certs::CertStore;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use std::sync::{Arc, OnceLock};
 
@@ -35,6 +36,19 @@ impl Collector for SiteCollector {
             "site_certificate_self_signed",
             "1 when the own site serves a self-signed certificate (no [site] cert, key or ACME)",
             ConstGauge::new(i64::from(first.self_signed)),
+        )?;
+        let r = c.renewal();
+        super::metrics::put(
+            &mut enc,
+            "site_acme_issued",
+            "Certificates obtained over ACME since start",
+            ConstCounter::new(r.issued),
+        )?;
+        super::metrics::put(
+            &mut enc,
+            "site_acme_failures",
+            "Failed ACME attempts since start (the reason is logged; the current certificate stays)",
+            ConstCounter::new(r.failures),
         )
     }
 }

@@ -7,8 +7,9 @@
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 /// Why a certificate could not be loaded.
@@ -135,13 +136,33 @@ pub struct CertStore {
     loaded: RwLock<Arc<Vec<Loaded>>>,
     /// The files' modification times when they were last read.
     stamp: RwLock<Option<(SystemTime, SystemTime)>>,
+    /// TLS-ALPN-01 challenge certificates by host, while an ACME order runs.
+    challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// How ACME renewals went.
+    renewal: Mutex<Renewal>,
 }
+
+/// ACME's record, for metrics and logs.
+#[derive(Clone, Debug, Default)]
+pub struct Renewal {
+    /// Failed attempts since start.
+    pub failures: u64,
+    /// Certificates obtained since start.
+    pub issued: u64,
+    /// The last failure's words, cleared by a success.
+    pub last_error: Option<String>,
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl CertStore {
     pub fn new(first: Vec<Loaded>) -> Arc<Self> {
         Arc::new(Self {
             loaded: RwLock::new(Arc::new(first)),
             stamp: RwLock::new(None),
+            challenges: Mutex::default(),
+            renewal: Mutex::default(),
         })
     }
 
@@ -185,6 +206,35 @@ impl CertStore {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// Installs (or, with `None`, removes) the TLS-ALPN-01 certificate for `host`.
+    pub fn set_challenge(&self, host: &str, cert: Option<Arc<CertifiedKey>>) {
+        let mut c = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
+        match cert {
+            Some(k) => c.insert(host.to_ascii_lowercase(), k),
+            None => c.remove(&host.to_ascii_lowercase()),
+        };
+    }
+
+    pub fn renewal_ok(&self) {
+        let mut r = self.renewal.lock().unwrap_or_else(|p| p.into_inner());
+        r.issued += 1;
+        r.last_error = None;
+    }
+
+    pub fn renewal_failed(&self, why: &str) {
+        let mut r = self.renewal.lock().unwrap_or_else(|p| p.into_inner());
+        r.failures += 1;
+        r.last_error = Some(why.to_owned());
+    }
+
+    /// How ACME renewals went so far.
+    pub fn renewal(&self) -> Renewal {
+        self.renewal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The earliest notAfter of the current certificates (Unix seconds).
     pub fn earliest_expiry(&self) -> Option<i64> {
         self.current().iter().map(|l| l.not_after).min()
@@ -193,6 +243,16 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME server validating TLS-ALPN-01 gets the challenge
+        // certificate, and only it does (nothing without an order running).
+        if hello
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN))
+        {
+            let sni = hello.server_name()?.to_ascii_lowercase();
+            let c = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
+            return c.get(&sni).cloned();
+        }
         let certs = self.current();
         // The certificate for the name asked for; without a name, or for an
         // unknown one, the first (a web server's default site).

@@ -38,7 +38,8 @@ fn page(status: StatusCode) -> String {
     )
 }
 
-fn full(status: StatusCode, kind: &str, body: impl Into<Bytes>, head: bool) -> Response<Body> {
+/// A whole answer of `status` with a body of type `kind` (none for HEAD).
+pub fn full(status: StatusCode, kind: &str, body: impl Into<Bytes>, head: bool) -> Response<Body> {
     let body: Bytes = body.into();
     let len = body.len();
     let body = if head { Bytes::new() } else { body };

@@ -17,6 +17,7 @@
 //! reload; changed certificate files are picked up within seconds; open
 //! connections keep what they started with.
 
+pub mod acme;
 pub mod certs;
 pub mod content;
 mod serve;
@@ -39,6 +40,8 @@ pub struct SiteConfig {
     pub listen: Option<SocketAddr>,
     /// A `Server:` header on every answer (none by default).
     pub server_header: Option<String>,
+    /// Certificates over ACME (`[site.acme]`).
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 /// `[site]` as written.
@@ -53,6 +56,8 @@ pub struct RawSite {
     pub key: Option<String>,
     pub listen: Option<String>,
     pub server_header: Option<String>,
+    #[serde(default)]
+    pub acme: acme::RawAcme,
 }
 
 impl SiteConfig {
@@ -116,7 +121,16 @@ impl SiteConfig {
                 ));
             }
         }
-        if hosts.is_empty() && (content.is_some() || certs.is_some() || listen.is_some()) {
+        let acme = acme::AcmeConfig::from_raw(raw.acme)?;
+        if acme.is_some() && certs.is_some() {
+            return Err((
+                key("acme"),
+                "use `cert`/`key` or `[site.acme]`, not both".into(),
+            ));
+        }
+        if hosts.is_empty()
+            && (content.is_some() || certs.is_some() || listen.is_some() || acme.is_some())
+        {
             return Err((key("hosts"), "name the site's host names".into()));
         }
         Ok(Self {
@@ -125,6 +139,7 @@ impl SiteConfig {
             certs,
             listen,
             server_header: raw.server_header,
+            acme,
         })
     }
 
@@ -151,6 +166,7 @@ pub enum SiteError {
 struct Live {
     content: Content,
     certs: Option<CertSource>,
+    acme: Option<acme::AcmeConfig>,
     hosts: Vec<String>,
     server_header: Option<hyper::header::HeaderValue>,
 }
@@ -163,6 +179,10 @@ pub struct Site {
     live: arc_swap::ArcSwap<Live>,
     /// Taken by [`Site::run`].
     listener: Mutex<Option<std::net::TcpListener>>,
+    /// The plain HTTP listener (`[site.acme] http_listen`), taken by [`Site::run`].
+    http_listener: Mutex<Option<std::net::TcpListener>>,
+    /// HTTP-01 answers by token, while an ACME order runs.
+    http_tokens: Mutex<std::collections::HashMap<String, String>>,
     state_dir: PathBuf,
 }
 
@@ -184,6 +204,17 @@ impl Site {
     pub fn new(cfg: &SiteConfig, state_dir: &Path) -> Result<Arc<Self>, SiteError> {
         let certs = CertStore::new(Vec::new());
         certs.load(&cert_source(cfg, state_dir), &cfg.hosts)?;
+        if cfg.acme.is_some() {
+            if let Some(l) = acme::stored(state_dir, &cfg.hosts) {
+                certs.set(vec![l]);
+            }
+        }
+        let http_listener = match cfg.acme.as_ref().and_then(|a| a.http_listen) {
+            Some(a) => Some(
+                crate::server::bind_std(a).map_err(|source| SiteError::Bind { addr: a, source })?,
+            ),
+            None => None,
+        };
         let addr = cfg
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -198,6 +229,8 @@ impl Site {
             certs,
             live: arc_swap::ArcSwap::from_pointee(live(cfg)),
             listener: Mutex::new(Some(listener)),
+            http_listener: Mutex::new(http_listener),
+            http_tokens: Mutex::default(),
             state_dir: state_dir.to_path_buf(),
         }))
     }
@@ -223,11 +256,41 @@ impl Site {
     /// with [`Site::check`]; a certificate that still fails leaves the
     /// current one, and says so).
     pub fn reconfigure(&self, cfg: &SiteConfig) {
-        let source = cert_source(cfg, &self.state_dir);
-        if let Err(e) = self.certs.load(&source, &cfg.hosts) {
-            tracing::warn!(error = %e, "site certificate not replaced");
+        match &cfg.acme {
+            // ACME's certificate stays; one obtained for other hosts is replaced by the task.
+            Some(_) => {}
+            None => {
+                let source = cert_source(cfg, &self.state_dir);
+                if let Err(e) = self.certs.load(&source, &cfg.hosts) {
+                    tracing::warn!(error = %e, "site certificate not replaced");
+                }
+            }
         }
         self.live.store(Arc::new(live(cfg)));
+    }
+
+    /// Installs (or removes) an HTTP-01 answer.
+    fn set_http_token(&self, token: &str, answer: Option<String>) {
+        let mut t = self.http_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Some(a) => t.insert(token.to_owned(), a),
+            None => t.remove(token),
+        };
+    }
+
+    fn clear_http_tokens(&self) {
+        self.http_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn http_token(&self, token: &str) -> Option<String> {
+        self.http_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
     }
 
     /// Serves the listener until the task is dropped; rereads the
@@ -243,9 +306,16 @@ impl Site {
                 return;
             }
         };
-        let watch = tokio::spawn(watch_files(self.clone()));
+        let mut background = vec![tokio::spawn(watch_files(self.clone()))];
+        if let Some(cfg) = self.live.load().acme.clone() {
+            background.push(tokio::spawn(acme::run(self.clone(), cfg)));
+        }
+        let http = self.http_listener.lock().ok().and_then(|mut l| l.take());
+        if let Some(l) = http.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
+            background.push(tokio::spawn(serve::http_loop(self.clone(), l)));
+        }
         serve::accept_loop(self, listener).await;
-        watch.abort();
+        background.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 
@@ -253,6 +323,7 @@ fn live(cfg: &SiteConfig) -> Live {
     Live {
         content: Content::new(cfg.content.clone().unwrap_or(ContentSource::Default)),
         certs: cfg.certs.clone(),
+        acme: cfg.acme.clone(),
         hosts: cfg.hosts.clone(),
         server_header: cfg
             .server_header

@@ -4,7 +4,7 @@
 //! the TLS handshake and each request head within [`HEAD_TIMEOUT`].
 
 use super::certs::CertStore;
-use super::content::{error_page, Body};
+use super::content::{error_page, full, Body};
 use super::Site;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -26,7 +26,12 @@ pub fn acceptor(certs: Arc<CertStore>) -> Result<tokio_rustls::TlsAcceptor, rust
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only an ACME server offers it (TLS-ALPN-01).
+    cfg.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        super::certs::ACME_TLS_ALPN.to_vec(),
+    ];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
@@ -72,7 +77,12 @@ async fn connection(site: &Arc<Site>, stream: TcpStream) {
         Ok(Ok(tls)) => tls,
         _ => return,
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let alpn = tls.get_ref().1.alpn_protocol();
+    if alpn == Some(super::certs::ACME_TLS_ALPN) {
+        // TLS-ALPN-01: the handshake was the answer.
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
         let svc = service(site, false);
@@ -131,6 +141,68 @@ fn service(
             Ok(r)
         }
     })
+}
+
+/// The plain HTTP listener of `[site.acme] http_listen`: HTTP-01 answers,
+/// and a redirect to HTTPS for everything else (what a site on port 80 does).
+pub async fn http_loop(site: Arc<Site>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS / 4));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let site = site.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let site = site.clone();
+                async move { Ok::<_, std::convert::Infallible>(http_answer(&site, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .half_close(true)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+/// One request on the plain HTTP listener.
+fn http_answer(site: &Site, req: &Request<Incoming>) -> Response<Body> {
+    let head = req.method() == hyper::Method::HEAD;
+    let path = req.uri().path();
+    if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
+        return match site.http_token(token) {
+            Some(answer) => full(hyper::StatusCode::OK, "text/plain", answer, head),
+            None => error_page(hyper::StatusCode::NOT_FOUND, head),
+        };
+    }
+    let live = site.live.load();
+    let asked = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .map_or(h, |(n, _)| n)
+                .to_ascii_lowercase()
+        });
+    let host = asked
+        .filter(|h| live.hosts.contains(h))
+        .or_else(|| live.hosts.first().cloned())
+        .unwrap_or_default();
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = error_page(hyper::StatusCode::MOVED_PERMANENTLY, head);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        r.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    r
 }
 
 /// What web servers answer to plain HTTP on their TLS port.
