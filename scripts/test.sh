@@ -28,6 +28,18 @@ if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
     fi
 fi
 
+echo "== system packages (chromium, certutil: the browser of tests/realclients/test_site_browser.py)"
+if [ ! -x /usr/bin/chromium ] || ! command -v certutil >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get install -y -qq chromium libnss3-tools >/dev/null 2>&1 \
+            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium libnss3-tools >/dev/null; }
+    else
+        echo "chromium and certutil are needed by tests/realclients/test_site_browser.py" >&2
+        exit 1
+    fi
+fi
+
 echo "== cargo build (binaries used by the real-client tests)"
 cargo build --workspace --bins
 
@@ -43,7 +55,7 @@ echo "== cargo test"
 cargo test --workspace
 
 echo "== real clients (Telethon, TDLib)"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest, yaml" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest, yaml, playwright" 2>/dev/null; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/realclients/requirements.txt
 fi
