@@ -60,6 +60,10 @@ pub struct Args {
     /// Run mtgate with `tls.fronting = false` (no mask-site connection per client).
     #[arg(long)]
     no_fronting: bool,
+    /// Run mtgate with its own site (`[site] hosts` = the FakeTLS domain, a
+    /// self-signed certificate): fronting goes to the own site.
+    #[arg(long)]
+    site: bool,
     /// Only these parts (comma list of aes, idle, leak, bulk, latency, handshake, scaling).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,

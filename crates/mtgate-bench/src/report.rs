@@ -139,6 +139,8 @@ pub struct Settings {
     pub proxy_workers: usize,
     pub loadgen_threads: usize,
     pub fronting: bool,
+    /// mtgate ran with its own site (`--site`).
+    pub site: bool,
     pub bulk_secs: f64,
     pub bulk_max_bytes: u64,
     pub handshake_concurrency: usize,
@@ -196,7 +198,11 @@ impl Report {
             if s.smoke { "SMOKE, " } else { "" },
             s.proxy_workers,
             s.loadgen_threads,
-            if s.fronting { "on (local mask sink)" } else { "off" },
+            match (s.fronting, s.site) {
+                (true, true) => "to the own site ([site], loopback)",
+                (true, false) => "on (local mask sink)",
+                (false, _) => "off",
+            },
             s.rounds,
             s.loadavg_at_start
         );

@@ -11,7 +11,8 @@
 //! mtgate gets a config written into a temporary directory: loopback listener,
 //! one user allowed every mode, `[dcs] 2` = the echo DC, FakeTLS domain
 //! `bench.example`, fronting to a local mask sink (or off with
-//! `--no-fronting`), log level `warn` (stderr goes to a file).
+//! `--no-fronting`, or to mtgate's own site with `--site`), log level `warn`
+//! (stderr goes to a file).
 
 use crate::client::{Mode, Target};
 use crate::load::{self, BulkOpts, LatencyOpts};
@@ -104,6 +105,8 @@ struct Env {
     key: Key16,
     dc: SocketAddr,
     mask: Option<SocketAddr>,
+    /// mtgate serves its own site (`--site`).
+    site: bool,
 }
 
 impl Env {
@@ -123,9 +126,14 @@ impl Env {
             Some(m) => format!("mask_host = \"{m}\""),
             None => "fronting = false".into(),
         };
+        let site = if self.site {
+            format!("\n[site]\nhosts = [\"{DOMAIN}\"]\n")
+        } else {
+            String::new()
+        };
         let cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{state}\"\nworkers = {workers}\n\n\
-             [tls]\ndomains = [\"{DOMAIN}\"]\n{tls}\n{tls_extra}\n\n\
+             [tls]\ndomains = [\"{DOMAIN}\"]\n{tls}\n{tls_extra}\n{site}\n\
              [users.bench]\nsecret = \"{secret}\"\nmodes = [\"classic\", \"dd\", \"ee\"]\n\n\
              [dcs]\n2 = [\"{dc}\"]\n\n[log]\nlevel = \"warn\"\n\n\
              # All load comes from 127.0.0.1: the policy runs (its cost is measured)\n\
@@ -242,6 +250,7 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
         key: Key16::generate(),
         dc: dc_addr,
         mask,
+        site: a.site,
     };
     let mut report = Report {
         machine: Machine::detect(),
@@ -251,6 +260,7 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
             proxy_workers: a.workers,
             loadgen_threads: a.loadgen_threads.max(1),
             fronting: mask.is_some(),
+            site: a.site,
             bulk_secs: plan.bulk.duration.as_secs_f64(),
             bulk_max_bytes: plan.bulk.max_bytes,
             handshake_concurrency: a.handshake_concurrency,

@@ -11,7 +11,9 @@
 //! * [`faketls`]: ClientHello check, ServerHello build, TLS record layer;
 //! * [`replay`]: a bounded replay cache;
 //! * [`probe`]: `req_pq_multi` → `resPQ`, the unencrypted MTProto that proves a DC answers;
-//! * [`handshake`]: the server handshake state machine that ties them together.
+//! * [`handshake`]: the server handshake state machine that ties them together;
+//! * [`webproxy`]: Telegram's WEB proxy type: the bridge capability, the
+//!   carrier frame format, base paths and link secrets.
 
 pub mod faketls;
 pub mod handshake;
@@ -21,6 +23,7 @@ pub mod probe;
 pub mod replay;
 pub mod secret;
 pub mod transport;
+pub mod webproxy;
 
 pub use handshake::{Accepted, ClientMode, Handshake, HandshakeConfig, Outcome, RejectReason};
 pub use obfs2::{DcIndex, ProtoTag};

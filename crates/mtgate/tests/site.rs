@@ -91,7 +91,11 @@ async fn lab() -> Lab {
     let www = dir.path().join("www");
     std::fs::create_dir(&www).unwrap();
     std::fs::write(www.join("index.html"), "<h1>hello from the site</h1>").unwrap();
-    std::fs::write(www.join("style.css"), "body{}").unwrap();
+    std::fs::write(
+        www.join("style.css"),
+        "body{} /* the site's style body */ body",
+    )
+    .unwrap();
     let toml = format!(
         "[site]\nhosts = [\"{HOST}\"]\ndir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
          [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
@@ -208,4 +212,107 @@ async fn a_certificate_replaced_on_disk_is_used_by_new_connections_only() {
         .await
         .unwrap();
     lab.proxy.stop().await;
+}
+
+/// A raw HTTP/1.1 exchange over TLS for `HOST`: the answer's head and body.
+async fn raw_get(addr: SocketAddr, root: &CertificateDer<'static>, request: &str) -> String {
+    let mut t = tls(addr, root, &[b"http/1.1"]).await;
+    t.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_answer_conditional_and_range_requests() {
+    let lab = lab().await;
+    let addr = lab.proxy.addr;
+    let head = |extra: &str| {
+        format!("GET /style.css HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n{extra}\r\n")
+    };
+    let full = raw_get(addr, &lab.cert, &head("")).await;
+    assert!(full.starts_with("HTTP/1.1 200"), "{full}");
+    assert!(
+        full.to_lowercase().contains("content-type: text/css"),
+        "{full}"
+    );
+    let modified = full
+        .lines()
+        .find_map(|l| l.strip_prefix("last-modified: "))
+        .expect("last-modified")
+        .to_owned();
+    let again = raw_get(
+        addr,
+        &lab.cert,
+        &head(&format!("If-Modified-Since: {modified}\r\n")),
+    )
+    .await;
+    assert!(again.starts_with("HTTP/1.1 304"), "{again}");
+    let part = raw_get(addr, &lab.cert, &head("Range: bytes=0-3\r\n")).await;
+    assert!(part.starts_with("HTTP/1.1 206"), "{part}");
+    assert!(part.ends_with("body"), "{part}");
+    lab.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_can_be_a_local_application_behind_mtgate() {
+    // A local web application: answers with the path and the Host it saw.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let proto = req
+                            .headers()
+                            .get("x-forwarded-proto")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let body = format!("app saw {} {} via {}", req.uri(), host, proto);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    let toml = format!(
+        "[site]\nhosts = [\"{HOST}\"]\nupstream = \"http://{app_addr}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
+        dir.path().join("site.pem").display(),
+        dir.path().join("site.key").display(),
+    );
+    let proxy = Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await;
+    let mut s = http1(tls(proxy.addr, &cert, &[b"http/1.1"]).await).await;
+    assert_eq!(
+        get(&mut s, "/login?next=%2F").await,
+        (200, format!("app saw /login?next=%2F {HOST} via https"))
+    );
+    ee_client(proxy.addr).await;
+    proxy.stop().await;
+    // No application there: a web server's 502.
+    let toml = toml.replace(&app_addr.to_string(), "127.0.0.1:1");
+    let proxy = Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await;
+    let mut s = http1(tls(proxy.addr, &cert, &[b"http/1.1"]).await).await;
+    let (status, body) = get(&mut s, "/").await;
+    assert_eq!(status, 502);
+    assert!(body.contains("502 Bad Gateway"), "{body}");
+    proxy.stop().await;
 }

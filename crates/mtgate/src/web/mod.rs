@@ -352,3 +352,47 @@ async fn watch_files(site: Arc<Site>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> CertSource {
+        let made = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, made.cert.pem()).unwrap();
+        std::fs::write(&k, made.key_pair.serialize_pem()).unwrap();
+        CertSource::Files { cert: c, key: k }
+    }
+
+    /// A reload naming other certificate files switches to them; one naming
+    /// files that do not load is refused before anything changes.
+    #[test]
+    fn a_reload_checks_then_switches_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SiteConfig {
+            hosts: vec!["a.test".into()],
+            certs: Some(pair(dir.path(), "one")),
+            ..Default::default()
+        };
+        let site = Site::new(&cfg, dir.path()).unwrap();
+        let first = site.certs().current()[0].key.cert.clone();
+        cfg.certs = Some(pair(dir.path(), "two"));
+        site.check(&cfg).unwrap();
+        site.reconfigure(&cfg);
+        let second = site.certs().current()[0].key.cert.clone();
+        assert_ne!(first, second);
+        let bad = SiteConfig {
+            certs: Some(CertSource::Files {
+                cert: dir.path().join("missing.pem"),
+                key: dir.path().join("missing.key"),
+            }),
+            ..cfg.clone()
+        };
+        assert!(site.check(&bad).is_err());
+        assert_eq!(site.certs().current()[0].key.cert, second, "unchanged");
+    }
+}
