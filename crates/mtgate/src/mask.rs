@@ -145,9 +145,10 @@ impl MaskLink {
         self
     }
 
-    /// The same link toward another mask address (a per-SNI mask host).
-    pub fn redirect(self, addr: String) -> Self {
-        let announce = self.announce;
+    /// The same link toward another mask address (a per-SNI mask host),
+    /// still announcing the client if `keep_announce`.
+    pub fn redirect(self, addr: String, keep_announce: bool) -> Self {
+        let announce = self.announce.filter(|_| keep_announce);
         Self::new(addr, self.timeout, None, self.gate.clone()).announcing(announce)
     }
 

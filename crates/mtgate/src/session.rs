@@ -6,7 +6,7 @@ use crate::config::policy::RefuseAction;
 use crate::events::{CloseReason, Event};
 use crate::mask::{self, MaskLink};
 use crate::net::inbound::{Inbound, Meta, Transport};
-use crate::net::proxy_protocol::Announce;
+use crate::net::proxy_protocol::{Announce, Version as ProxyVersion};
 use crate::peer::Peer;
 use crate::policy::engine::Refusal;
 use crate::relay::{self, ClientSide, Traffic};
@@ -197,10 +197,12 @@ async fn refuse(
     CloseReason::Policy(refusal.reason)
 }
 
-/// The PROXY protocol header a fronted connection sends the mask host first,
-/// if `[proxy_protocol] mask` asks for one.
+/// The PROXY protocol header a fronted connection sends the mask host first:
+/// the one `[proxy_protocol] mask` asks for, and always one to the own site
+/// (it learns the real client from it; see crate::web).
 fn announce(rt: &Runtime, who: Peer, stream: &TcpStream) -> Option<Announce> {
-    let version = rt.config.proxy_protocol.mask?;
+    let own_site = rt.site.is_some().then_some(ProxyVersion::V2);
+    let version = rt.config.proxy_protocol.mask.or(own_site)?;
     Some(Announce {
         version,
         client: who.client,
@@ -286,7 +288,9 @@ async fn setup(
             };
             if let Some(sni_mask) = hs.sni().and_then(|d| rt.config.mask_hosts.get(d)) {
                 if sni_mask != link.addr() {
-                    link = link.redirect(sni_mask.clone());
+                    // An outside site gets a header only if configured.
+                    let keep = rt.config.proxy_protocol.mask.is_some();
+                    link = link.redirect(sni_mask.clone(), keep);
                 }
             }
             rt.telemetry.emit(Event::Fronted { id, cause: reason });

@@ -51,6 +51,27 @@ async fn tls(addr: SocketAddr, root: &CertificateDer<'static>, alpn: &[&[u8]]) -
         .expect("TLS to the site with its certificate")
 }
 
+/// [`tls`] (HTTP/1.1) from the loopback address `from`.
+async fn tls_from(from: &str, addr: SocketAddr, root: &CertificateDer<'static>) -> Tls {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let s = sock.connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(HOST).unwrap(), s)
+        .await
+        .expect("TLS to the site")
+}
+
 /// `GET path` over HTTP/1.1 on `sender`: status and body.
 async fn get(
     sender: &mut hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
@@ -276,7 +297,14 @@ async fn the_site_can_be_a_local_application_behind_mtgate() {
                             .and_then(|h| h.to_str().ok())
                             .unwrap_or("")
                             .to_owned();
-                        let body = format!("app saw {} {} via {}", req.uri(), host, proto);
+                        let xff = req
+                            .headers()
+                            .get("x-forwarded-for")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let body =
+                            format!("app saw {} {} via {} for {}", req.uri(), host, proto, xff);
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
                             http_body_util::Full::new(bytes::Bytes::from(body)),
                         ))
@@ -300,10 +328,14 @@ async fn the_site_can_be_a_local_application_behind_mtgate() {
         dir.path().join("site.key").display(),
     );
     let proxy = Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await;
-    let mut s = http1(tls(proxy.addr, &cert, &[b"http/1.1"]).await).await;
+    let mut s = http1(tls_from("127.0.0.9", proxy.addr, &cert).await).await;
     assert_eq!(
         get(&mut s, "/login?next=%2F").await,
-        (200, format!("app saw /login?next=%2F {HOST} via https"))
+        // The client's own address (here 127.0.0.9), not mtgate's hop.
+        (
+            200,
+            format!("app saw /login?next=%2F {HOST} via https for 127.0.0.9")
+        )
     );
     ee_client(proxy.addr).await;
     proxy.stop().await;

@@ -83,8 +83,12 @@ impl Content {
         &self.source
     }
 
-    /// The answer to one request.
-    pub async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+    /// The answer to one request from `client`.
+    pub async fn answer(
+        &self,
+        req: Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> Response<Body> {
         let head = req.method() == hyper::Method::HEAD;
         match &self.source {
             Source::Default => match (req.method().as_str(), req.uri().path()) {
@@ -106,7 +110,7 @@ impl Content {
                 }
                 r.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync())
             }
-            Source::Upstream(base) => self.proxy(base, req).await,
+            Source::Upstream(base) => self.proxy(base, req, client).await,
         }
     }
 
@@ -118,7 +122,12 @@ impl Content {
         }
     }
 
-    async fn proxy(&self, base: &hyper::Uri, mut req: Request<Incoming>) -> Response<Body> {
+    async fn proxy(
+        &self,
+        base: &hyper::Uri,
+        mut req: Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> Response<Body> {
         let head = req.method() == hyper::Method::HEAD;
         let pq = req
             .uri()
@@ -136,10 +145,15 @@ impl Content {
         *req.uri_mut() = uri;
         // HTTP/2 from the browser, HTTP/1.1 to the upstream.
         *req.version_mut() = hyper::Version::HTTP_11;
-        req.headers_mut().insert(
+        let h = req.headers_mut();
+        h.insert(
             "x-forwarded-proto",
             header::HeaderValue::from_static("https"),
         );
+        // The client as mtgate saw it (a header the client sent is replaced).
+        if let Ok(v) = header::HeaderValue::from_str(&client.ip().to_string()) {
+            h.insert("x-forwarded-for", v);
+        }
         match self.client.request(req).await {
             Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync()),
             Err(e) => {

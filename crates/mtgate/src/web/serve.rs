@@ -9,6 +9,7 @@ use super::Site;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,7 +42,7 @@ pub async fn accept_loop(site: Arc<Site>, listener: TcpListener) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "site accept");
@@ -51,9 +52,51 @@ pub async fn accept_loop(site: Arc<Site>, listener: TcpListener) {
         };
         let site = site.clone();
         tokio::spawn(async move {
-            connection(&site, stream).await;
+            connection(&site, stream, peer).await;
             drop(permit);
         });
+    }
+}
+
+/// The PROXY protocol v2 signature and the v1 opening.
+const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+const V1_SIG: &[u8] = b"PROXY ";
+
+/// The client a connection is for: a loopback hop (mtgate fronting to its
+/// own site) announces it with a PROXY protocol header, which is read and
+/// taken off; anyone else is the client.
+async fn client_of(stream: &mut TcpStream, peer: SocketAddr) -> Option<SocketAddr> {
+    if !peer.ip().is_loopback() {
+        return Some(peer);
+    }
+    let mut head = [0u8; 12];
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut head))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        let seen = &head[..n];
+        let v2 = seen.len() >= V2_SIG.len() && seen.starts_with(V2_SIG);
+        let v1 = seen.len() >= V1_SIG.len() && seen.starts_with(V1_SIG);
+        if v1 || v2 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return match crate::net::proxy_protocol::read_header(stream, left).await {
+                Ok(Some(client)) => Some(client),
+                Ok(None) => Some(peer),
+                Err(_) => None,
+            };
+        }
+        let maybe = V2_SIG.starts_with(&seen[..n.min(V2_SIG.len())])
+            || V1_SIG.starts_with(&seen[..n.min(V1_SIG.len())]);
+        if !maybe || n >= V2_SIG.len() {
+            return Some(peer);
+        }
+        // A prefix of a signature so far: wait for more.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -62,15 +105,18 @@ fn plain_http(first: u8) -> bool {
     first.is_ascii_uppercase()
 }
 
-async fn connection(site: &Arc<Site>, stream: TcpStream) {
+async fn connection(site: &Arc<Site>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let Some(client) = client_of(&mut stream, peer).await else {
+        return;
+    };
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)).await;
     let Ok(Ok(1)) = peeked else {
         return;
     };
     if plain_http(first[0]) {
-        serve_http1(site, TokioIo::new(stream), true).await;
+        serve_http1(site, TokioIo::new(stream), true, client).await;
         return;
     }
     let tls = match tokio::time::timeout(HEAD_TIMEOUT, site.tls.accept(stream)).await {
@@ -85,22 +131,22 @@ async fn connection(site: &Arc<Site>, stream: TcpStream) {
     let h2 = alpn == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
-        let svc = service(site, false);
+        let svc = service(site, false, client);
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .serve_connection(io, svc)
             .await;
     } else {
-        serve_http1(site, io, false).await;
+        serve_http1(site, io, false, client).await;
     }
 }
 
-async fn serve_http1<I>(site: &Arc<Site>, io: I, plain: bool)
+async fn serve_http1<I>(site: &Arc<Site>, io: I, plain: bool, client: SocketAddr)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let svc = service(site, plain);
+    let svc = service(site, plain, client);
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -118,6 +164,7 @@ where
 fn service(
     site: &Arc<Site>,
     plain: bool,
+    client: SocketAddr,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -133,7 +180,7 @@ fn service(
             let mut r = if plain {
                 plain_http_answer(head)
             } else {
-                live.content.answer(req).await
+                live.content.answer(req, client).await
             };
             if let Some(h) = &live.server_header {
                 r.headers_mut().insert(hyper::header::SERVER, h.clone());
