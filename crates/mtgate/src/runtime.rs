@@ -133,7 +133,11 @@ impl Runtime {
         let window = config.max_past.as_secs() + config.max_future.as_secs();
         let policy = Arc::new(Policy::new(&config, &users, clock)?);
         let site = match config.site.enabled() {
-            true => Some(crate::web::Site::new(&config.site, &config.state_dir)?),
+            true => Some(crate::web::Site::new(
+                &config.site,
+                &config.state_dir,
+                &users,
+            )?),
             false => None,
         };
         Ok(Self {
@@ -182,7 +186,7 @@ impl Runtime {
                 Some(s.clone())
             }
             (None, true) => {
-                let s = crate::web::Site::new(&config.site, &config.state_dir)?;
+                let s = crate::web::Site::new(&config.site, &config.state_dir, &users)?;
                 if tokio::runtime::Handle::try_current().is_ok() {
                     tokio::spawn(s.clone().run());
                 }
@@ -191,7 +195,7 @@ impl Runtime {
             (_, false) => None,
         };
         if let (Some(s), true) = (&site, self.site.is_some()) {
-            s.reconfigure(&config.site);
+            s.reconfigure(&config.site, &users);
         }
         self.policy.apply(&config, &users, prepared);
         let mut hc = handshake_config(&config, &users);

@@ -211,8 +211,20 @@ impl Server {
             ));
         }
         // The own site serves for the process's life: connections fronted to
-        // it go on through a drain after a takeover.
+        // it go on through a drain after a takeover. Its WEB proxy streams
+        // enter sessions like any client, under the same connection cap.
         if let Some(site) = &rt.site {
+            if let Ok(pairs) = crate::net::websocket::Pairs::bind_now() {
+                site.attach(crate::web::webproxy::Handoff {
+                    sink: Arc::new(SessionSink {
+                        live: live.clone(),
+                        conns: conns.clone(),
+                        shutdown: rx.clone(),
+                        listener: site.addr(),
+                    }),
+                    pairs: Arc::new(pairs),
+                });
+            }
             tokio::spawn(site.clone().run());
         }
         Ok(Self {
@@ -409,6 +421,37 @@ async fn guarded_accept(
     tokio::select! {
         _ = stop.wait_for(|s| *s) => {}
         _ = accept => {}
+    }
+}
+
+/// Serves WEB proxy streams (`crate::web::webproxy`) as client connections.
+struct SessionSink {
+    live: Arc<Live>,
+    conns: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    listener: SocketAddr,
+}
+
+impl crate::web::webproxy::carrier_ws::StreamSink for SessionSink {
+    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr) {
+        // At the cap the stream is dropped: the app sees it closed.
+        let Ok(permit) = self.conns.clone().try_acquire_owned() else {
+            return;
+        };
+        let inbound = crate::net::inbound::Inbound {
+            stream,
+            meta: crate::net::inbound::Meta {
+                peer: client,
+                listener: self.listener,
+                transport: crate::net::inbound::Transport::WebProxy,
+                vouched: Some(client),
+            },
+        };
+        let (rt, sd) = (self.live.current(), self.shutdown.clone());
+        tokio::spawn(async move {
+            session::serve(inbound, rt, sd).await;
+            drop(permit);
+        });
     }
 }
 

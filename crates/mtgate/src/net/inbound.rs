@@ -19,6 +19,8 @@ pub enum Transport {
     Tcp,
     /// WebSocket binary messages carrying the same stream (`crate::net::websocket`).
     WebSocket,
+    /// A stream of Telegram's WEB proxy type (`crate::web::webproxy`).
+    WebProxy,
 }
 
 impl Transport {
@@ -27,6 +29,7 @@ impl Transport {
         match self {
             Self::Tcp => "tcp",
             Self::WebSocket => "websocket",
+            Self::WebProxy => "webproxy",
         }
     }
 

@@ -197,6 +197,16 @@ impl Pairs {
         })
     }
 
+    /// [`Pairs::new`] without awaiting (inside a tokio runtime).
+    pub fn bind_now() -> std::io::Result<Self> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.set_nonblocking(true)?;
+        Ok(Self {
+            listener: TcpListener::from_std(l)?,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
     /// A connected pair (ours, the session's).
     pub async fn pair(&self) -> std::io::Result<(TcpStream, TcpStream)> {
         let _one_at_a_time = self.lock.lock().await;

@@ -21,6 +21,7 @@ pub mod acme;
 pub mod certs;
 pub mod content;
 mod serve;
+pub mod webproxy;
 
 use certs::{CertStore, Source as CertSource};
 use content::{Content, Source as ContentSource};
@@ -42,6 +43,8 @@ pub struct SiteConfig {
     pub server_header: Option<String>,
     /// Certificates over ACME (`[site.acme]`).
     pub acme: Option<acme::AcmeConfig>,
+    /// Telegram's WEB proxy type on this site (`[site.webproxy]`).
+    pub webproxy: Option<webproxy::WebProxyConfig>,
 }
 
 /// `[site]` as written.
@@ -58,6 +61,8 @@ pub struct RawSite {
     pub server_header: Option<String>,
     #[serde(default)]
     pub acme: acme::RawAcme,
+    #[serde(default)]
+    pub webproxy: webproxy::RawWebProxy,
 }
 
 impl SiteConfig {
@@ -122,6 +127,7 @@ impl SiteConfig {
             }
         }
         let acme = acme::AcmeConfig::from_raw(raw.acme)?;
+        let webproxy = webproxy::WebProxyConfig::from_raw(raw.webproxy)?;
         if acme.is_some() && certs.is_some() {
             return Err((
                 key("acme"),
@@ -129,7 +135,11 @@ impl SiteConfig {
             ));
         }
         if hosts.is_empty()
-            && (content.is_some() || certs.is_some() || listen.is_some() || acme.is_some())
+            && (content.is_some()
+                || certs.is_some()
+                || listen.is_some()
+                || acme.is_some()
+                || webproxy.is_some())
         {
             return Err((key("hosts"), "name the site's host names".into()));
         }
@@ -140,6 +150,7 @@ impl SiteConfig {
             listen,
             server_header: raw.server_header,
             acme,
+            webproxy,
         })
     }
 
@@ -164,6 +175,7 @@ pub enum SiteError {
 
 /// What a reload may change while the site runs.
 struct Live {
+    webproxy: Option<Arc<webproxy::Room>>,
     content: Content,
     certs: Option<CertSource>,
     acme: Option<acme::AcmeConfig>,
@@ -183,6 +195,10 @@ pub struct Site {
     http_listener: Mutex<Option<std::net::TcpListener>>,
     /// HTTP-01 answers by token, while an ACME order runs.
     http_tokens: Mutex<std::collections::HashMap<String, String>>,
+    /// The WEB proxy type's bootstrap and session tokens (kept across reloads).
+    wp_tokens: Arc<webproxy::Tokens>,
+    /// How WEB proxy streams reach the proxy (set by the server).
+    handoff: std::sync::OnceLock<webproxy::Handoff>,
     state_dir: PathBuf,
 }
 
@@ -201,7 +217,11 @@ fn cert_source(cfg: &SiteConfig, state_dir: &Path) -> CertSource {
 impl Site {
     /// Loads the certificates and binds the listener (served once
     /// [`Site::run`] runs; connections wait in the backlog until then).
-    pub fn new(cfg: &SiteConfig, state_dir: &Path) -> Result<Arc<Self>, SiteError> {
+    pub fn new(
+        cfg: &SiteConfig,
+        state_dir: &Path,
+        users: &[crate::config::User],
+    ) -> Result<Arc<Self>, SiteError> {
         let certs = CertStore::new(Vec::new());
         certs.load(&cert_source(cfg, state_dir), &cfg.hosts)?;
         if cfg.acme.is_some() {
@@ -227,10 +247,12 @@ impl Site {
             addr,
             tls: serve::acceptor(certs.clone())?,
             certs,
-            live: arc_swap::ArcSwap::from_pointee(live(cfg)),
+            live: arc_swap::ArcSwap::from_pointee(live(cfg, users)),
             listener: Mutex::new(Some(listener)),
             http_listener: Mutex::new(http_listener),
             http_tokens: Mutex::default(),
+            wp_tokens: Arc::default(),
+            handoff: std::sync::OnceLock::new(),
             state_dir: state_dir.to_path_buf(),
         }))
     }
@@ -255,7 +277,7 @@ impl Site {
     /// A reload: new content, hosts and certificate source (checked first
     /// with [`Site::check`]; a certificate that still fails leaves the
     /// current one, and says so).
-    pub fn reconfigure(&self, cfg: &SiteConfig) {
+    pub fn reconfigure(&self, cfg: &SiteConfig, users: &[crate::config::User]) {
         match &cfg.acme {
             // ACME's certificate stays; one obtained for other hosts is replaced by the task.
             Some(_) => {}
@@ -266,7 +288,17 @@ impl Site {
                 }
             }
         }
-        self.live.store(Arc::new(live(cfg)));
+        self.live.store(Arc::new(live(cfg, users)));
+    }
+
+    /// How WEB proxy streams reach the proxy (once, by the server).
+    pub fn attach(&self, handoff: webproxy::Handoff) {
+        let _ = self.handoff.set(handoff);
+    }
+
+    /// The WEB proxy type's sessions open now (0 when off).
+    pub fn webproxy_sessions(&self) -> usize {
+        self.wp_tokens.sessions()
     }
 
     /// Installs (or removes) an HTTP-01 answer.
@@ -319,8 +351,15 @@ impl Site {
     }
 }
 
-fn live(cfg: &SiteConfig) -> Live {
+fn live(cfg: &SiteConfig, users: &[crate::config::User]) -> Live {
     Live {
+        webproxy: cfg.webproxy.clone().map(|w| {
+            Arc::new(webproxy::Room::new(
+                w,
+                &cfg.hosts,
+                users.iter().map(|u| (u.name.as_str(), u.key.expose())),
+            ))
+        }),
         content: Content::new(cfg.content.clone().unwrap_or(ContentSource::Default)),
         certs: cfg.certs.clone(),
         acme: cfg.acme.clone(),
@@ -378,11 +417,11 @@ mod tests {
             certs: Some(pair(dir.path(), "one")),
             ..Default::default()
         };
-        let site = Site::new(&cfg, dir.path()).unwrap();
+        let site = Site::new(&cfg, dir.path(), &[]).unwrap();
         let first = site.certs().current()[0].key.cert.clone();
         cfg.certs = Some(pair(dir.path(), "two"));
         site.check(&cfg).unwrap();
-        site.reconfigure(&cfg);
+        site.reconfigure(&cfg, &[]);
         let second = site.certs().current()[0].key.cert.clone();
         assert_ne!(first, second);
         let bad = SiteConfig {

@@ -156,6 +156,7 @@ where
         .max_buf_size(64 * 1024)
         .keep_alive(!plain)
         .serve_connection(io, svc)
+        .with_upgrades()
         .await;
 }
 
@@ -177,6 +178,16 @@ fn service(
         async move {
             let live = site.live.load_full();
             let head = req.method() == hyper::Method::HEAD;
+            let req = match (&live.webproxy, plain) {
+                (Some(room), false) => {
+                    use super::webproxy::routes::{route, Routed};
+                    match route(room, &site.wp_tokens, site.handoff.get(), req, client).await {
+                        Routed::Answer(r) => return Ok(r),
+                        Routed::Site(req) => req,
+                    }
+                }
+                _ => req,
+            };
             let mut r = if plain {
                 plain_http_answer(head)
             } else {

@@ -1,0 +1,224 @@
+//! The `websocket` carrier: one WebSocket per session
+//! (`GET /api/v1/ws`, subprotocol `tproxy-v1.<session>`), each binary
+//! message a batch of whole frames. Every stream the app opens enters the
+//! proxy as a connection of its own (a loopback pair whose far end the
+//! session serves, as WebSocket clients do), with the client's address.
+//!
+//! Flow control as the protocol sets it: each stream starts with 4 MiB of
+//! credit each way; the relay grants WINDOW only after bytes reached the
+//! proxy's socket, and stops reading a stream's socket at zero credit. A
+//! client that sends past its credit loses that stream.
+
+use super::tokens::SessionEntry;
+use crate::net::websocket::Pairs;
+use futures_util::{SinkExt, StreamExt};
+use mtgate_proto::webproxy::{self, Kind, INITIAL_WINDOW, MAX_RELAY_DATA};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Where streams go: a connection of the proxy's own.
+pub trait StreamSink: Send + Sync {
+    /// Serves `stream` (the far end of a loopback pair) as a client
+    /// connection from `client`.
+    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr);
+}
+
+/// One stream's state on the carrier side.
+struct Stream {
+    /// Bytes the relay may still send to the app.
+    credit: Arc<AtomicI64>,
+    credit_changed: Arc<Notify>,
+    /// The app's DATA toward the proxy socket.
+    to_socket: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes the app sent and the relay has not granted back yet.
+    unacked: Arc<AtomicI64>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+/// Frames queued toward the app at once (then the stream readers wait).
+const OUT_QUEUE: usize = 256;
+
+/// Runs one session's WebSocket until either side ends it.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    entry: SessionEntry,
+    max_streams: usize,
+    client: SocketAddr,
+    pairs: Arc<Pairs>,
+    sink: Arc<dyn StreamSink>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = &entry;
+    let (mut tx, mut rx) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let mut streams: HashMap<u32, Stream> = HashMap::new();
+    // Closed ids are never reused; late frames for them are ignored.
+    let mut closed: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
+    loop {
+        tokio::select! {
+            msg = rx.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                let body = match msg {
+                    Message::Binary(b) => b,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    // Text or a close: the session ends.
+                    _ => break,
+                };
+                let Ok(frames) = webproxy::decode_frames(&body) else { break };
+                for f in frames {
+                    match f.kind {
+                        Kind::Open => {
+                            if streams.contains_key(&f.stream) || closed.contains(&f.stream) || streams.len() >= max_streams {
+                                close_frame(&out_tx, f.stream).await;
+                                continue;
+                            }
+                            match open(f.stream, &pairs, &sink, client, out_tx.clone()).await {
+                                Some(s) => { streams.insert(f.stream, s); }
+                                None => close_frame(&out_tx, f.stream).await,
+                            }
+                        }
+                        Kind::Data => {
+                            let Some(s) = streams.get(&f.stream) else { continue };
+                            let n = f.payload.len() as i64;
+                            if s.unacked.fetch_add(n, Ordering::AcqRel) + n > i64::from(INITIAL_WINDOW)
+                                || s.to_socket.send(f.payload.to_vec()).is_err()
+                            {
+                                // Past its credit (or the socket is gone): the stream ends.
+                                streams.remove(&f.stream);
+                                remember(&mut closed, f.stream);
+                                close_frame(&out_tx, f.stream).await;
+                            }
+                        }
+                        Kind::Window => {
+                            if let (Some(s), Some(d)) = (streams.get(&f.stream), f.window_delta()) {
+                                s.credit.fetch_add(i64::from(d), Ordering::AcqRel);
+                                s.credit_changed.notify_one();
+                            }
+                        }
+                        Kind::Close => {
+                            streams.remove(&f.stream);
+                            remember(&mut closed, f.stream);
+                        }
+                        Kind::Ping => {
+                            let mut b = Vec::new();
+                            webproxy::encode(Kind::Pong, 0, f.payload, &mut b);
+                            let _ = out_tx.send(b).await;
+                        }
+                        // HELLO belongs to session creation; the rest is ours to send.
+                        _ => {}
+                    }
+                }
+            }
+            out = out_rx.recv() => {
+                let Some(mut batch) = out else { break };
+                // More that is ready goes in the same message.
+                while batch.len() < 256 * 1024 {
+                    match out_rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if tx.send(Message::Binary(batch.into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // Streams whose socket ended told us with a CLOSE already; forget them.
+        streams.retain(|_, s| !s.tasks[0].is_finished());
+    }
+    let _ = tx.close().await;
+}
+
+fn remember(closed: &mut std::collections::VecDeque<u32>, id: u32) {
+    if closed.len() == 4096 {
+        closed.pop_front();
+    }
+    closed.push_back(id);
+}
+
+async fn close_frame(out: &mpsc::Sender<Vec<u8>>, id: u32) {
+    let mut b = Vec::with_capacity(8);
+    webproxy::encode(Kind::Close, id, &[], &mut b);
+    let _ = out.send(b).await;
+}
+
+/// A new stream: a loopback pair, the proxy serving its far end.
+async fn open(
+    id: u32,
+    pairs: &Pairs,
+    sink: &Arc<dyn StreamSink>,
+    client: SocketAddr,
+    out: mpsc::Sender<Vec<u8>>,
+) -> Option<Stream> {
+    let (ours, theirs) = pairs.pair().await.ok()?;
+    sink.serve(theirs, client);
+    let (mut rd, mut wr) = ours.into_split();
+    let credit = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
+    let changed = Arc::new(Notify::new());
+    let unacked = Arc::new(AtomicI64::new(0));
+    // The proxy's bytes → DATA frames, while the app has credit.
+    let reader = {
+        let (credit, changed, out) = (credit.clone(), changed.clone(), out.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_RELAY_DATA];
+            loop {
+                let have = credit.load(Ordering::Acquire);
+                if have <= 0 {
+                    changed.notified().await;
+                    continue;
+                }
+                let want = (have as usize).min(MAX_RELAY_DATA);
+                let n = match rd.read(&mut buf[..want]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                credit.fetch_sub(n as i64, Ordering::AcqRel);
+                let mut f = Vec::with_capacity(8 + n);
+                webproxy::encode(Kind::Data, id, &buf[..n], &mut f);
+                if out.send(f).await.is_err() {
+                    return;
+                }
+            }
+            close_frame(&out, id).await;
+        })
+    };
+    // The app's DATA → the proxy's socket, then WINDOW back.
+    let (to_socket, mut from_app) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = {
+        let unacked = unacked.clone();
+        tokio::spawn(async move {
+            while let Some(chunk) = from_app.recv().await {
+                if wr.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                let n = chunk.len() as u32;
+                unacked.fetch_sub(i64::from(n), Ordering::AcqRel);
+                let mut f = Vec::with_capacity(12);
+                webproxy::encode(Kind::Window, id, &n.to_be_bytes(), &mut f);
+                if out.send(f).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    Some(Stream {
+        credit,
+        credit_changed: changed,
+        to_socket,
+        unacked,
+        tasks: [reader, writer],
+    })
+}

@@ -1,0 +1,260 @@
+//! The WEB proxy's HTTP routes on the own site: the bridge page and the
+//! session API. A request that is not exactly one of them, or that does not
+//! authenticate, is handed back untouched (its body unread) for the site to
+//! answer as it answers any path.
+
+use super::{Handoff, Room, Tokens};
+use crate::web::content::{full, Body};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use mtgate_proto::webproxy::{self, Kind};
+
+/// The largest session-create body (a HELLO frame is 9 bytes).
+const MAX_CREATE_BODY: usize = 64;
+
+/// What the room made of a request.
+pub enum Routed {
+    Answer(Response<Body>),
+    /// Not ours (or not authenticated): the site answers it.
+    Site(Request<Incoming>),
+}
+
+/// The host the request names (`Host` or `:authority`, port dropped, lowercase).
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let h = req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(hyper::header::HOST)?
+            .to_str()
+            .ok()
+            .map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_owned())
+    })?;
+    Some(h.to_ascii_lowercase())
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    let v = h.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v.strip_prefix("Bearer ")?;
+    webproxy::is_token_shaped(t).then_some(t)
+}
+
+/// `Origin` may be absent (headless clients send none); when present it
+/// must be the site itself.
+fn origin_ok(h: &HeaderMap, host: &str) -> bool {
+    match h.get(hyper::header::ORIGIN) {
+        None => true,
+        Some(v) => v.as_bytes() == format!("https://{host}").as_bytes(),
+    }
+}
+
+fn octet_stream(h: &HeaderMap) -> bool {
+    h.get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/octet-stream")
+}
+
+/// Routes one request for `room` from `client`.
+pub async fn route(
+    room: &Room,
+    tokens: &std::sync::Arc<Tokens>,
+    handoff: Option<&Handoff>,
+    req: Request<Incoming>,
+    client: std::net::SocketAddr,
+) -> Routed {
+    let Some(host) = host_of(&req).filter(|h| room.hosts.contains(h)) else {
+        return Routed::Site(req);
+    };
+    let base = room
+        .cfg
+        .path
+        .as_deref()
+        .map_or_else(|| "/".to_owned(), |p| format!("/{p}/"));
+    let path = req.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix(&base) else {
+        return Routed::Site(req);
+    };
+    match (req.method(), rest) {
+        (&Method::GET, "") => bridge(room, tokens, req, &host),
+        (&Method::POST, "api/v1/session") => create(room, tokens, req, &host).await,
+        (&Method::DELETE, "api/v1/session") => delete(tokens, req, &host),
+        (&Method::GET, "api/v1/ws") if room.cfg.carrier == super::Carrier::WebSocket => {
+            match handoff {
+                Some(h) => websocket(room, tokens, h, req, &host, client),
+                None => Routed::Site(req),
+            }
+        }
+        _ => Routed::Site(req),
+    }
+}
+
+/// `GET /?bridge=<capability>`, exactly: the bridge page.
+fn bridge(room: &Room, tokens: &Tokens, req: Request<Incoming>, host: &str) -> Routed {
+    let cred = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("bridge="))
+        .filter(|c| webproxy::is_token_shaped(c))
+        .and_then(|c| room.registry.find(c))
+        .filter(|c| c.host == host)
+        .cloned();
+    let Some(cred) = cred else {
+        return Routed::Site(req);
+    };
+    let boot = tokens.bootstrap(cred);
+    Routed::Answer(super::page::bridge_page(room, host, &boot))
+}
+
+/// `POST /api/v1/session`: a HELLO opens a session; a WELCOME answers.
+async fn create(room: &Room, tokens: &Tokens, req: Request<Incoming>, host: &str) -> Routed {
+    let h = req.headers();
+    let ok = origin_ok(h, host) && octet_stream(h) && bearer(h).is_some();
+    let declared = h
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if !ok || declared.is_some_and(|n| n > MAX_CREATE_BODY) {
+        return Routed::Site(req);
+    }
+    let boot = bearer(h).unwrap_or_default().to_owned();
+    // The bearer must be a live bootstrap before the body is read.
+    if !tokens.is_bootstrap(&boot) {
+        return Routed::Site(req);
+    }
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_CREATE_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Routed::Answer(crate::web::content::error_page(
+                StatusCode::NOT_FOUND,
+                false,
+            ))
+        }
+    };
+    let hello = webproxy::decode_frames(&body)
+        .ok()
+        .is_some_and(|f| f.len() == 1 && f[0].kind == Kind::Hello);
+    if !hello {
+        return Routed::Answer(crate::web::content::error_page(
+            StatusCode::NOT_FOUND,
+            false,
+        ));
+    }
+    match tokens.open_session(&boot, room.cfg.max_sessions) {
+        Ok((session, _)) => {
+            let mut welcome = Vec::with_capacity(8);
+            webproxy::encode(Kind::Welcome, 0, &[], &mut welcome);
+            let mut r = full(StatusCode::OK, "application/octet-stream", welcome, false);
+            let hd = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&session) {
+                hd.insert("x-session-token", v);
+            }
+            hd.insert("x-down-cursor", HeaderValue::from_static("0"));
+            hd.insert(
+                "x-carrier-mode",
+                HeaderValue::from_static(room.cfg.carrier.label()),
+            );
+            hd.insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            Routed::Answer(r)
+        }
+        Err(super::tokens::Refusal::Full) => {
+            let mut r = crate::web::content::error_page(StatusCode::SERVICE_UNAVAILABLE, false);
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Routed::Answer(r)
+        }
+        Err(super::tokens::Refusal::Unknown) => Routed::Answer(crate::web::content::error_page(
+            StatusCode::NOT_FOUND,
+            false,
+        )),
+    }
+}
+
+/// `DELETE /api/v1/session`: ends a session (idempotent for a known one).
+fn delete(tokens: &Tokens, req: Request<Incoming>, host: &str) -> Routed {
+    let h = req.headers();
+    let session = bearer(h).filter(|_| origin_ok(h, host)).map(str::to_owned);
+    match session.filter(|s| tokens.session(s).is_some()) {
+        Some(s) => {
+            tokens.close_session(&s);
+            let mut r = full(StatusCode::NO_CONTENT, "text/plain", "", false);
+            r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+            Routed::Answer(r)
+        }
+        None => Routed::Site(req),
+    }
+}
+
+/// `GET /api/v1/ws` with `Sec-WebSocket-Protocol: tproxy-v1.<session>`: the
+/// session's WebSocket. Losing it ends the session.
+fn websocket(
+    room: &Room,
+    tokens: &std::sync::Arc<Tokens>,
+    handoff: &Handoff,
+    mut req: Request<Incoming>,
+    host: &str,
+    client: std::net::SocketAddr,
+) -> Routed {
+    let h = req.headers();
+    let token = h
+        .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("tproxy-v1."))
+        .filter(|t| webproxy::is_token_shaped(t))
+        .map(str::to_owned);
+    let upgrade = h
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && h.get(hyper::header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v.as_bytes() == b"13");
+    let key = h.get(hyper::header::SEC_WEBSOCKET_KEY).cloned();
+    let entry = token.as_deref().and_then(|t| tokens.session(t));
+    let (Some(token), Some(entry), Some(key), true, true) =
+        (token, entry, key, upgrade, origin_ok(h, host))
+    else {
+        return Routed::Site(req);
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (tokens, sink, pairs) = (tokens.clone(), handoff.sink.clone(), handoff.pairs.clone());
+    let max_streams = room.cfg.max_streams;
+    let proto = format!("tproxy-v1.{token}");
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            super::carrier_ws::run(ws, entry, max_streams, client, pairs, sink).await;
+        }
+        tokens.close_session(&token);
+    });
+    use http_body_util::BodyExt;
+    let mut r = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hd = r.headers_mut();
+    hd.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    hd.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        hd.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&proto) {
+        hd.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    Routed::Answer(r)
+}

@@ -1,0 +1,305 @@
+//! Telegram's WEB proxy type (issue 26) on the own site, over real sockets:
+//! a client written from the protocol (bridge page → bootstrap token →
+//! session → the `websocket` carrier) opens streams whose obfuscated2 `dd`
+//! traffic reaches the fake DC through mtgate; and every request that does
+//! not authenticate gets exactly what the site gives.
+
+mod common;
+
+use common::{key, Proxy, KEY_HEX};
+use futures_util::{SinkExt, StreamExt};
+use mtgate_proto::webproxy::{self, Kind};
+use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const HOST: &str = "site.test";
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn tls(addr: SocketAddr, root: &CertificateDer<'static>) -> Tls {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let s = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(HOST).unwrap(), s)
+        .await
+        .expect("TLS")
+}
+
+/// One HTTP/1.1 request (closing the connection): status line, headers, body.
+async fn http(addr: SocketAddr, root: &CertificateDer<'static>, req: &[u8]) -> (String, Vec<u8>) {
+    let mut t = tls(addr, root).await;
+    t.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out)).await;
+    let at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |i| i + 4);
+    (
+        String::from_utf8_lossy(&out[..at]).into_owned(),
+        out[at..].to_vec(),
+    )
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+/// The head without the `date:` line (it differs by the second).
+fn undated(head: &str) -> String {
+    head.lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Lab {
+    proxy: Proxy,
+    dc: FakeDc,
+    cert: CertificateDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+async fn lab() -> Lab {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec![HOST.to_string()]).unwrap();
+    std::fs::write(dir.path().join("site.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("site.key"), made.key_pair.serialize_pem()).unwrap();
+    let toml = format!(
+        "[site]\nhosts = [\"{HOST}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [site.webproxy]\nenabled = true\n\
+         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\", \"ee\"]\n",
+        dir.path().join("site.pem").display(),
+        dir.path().join("site.key").display(),
+    );
+    let proxy = Proxy::start_full("127.0.0.1:0", "", &toml, &[dc.local_addr()]).await;
+    Lab {
+        proxy,
+        dc,
+        cert: made.cert.der().clone(),
+        _dir: dir,
+    }
+}
+
+fn dd_capability() -> String {
+    let mut s = vec![0xdd];
+    s.extend_from_slice(key().expose());
+    webproxy::capability(&s, HOST, None)
+}
+
+/// The bridge page's bootstrap token.
+async fn bootstrap(lab: &Lab, cap: &str) -> Option<String> {
+    let (head, body) = http(lab.proxy.addr, &lab.cert, &get(&format!("/?bridge={cap}"))).await;
+    let body = String::from_utf8_lossy(&body);
+    let at = body.find("\"bootstrap\":\"")? + 13;
+    let token = body[at..at + webproxy::TOKEN_LEN].to_owned();
+    assert!(
+        head.to_lowercase().contains("cache-control: no-store"),
+        "{head}"
+    );
+    assert!(
+        head.to_lowercase().contains("content-security-policy:"),
+        "{head}"
+    );
+    Some(token)
+}
+
+/// `POST /api/v1/session` with a HELLO: the session token.
+async fn session(lab: &Lab, boot: &str) -> (String, Vec<u8>) {
+    let mut hello = Vec::new();
+    webproxy::encode(Kind::Hello, 0, &[1], &mut hello);
+    let mut req = format!(
+        "POST /api/v1/session HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {boot}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        hello.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&hello);
+    let (head, body) = http(lab.proxy.addr, &lab.cert, &req).await;
+    let token = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-session-token: "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("x-carrier-mode: websocket"), "{head}");
+    (token, body)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<Tls>;
+
+async fn websocket(lab: &Lab, protocol: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("wss://{HOST}/api/v1/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let t = tls(lab.proxy.addr, &lab.cert).await;
+    tokio_tungstenite::client_async(req, t)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Streams over one carrier WebSocket: each accepted local TCP connection
+/// becomes a stream (OPEN, DATA both ways with WINDOW grants, CLOSE).
+async fn carrier(ws: Ws) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tx, mut rx) = ws.split();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let mut locals: std::collections::HashMap<u32, tokio::net::tcp::OwnedWriteHalf> =
+            Default::default();
+        let mut next = 1u32;
+        loop {
+            tokio::select! {
+                acc = l.accept() => {
+                    let Ok((s, _)) = acc else { return };
+                    let id = next;
+                    next += 1;
+                    let (mut rd, wr) = s.into_split();
+                    locals.insert(id, wr);
+                    let mut open = Vec::new();
+                    webproxy::encode(Kind::Open, id, &[], &mut open);
+                    if tx.send(Message::Binary(open.into())).await.is_err() { return }
+                    let out = out_tx.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match rd.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(n) => n };
+                            let mut f = Vec::new();
+                            webproxy::encode(Kind::Data, id, &buf[..n], &mut f);
+                            if out.send(f).await.is_err() { return }
+                        }
+                        let mut f = Vec::new();
+                        webproxy::encode(Kind::Close, id, &[], &mut f);
+                        let _ = out.send(f).await;
+                    });
+                }
+                f = out_rx.recv() => {
+                    let Some(f) = f else { return };
+                    if tx.send(Message::Binary(f.into())).await.is_err() { return }
+                }
+                msg = rx.next() => {
+                    let Some(Ok(Message::Binary(body))) = msg else { return };
+                    for f in webproxy::decode_frames(&body).expect("frames from mtgate") {
+                        match f.kind {
+                            Kind::Data => {
+                                if let Some(w) = locals.get_mut(&f.stream) {
+                                    let _ = w.write_all(f.payload).await;
+                                }
+                                // Delivered: grant the relay the credit back.
+                                let mut g = Vec::new();
+                                webproxy::encode(Kind::Window, f.stream, &(f.payload.len() as u32).to_be_bytes(), &mut g);
+                                if tx.send(Message::Binary(g.into())).await.is_err() { return }
+                            }
+                            Kind::Close => { locals.remove(&f.stream); }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_websocket_carrier_reach_the_dc() {
+    let lab = lab().await;
+    let boot = bootstrap(&lab, &dd_capability())
+        .await
+        .expect("bridge page");
+    let (token, welcome) = session(&lab, &boot).await;
+    let f = webproxy::decode_frames(&welcome).unwrap();
+    assert_eq!((f.len(), f[0].kind), (1, Kind::Welcome));
+    // A retry with the same bootstrap gets the same session.
+    assert_eq!(session(&lab, &boot).await.0, token);
+    let ws = websocket(&lab, &format!("tproxy-v1.{token}"))
+        .await
+        .expect("carrier");
+    let local = carrier(ws).await;
+    // Two streams at once, each a dd client of its own.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(
+            ObfsClient::connect(local, &key(), ClientMode::Secure, 2)
+                .await
+                .expect("stream"),
+        );
+    }
+    for c in &mut clients {
+        tokio::time::timeout(Duration::from_secs(5), c.req_pq_multi())
+            .await
+            .expect("in time")
+            .expect("resPQ through the WEB proxy");
+    }
+    assert_eq!(lab.dc.stats().res_pq, 2);
+    assert_eq!(
+        lab.proxy.runtime.site.as_ref().unwrap().webproxy_sessions(),
+        1
+    );
+    lab.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_do_not_authenticate_get_the_site() {
+    let lab = lab().await;
+    let addr = lab.proxy.addr;
+    let index = http(addr, &lab.cert, &get("/")).await;
+    let unknown = http(addr, &lab.cert, &get("/no-such-page")).await;
+    // A wrong (well-formed) capability, an extra parameter, HEAD: the index.
+    let wrong = webproxy::capability(&[9u8; 16], HOST, None);
+    for path in [
+        format!("/?bridge={wrong}"),
+        format!("/?bridge={}&x=1", dd_capability()),
+        "/?bridge=short".to_owned(),
+    ] {
+        let got = http(addr, &lab.cert, &get(&path)).await;
+        assert_eq!(undated(&got.0), undated(&index.0), "{path}");
+        assert_eq!(got.1, index.1, "{path}");
+    }
+    // API calls with a wrong or no token: what the site gives that path.
+    let site_answer = |path: &str, method: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let bare = http(
+        addr,
+        &lab.cert,
+        site_answer("/api/v1/session", "POST").as_bytes(),
+    )
+    .await;
+    let forged = format!(
+        "POST /api/v1/session HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {wrong}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let got = http(addr, &lab.cert, forged.as_bytes()).await;
+    assert_eq!(undated(&got.0), undated(&bare.0));
+    assert_eq!(got.1, bare.1);
+    // A WebSocket upgrade with a wrong subprotocol: refused as the site refuses it.
+    assert!(websocket(&lab, &format!("tproxy-v1.{wrong}"))
+        .await
+        .is_err());
+    let ws_path = http(addr, &lab.cert, &get("/api/v1/ws")).await;
+    assert_eq!(undated(&ws_path.0), undated(&unknown.0));
+    lab.proxy.stop().await;
+}
