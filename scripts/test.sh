@@ -55,7 +55,7 @@ echo "== cargo test"
 cargo test --workspace
 
 echo "== real clients (Telethon, TDLib)"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest, yaml, playwright" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest, yaml, playwright, telethon_webproxy" 2>/dev/null; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/realclients/requirements.txt
 fi

@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -71,8 +72,6 @@ async def _telethon_async(host, port, secret_hex, mode, dc_id, timeout, dh):
         ConnectionTcpMTProxyIntermediate,
         ConnectionTcpMTProxyRandomizedIntermediate,
     )
-    from telethon.network.mtprotoplainsender import MTProtoPlainSender
-    from telethon.tl.functions import ReqDHParamsRequest, ReqPqMultiRequest
 
     classes = {
         "abridged": ConnectionTcpMTProxyAbridged,
@@ -90,6 +89,13 @@ async def _telethon_async(host, port, secret_hex, mode, dc_id, timeout, dh):
         conn = cls(host, port, dc_id, loggers=loggers, proxy=(host, port, secret_hex))
     # Telethon's MTProxy connect() waits 2 s for the proxy to close on a bad header.
     await asyncio.wait_for(conn.connect(timeout=timeout), timeout + 3)
+    return await _exchange(conn, loggers, out, timeout, dh)
+
+
+async def _exchange(conn, loggers, out, timeout, dh):
+    """req_pq_multi (and, if ``dh``, req_DH_params) on a connected Telethon connection."""
+    from telethon.network.mtprotoplainsender import MTProtoPlainSender
+    from telethon.tl.functions import ReqDHParamsRequest, ReqPqMultiRequest
     try:
         sender = MTProtoPlainSender(conn, loggers=loggers)
         nonce = int.from_bytes(os.urandom(16), "big", signed=True)
@@ -128,6 +134,52 @@ async def _telethon_async(host, port, secret_hex, mode, dc_id, timeout, dh):
         return out
     finally:
         await conn.disconnect()
+
+
+
+
+async def _webproxy_async(site_host, port, secret_hex, carrier, ca_file, dc_id, timeout, dh):
+    """Telethon through Telegram's WEB proxy type with ``telethon-webproxy``: the bridge page,
+    a session and the ``carrier`` at https://site_host/ (port 443 in its URLs; the TCP
+    connections are sent to 127.0.0.1:``port``, as a hosts-file entry would), the site's
+    certificate trusted through ``ca_file``."""
+    # Before aiohttp makes its default TLS context.
+    os.environ["SSL_CERT_FILE"] = ca_file
+    import aiohttp
+    from aiohttp.abc import AbstractResolver
+    from telethon_webproxy import ConnectionWebProxy
+
+    class _Here(AbstractResolver):
+        async def resolve(self, host, port=0, family=socket.AF_INET):
+            return [{"hostname": host, "host": "127.0.0.1", "port": port if host != site_host else int(PORT[0]),
+                     "family": socket.AF_INET, "proto": 0, "flags": 0}]
+
+        async def close(self):
+            pass
+
+    PORT = [port]
+    real = aiohttp.ClientSession
+
+    def session(*a, **kw):
+        kw.setdefault("connector", aiohttp.TCPConnector(resolver=_Here()))
+        return real(*a, **kw)
+
+    aiohttp.ClientSession = session
+    out = {"client": "telethon-webproxy", "mode": carrier, "dc_id": dc_id, "ok": False}
+    loggers = _Loggers()
+    conn = ConnectionWebProxy(site_host, 443, dc_id, loggers=loggers,
+                              proxy=(site_host, secret_hex, {"mode": carrier}))
+    await asyncio.wait_for(conn.connect(timeout=timeout), timeout + 3)
+    return await _exchange(conn, loggers, out, timeout, dh)
+
+
+def webproxy_req_pq(site_host, port, secret_hex, carrier, ca_file, *, dc_id=2, timeout=10.0,
+                    dh=True) -> dict:
+    try:
+        return asyncio.run(_webproxy_async(site_host, port, secret_hex, carrier, ca_file, dc_id,
+                                           timeout, dh))
+    except Exception as e:  # noqa: BLE001
+        return {"client": "telethon-webproxy", "ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
 def telethon_req_pq(host: str, port: int, secret_hex: str, mode: str, *, dc_id: int = 2,
@@ -244,8 +296,20 @@ def main(argv=None) -> int:
     d.add_argument("--dc-id", type=int, default=2)
     d.add_argument("--timeout", type=float, default=10.0)
     d.add_argument("--verbosity", type=int, default=1)
+    w = sub.add_parser("webproxy")
+    w.add_argument("site_host")
+    w.add_argument("port", type=int)
+    w.add_argument("secret_hex")
+    w.add_argument("--carrier", default="websocket")
+    w.add_argument("--ca", required=True)
+    w.add_argument("--dc-id", type=int, default=2)
+    w.add_argument("--timeout", type=float, default=10.0)
     a = ap.parse_args(argv)
-    if a.client == "telethon":
+    if a.client == "webproxy":
+        res = webproxy_req_pq(a.site_host, a.port, a.secret_hex, a.carrier, a.ca, dc_id=a.dc_id,
+                              timeout=a.timeout)
+        ok = res.get("ok", False)
+    elif a.client == "telethon":
         res = telethon_req_pq(a.host, a.port, a.secret_hex, a.mode, dc_id=a.dc_id, timeout=a.timeout,
                               dh=not a.no_dh)
         ok = res.get("ok", False)
