@@ -47,18 +47,43 @@ pub fn render_user(user: &User, domain: &str, host: &str, port: u16, qr: bool) -
         ));
     }
     if let (true, Some(best)) = (qr, secrets.first()) {
-        if let Ok(code) = QrCode::new(best.tme_link(host, port).as_bytes()) {
-            let img = code
-                .render::<Dense1x2>()
-                .dark_color(Dense1x2::Light)
-                .light_color(Dense1x2::Dark)
-                .quiet_zone(true)
-                .build();
+        if let Some(img) = qr_text(&best.tme_link(host, port)) {
             out.push_str(&img);
             out.push('\n');
         }
     }
     out
+}
+
+/// A user's WEB proxy links (`[site.webproxy]`): the `dd` secret for the
+/// site `host` (and base `path`), as `tg://webproxy` and `t.me/webproxy`.
+/// No port: the WEB type is HTTPS on 443. The `dd` stream travels inside
+/// TLS here, so a user whose raw TCP modes allow only `ee` gets them too.
+pub fn web_links(user: &User, host: &str, path: Option<&str>) -> (String, String) {
+    let mut secret = Vec::with_capacity(17);
+    secret.push(0xdd);
+    secret.extend_from_slice(user.key.expose());
+    let s = mtgate_proto::webproxy::link_secret(&secret, path.is_some());
+    let server = match path {
+        Some(p) => format!("{host}%2F{}", p.replace('/', "%2F")),
+        None => host.to_owned(),
+    };
+    let q = format!("server={server}&secret={s}");
+    (
+        format!("tg://webproxy?{q}"),
+        format!("https://t.me/webproxy?{q}"),
+    )
+}
+
+fn qr_text(text: &str) -> Option<String> {
+    let code = QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }
 
 /// Writes `text` as a QR code PNG (8 px per module, 4-module quiet zone).
@@ -102,8 +127,54 @@ pub fn print_all(
         .first()
         .map(String::as_str)
         .unwrap_or(crate::config::DEFAULT_DOMAIN);
+    let web = cfg.site.webproxy.as_ref().zip(cfg.site.hosts.first());
     for u in users {
         out.write_all(render_user(u, domain, &host, port, qr).as_bytes())?;
+        if let Some((w, site)) = web {
+            let (tg, tme) = web_links(u, site, w.path.as_deref());
+            let mut text = format!("  WEB proxy (HTTPS on {site}):\n  {tg}\n  {tme}\n");
+            if let (true, Some(img)) = (qr, qr_text(&tme)) {
+                text.push_str(&img);
+                text.push('\n');
+            }
+            out.write_all(text.as_bytes())?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    #[test]
+    fn web_links_carry_the_dd_secret_and_the_path() {
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let u = User {
+            name: "alice".into(),
+            key: mtgate_crypto::Key16::new(key),
+            modes: crate::config::Modes {
+                classic: false,
+                secure: false,
+                fake_tls: true,
+            },
+            limits: Default::default(),
+        };
+        let (tg, tme) = web_links(&u, "proxy.example.com", None);
+        assert_eq!(
+            tg,
+            "tg://webproxy?server=proxy.example.com&secret=dd000102030405060708090a0b0c0d0e0f"
+        );
+        assert!(tme.starts_with("https://t.me/webproxy?server=proxy.example.com&secret=dd"));
+        let (tg, _) = web_links(&u, "proxy.example.com", Some("dobry-cola-super-app"));
+        let secret = tg.rsplit_once("secret=").unwrap().1;
+        assert!(
+            tg.contains("server=proxy.example.com%2Fdobry-cola-super-app&"),
+            "{tg}"
+        );
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret)
+            .unwrap();
+        assert_eq!(raw[0], 0x70);
+        assert_eq!(raw[1], 0xdd);
+    }
 }

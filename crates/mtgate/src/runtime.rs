@@ -240,6 +240,20 @@ impl Runtime {
         }
     }
 
+    /// The handshake settings for a connection whose transport already
+    /// authenticated user `pin.user` (a WEB proxy stream): every user but
+    /// that one refused, that one in the pinned mode only.
+    pub fn pinned_handshake(&self, pin: crate::net::inbound::Pin) -> HandshakeConfig {
+        let mut cfg = (**self.handshake.load()).clone();
+        for (i, u) in cfg.users.iter_mut().enumerate() {
+            let me = i == pin.user as usize;
+            u.classic = me && !pin.dd;
+            u.secure = me && pin.dd;
+            u.fake_tls = false;
+        }
+        cfg
+    }
+
     /// Where connections that are not clients are fronted by default: the
     /// own site when there is one, else `tls.mask_host`.
     pub fn mask_host(&self) -> String {

@@ -433,7 +433,17 @@ struct SessionSink {
 }
 
 impl crate::web::webproxy::carrier_ws::StreamSink for SessionSink {
-    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr) {
+    fn serve(
+        &self,
+        stream: tokio::net::TcpStream,
+        client: SocketAddr,
+        credential: &crate::web::webproxy::Credential,
+    ) {
+        let rt = self.live.current();
+        // A user removed since the session opened has no streams.
+        let Some(user) = rt.users.iter().position(|u| u.name == credential.user) else {
+            return;
+        };
         // At the cap the stream is dropped: the app sees it closed.
         let Ok(permit) = self.conns.clone().try_acquire_owned() else {
             return;
@@ -444,10 +454,14 @@ impl crate::web::webproxy::carrier_ws::StreamSink for SessionSink {
                 peer: client,
                 listener: self.listener,
                 transport: crate::net::inbound::Transport::WebProxy,
-                vouched: Some(client),
+                vouched: Some(client.ip()),
+                pin: Some(crate::net::inbound::Pin {
+                    user: u32::try_from(user).unwrap_or(u32::MAX),
+                    dd: credential.mode == crate::web::webproxy::WebMode::Dd,
+                }),
             },
         };
-        let (rt, sd) = (self.live.current(), self.shutdown.clone());
+        let sd = self.shutdown.clone();
         tokio::spawn(async move {
             session::serve(inbound, rt, sd).await;
             drop(permit);

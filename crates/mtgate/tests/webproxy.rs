@@ -87,7 +87,7 @@ async fn lab() -> Lab {
     let toml = format!(
         "[site]\nhosts = [\"{HOST}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
          [site.webproxy]\nenabled = true\n\
-         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"dd\", \"ee\"]\n",
+         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
         dir.path().join("site.pem").display(),
         dir.path().join("site.key").display(),
     );

@@ -48,9 +48,23 @@ pub struct Meta {
     /// The configured address of the listener it came in on (its name).
     pub listener: SocketAddr,
     pub transport: Transport,
-    /// The client, when the transport itself learned it from a trusted
-    /// front end (a CDN's `X-Forwarded-For`).
-    pub vouched: Option<SocketAddr>,
+    /// The client's address, when the transport itself learned it (a
+    /// trusted CDN's `X-Forwarded-For`, the own site's fronting hop). Only
+    /// the address: it keeps this per-connection struct small.
+    pub vouched: Option<std::net::IpAddr>,
+    /// The user and mode the transport already proved (a WEB proxy
+    /// session's capability): the handshake accepts only that user, in
+    /// that mode, whatever its raw-TCP modes say.
+    pub pin: Option<Pin>,
+}
+
+/// A user the transport authenticated, and the obfuscated2 form it speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The index in the runtime's users.
+    pub user: u32,
+    /// `dd` (padded intermediate) rather than the plain secret's tags.
+    pub dd: bool,
 }
 
 /// An accepted connection: its stream and metadata.
@@ -87,6 +101,7 @@ impl TcpInbound {
                 listener: self.configured,
                 transport: Transport::Tcp,
                 vouched: None,
+                pin: None,
             },
         })
     }

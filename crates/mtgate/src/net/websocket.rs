@@ -322,9 +322,7 @@ async fn serve(
         return;
     };
     // A trusted front end (the CDN) names the client.
-    let vouched = forwarded_for
-        .filter(|_| rt.config.proxy_protocol.trusts(peer.ip()))
-        .map(|ip| SocketAddr::new(ip, 0));
+    let vouched = forwarded_for.filter(|_| rt.config.proxy_protocol.trusts(peer.ip()));
     let inbound = Inbound {
         stream: theirs,
         meta: Meta {
@@ -332,6 +330,7 @@ async fn serve(
             listener: configured,
             transport: Transport::WebSocket,
             vouched,
+            pin: None,
         },
     };
     drop(rt);

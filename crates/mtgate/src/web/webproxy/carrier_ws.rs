@@ -9,6 +9,7 @@
 //! proxy's socket, and stops reading a stream's socket at zero credit. A
 //! client that sends past its credit loses that stream.
 
+use super::registry::Credential;
 use super::tokens::SessionEntry;
 use crate::net::websocket::Pairs;
 use futures_util::{SinkExt, StreamExt};
@@ -25,8 +26,8 @@ use tokio_tungstenite::WebSocketStream;
 /// Where streams go: a connection of the proxy's own.
 pub trait StreamSink: Send + Sync {
     /// Serves `stream` (the far end of a loopback pair) as a client
-    /// connection from `client`.
-    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr);
+    /// connection from `client`, authenticated only as `credential` says.
+    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr, credential: &Credential);
 }
 
 /// One stream's state on the carrier side.
@@ -61,7 +62,6 @@ pub async fn run<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let _ = &entry;
     let (mut tx, mut rx) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let mut streams: HashMap<u32, Stream> = HashMap::new();
@@ -85,7 +85,7 @@ pub async fn run<S>(
                                 close_frame(&out_tx, f.stream).await;
                                 continue;
                             }
-                            match open(f.stream, &pairs, &sink, client, out_tx.clone()).await {
+                            match open(f.stream, &pairs, &sink, client, &entry.credential, out_tx.clone()).await {
                                 Some(s) => { streams.insert(f.stream, s); }
                                 None => close_frame(&out_tx, f.stream).await,
                             }
@@ -161,10 +161,11 @@ async fn open(
     pairs: &Pairs,
     sink: &Arc<dyn StreamSink>,
     client: SocketAddr,
+    credential: &Credential,
     out: mpsc::Sender<Vec<u8>>,
 ) -> Option<Stream> {
     let (ours, theirs) = pairs.pair().await.ok()?;
-    sink.serve(theirs, client);
+    sink.serve(theirs, client, credential);
     let (mut rd, mut wr) = ours.into_split();
     let credit = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
     let changed = Arc::new(Notify::new());
