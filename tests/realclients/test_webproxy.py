@@ -1,6 +1,7 @@
 """Issue 26: Telegram's WEB proxy type served from mtgate's own site, with an independent client
 from PyPI: ``telethon-webproxy`` (Telethon's ``ConnectionWebProxy``) fetches the bridge page,
-opens a session and carries its MTProxy stream over the ``websocket`` carrier to the fake DC.
+opens a session and carries its MTProxy stream over the ``websocket`` and the
+``websocket-lanes`` carrier to the fake DC.
 
 What it does differently from the apps: it sends no ``Origin`` on its HTTPS calls (mtgate accepts
 a missing Origin and refuses a wrong one), it always speaks the ``dd`` tag inside, and its URLs
@@ -21,8 +22,8 @@ class WebStack:
     pass
 
 
-@pytest.fixture(scope="module")
-def web_stack(tmp_path_factory):
+@pytest.fixture(scope="module", params=["websocket", "websocket-lanes"])
+def web_stack(request, tmp_path_factory):
     require(MTGATE_BIN, FAKE_DC_BIN, modules=("telethon", "telethon_webproxy", "cryptography"))
     tmp = tmp_path_factory.mktemp("webproxy")
     s = WebStack()
@@ -30,16 +31,17 @@ def web_stack(tmp_path_factory):
     (tmp / "ca.pem").write_bytes(_pem(ca_cert))
     _write_leaf(tmp, ca_key, ca_cert)
     extra = (f'\n[site]\nhosts = ["{SITE}"]\ncert = "{tmp / "site.pem"}"\nkey = "{tmp / "site.key"}"\n'
-             f'\n[site.webproxy]\nenabled = true\n')
+             f'\n[site.webproxy]\nenabled = true\ncarrier = "{request.param}"\n')
     s.stack = _start_stack(tmp, "127.0.0.1", extra=extra)
     s.ca = tmp / "ca.pem"
+    s.carrier = request.param
     yield s
     s.stack.stop()
 
 
-def test_telethon_webproxy_over_the_websocket_carrier(web_stack):
+def test_telethon_webproxy_through_each_websocket_carrier(web_stack):
     st = web_stack.stack
-    res = run_client(["webproxy", SITE, str(st.port), st.dd_secret, "--carrier", "websocket",
+    res = run_client(["webproxy", SITE, str(st.port), st.dd_secret, "--carrier", web_stack.carrier,
                       "--ca", str(web_stack.ca)], 10 * 2 + SUBPROCESS_SLACK)
     assert_telethon_got_dc_answer(res, st)
     st.check_alive()

@@ -51,17 +51,32 @@ impl Drop for Stream {
 /// Frames queued toward the app at once (then the stream readers wait).
 const OUT_QUEUE: usize = 256;
 
-/// Runs one session's WebSocket until either side ends it.
-pub async fn run<S>(
-    ws: WebSocketStream<S>,
-    entry: SessionEntry,
-    max_streams: usize,
-    client: SocketAddr,
-    pairs: Arc<Pairs>,
-    sink: Arc<dyn StreamSink>,
-) where
+/// What one carrier WebSocket needs besides its session.
+pub struct Carrier {
+    pub max_streams: usize,
+    /// The client's address (policy, logs).
+    pub client: SocketAddr,
+    /// `websocket-lanes`: the one stream this WebSocket carries.
+    pub lane: Option<u32>,
+    pub pairs: Arc<Pairs>,
+    pub sink: Arc<dyn StreamSink>,
+}
+
+/// Runs one carrier WebSocket until either side ends it: the session's
+/// (every stream) or a lane's (its stream only; it must begin with OPEN).
+pub async fn run<S>(ws: WebSocketStream<S>, entry: SessionEntry, c: Carrier)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let Carrier {
+        max_streams,
+        client,
+        lane,
+        pairs,
+        sink,
+    } = c;
+    let max_streams = if lane.is_some() { 1 } else { max_streams };
+    let mut opened = false;
     let (mut tx, mut rx) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let mut streams: HashMap<u32, Stream> = HashMap::new();
@@ -78,6 +93,14 @@ pub async fn run<S>(
                     _ => break,
                 };
                 let Ok(frames) = webproxy::decode_frames(&body) else { break };
+                // A lane carries its own stream only, opened by its first frame.
+                if let Some(id) = lane {
+                    let first_ok = opened || frames.first().is_some_and(|f| f.kind == Kind::Open);
+                    if !first_ok || frames.iter().any(|f| f.stream != id && f.stream != 0) {
+                        break;
+                    }
+                    opened = true;
+                }
                 for f in frames {
                     match f.kind {
                         Kind::Open => {
@@ -138,6 +161,10 @@ pub async fn run<S>(
         }
         // Streams whose socket ended told us with a CLOSE already; forget them.
         streams.retain(|_, s| !s.tasks[0].is_finished());
+        // A lane whose stream is over has carried what it could.
+        if lane.is_some() && opened && streams.is_empty() && out_rx.is_empty() {
+            break;
+        }
     }
     let _ = tx.close().await;
 }

@@ -76,7 +76,12 @@ pub async fn route(
         (&Method::GET, "") => bridge(room, tokens, req, &host),
         (&Method::POST, "api/v1/session") => create(room, tokens, req, &host).await,
         (&Method::DELETE, "api/v1/session") => delete(tokens, req, &host),
-        (&Method::GET, "api/v1/ws") if room.cfg.carrier == super::Carrier::WebSocket => {
+        (&Method::GET, "api/v1/ws")
+            if matches!(
+                room.cfg.carrier,
+                super::Carrier::WebSocket | super::Carrier::WebSocketLanes
+            ) =>
+        {
             match handoff {
                 Some(h) => websocket(room, tokens, h, req, &host, client),
                 None => Routed::Site(req),
@@ -188,8 +193,33 @@ fn delete(tokens: &Tokens, req: Request<Incoming>, host: &str) -> Routed {
     }
 }
 
-/// `GET /api/v1/ws` with `Sec-WebSocket-Protocol: tproxy-v1.<session>`: the
-/// session's WebSocket. Losing it ends the session.
+/// A stream id as the lanes subprotocol writes it: canonical decimal, 1..2^24-1.
+fn lane_id(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 8 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse()
+        .ok()
+        .filter(|n| (1..=webproxy::MAX_STREAM).contains(n))
+}
+
+/// The session token (and, for a lane, the stream id) a subprotocol names,
+/// for the carrier the room uses.
+fn subprotocol(v: &str, lanes: bool) -> Option<(String, Option<u32>)> {
+    if lanes {
+        let rest = v.strip_prefix("tproxy-lane-v1.")?;
+        let (token, id) = rest.split_once('.')?;
+        webproxy::is_token_shaped(token).then_some(())?;
+        Some((token.to_owned(), Some(lane_id(id)?)))
+    } else {
+        let token = v.strip_prefix("tproxy-v1.")?;
+        webproxy::is_token_shaped(token).then(|| (token.to_owned(), None))
+    }
+}
+
+/// `GET /api/v1/ws`: the session's WebSocket (`tproxy-v1.<session>`; losing
+/// it ends the session) or one lane's (`tproxy-lane-v1.<session>.<id>`;
+/// losing it ends that stream only).
 fn websocket(
     room: &Room,
     tokens: &std::sync::Arc<Tokens>,
@@ -199,12 +229,14 @@ fn websocket(
     client: std::net::SocketAddr,
 ) -> Routed {
     let h = req.headers();
-    let token = h
+    let lanes = room.cfg.carrier == super::Carrier::WebSocketLanes;
+    let asked = h
         .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("tproxy-v1."))
-        .filter(|t| webproxy::is_token_shaped(t))
         .map(str::to_owned);
+    let named = asked.as_deref().and_then(|v| subprotocol(v, lanes));
+    let lane = named.as_ref().and_then(|(_, l)| *l);
+    let token = named.map(|(t, _)| t);
     let upgrade = h
         .get(hyper::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
@@ -217,12 +249,21 @@ fn websocket(
     else {
         return Routed::Site(req);
     };
+    // A lane id is used once; the session's one WebSocket likewise.
+    let claimed = match lane {
+        Some(id) => entry.lanes.claim(id, room.cfg.max_streams),
+        None => entry.lanes.claim(0, 1),
+    };
+    if !claimed {
+        return Routed::Site(req);
+    }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (tokens, sink, pairs) = (tokens.clone(), handoff.sink.clone(), handoff.pairs.clone());
     let max_streams = room.cfg.max_streams;
-    let proto = format!("tproxy-v1.{token}");
+    let proto = asked.unwrap_or_default();
     tokio::spawn(async move {
+        let lanes = entry.lanes.clone();
         if let Ok(up) = on_upgrade.await {
             let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 hyper_util::rt::TokioIo::new(up),
@@ -230,9 +271,19 @@ fn websocket(
                 None,
             )
             .await;
-            super::carrier_ws::run(ws, entry, max_streams, client, pairs, sink).await;
+            let carrier = super::carrier_ws::Carrier {
+                max_streams,
+                client,
+                lane,
+                pairs,
+                sink,
+            };
+            super::carrier_ws::run(ws, entry, carrier).await;
         }
-        tokens.close_session(&token);
+        lanes.release();
+        if lane.is_none() {
+            tokens.close_session(&token);
+        }
     });
     use http_body_util::BodyExt;
     let mut r = Response::new(
@@ -257,4 +308,32 @@ fn websocket(
         hd.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, v);
     }
     Routed::Answer(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subprotocols_name_a_session_and_a_lane() {
+        let t = "MHLEY5PmW1GWqJkSrlmJpvJUiLhBH_QKy6yKg8a0JPk";
+        assert_eq!(
+            subprotocol(&format!("tproxy-v1.{t}"), false),
+            Some((t.into(), None))
+        );
+        assert_eq!(subprotocol(&format!("tproxy-v1.{t}"), true), None);
+        assert_eq!(
+            subprotocol(&format!("tproxy-lane-v1.{t}.7"), true),
+            Some((t.into(), Some(7)))
+        );
+        for bad in ["0", "07", "16777216", "", "1a", "-1", "123456789"] {
+            assert_eq!(
+                subprotocol(&format!("tproxy-lane-v1.{t}.{bad}"), true),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(lane_id("16777215"), Some(16_777_215));
+        assert_eq!(subprotocol("tproxy-v1.short", false), None);
+    }
 }

@@ -7,7 +7,7 @@ use super::registry::Credential;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a bridge page's bootstrap token may open a session.
@@ -33,6 +33,54 @@ struct Bootstrap {
 pub struct SessionEntry {
     pub credential: Credential,
     pub made: Instant,
+    /// What its carriers share: lane ids used, lanes open, last activity.
+    pub lanes: Arc<Lanes>,
+}
+
+/// A session's lanes (`websocket-lanes`): ids are never reused.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    used: Mutex<std::collections::HashSet<u32>>,
+    open: std::sync::atomic::AtomicUsize,
+    idle_since: Mutex<Option<Instant>>,
+}
+
+/// How long a session with no carrier open is kept (the app reconnects
+/// its lanes within it).
+pub const SESSION_IDLE: Duration = Duration::from_secs(600);
+
+impl Lanes {
+    /// Claims lane `id` (false if it was used before or too many were).
+    pub fn claim(&self, id: u32, max: usize) -> bool {
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if u.len() >= max * 64 || !u.insert(id) {
+            return false;
+        }
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        true
+    }
+
+    /// Lanes open now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A lane (or the session's WebSocket) ended.
+    pub fn release(&self) {
+        if self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.open() > 0 {
+            return None;
+        }
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
 }
 
 /// The token tables of one site.
@@ -87,6 +135,11 @@ impl Tokens {
             return Err(Refusal::Unknown);
         }
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // Sessions left without a carrier for long are gone.
+        s.retain(|_, e| {
+            let never = e.lanes.open() == 0 && e.made.elapsed() > SESSION_IDLE;
+            !never && e.lanes.idle_for().is_none_or(|d| d < SESSION_IDLE)
+        });
         if let Some(token) = &entry.session {
             return s
                 .get(token)
@@ -100,6 +153,7 @@ impl Tokens {
         let e = SessionEntry {
             credential: entry.credential.clone(),
             made: Instant::now(),
+            lanes: Arc::default(),
         };
         s.insert(token.clone(), e.clone());
         entry.session = Some(token.clone());
