@@ -111,7 +111,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         metrics.set_policy(runtime.policy.clone());
         metrics.set_mask_budget(runtime.mask_budget.clone());
         if let Some(site) = &runtime.site {
-            metrics.set_site_certs(site.certs().clone());
+            metrics.set_site(site.clone());
         }
         metrics.set_limits(cfg.max_connections, nofile.map(|l| l.soft));
         if cfg.max_connections < configured_max {

@@ -113,7 +113,7 @@ pub struct Metrics {
     policy_src: Arc<std::sync::OnceLock<Arc<crate::policy::engine::Policy>>>,
     /// The fronting budget, once the runtime exists (read at scrape time).
     mask_budget: Arc<std::sync::OnceLock<Arc<crate::front::MaskBudget>>>,
-    site_certs: Arc<std::sync::OnceLock<Arc<crate::web::certs::CertStore>>>,
+    site: Arc<std::sync::OnceLock<Arc<crate::web::Site>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,7 +150,7 @@ impl Metrics {
             policy: Family::default(),
             policy_src: Arc::default(),
             mask_budget: Arc::default(),
-            site_certs: Arc::default(),
+            site: Arc::default(),
         };
         registry.register(
             "connections_max",
@@ -237,7 +237,7 @@ impl Metrics {
             budget: m.mask_budget.clone(),
         }));
         registry.register_collector(Box::new(super::site_metrics::SiteCollector {
-            certs: m.site_certs.clone(),
+            site: m.site.clone(),
         }));
         // Known label sets start at zero so rates and dashboards see them at once.
         for r in RejectReason::ALL {
@@ -335,9 +335,10 @@ impl Metrics {
         let _ = self.mask_budget.set(budget);
     }
 
-    /// Attaches the own site's certificates (once): `mtgate_site_certificate_*` appear.
-    pub fn set_site_certs(&self, certs: Arc<crate::web::certs::CertStore>) {
-        let _ = self.site_certs.set(certs);
+    /// Attaches the own site (once): `mtgate_site_*` and, with the WEB
+    /// proxy type on, `mtgate_webproxy_*` appear.
+    pub fn set_site(&self, site: Arc<crate::web::Site>) {
+        let _ = self.site.set(site);
     }
 
     /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).

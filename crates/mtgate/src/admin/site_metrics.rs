@@ -3,7 +3,7 @@
 //! self-signed. Nothing is exported without a site
 //! ([`super::Metrics::set_site_certs`]). Listed in docs/metrics.md.
 
-use crate::web::certs::CertStore;
+use crate::web::Site;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -13,14 +13,58 @@ use std::sync::{Arc, OnceLock};
 /// The site collector (registered once in [`super::Metrics::new`]).
 #[derive(Debug)]
 pub struct SiteCollector {
-    pub certs: Arc<OnceLock<Arc<CertStore>>>,
+    pub site: Arc<OnceLock<Arc<Site>>>,
 }
 
 impl Collector for SiteCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(c) = self.certs.get() else {
+        let Some(site) = self.site.get() else {
             return Ok(());
         };
+        if let Some(w) = site.webproxy_stats() {
+            use std::sync::atomic::Ordering::Relaxed;
+            super::metrics::put(
+                &mut enc,
+                "webproxy_sessions",
+                "WEB proxy sessions open now",
+                ConstGauge::new(i64::try_from(site.webproxy_sessions()).unwrap_or(i64::MAX)),
+            )?;
+            for (name, help, v) in [
+                (
+                    "webproxy_sessions_opened",
+                    "WEB proxy sessions opened since start",
+                    &w.sessions_opened,
+                ),
+                (
+                    "webproxy_streams_opened",
+                    "WEB proxy streams (app connections) opened since start",
+                    &w.streams_opened,
+                ),
+                (
+                    "webproxy_streams_refused",
+                    "WEB proxy streams refused: over max_streams, a reused id, past the credit",
+                    &w.streams_refused,
+                ),
+                (
+                    "webproxy_sessions_refused",
+                    "WEB proxy session creations refused at capacity (503)",
+                    &w.full,
+                ),
+                (
+                    "webproxy_bytes_up",
+                    "Bytes the apps sent over WEB proxy streams",
+                    &w.bytes_up,
+                ),
+                (
+                    "webproxy_bytes_down",
+                    "Bytes sent to the apps over WEB proxy streams",
+                    &w.bytes_down,
+                ),
+            ] {
+                super::metrics::put(&mut enc, name, help, ConstCounter::new(v.load(Relaxed)))?;
+            }
+        }
+        let c = site.certs();
         let current = c.current();
         let Some(first) = current.iter().min_by_key(|l| l.not_after) else {
             return Ok(());

@@ -197,6 +197,8 @@ pub struct Site {
     http_tokens: Mutex<std::collections::HashMap<String, String>>,
     /// The WEB proxy type's bootstrap and session tokens (kept across reloads).
     wp_tokens: Arc<webproxy::Tokens>,
+    /// The WEB proxy type's counters.
+    wp_stats: Arc<webproxy::Stats>,
     /// How WEB proxy streams reach the proxy (set by the server).
     handoff: std::sync::OnceLock<webproxy::Handoff>,
     state_dir: PathBuf,
@@ -252,6 +254,7 @@ impl Site {
             http_listener: Mutex::new(http_listener),
             http_tokens: Mutex::default(),
             wp_tokens: Arc::default(),
+            wp_stats: Arc::default(),
             handoff: std::sync::OnceLock::new(),
             state_dir: state_dir.to_path_buf(),
         }))
@@ -299,6 +302,11 @@ impl Site {
     /// The WEB proxy type's sessions open now (0 when off).
     pub fn webproxy_sessions(&self) -> usize {
         self.wp_tokens.sessions()
+    }
+
+    /// The WEB proxy type's counters, when it is on.
+    pub fn webproxy_stats(&self) -> Option<&webproxy::Stats> {
+        self.live.load().webproxy.as_ref().map(|_| &*self.wp_stats)
     }
 
     /// Installs (or removes) an HTTP-01 answer.

@@ -181,7 +181,16 @@ fn service(
             let req = match (&live.webproxy, plain) {
                 (Some(room), false) => {
                     use super::webproxy::routes::{route, Routed};
-                    match route(room, &site.wp_tokens, site.handoff.get(), req, client).await {
+                    match route(
+                        room,
+                        &site.wp_stats,
+                        &site.wp_tokens,
+                        site.handoff.get(),
+                        req,
+                        client,
+                    )
+                    .await
+                    {
                         Routed::Answer(r) => return Ok(r),
                         Routed::Site(req) => req,
                     }

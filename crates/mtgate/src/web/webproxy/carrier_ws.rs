@@ -53,6 +53,7 @@ const OUT_QUEUE: usize = 256;
 
 /// What one carrier WebSocket needs besides its session.
 pub struct Carrier {
+    pub stats: Arc<super::Stats>,
     pub max_streams: usize,
     /// The client's address (policy, logs).
     pub client: SocketAddr,
@@ -69,6 +70,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Carrier {
+        stats,
         max_streams,
         client,
         lane,
@@ -105,21 +107,27 @@ where
                     match f.kind {
                         Kind::Open => {
                             if streams.contains_key(&f.stream) || closed.contains(&f.stream) || streams.len() >= max_streams {
+                                stats.streams_refused.fetch_add(1, Ordering::Relaxed);
                                 close_frame(&out_tx, f.stream).await;
                                 continue;
                             }
-                            match open(f.stream, &pairs, &sink, client, &entry.credential, out_tx.clone()).await {
-                                Some(s) => { streams.insert(f.stream, s); }
+                            match open(f.stream, &pairs, &sink, client, &entry.credential, out_tx.clone(), stats.clone()).await {
+                                Some(s) => {
+                                    stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                                    streams.insert(f.stream, s);
+                                }
                                 None => close_frame(&out_tx, f.stream).await,
                             }
                         }
                         Kind::Data => {
                             let Some(s) = streams.get(&f.stream) else { continue };
                             let n = f.payload.len() as i64;
+                            stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                             if s.unacked.fetch_add(n, Ordering::AcqRel) + n > i64::from(INITIAL_WINDOW)
                                 || s.to_socket.send(f.payload.to_vec()).is_err()
                             {
                                 // Past its credit (or the socket is gone): the stream ends.
+                                stats.streams_refused.fetch_add(1, Ordering::Relaxed);
                                 streams.remove(&f.stream);
                                 remember(&mut closed, f.stream);
                                 close_frame(&out_tx, f.stream).await;
@@ -190,6 +198,7 @@ async fn open(
     client: SocketAddr,
     credential: &Credential,
     out: mpsc::Sender<Vec<u8>>,
+    stats: Arc<super::Stats>,
 ) -> Option<Stream> {
     let (ours, theirs) = pairs.pair().await.ok()?;
     sink.serve(theirs, client, credential);
@@ -214,6 +223,7 @@ async fn open(
                     Ok(n) => n,
                 };
                 credit.fetch_sub(n as i64, Ordering::AcqRel);
+                stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                 let mut f = Vec::with_capacity(8 + n);
                 webproxy::encode(Kind::Data, id, &buf[..n], &mut f);
                 if out.send(f).await.is_err() {

@@ -18,6 +18,19 @@ mod tokens;
 pub use registry::{Credential, Registry, WebMode};
 pub use tokens::{Tokens, BOOTSTRAP_LIFETIME};
 
+/// The WEB proxy's counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub sessions_opened: std::sync::atomic::AtomicU64,
+    pub streams_opened: std::sync::atomic::AtomicU64,
+    /// Streams refused: over `max_streams`, a reused id, past the credit.
+    pub streams_refused: std::sync::atomic::AtomicU64,
+    pub bytes_up: std::sync::atomic::AtomicU64,
+    pub bytes_down: std::sync::atomic::AtomicU64,
+    /// Session creations refused at capacity (`503`).
+    pub full: std::sync::atomic::AtomicU64,
+}
+
 /// How the room hands streams to the proxy (set by the server at start).
 pub struct Handoff {
     pub sink: std::sync::Arc<dyn carrier_ws::StreamSink>,

@@ -55,6 +55,7 @@ fn octet_stream(h: &HeaderMap) -> bool {
 /// Routes one request for `room` from `client`.
 pub async fn route(
     room: &Room,
+    stats: &std::sync::Arc<super::Stats>,
     tokens: &std::sync::Arc<Tokens>,
     handoff: Option<&Handoff>,
     req: Request<Incoming>,
@@ -74,7 +75,7 @@ pub async fn route(
     };
     match (req.method(), rest) {
         (&Method::GET, "") => bridge(room, tokens, req, &host),
-        (&Method::POST, "api/v1/session") => create(room, tokens, req, &host).await,
+        (&Method::POST, "api/v1/session") => create(room, stats, tokens, req, &host).await,
         (&Method::DELETE, "api/v1/session") => delete(tokens, req, &host),
         (&Method::GET, "api/v1/ws")
             if matches!(
@@ -83,7 +84,7 @@ pub async fn route(
             ) =>
         {
             match handoff {
-                Some(h) => websocket(room, tokens, h, req, &host, client),
+                Some(h) => websocket(room, stats, tokens, h, req, &host, client),
                 None => Routed::Site(req),
             }
         }
@@ -109,7 +110,13 @@ fn bridge(room: &Room, tokens: &Tokens, req: Request<Incoming>, host: &str) -> R
 }
 
 /// `POST /api/v1/session`: a HELLO opens a session; a WELCOME answers.
-async fn create(room: &Room, tokens: &Tokens, req: Request<Incoming>, host: &str) -> Routed {
+async fn create(
+    room: &Room,
+    stats: &super::Stats,
+    tokens: &Tokens,
+    req: Request<Incoming>,
+    host: &str,
+) -> Routed {
     let h = req.headers();
     let ok = origin_ok(h, host) && octet_stream(h) && bearer(h).is_some();
     let declared = h
@@ -147,6 +154,9 @@ async fn create(room: &Room, tokens: &Tokens, req: Request<Incoming>, host: &str
     }
     match tokens.open_session(&boot, room.cfg.max_sessions) {
         Ok((session, _)) => {
+            stats
+                .sessions_opened
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut welcome = Vec::with_capacity(8);
             webproxy::encode(Kind::Welcome, 0, &[], &mut welcome);
             let mut r = full(StatusCode::OK, "application/octet-stream", welcome, false);
@@ -166,6 +176,9 @@ async fn create(room: &Room, tokens: &Tokens, req: Request<Incoming>, host: &str
             Routed::Answer(r)
         }
         Err(super::tokens::Refusal::Full) => {
+            stats
+                .full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut r = crate::web::content::error_page(StatusCode::SERVICE_UNAVAILABLE, false);
             r.headers_mut()
                 .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -220,8 +233,10 @@ fn subprotocol(v: &str, lanes: bool) -> Option<(String, Option<u32>)> {
 /// `GET /api/v1/ws`: the session's WebSocket (`tproxy-v1.<session>`; losing
 /// it ends the session) or one lane's (`tproxy-lane-v1.<session>.<id>`;
 /// losing it ends that stream only).
+#[allow(clippy::too_many_arguments)]
 fn websocket(
     room: &Room,
+    stats: &std::sync::Arc<super::Stats>,
     tokens: &std::sync::Arc<Tokens>,
     handoff: &Handoff,
     mut req: Request<Incoming>,
@@ -260,6 +275,7 @@ fn websocket(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (tokens, sink, pairs) = (tokens.clone(), handoff.sink.clone(), handoff.pairs.clone());
+    let stats = stats.clone();
     let max_streams = room.cfg.max_streams;
     let proto = asked.unwrap_or_default();
     tokio::spawn(async move {
@@ -272,6 +288,7 @@ fn websocket(
             )
             .await;
             let carrier = super::carrier_ws::Carrier {
+                stats,
                 max_streams,
                 client,
                 lane,
