@@ -51,9 +51,10 @@ def _ws_upstream(fake_dc: Service) -> str:
 
 
 def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: str = "",
-                 ws_front: bool = False) -> Stack:
+                 ws_front: bool = False, echo: bool = False) -> Stack:
     """The fake DC and mtgate (with a loopback mask sink) on ``host``. ``socks``: DC connections
-    through it; ``ws_front``: only through the fake DC's ws:// endpoint (DC addresses dead)."""
+    through it; ``ws_front``: only through the fake DC's ws:// endpoint (DC addresses dead);
+    ``echo``: the fake DC echoes the decrypted stream instead of answering MTProto."""
     require(MTGATE_BIN, FAKE_DC_BIN)
     key_hex = os.urandom(16).hex()
     mask = MaskSink(host)
@@ -63,6 +64,8 @@ def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: 
         upstream += f'socks5 = ["socks5://{socks.user.decode()}:{socks.password.decode()}@{fmt_addr(*socks.addr)}"]\n'
     try:
         args = [str(FAKE_DC_BIN), "--listen", fmt_addr(host, 0)]
+        if echo:
+            args.append("--echo")
         if ws_front:
             args += ["--ws-front", "127.0.0.1:0"]
         fake_dc = Service("fake-dc", args, tmp)

@@ -39,12 +39,24 @@ fn bearer(h: &HeaderMap) -> Option<&str> {
 }
 
 /// `Origin` may be absent (headless clients send none); when present it
-/// must be the site itself.
+/// must be the site itself (`https://HOST`, or with the port of a
+/// deployment that is not on 443).
 fn origin_ok(h: &HeaderMap, host: &str) -> bool {
-    match h.get(hyper::header::ORIGIN) {
-        None => true,
-        Some(v) => v.as_bytes() == format!("https://{host}").as_bytes(),
-    }
+    let Some(v) = h.get(hyper::header::ORIGIN) else {
+        return true;
+    };
+    let Some(rest) = v
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("https://"))
+        .and_then(|o| o.strip_prefix(host))
+    else {
+        return false;
+    };
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn octet_stream(h: &HeaderMap) -> bool {
@@ -330,6 +342,30 @@ fn websocket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let h = |o: Option<&str>| {
+            let mut m = HeaderMap::new();
+            if let Some(o) = o {
+                m.insert(hyper::header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            origin_ok(&m, "a.test")
+        };
+        assert!(h(None));
+        assert!(h(Some("https://a.test")));
+        assert!(h(Some("https://a.test:8443")));
+        for bad in [
+            "http://a.test",
+            "https://a.test.evil",
+            "https://b.test",
+            "https://a.test:",
+            "https://a.test:x",
+            "null",
+        ] {
+            assert!(!h(Some(bad)), "{bad}");
+        }
+    }
 
     #[test]
     fn subprotocols_name_a_session_and_a_lane() {
