@@ -394,3 +394,162 @@ mod tests {
         }
     }
 }
+
+/// The `https` carriers' sequencing, as pure state machines: the uplink's
+/// `X-Up-Seq` (each body committed once, a byte-identical retry of the last
+/// one acknowledged again) and the downlink's `X-Down-Cursor` (each batch
+/// handed out once, the last one replayed byte for byte until the client
+/// asks for the next).
+pub mod poll {
+    /// What to do with an uplink body.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Up {
+        /// A new body: process it, then acknowledge `seq`.
+        Commit,
+        /// The last body again, byte for byte: acknowledge it, do nothing.
+        Reack,
+        /// Out of order, or a different body under a used number: refused.
+        Refuse,
+    }
+
+    /// The uplink's last committed sequence number and body digest.
+    #[derive(Clone, Debug, Default)]
+    pub struct Uplink {
+        last: u64,
+        digest: [u8; 32],
+    }
+
+    impl Uplink {
+        /// Decides on body `digest` (SHA-256 of the body) under `seq`;
+        /// a [`Up::Commit`] records it.
+        pub fn offer(&mut self, seq: u64, digest: [u8; 32]) -> Up {
+            if seq == self.last + 1 {
+                self.last = seq;
+                self.digest = digest;
+                Up::Commit
+            } else if seq == self.last && seq != 0 && digest == self.digest {
+                Up::Reack
+            } else {
+                Up::Refuse
+            }
+        }
+
+        /// The last committed number (0: none yet).
+        pub fn last(&self) -> u64 {
+            self.last
+        }
+    }
+
+    /// What a downlink poll with cursor `c` gets.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Down<'a> {
+        /// The batch handed out last, again (the client did not get it).
+        Replay(&'a [u8]),
+        /// Wait for the next batch; hand it out with [`Downlink::deliver`].
+        Next,
+        /// A cursor that is neither: refused.
+        Refuse,
+    }
+
+    /// The downlink's cursor and the last batch handed out.
+    #[derive(Clone, Debug, Default)]
+    pub struct Downlink {
+        /// Batches handed out so far.
+        delivered: u64,
+        last: Vec<u8>,
+    }
+
+    impl Downlink {
+        pub fn poll(&self, cursor: u64) -> Down<'_> {
+            if cursor == self.delivered {
+                Down::Next
+            } else if cursor + 1 == self.delivered {
+                Down::Replay(&self.last)
+            } else {
+                Down::Refuse
+            }
+        }
+
+        /// Hands out `batch` to the poll at the current cursor; the cursor
+        /// the answer carries.
+        pub fn deliver(&mut self, batch: Vec<u8>) -> u64 {
+            self.last = batch;
+            self.delivered += 1;
+            self.delivered
+        }
+
+        pub fn cursor(&self) -> u64 {
+            self.delivered
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[test]
+        fn uplink_commits_in_order_and_reacks_a_retry() {
+            let mut u = Uplink::default();
+            assert_eq!(u.offer(0, [0; 32]), Up::Refuse);
+            assert_eq!(u.offer(1, [1; 32]), Up::Commit);
+            assert_eq!(u.offer(1, [1; 32]), Up::Reack);
+            assert_eq!(
+                u.offer(1, [2; 32]),
+                Up::Refuse,
+                "another body under a used number"
+            );
+            assert_eq!(u.offer(3, [3; 32]), Up::Refuse, "a gap");
+            assert_eq!(u.offer(2, [2; 32]), Up::Commit);
+            assert_eq!(u.last(), 2);
+        }
+
+        #[test]
+        fn downlink_replays_the_last_batch_until_the_next_is_asked() {
+            let mut d = Downlink::default();
+            assert_eq!(d.poll(0), Down::Next);
+            assert_eq!(d.deliver(b"one".to_vec()), 1);
+            assert_eq!(d.poll(0), Down::Replay(b"one"));
+            assert_eq!(d.poll(1), Down::Next);
+            assert_eq!(d.poll(2), Down::Refuse);
+            assert_eq!(d.deliver(b"two".to_vec()), 2);
+            assert_eq!(d.poll(0), Down::Refuse, "acknowledged long ago");
+            assert_eq!(d.poll(1), Down::Replay(b"two"));
+        }
+
+        proptest! {
+            /// Whatever order of offers: each number commits at most once,
+            /// and commits come in order 1, 2, 3, ...
+            #[test]
+            fn uplink_commits_each_number_once(offers in proptest::collection::vec((0u64..8, 0u8..3), 0..64)) {
+                let mut u = Uplink::default();
+                let mut committed = Vec::new();
+                for (seq, d) in offers {
+                    if u.offer(seq, [d; 32]) == Up::Commit {
+                        committed.push(seq);
+                    }
+                }
+                let want: Vec<u64> = (1..=committed.len() as u64).collect();
+                prop_assert_eq!(committed, want);
+            }
+
+            /// A client that polls with any cursor never gets a batch twice
+            /// as new, and a replay is always the last batch.
+            #[test]
+            fn downlink_never_skips_or_repeats(polls in proptest::collection::vec(0u64..6, 0..64)) {
+                let mut d = Downlink::default();
+                let mut handed = 0u64;
+                for c in polls {
+                    match d.poll(c) {
+                        Down::Next => {
+                            handed += 1;
+                            prop_assert_eq!(d.deliver(handed.to_be_bytes().to_vec()), handed);
+                        }
+                        Down::Replay(b) => prop_assert_eq!(b, &handed.to_be_bytes()[..]),
+                        Down::Refuse => prop_assert!(c != d.cursor() && c + 1 != d.cursor()),
+                    }
+                }
+            }
+        }
+    }
+}

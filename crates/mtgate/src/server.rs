@@ -432,7 +432,7 @@ struct SessionSink {
     listener: SocketAddr,
 }
 
-impl crate::web::webproxy::carrier_ws::StreamSink for SessionSink {
+impl crate::web::webproxy::mux::StreamSink for SessionSink {
     fn serve(
         &self,
         stream: tokio::net::TcpStream,

@@ -10,6 +10,7 @@
 //! are never logged.
 
 pub mod carrier_ws;
+pub mod mux;
 mod page;
 mod registry;
 pub mod routes;
@@ -33,7 +34,7 @@ pub struct Stats {
 
 /// How the room hands streams to the proxy (set by the server at start).
 pub struct Handoff {
-    pub sink: std::sync::Arc<dyn carrier_ws::StreamSink>,
+    pub sink: std::sync::Arc<dyn mux::StreamSink>,
     pub pairs: std::sync::Arc<crate::net::websocket::Pairs>,
 }
 

@@ -299,15 +299,16 @@ fn websocket(
                 None,
             )
             .await;
-            let carrier = super::carrier_ws::Carrier {
+            let setup = super::mux::Setup {
                 stats,
                 max_streams,
                 client,
+                credential: entry.credential.clone(),
                 lane,
                 pairs,
                 sink,
             };
-            super::carrier_ws::run(ws, entry, carrier).await;
+            super::carrier_ws::run(ws, setup).await;
         }
         lanes.release();
         if lane.is_none() {
