@@ -22,7 +22,7 @@ class WebStack:
     pass
 
 
-@pytest.fixture(scope="module", params=["websocket", "websocket-lanes"])
+@pytest.fixture(scope="module", params=["websocket", "websocket-lanes", "https"])
 def web_stack(request, tmp_path_factory):
     require(MTGATE_BIN, FAKE_DC_BIN, modules=("telethon", "telethon_webproxy", "cryptography"))
     tmp = tmp_path_factory.mktemp("webproxy")

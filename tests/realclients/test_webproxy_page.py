@@ -5,7 +5,8 @@ stands in for the app's loopback boundary: it iframes mtgate's bridge page
 (``https://site.test/?bridge=<capability>``, the test CA trusted), hands it a ``MessagePort`` with
 ``{t:'tproxy-init',v:1}`` and then passes whole frames both ways.  The frames are made here, as
 the app makes them: HELLO (→ WELCOME), OPEN, DATA carrying a ``dd`` obfuscated2 stream.  The
-page's script creates the session and carries the frames over the ``websocket`` carrier; mtgate
+page's script creates the session and carries the frames over the ``websocket`` and the
+``https`` carrier; mtgate
 sends the stream to a fake DC that echoes it, and the echo comes back through the page intact.
 """
 from __future__ import annotations
@@ -69,8 +70,8 @@ class Parent(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def page_stack(tmp_path_factory):
+@pytest.fixture(scope="module", params=["websocket", "https"])
+def page_stack(request, tmp_path_factory):
     require(MTGATE_BIN, FAKE_DC_BIN, modules=("playwright", "cryptography", "telethon_webproxy"))
     if not CHROMIUM.is_file():
         _missing(f"{CHROMIUM} not found (Debian package chromium)")
@@ -90,7 +91,7 @@ def page_stack(tmp_path_factory):
     subprocess.run(["certutil", "-d", f"sql:{nss}", "-A", "-t", "C,,", "-n", "mtgate-test",
                     "-i", str(tmp / "ca.pem")], check=True)
     extra = (f'\n[site]\nhosts = ["{SITE}"]\ncert = "{tmp / "site.pem"}"\nkey = "{tmp / "site.key"}"\n'
-             f'\n[site.webproxy]\nenabled = true\n')
+             f'\n[site.webproxy]\nenabled = true\ncarrier = "{request.param}"\n')
     s.stack = _start_stack(tmp, "127.0.0.1", extra=extra, echo=True)
     yield s
     s.stack.stop()

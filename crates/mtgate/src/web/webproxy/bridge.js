@@ -61,7 +61,56 @@
     ws.onclose = function () { status("closed"); if (toApp) toApp({ t: "close" }); };
   }
 
+  // The https carrier: serialized uplink bodies, one long poll down.
+  let seq = 1, cursor = 0, sending = false;
+  function auth() { return { "Authorization": "Bearer " + session }; }
+
+  async function upLoop() {
+    if (sending) return;
+    sending = true;
+    while (pending.length) {
+      let n = 0, parts = [];
+      while (pending.length && n < TPROXY.batch) { const f = pending.shift(); parts.push(f); n += f.byteLength; }
+      const body = new Uint8Array(n);
+      let at = 0;
+      for (const p of parts) { body.set(p, at); at += p.byteLength; }
+      for (;;) {
+        const h = auth();
+        h["Content-Type"] = "application/octet-stream";
+        h["X-Up-Seq"] = String(seq);
+        const r = await fetch(TPROXY.base + "api/v1/up", { method: "POST", headers: h, body: body, cache: "no-store", credentials: "omit" });
+        if (r.status === 204) { seq += 1; up += n; break; }
+        if (r.status !== 503) { status("closed"); if (toApp) toApp({ t: "close" }); sending = false; return; }
+        await new Promise(function (res) { setTimeout(res, 1000); });
+      }
+    }
+    sending = false;
+  }
+
+  async function downLoop() {
+    for (;;) {
+      const h = auth();
+      h["X-Down-Cursor"] = String(cursor);
+      let r;
+      try {
+        r = await fetch(TPROXY.base + "api/v1/down", { method: "POST", headers: h, cache: "no-store", credentials: "omit" });
+      } catch (e) { await new Promise(function (res) { setTimeout(res, 1000); }); continue; }
+      if (r.status === 200 || r.status === 204) {
+        const c = r.headers.get("X-Down-Cursor");
+        if (c !== null) cursor = Number(c);
+        if (r.status === 200) {
+          const body = new Uint8Array(await r.arrayBuffer());
+          down += body.byteLength;
+          for (const f of frames(body)) toApp(f);
+        }
+      } else if (r.status === 503) {
+        await new Promise(function (res) { setTimeout(res, 1000); });
+      } else { status("closed"); if (toApp) toApp({ t: "close" }); return; }
+    }
+  }
+
   function send(frame) {
+    if (TPROXY.carrier === "https") { pending.push(frame); upLoop(); return; }
     if (!ws || ws.readyState !== 1) { pending.push(frame); return; }
     up += frame.byteLength;
     ws.send(frame);
@@ -77,6 +126,7 @@
       const welcome = await createSession(data);
       toApp(welcome);
       if (TPROXY.carrier === "websocket") openWebSocket();
+      else if (TPROXY.carrier === "https") { status("connected"); downLoop(); }
       return;
     }
     send(data);

@@ -9,6 +9,7 @@
 //! paths look the same to a prober. Tokens, capabilities and subprotocols
 //! are never logged.
 
+pub mod carrier_https;
 pub mod carrier_ws;
 pub mod mux;
 mod page;

@@ -89,6 +89,14 @@ pub async fn route(
         (&Method::GET, "") => bridge(room, tokens, req, &host),
         (&Method::POST, "api/v1/session") => create(room, stats, tokens, req, &host).await,
         (&Method::DELETE, "api/v1/session") => delete(tokens, req, &host),
+        (&Method::POST, "api/v1/up" | "api/v1/down")
+            if room.cfg.carrier == super::Carrier::Https =>
+        {
+            match handoff {
+                Some(h) => https(room, stats, tokens, h, req, &host, client).await,
+                None => Routed::Site(req),
+            }
+        }
         (&Method::GET, "api/v1/ws")
             if matches!(
                 room.cfg.carrier,
@@ -390,4 +398,111 @@ mod tests {
         assert_eq!(lane_id("16777215"), Some(16_777_215));
         assert_eq!(subprotocol("tproxy-v1.short", false), None);
     }
+}
+
+/// The most bytes one uplink body may hold (a 2 MiB batch and its headers).
+const MAX_UP_BODY: usize = (2 << 20) + 64 * 1024;
+
+/// `POST /api/v1/up` and `POST /api/v1/down` of the `https` carrier.
+#[allow(clippy::too_many_arguments)]
+async fn https(
+    room: &Room,
+    stats: &std::sync::Arc<super::Stats>,
+    tokens: &std::sync::Arc<Tokens>,
+    handoff: &Handoff,
+    req: Request<Incoming>,
+    host: &str,
+    client: std::net::SocketAddr,
+) -> Routed {
+    use super::carrier_https::{DownAnswer, HttpsState, UpAnswer};
+    let h = req.headers();
+    let number = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let up = req.uri().path().ends_with("/up");
+    let n = if up {
+        number("x-up-seq").filter(|_| octet_stream(h))
+    } else {
+        number("x-down-cursor")
+    };
+    let entry = bearer(h)
+        .filter(|_| origin_ok(h, host))
+        .and_then(|t| tokens.session(t));
+    let (Some(n), Some(entry)) = (n, entry) else {
+        return Routed::Site(req);
+    };
+    let state = entry
+        .https
+        .get_or_init(|| {
+            std::sync::Arc::new(HttpsState::new(super::mux::Setup {
+                stats: stats.clone(),
+                max_streams: room.cfg.max_streams,
+                client,
+                credential: entry.credential.clone(),
+                lane: None,
+                pairs: handoff.pairs.clone(),
+                sink: handoff.sink.clone(),
+            }))
+        })
+        .clone();
+    entry.lanes.busy();
+    let answer = if up {
+        use http_body_util::BodyExt;
+        match http_body_util::Limited::new(req.into_body(), MAX_UP_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => match state.up(n, &b.to_bytes()).await {
+                UpAnswer::Ack(seq) => {
+                    let mut r = full(StatusCode::NO_CONTENT, "text/plain", "", false);
+                    r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+                    r.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+                    if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
+                        r.headers_mut().insert("x-up-ack", v);
+                    }
+                    r
+                }
+                UpAnswer::Busy => retry_later(),
+                UpAnswer::Refused => crate::web::content::error_page(StatusCode::NOT_FOUND, false),
+            },
+            Err(_) => crate::web::content::error_page(StatusCode::NOT_FOUND, false),
+        }
+    } else {
+        match state.down(n).await {
+            DownAnswer::Batch { body, cursor } => {
+                let mut r = full(StatusCode::OK, "application/octet-stream", body, false);
+                if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {
+                    r.headers_mut().insert("x-down-cursor", v);
+                }
+                r
+            }
+            DownAnswer::Empty { cursor } => {
+                let mut r = full(StatusCode::NO_CONTENT, "text/plain", "", false);
+                r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+                r.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+                if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {
+                    r.headers_mut().insert("x-down-cursor", v);
+                }
+                r
+            }
+            DownAnswer::Refused => crate::web::content::error_page(StatusCode::NOT_FOUND, false),
+        }
+    };
+    entry.lanes.release();
+    let mut answer = answer;
+    answer.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    Routed::Answer(answer)
+}
+
+fn retry_later() -> Response<Body> {
+    let mut r = crate::web::content::error_page(StatusCode::SERVICE_UNAVAILABLE, false);
+    r.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }

@@ -35,6 +35,8 @@ pub struct SessionEntry {
     pub made: Instant,
     /// What its carriers share: lane ids used, lanes open, last activity.
     pub lanes: Arc<Lanes>,
+    /// The `https` carrier's state, made on its first request.
+    pub https: Arc<std::sync::OnceLock<Arc<super::carrier_https::HttpsState>>>,
 }
 
 /// A session's lanes (`websocket-lanes`): ids are never reused.
@@ -58,6 +60,11 @@ impl Lanes {
         }
         self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         true
+    }
+
+    /// A request of the `https` carrier is in progress (until [`Lanes::release`]).
+    pub fn busy(&self) {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Lanes open now.
@@ -154,6 +161,7 @@ impl Tokens {
             credential: entry.credential.clone(),
             made: Instant::now(),
             lanes: Arc::default(),
+            https: Arc::default(),
         };
         s.insert(token.clone(), e.clone());
         entry.session = Some(token.clone());
