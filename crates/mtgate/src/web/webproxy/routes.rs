@@ -348,58 +348,6 @@ fn websocket(
     Routed::Answer(r)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins() {
-        let h = |o: Option<&str>| {
-            let mut m = HeaderMap::new();
-            if let Some(o) = o {
-                m.insert(hyper::header::ORIGIN, HeaderValue::from_str(o).unwrap());
-            }
-            origin_ok(&m, "a.test")
-        };
-        assert!(h(None));
-        assert!(h(Some("https://a.test")));
-        assert!(h(Some("https://a.test:8443")));
-        for bad in [
-            "http://a.test",
-            "https://a.test.evil",
-            "https://b.test",
-            "https://a.test:",
-            "https://a.test:x",
-            "null",
-        ] {
-            assert!(!h(Some(bad)), "{bad}");
-        }
-    }
-
-    #[test]
-    fn subprotocols_name_a_session_and_a_lane() {
-        let t = "MHLEY5PmW1GWqJkSrlmJpvJUiLhBH_QKy6yKg8a0JPk";
-        assert_eq!(
-            subprotocol(&format!("tproxy-v1.{t}"), false),
-            Some((t.into(), None))
-        );
-        assert_eq!(subprotocol(&format!("tproxy-v1.{t}"), true), None);
-        assert_eq!(
-            subprotocol(&format!("tproxy-lane-v1.{t}.7"), true),
-            Some((t.into(), Some(7)))
-        );
-        for bad in ["0", "07", "16777216", "", "1a", "-1", "123456789"] {
-            assert_eq!(
-                subprotocol(&format!("tproxy-lane-v1.{t}.{bad}"), true),
-                None,
-                "{bad}"
-            );
-        }
-        assert_eq!(lane_id("16777215"), Some(16_777_215));
-        assert_eq!(subprotocol("tproxy-v1.short", false), None);
-    }
-}
-
 /// The most bytes one uplink body may hold (a 2 MiB batch and its headers).
 const MAX_UP_BODY: usize = (2 << 20) + 64 * 1024;
 
@@ -505,4 +453,56 @@ fn retry_later() -> Response<Body> {
     r.headers_mut()
         .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let h = |o: Option<&str>| {
+            let mut m = HeaderMap::new();
+            if let Some(o) = o {
+                m.insert(hyper::header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            origin_ok(&m, "a.test")
+        };
+        assert!(h(None));
+        assert!(h(Some("https://a.test")));
+        assert!(h(Some("https://a.test:8443")));
+        for bad in [
+            "http://a.test",
+            "https://a.test.evil",
+            "https://b.test",
+            "https://a.test:",
+            "https://a.test:x",
+            "null",
+        ] {
+            assert!(!h(Some(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subprotocols_name_a_session_and_a_lane() {
+        let t = "MHLEY5PmW1GWqJkSrlmJpvJUiLhBH_QKy6yKg8a0JPk";
+        assert_eq!(
+            subprotocol(&format!("tproxy-v1.{t}"), false),
+            Some((t.into(), None))
+        );
+        assert_eq!(subprotocol(&format!("tproxy-v1.{t}"), true), None);
+        assert_eq!(
+            subprotocol(&format!("tproxy-lane-v1.{t}.7"), true),
+            Some((t.into(), Some(7)))
+        );
+        for bad in ["0", "07", "16777216", "", "1a", "-1", "123456789"] {
+            assert_eq!(
+                subprotocol(&format!("tproxy-lane-v1.{t}.{bad}"), true),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(lane_id("16777215"), Some(16_777_215));
+        assert_eq!(subprotocol("tproxy-v1.short", false), None);
+    }
 }
