@@ -96,6 +96,17 @@ class SiteStack:
     pass
 
 
+def trusting_home(tmp: Path, ca_pem: Path) -> Path:
+    """A HOME whose NSS database (what Chromium trusts) holds the test CA and nothing else."""
+    home = tmp / "home"
+    nss = home / ".pki" / "nssdb"
+    nss.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{nss}", "-N", "--empty-password"], check=True)
+    subprocess.run(["certutil", "-d", f"sql:{nss}", "-A", "-t", "C,,", "-n", "mtgate-test",
+                    "-i", str(ca_pem)], check=True)
+    return home
+
+
 @pytest.fixture(scope="module")
 def site_stack(tmp_path_factory):
     require(MTGATE_BIN, FAKE_DC_BIN, modules=("telethon", "tdjson", "playwright", "cryptography"))
@@ -113,12 +124,7 @@ def site_stack(tmp_path_factory):
     (www / "index.html").write_text(f"<!DOCTYPE html><html><head><title>{TITLE}</title></head>"
                                     "<body><h1>hello</h1></body></html>")
     # The browser's own trust store: the test CA, nothing else added.
-    s.home = tmp / "home"
-    nss = s.home / ".pki" / "nssdb"
-    nss.mkdir(parents=True)
-    subprocess.run(["certutil", "-d", f"sql:{nss}", "-N", "--empty-password"], check=True)
-    subprocess.run(["certutil", "-d", f"sql:{nss}", "-A", "-t", "C,,", "-n", "mtgate-test",
-                    "-i", str(tmp / "ca.pem")], check=True)
+    s.home = trusting_home(tmp, tmp / "ca.pem")
     extra = (f'\n[site]\nhosts = ["{SITE}"]\ndir = "{www}"\n'
              f'cert = "{tmp / "site.pem"}"\nkey = "{tmp / "site.key"}"\n')
     s.stack = _start_stack(tmp, "127.0.0.1", extra=extra)

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import _start_stack
 from harness import CLIENT_TIMEOUT, FAKE_DC_BIN, MTGATE_BIN, _missing, require
-from test_site_browser import CHROMIUM, SITE, _browser, _ca, _pem, _write_leaf
+from test_site_browser import CHROMIUM, SITE, _browser, _ca, _pem, _write_leaf, trusting_home
 
 HELLO, WELCOME, OPEN, DATA, WINDOW = 0x10, 0x11, 0x01, 0x02, 0x04
 
@@ -77,19 +77,12 @@ def page_stack(request, tmp_path_factory):
         _missing(f"{CHROMIUM} not found (Debian package chromium)")
     if shutil.which("certutil") is None:
         _missing("certutil not found (Debian package libnss3-tools)")
-    import subprocess
-
     tmp = tmp_path_factory.mktemp("bridge")
     s = type("S", (), {})()
     ca_key, ca_cert = _ca()
     (tmp / "ca.pem").write_bytes(_pem(ca_cert))
     _write_leaf(tmp, ca_key, ca_cert)
-    s.home = tmp / "home"
-    nss = s.home / ".pki" / "nssdb"
-    nss.mkdir(parents=True)
-    subprocess.run(["certutil", "-d", f"sql:{nss}", "-N", "--empty-password"], check=True)
-    subprocess.run(["certutil", "-d", f"sql:{nss}", "-A", "-t", "C,,", "-n", "mtgate-test",
-                    "-i", str(tmp / "ca.pem")], check=True)
+    s.home = trusting_home(tmp, tmp / "ca.pem")
     extra = (f'\n[site]\nhosts = ["{SITE}"]\ncert = "{tmp / "site.pem"}"\nkey = "{tmp / "site.key"}"\n'
              f'\n[site.webproxy]\nenabled = true\ncarrier = "{request.param}"\n')
     s.stack = _start_stack(tmp, "127.0.0.1", extra=extra, echo=True)

@@ -11,10 +11,9 @@ use common::{key, Proxy, KEY_HEX};
 use http_body_util::{BodyExt, Empty};
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,43 +30,19 @@ fn write_cert(dir: &Path) -> CertificateDer<'static> {
     made.cert.der().clone()
 }
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+use common::tls::Tls;
 
 /// A TLS connection to `addr` for `HOST` trusting `root`, offering `alpn`.
 async fn tls(addr: SocketAddr, root: &CertificateDer<'static>, alpn: &[&[u8]]) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let s = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(HOST).unwrap(), s)
+    common::tls::connect(addr, HOST, common::tls::client_config(root, alpn), None)
         .await
         .expect("TLS to the site with its certificate")
 }
 
 /// [`tls`] (HTTP/1.1) from the loopback address `from`.
 async fn tls_from(from: &str, addr: SocketAddr, root: &CertificateDer<'static>) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
-        .unwrap();
-    let s = sock.connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(HOST).unwrap(), s)
+    let cfg = common::tls::client_config(root, &[b"http/1.1"]);
+    common::tls::connect(addr, HOST, cfg, Some(from))
         .await
         .expect("TLS to the site")
 }
@@ -208,18 +183,8 @@ async fn a_certificate_replaced_on_disk_is_used_by_new_connections_only() {
     let mut seen = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(new_cert.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let s = TcpStream::connect(addr).await.unwrap();
-        let r = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from(HOST).unwrap(), s)
-            .await;
+        let cfg = common::tls::client_config(&new_cert, &[]);
+        let r = common::tls::connect(addr, HOST, cfg, None).await;
         if r.is_ok() {
             seen = true;
             break;
@@ -285,24 +250,15 @@ async fn the_site_can_be_a_local_application_behind_mtgate() {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        let proto = req
-                            .headers()
-                            .get("x-forwarded-proto")
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        let xff = req
-                            .headers()
-                            .get("x-forwarded-for")
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
+                        let hd = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let (host, proto, xff) =
+                            (hd("host"), hd("x-forwarded-proto"), hd("x-forwarded-for"));
                         let body =
                             format!("app saw {} {} via {} for {}", req.uri(), host, proto, xff);
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(

@@ -60,13 +60,32 @@ async fn wait_port(port: u16) {
 struct Pebble {
     _dns: Killed,
     _ca: Killed,
-    dir: tempfile::TempDir,
-    url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// pebble's API and management ports, chosen before mtgate starts (its
+/// config names the directory URL).
+struct Ports {
+    api: u16,
+    mgmt: u16,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        Ports {
+            api: free_port(),
+            mgmt: free_port(),
+        }
+    }
+
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.api)
+    }
 }
 
 impl Pebble {
-    async fn start(tls_port: u16, http_port: u16) -> Pebble {
-        let dir = tempfile::tempdir().unwrap();
+    /// pebble on `ports`, validating on mtgate's own (already bound) ports.
+    async fn start(ports: &Ports, dir: tempfile::TempDir, tls_port: u16, http_port: u16) -> Pebble {
         let (dns_port, dns_mgmt) = (free_port(), free_port());
         let dns = Killed(
             Command::new(bin("pebble-challtestsrv"))
@@ -79,12 +98,7 @@ impl Pebble {
                 .spawn()
                 .expect("pebble-challtestsrv"),
         );
-        // pebble's own HTTPS certificate, trusted by mtgate through ca_file.
-        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-            .unwrap();
-        std::fs::write(dir.path().join("api.pem"), made.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("api.key"), made.key_pair.serialize_pem()).unwrap();
-        let (api, mgmt) = (free_port(), free_port());
+        let (api, mgmt) = (ports.api, ports.mgmt);
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{api}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt}"),
@@ -114,14 +128,21 @@ impl Pebble {
         Pebble {
             _dns: dns,
             _ca: ca,
-            dir,
-            url: format!("https://127.0.0.1:{api}/dir"),
+            _dir: dir,
         }
     }
+}
 
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("api.pem")
-    }
+/// pebble's own HTTPS certificate (trusted by mtgate through `ca_file`),
+/// in a directory of its own.
+fn pebble_tls() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("api.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("api.key"), made.key_pair.serialize_pem()).unwrap();
+    let ca = dir.path().join("api.pem");
+    (dir, ca)
 }
 
 /// The certificate the site serves on `addr` for HOST (not verified: we look at it).
@@ -182,21 +203,17 @@ fn issued_by_pebble(der: &CertificateDer<'_>) -> bool {
         .is_some_and(|i| i.contains("Pebble"))
 }
 
-async fn start(port: u16, pebble: &Pebble, acme: &str) -> Proxy {
+/// mtgate on free ports, its ACME directory at pebble's `ports` (pebble
+/// starts after it, validating on the ports mtgate got).
+async fn start(ports: &Ports, ca: &Path, acme: &str) -> Proxy {
     let toml = format!(
         "[site]\nhosts = [\"{HOST}\"]\n\
          [site.acme]\nenabled = true\ndirectory = \"{}\"\nca_file = \"{}\"\nemail = \"ops@site.test\"\nretry = \"300ms\"\n{acme}\
          [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
-        pebble.url,
-        pebble.ca_file().display(),
+        ports.directory(),
+        ca.display(),
     );
-    Proxy::start_full(
-        &format!("127.0.0.1:{port}"),
-        "",
-        &toml,
-        &["127.0.0.1:1".parse().unwrap()],
-    )
-    .await
+    Proxy::start_full("127.0.0.1:0", "", &toml, &["127.0.0.1:1".parse().unwrap()]).await
 }
 
 async fn until_issued(proxy: &Proxy, want: u64, limit: Duration) -> CertificateDer<'static> {
@@ -215,13 +232,14 @@ async fn until_issued(proxy: &Proxy, want: u64, limit: Duration) -> CertificateD
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_on_the_client_port_then_renewal_then_a_dead_ca() {
-    let port = free_port();
-    let pebble = Pebble::start(port, free_port()).await;
+    let ports = Ports::new();
+    let (dir, ca) = pebble_tls();
     // Due again at once (pebble's certificates live 5 years): every
     // issuance is followed by a renewal, `retry` apart.
-    let proxy = start(port, &pebble, "renew_before = \"36500d\"\n").await;
+    let proxy = start(&ports, &ca, "renew_before = \"36500d\"\n").await;
     let before = served_cert(proxy.addr).await.expect("served");
     assert!(!issued_by_pebble(&before), "self-signed until issued");
+    let pebble = Pebble::start(&ports, dir, proxy.addr.port(), free_port()).await;
     let first = until_issued(&proxy, 1, Duration::from_secs(30)).await;
     assert!(issued_by_pebble(&first));
     let names = mtgate::web::certs::Loaded::from_pem(
@@ -245,10 +263,12 @@ async fn tls_alpn_01_on_the_client_port_then_renewal_then_a_dead_ca() {
     assert!(issued_by_pebble(&second));
     assert_ne!(first, second, "renewed");
     // The CA goes away mid-renewal: a plain error, the last certificate stays.
-    drop(pebble);
+    // (Attempts before pebble was up failed already; count from here.)
     let site = proxy.runtime.site.as_ref().unwrap();
+    let failed_before = site.certs().renewal().failures;
+    drop(pebble);
     let t0 = Instant::now();
-    while site.certs().renewal().failures == 0 {
+    while site.certs().renewal().failures == failed_before {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "no failure recorded"
@@ -268,14 +288,17 @@ async fn tls_alpn_01_on_the_client_port_then_renewal_then_a_dead_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_on_the_plain_http_listener() {
-    let (port, http) = (free_port(), free_port());
-    let pebble = Pebble::start(port, http).await;
+    let ports = Ports::new();
+    let (dir, ca) = pebble_tls();
     let proxy = start(
-        port,
-        &pebble,
-        &format!("challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:{http}\"\n"),
+        &ports,
+        &ca,
+        "challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:0\"\n",
     )
     .await;
+    let site = proxy.runtime.site.clone().expect("site");
+    let http = site.http_addr().expect("plain HTTP listener").port();
+    let _pebble = Pebble::start(&ports, dir, proxy.addr.port(), http).await;
     let cert = until_issued(&proxy, 1, Duration::from_secs(30)).await;
     assert!(issued_by_pebble(&cert));
     // The plain listener sends everything else to HTTPS.

@@ -11,34 +11,27 @@ use futures_util::{SinkExt, StreamExt};
 use mtgate_proto::webproxy::{self, Kind};
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "site.test";
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+use common::tls::Tls;
 
 async fn tls(addr: SocketAddr, root: &CertificateDer<'static>) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let s = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(HOST).unwrap(), s)
-        .await
-        .expect("TLS")
+    common::tls::connect(
+        addr,
+        HOST,
+        common::tls::client_config(root, &[b"http/1.1"]),
+        None,
+    )
+    .await
+    .expect("TLS")
 }
 
 /// One HTTP/1.1 request (closing the connection): status line, headers, body.

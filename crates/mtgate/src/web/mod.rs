@@ -193,6 +193,7 @@ pub struct Site {
     listener: Mutex<Option<std::net::TcpListener>>,
     /// The plain HTTP listener (`[site.acme] http_listen`), taken by [`Site::run`].
     http_listener: Mutex<Option<std::net::TcpListener>>,
+    http_addr: Option<SocketAddr>,
     /// HTTP-01 answers by token, while an ACME order runs.
     http_tokens: Mutex<std::collections::HashMap<String, String>>,
     /// The WEB proxy type's bootstrap and session tokens (kept across reloads).
@@ -251,6 +252,7 @@ impl Site {
             certs,
             live: arc_swap::ArcSwap::from_pointee(live(cfg, users)),
             listener: Mutex::new(Some(listener)),
+            http_addr: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
             http_listener: Mutex::new(http_listener),
             http_tokens: Mutex::default(),
             wp_tokens: Arc::default(),
@@ -263,6 +265,11 @@ impl Site {
     /// Where the site listens: the fronting target.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the plain HTTP listener listens, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The certificates (expiry for metrics, the first screen, the doctor).

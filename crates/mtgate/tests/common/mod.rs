@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod nginx;
 pub mod prober;
+pub mod tls;
 pub mod wss;
 
 use mtgate::config::{Config, Overrides};
