@@ -147,3 +147,91 @@ impl HttpsState {
         }
     }
 }
+
+impl HttpsState {
+    /// A lane whose stream is over and whose last frames went out (never
+    /// while a poll is in progress on it).
+    pub async fn lane_closed(&self) -> bool {
+        let mut mux = self.mux.lock().await;
+        mux.reap();
+        match self.down.try_lock() {
+            Ok(d) => mux.lane_done(&d.outbox),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The `https-lanes` carrier's lanes of one session: one [`HttpsState`]
+/// per stream (its own seq, cursor and replay), closed ids remembered.
+#[derive(Debug, Default)]
+pub struct LaneTable {
+    lanes: Mutex<std::collections::HashMap<u32, std::sync::Arc<HttpsState>>>,
+    closed: Mutex<std::collections::VecDeque<u32>>,
+}
+
+/// Where a lane stands.
+pub enum Lane {
+    Open(std::sync::Arc<HttpsState>),
+    /// Closed (and drained): `X-Lane-Closed: 1`.
+    Closed,
+    /// Never opened.
+    Unknown,
+}
+
+/// How long a downlink poll waits for its lane's OPEN to arrive.
+pub const LANE_OPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl LaneTable {
+    pub fn get(&self, id: u32) -> Lane {
+        if let Some(s) = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Lane::Open(s.clone());
+        }
+        if self
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            Lane::Closed
+        } else {
+            Lane::Unknown
+        }
+    }
+
+    /// A new lane's state (its first body must open its stream).
+    pub fn open(&self, id: u32, setup: Setup) -> std::sync::Arc<HttpsState> {
+        let s = std::sync::Arc::new(HttpsState::new(setup));
+        self.lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, s.clone());
+        s
+    }
+
+    /// Lane `id` is over: forgotten, its id kept (late frames are harmless).
+    pub fn close(&self, id: u32) {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let mut c = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() == 4096 {
+            c.pop_front();
+        }
+        c.push_back(id);
+    }
+
+    /// Lanes open now.
+    pub fn len(&self) -> usize {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -90,7 +90,10 @@ pub async fn route(
         (&Method::POST, "api/v1/session") => create(room, stats, tokens, req, &host).await,
         (&Method::DELETE, "api/v1/session") => delete(tokens, req, &host),
         (&Method::POST, "api/v1/up" | "api/v1/down")
-            if room.cfg.carrier == super::Carrier::Https =>
+            if matches!(
+                room.cfg.carrier,
+                super::Carrier::Https | super::Carrier::HttpsLanes
+            ) =>
         {
             match handoff {
                 Some(h) => https(room, stats, tokens, h, req, &host, client).await,
@@ -382,20 +385,75 @@ async fn https(
     let (Some(n), Some(entry)) = (n, entry) else {
         return Routed::Site(req);
     };
-    let state = entry
-        .https
-        .get_or_init(|| {
-            std::sync::Arc::new(HttpsState::new(super::mux::Setup {
-                stats: stats.clone(),
-                max_streams: room.cfg.max_streams,
-                client,
-                credential: entry.credential.clone(),
-                lane: None,
-                pairs: handoff.pairs.clone(),
-                sink: handoff.sink.clone(),
-            }))
-        })
-        .clone();
+    let setup = |lane: Option<u32>, max_streams: usize| super::mux::Setup {
+        stats: stats.clone(),
+        max_streams,
+        client,
+        credential: entry.credential.clone(),
+        lane,
+        pairs: handoff.pairs.clone(),
+        sink: handoff.sink.clone(),
+    };
+    // `https-lanes`: the lane's own state (lane 0 carries session control only).
+    let lane = if room.cfg.carrier == super::Carrier::HttpsLanes {
+        let Some(id) = h
+            .get("x-lane-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| if v == "0" { Some(0) } else { lane_id(v) })
+        else {
+            return Routed::Site(req);
+        };
+        Some(id)
+    } else {
+        None
+    };
+    let state = match lane {
+        None => entry
+            .https
+            .get_or_init(|| std::sync::Arc::new(HttpsState::new(setup(None, room.cfg.max_streams))))
+            .clone(),
+        Some(id) => {
+            use super::carrier_https::{Lane, LANE_OPEN_WAIT};
+            let table = entry.https_lanes.clone();
+            let mut found = table.get(id);
+            if matches!(found, Lane::Unknown) && !up {
+                // A poll may come before its lane's OPEN: wait a little for it.
+                let t0 = std::time::Instant::now();
+                while matches!(found, Lane::Unknown) && t0.elapsed() < LANE_OPEN_WAIT {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    found = table.get(id);
+                }
+            }
+            match found {
+                Lane::Open(s) => {
+                    if !up && id != 0 && s.lane_closed().await {
+                        table.close(id);
+                        return Routed::Answer(lane_closed(n));
+                    }
+                    s
+                }
+                Lane::Closed if up => {
+                    // Late frames for a closed lane are harmless: acknowledged.
+                    return Routed::Answer(acked(n));
+                }
+                Lane::Closed => return Routed::Answer(lane_closed(n)),
+                Lane::Unknown if up => {
+                    let max = if id == 0 { 1 } else { room.cfg.max_streams };
+                    if table.len() >= max + 1 || !entry.lanes.claim(id, room.cfg.max_streams) {
+                        return Routed::Site(req);
+                    }
+                    // Lane 0 opens no stream; any other lane exactly its own.
+                    let s = if id == 0 {
+                        setup(None, 0)
+                    } else {
+                        setup(Some(id), 1)
+                    };
+                    table.open(id, s)
+                }
+                Lane::Unknown => return Routed::Site(req),
+            }
+        }
+    };
     entry.lanes.busy();
     let answer = if up {
         use http_body_util::BodyExt;
@@ -404,17 +462,14 @@ async fn https(
             .await
         {
             Ok(b) => match state.up(n, &b.to_bytes()).await {
-                UpAnswer::Ack(seq) => {
-                    let mut r = full(StatusCode::NO_CONTENT, "text/plain", "", false);
-                    r.headers_mut().remove(hyper::header::CONTENT_TYPE);
-                    r.headers_mut().remove(hyper::header::CONTENT_LENGTH);
-                    if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
-                        r.headers_mut().insert("x-up-ack", v);
-                    }
-                    r
-                }
+                UpAnswer::Ack(seq) => acked(seq),
                 UpAnswer::Busy => retry_later(),
-                UpAnswer::Refused => crate::web::content::error_page(StatusCode::NOT_FOUND, false),
+                UpAnswer::Refused => {
+                    if let Some(id) = lane {
+                        entry.https_lanes.close(id);
+                    }
+                    crate::web::content::error_page(StatusCode::NOT_FOUND, false)
+                }
             },
             Err(_) => crate::web::content::error_page(StatusCode::NOT_FOUND, false),
         }
@@ -446,6 +501,28 @@ async fn https(
         HeaderValue::from_static("no-store"),
     );
     Routed::Answer(answer)
+}
+
+/// `204` acknowledging uplink body `seq`.
+fn acked(seq: u64) -> Response<Body> {
+    let mut r = full(StatusCode::NO_CONTENT, "text/plain", "", false);
+    r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+    r.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+    if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
+        r.headers_mut().insert("x-up-ack", v);
+    }
+    r
+}
+
+/// The empty answer of a drained, closed lane.
+fn lane_closed(cursor: u64) -> Response<Body> {
+    let mut r = full(StatusCode::OK, "application/octet-stream", "", false);
+    r.headers_mut()
+        .insert("x-lane-closed", HeaderValue::from_static("1"));
+    if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {
+        r.headers_mut().insert("x-down-cursor", v);
+    }
+    r
 }
 
 fn retry_later() -> Response<Body> {

@@ -37,6 +37,8 @@ pub struct SessionEntry {
     pub lanes: Arc<Lanes>,
     /// The `https` carrier's state, made on its first request.
     pub https: Arc<std::sync::OnceLock<Arc<super::carrier_https::HttpsState>>>,
+    /// The `https-lanes` carrier's lanes.
+    pub https_lanes: Arc<super::carrier_https::LaneTable>,
 }
 
 /// A session's lanes (`websocket-lanes`): ids are never reused.
@@ -162,6 +164,7 @@ impl Tokens {
             made: Instant::now(),
             lanes: Arc::default(),
             https: Arc::default(),
+            https_lanes: Arc::default(),
         };
         s.insert(token.clone(), e.clone());
         entry.session = Some(token.clone());
