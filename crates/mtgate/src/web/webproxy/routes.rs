@@ -439,7 +439,7 @@ async fn https(
                 Lane::Closed => return Routed::Answer(lane_closed(n)),
                 Lane::Unknown if up => {
                     let max = if id == 0 { 1 } else { room.cfg.max_streams };
-                    if table.len() >= max + 1 || !entry.lanes.claim(id, room.cfg.max_streams) {
+                    if table.len() > max || !entry.lanes.claim(id, room.cfg.max_streams) {
                         return Routed::Site(req);
                     }
                     // Lane 0 opens no stream; any other lane exactly its own.
