@@ -64,6 +64,10 @@ pub struct Args {
     /// self-signed certificate): fronting goes to the own site.
     #[arg(long)]
     site: bool,
+    /// With `--site`: Telegram's WEB proxy type on the site, and one more
+    /// subject: `dd` clients through its `websocket` carrier.
+    #[arg(long)]
+    webproxy: bool,
     /// Only these parts (comma list of aes, idle, leak, bulk, latency, handshake, scaling).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,

@@ -107,6 +107,8 @@ struct Env {
     mask: Option<SocketAddr>,
     /// mtgate serves its own site (`--site`).
     site: bool,
+    /// ... and the WEB proxy type on it (`--webproxy`).
+    webproxy: bool,
 }
 
 impl Env {
@@ -126,10 +128,12 @@ impl Env {
             Some(m) => format!("mask_host = \"{m}\""),
             None => "fronting = false".into(),
         };
-        let site = if self.site {
-            format!("\n[site]\nhosts = [\"{DOMAIN}\"]\n")
-        } else {
-            String::new()
+        let site = match (self.site, self.webproxy) {
+            (true, false) => format!("\n[site]\nhosts = [\"{DOMAIN}\"]\n"),
+            (true, true) => format!(
+                "\n[site]\nhosts = [\"{DOMAIN}\"]\n[site.webproxy]\nenabled = true\nmax_streams = 4096\n"
+            ),
+            (false, _) => String::new(),
         };
         let cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{state}\"\nworkers = {workers}\n\n\
@@ -250,7 +254,8 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
         key: Key16::generate(),
         dc: dc_addr,
         mask,
-        site: a.site,
+        site: a.site || a.webproxy,
+        webproxy: a.webproxy,
     };
     let mut report = Report {
         machine: Machine::detect(),
@@ -397,6 +402,17 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
                         ] {
                             subjects.push(env.target(label, p.addr, mode, a.dc));
                         }
+                        if a.webproxy {
+                            match webproxy_bridge(&env, p.addr).await {
+                                Ok(addr) => subjects.push(env.target(
+                                    "mtgate webproxy-ws dd",
+                                    addr,
+                                    Mode::Dd,
+                                    a.dc,
+                                )),
+                                Err(e) => errors.push(format!("WEB proxy carrier: {e:#}")),
+                            }
+                        }
                         subject_pid = Some(p.pid);
                         main_proxy = Some(p);
                     }
@@ -449,6 +465,28 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
     report.evaluate(&subject_label);
     report.total_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A `websocket` carrier session to mtgate's own site at `addr` (its
+/// self-signed certificate trusted), bridged to a local port whose
+/// connections are streams: `dd` clients of the bench run over it.
+async fn webproxy_bridge(env: &Env, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = env
+        .dir
+        .path()
+        .join("state-main")
+        .join("site-selfsigned.pem");
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(&pem)
+        .with_context(|| format!("{}", pem.display()))?;
+    let site = mtgate_testkit::webproxy::Site::new(addr, DOMAIN, &cert)?;
+    let mut dd = vec![0xdd];
+    dd.extend_from_slice(env.key.expose());
+    let cap = mtgate_proto::webproxy::capability(&dd, DOMAIN, None);
+    let (_, boot) = site.bootstrap(&cap).await?;
+    let (_, token, _) = site.session(&boot).await?;
+    let ws = site.websocket(&format!("tproxy-v1.{token}")).await?;
+    mtgate_testkit::webproxy::ws_bridge(ws).await
 }
 
 /// ee bulk (16 connections) and handshakes on mtgate with `a.workers` and with 1 worker.

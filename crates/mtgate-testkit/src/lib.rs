@@ -26,6 +26,7 @@ pub mod fake_dc;
 pub mod mmdb;
 pub mod mtproto;
 pub mod socks5;
+pub mod webproxy;
 pub mod ws_front;
 
 pub use client::{ClientMode, ClientOptions, ObfsClient};

@@ -7,7 +7,6 @@
 mod common;
 
 use common::{key, Proxy, KEY_HEX};
-use futures_util::{SinkExt, StreamExt};
 use mtgate_proto::webproxy::{self, Kind};
 use mtgate_testkit::client::{ClientMode, ObfsClient};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
@@ -16,38 +15,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "site.test";
 
-use common::tls::Tls;
-
-async fn tls(addr: SocketAddr, root: &CertificateDer<'static>) -> Tls {
-    common::tls::connect(
-        addr,
-        HOST,
-        common::tls::client_config(root, &[b"http/1.1"]),
-        None,
-    )
-    .await
-    .expect("TLS")
-}
+use mtgate_testkit::webproxy::Site;
 
 /// One HTTP/1.1 request (closing the connection): status line, headers, body.
 async fn http(addr: SocketAddr, root: &CertificateDer<'static>, req: &[u8]) -> (String, Vec<u8>) {
-    let mut t = tls(addr, root).await;
-    t.write_all(req).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out)).await;
-    let at = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(out.len(), |i| i + 4);
-    (
-        String::from_utf8_lossy(&out[..at]).into_owned(),
-        out[at..].to_vec(),
-    )
+    Site::new(addr, HOST, root)
+        .unwrap()
+        .http(req)
+        .await
+        .unwrap()
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -104,20 +83,16 @@ fn dd_capability() -> String {
     webproxy::capability(&s, HOST, None)
 }
 
-/// The bridge page's bootstrap token.
+fn site(lab: &Lab) -> Site {
+    Site::new(lab.proxy.addr, HOST, &lab.cert).unwrap()
+}
+
+/// The bridge page's bootstrap token (and the page's headers checked).
 async fn bootstrap(lab: &Lab, cap: &str) -> Option<String> {
-    let (head, body) = http(lab.proxy.addr, &lab.cert, &get(&format!("/?bridge={cap}"))).await;
-    let body = String::from_utf8_lossy(&body);
-    let at = body.find("\"bootstrap\":\"")? + 13;
-    let token = body[at..at + webproxy::TOKEN_LEN].to_owned();
-    assert!(
-        head.to_lowercase().contains("cache-control: no-store"),
-        "{head}"
-    );
-    assert!(
-        head.to_lowercase().contains("content-security-policy:"),
-        "{head}"
-    );
+    let (head, token) = site(lab).bootstrap(cap).await.ok()?;
+    let head = head.to_lowercase();
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(head.contains("content-security-policy:"), "{head}");
     Some(token)
 }
 
@@ -128,105 +103,12 @@ async fn session(lab: &Lab, boot: &str) -> (String, Vec<u8>) {
 
 /// [`session`], expecting `carrier` in `X-Carrier-Mode`.
 async fn session_as(lab: &Lab, boot: &str, carrier: &str) -> (String, Vec<u8>) {
-    let mut hello = Vec::new();
-    webproxy::encode(Kind::Hello, 0, &[1], &mut hello);
-    let mut req = format!(
-        "POST /api/v1/session HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {boot}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        hello.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(&hello);
-    let (head, body) = http(lab.proxy.addr, &lab.cert, &req).await;
-    let token = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-session-token: "))
-        .map(str::to_owned)
-        .unwrap_or_default();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, token, body) = site(lab).session(boot).await.expect("session");
     assert!(
         head.contains(&format!("x-carrier-mode: {carrier}\r")),
         "{head}"
     );
     (token, body)
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<Tls>;
-
-async fn websocket(lab: &Lab, protocol: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("wss://{HOST}/api/v1/ws")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-    let t = tls(lab.proxy.addr, &lab.cert).await;
-    tokio_tungstenite::client_async(req, t)
-        .await
-        .map(|(ws, _)| ws)
-}
-
-/// Streams over one carrier WebSocket: each accepted local TCP connection
-/// becomes a stream (OPEN, DATA both ways with WINDOW grants, CLOSE).
-async fn carrier(ws: Ws) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tx, mut rx) = ws.split();
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        let mut locals: std::collections::HashMap<u32, tokio::net::tcp::OwnedWriteHalf> =
-            Default::default();
-        let mut next = 1u32;
-        loop {
-            tokio::select! {
-                acc = l.accept() => {
-                    let Ok((s, _)) = acc else { return };
-                    let id = next;
-                    next += 1;
-                    let (mut rd, wr) = s.into_split();
-                    locals.insert(id, wr);
-                    let mut open = Vec::new();
-                    webproxy::encode(Kind::Open, id, &[], &mut open);
-                    if tx.send(Message::Binary(open.into())).await.is_err() { return }
-                    let out = out_tx.clone();
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match rd.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(n) => n };
-                            let mut f = Vec::new();
-                            webproxy::encode(Kind::Data, id, &buf[..n], &mut f);
-                            if out.send(f).await.is_err() { return }
-                        }
-                        let mut f = Vec::new();
-                        webproxy::encode(Kind::Close, id, &[], &mut f);
-                        let _ = out.send(f).await;
-                    });
-                }
-                f = out_rx.recv() => {
-                    let Some(f) = f else { return };
-                    if tx.send(Message::Binary(f.into())).await.is_err() { return }
-                }
-                msg = rx.next() => {
-                    let Some(Ok(Message::Binary(body))) = msg else { return };
-                    for f in webproxy::decode_frames(&body).expect("frames from mtgate") {
-                        match f.kind {
-                            Kind::Data => {
-                                if let Some(w) = locals.get_mut(&f.stream) {
-                                    let _ = w.write_all(f.payload).await;
-                                }
-                                // Delivered: grant the relay the credit back.
-                                let mut g = Vec::new();
-                                webproxy::encode(Kind::Window, f.stream, &(f.payload.len() as u32).to_be_bytes(), &mut g);
-                                if tx.send(Message::Binary(g.into())).await.is_err() { return }
-                            }
-                            Kind::Close => { locals.remove(&f.stream); }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,10 +122,11 @@ async fn streams_over_the_websocket_carrier_reach_the_dc() {
     assert_eq!((f.len(), f[0].kind), (1, Kind::Welcome));
     // A retry with the same bootstrap gets the same session.
     assert_eq!(session(&lab, &boot).await.0, token);
-    let ws = websocket(&lab, &format!("tproxy-v1.{token}"))
+    let ws = site(&lab)
+        .websocket(&format!("tproxy-v1.{token}"))
         .await
         .expect("carrier");
-    let local = carrier(ws).await;
+    let local = mtgate_testkit::webproxy::ws_bridge(ws).await.unwrap();
     // Two streams at once, each a dd client of its own.
     let mut clients = Vec::new();
     for _ in 0..2 {
@@ -302,7 +185,8 @@ async fn requests_that_do_not_authenticate_get_the_site() {
     assert_eq!(undated(&got.0), undated(&bare.0));
     assert_eq!(got.1, bare.1);
     // A WebSocket upgrade with a wrong subprotocol: refused as the site refuses it.
-    assert!(websocket(&lab, &format!("tproxy-v1.{wrong}"))
+    assert!(site(&lab)
+        .websocket(&format!("tproxy-v1.{wrong}"))
         .await
         .is_err());
     let ws_path = http(addr, &lab.cert, &get("/api/v1/ws")).await;
