@@ -56,6 +56,8 @@ async fn get(
         .header("host", HOST)
         .body(Empty::new())
         .unwrap();
+    // The connection takes a moment to be ready again after an answer.
+    sender.ready().await.expect("connection ready");
     let r = sender.send_request(req).await.expect("answer");
     let status = r.status().as_u16();
     let body = r.into_body().collect().await.unwrap().to_bytes();
