@@ -81,7 +81,7 @@ fn dc_fix(e: &DcProbeError, target: &Target, dc: u16) -> String {
         ),
         DcProbeError::Connect(io)
             if target.addr().is_some_and(|a| a.is_ipv6())
-                && io.to_string().contains("unreachable") =>
+                && io.kind() == std::io::ErrorKind::NetworkUnreachable =>
         {
             format!("this host has no IPv6 route; enable IPv6, or leave IPv6 out of [dcs] {dc}")
         }
@@ -263,6 +263,18 @@ mod tests {
     use mtgate_proto::transport;
     use std::io::ErrorKind;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn an_unreachable_ipv6_target_gets_the_ipv6_fix() {
+        let v6 = Target::Addr("[2001:db8::1]:443".parse().unwrap());
+        let e = DcProbeError::Connect(std::io::Error::new(
+            ErrorKind::NetworkUnreachable,
+            "[2001:db8::1]:443: Network is unreachable",
+        ));
+        assert!(dc_fix(&e, &v6, 2).contains("no IPv6 route"));
+        let refused = DcProbeError::Connect(std::io::Error::new(ErrorKind::ConnectionRefused, "x"));
+        assert!(dc_fix(&refused, &v6, 2).starts_with("no TCP to"));
+    }
 
     #[test]
     fn bind_fixes() {

@@ -109,7 +109,17 @@ pub async fn probe_target(
 fn dial_error(e: DialError) -> DcProbeError {
     match e {
         DialError::Connect(e) if e.class == ErrorClass::Timeout => DcProbeError::ConnectTimeout,
-        DialError::Connect(e) => DcProbeError::Connect(std::io::Error::other(e.detail)),
+        // The class travels as the error's kind, so callers can tell an
+        // unreachable network (no IPv6 route) from a refusal.
+        DialError::Connect(e) => {
+            let kind = match e.class {
+                ErrorClass::Unreachable => std::io::ErrorKind::NetworkUnreachable,
+                ErrorClass::Refused => std::io::ErrorKind::ConnectionRefused,
+                ErrorClass::Reset => std::io::ErrorKind::ConnectionReset,
+                _ => std::io::ErrorKind::Other,
+            };
+            DcProbeError::Connect(std::io::Error::new(kind, e.detail))
+        }
         DialError::Send(e) => DcProbeError::Send(e),
     }
 }
