@@ -293,6 +293,8 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
     // The subject under test, and (self mode) the process behind it.
     let subject_label;
     let mut subjects: Vec<Target> = Vec::new();
+    // WEB proxy carriers bridged to local ports, alive for the whole run.
+    let mut bridges = Vec::new();
     let mut subject_pid = None;
     let mut main_proxy = None;
     match (&a.target, &a.secret) {
@@ -403,13 +405,22 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
                             subjects.push(env.target(label, p.addr, mode, a.dc));
                         }
                         if a.webproxy {
-                            match webproxy_bridge(&env, p.addr).await {
-                                Ok(addr) => subjects.push(env.target(
-                                    "mtgate webproxy-ws dd",
-                                    addr,
-                                    Mode::Dd,
-                                    a.dc,
-                                )),
+                            match webproxy_bridge(
+                                &env,
+                                p.addr,
+                                mtgate_testkit::webproxy::Carrier::WebSocket,
+                            )
+                            .await
+                            {
+                                Ok(b) => {
+                                    subjects.push(env.target(
+                                        "mtgate webproxy-ws dd",
+                                        b.addr,
+                                        Mode::Dd,
+                                        a.dc,
+                                    ));
+                                    bridges.push(b);
+                                }
                                 Err(e) => errors.push(format!("WEB proxy carrier: {e:#}")),
                             }
                         }
@@ -470,7 +481,11 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
 /// A `websocket` carrier session to mtgate's own site at `addr` (its
 /// self-signed certificate trusted), bridged to a local port whose
 /// connections are streams: `dd` clients of the bench run over it.
-async fn webproxy_bridge(env: &Env, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+async fn webproxy_bridge(
+    env: &Env,
+    addr: SocketAddr,
+    carrier: mtgate_testkit::webproxy::Carrier,
+) -> anyhow::Result<mtgate_testkit::webproxy::Bridge> {
     use rustls::pki_types::pem::PemObject;
     let pem = env
         .dir
@@ -485,8 +500,7 @@ async fn webproxy_bridge(env: &Env, addr: SocketAddr) -> anyhow::Result<SocketAd
     let cap = mtgate_proto::webproxy::capability(&dd, DOMAIN, None);
     let (_, boot) = site.bootstrap(&cap).await?;
     let (_, token, _) = site.session(&boot).await?;
-    let ws = site.websocket(&format!("tproxy-v1.{token}")).await?;
-    mtgate_testkit::webproxy::ws_bridge(ws).await
+    mtgate_testkit::webproxy::bridge(site, token, carrier, Default::default()).await
 }
 
 /// ee bulk (16 connections) and handshakes on mtgate with `a.workers` and with 1 worker.

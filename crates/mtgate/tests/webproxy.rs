@@ -2,7 +2,8 @@
 //! a client written from the protocol (bridge page → bootstrap token →
 //! session → the `websocket` carrier) opens streams whose obfuscated2 `dd`
 //! traffic reaches the fake DC through mtgate; and every request that does
-//! not authenticate gets exactly what the site gives.
+//! not authenticate gets exactly what the site gives. Every carrier, and
+//! the faults each recovers from: `webproxy_carriers.rs`.
 
 mod common;
 
@@ -13,8 +14,6 @@ use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const HOST: &str = "site.test";
 
@@ -122,11 +121,15 @@ async fn streams_over_the_websocket_carrier_reach_the_dc() {
     assert_eq!((f.len(), f[0].kind), (1, Kind::Welcome));
     // A retry with the same bootstrap gets the same session.
     assert_eq!(session(&lab, &boot).await.0, token);
-    let ws = site(&lab)
-        .websocket(&format!("tproxy-v1.{token}"))
-        .await
-        .expect("carrier");
-    let local = mtgate_testkit::webproxy::ws_bridge(ws).await.unwrap();
+    let bridge = mtgate_testkit::webproxy::bridge(
+        site(&lab),
+        token,
+        mtgate_testkit::webproxy::Carrier::WebSocket,
+        Default::default(),
+    )
+    .await
+    .expect("carrier");
+    let local = bridge.addr;
     // Two streams at once, each a dd client of its own.
     let mut clients = Vec::new();
     for _ in 0..2 {
@@ -191,126 +194,5 @@ async fn requests_that_do_not_authenticate_get_the_site() {
         .is_err());
     let ws_path = http(addr, &lab.cert, &get("/api/v1/ws")).await;
     assert_eq!(undated(&ws_path.0), undated(&unknown.0));
-    lab.proxy.stop().await;
-}
-
-/// An `https-lanes` client: each accepted local TCP connection is a lane
-/// (its stream id), its bytes go up as `POST /api/v1/up` (`X-Lane-ID`,
-/// `X-Up-Seq`), the relay's come back from long polls of `POST
-/// /api/v1/down` (`X-Down-Cursor`), credit granted back as WINDOW frames.
-async fn https_lanes(lab: &Lab, token: String) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (proxy, cert) = (lab.proxy.addr, lab.cert.clone());
-    tokio::spawn(async move {
-        let mut next = 1u32;
-        while let Ok((s, _)) = l.accept().await {
-            let id = next;
-            next += 1;
-            let (mut rd, mut wr) = s.into_split();
-            let (token2, cert2) = (token.clone(), cert.clone());
-            let (up_tx, mut up_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-            // Uplink: OPEN, then the socket's bytes and our WINDOW grants, in order.
-            let _ = up_tx.send({
-                let mut f = Vec::new();
-                webproxy::encode(Kind::Open, id, &[], &mut f);
-                f
-            });
-            let reader_tx = up_tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = rd.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut f = Vec::new();
-                    webproxy::encode(Kind::Data, id, &buf[..n], &mut f);
-                    if reader_tx.send(f).is_err() {
-                        return;
-                    }
-                }
-            });
-            let (t, c) = (token.clone(), cert.clone());
-            tokio::spawn(async move {
-                let mut seq = 1u64;
-                while let Some(mut body) = up_rx.recv().await {
-                    while let Ok(more) = up_rx.try_recv() {
-                        body.extend_from_slice(&more);
-                    }
-                    let mut req = format!(
-                        "POST /api/v1/up HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {t}\r\n\
-                         Content-Type: application/octet-stream\r\nX-Lane-ID: {id}\r\nX-Up-Seq: {seq}\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
-                    req.extend_from_slice(&body);
-                    let (head, _) = http(proxy, &c, &req).await;
-                    assert!(head.starts_with("HTTP/1.1 204"), "up: {head}");
-                    seq += 1;
-                }
-            });
-            tokio::spawn(async move {
-                let mut cursor = 0u64;
-                loop {
-                    let req = format!(
-                        "POST /api/v1/down HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token2}\r\n\
-                         X-Lane-ID: {id}\r\nX-Down-Cursor: {cursor}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    let (head, body) = http(proxy, &cert2, req.as_bytes()).await;
-                    let lower = head.to_lowercase();
-                    if lower.contains("x-lane-closed: 1")
-                        || !(lower.starts_with("http/1.1 200") || lower.starts_with("http/1.1 204"))
-                    {
-                        return;
-                    }
-                    if let Some(c) = lower
-                        .lines()
-                        .find_map(|l| l.strip_prefix("x-down-cursor: "))
-                    {
-                        cursor = c.trim().parse().unwrap();
-                    }
-                    if body.is_empty() {
-                        continue;
-                    }
-                    for f in webproxy::decode_frames(&body).expect("frames") {
-                        if f.kind == Kind::Data {
-                            let _ = wr.write_all(f.payload).await;
-                            let mut g = Vec::new();
-                            webproxy::encode(
-                                Kind::Window,
-                                id,
-                                &(f.payload.len() as u32).to_be_bytes(),
-                                &mut g,
-                            );
-                            let _ = up_tx.send(g);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_over_https_lanes_reach_the_dc() {
-    let lab = lab_with("carrier = \"https-lanes\"\n").await;
-    let boot = bootstrap(&lab, &dd_capability())
-        .await
-        .expect("bridge page");
-    let (token, _) = session_as(&lab, &boot, "https-lanes").await;
-    let local = https_lanes(&lab, token).await;
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        clients.push(
-            ObfsClient::connect(local, &key(), ClientMode::Secure, 2)
-                .await
-                .expect("lane"),
-        );
-    }
-    for c in &mut clients {
-        tokio::time::timeout(Duration::from_secs(10), c.req_pq_multi())
-            .await
-            .expect("in time")
-            .expect("resPQ over an https lane");
-    }
-    assert_eq!(lab.dc.stats().res_pq, 2);
     lab.proxy.stop().await;
 }

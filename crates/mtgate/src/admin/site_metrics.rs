@@ -29,6 +29,12 @@ impl Collector for SiteCollector {
                 "WEB proxy sessions open now",
                 ConstGauge::new(i64::try_from(site.webproxy_sessions()).unwrap_or(i64::MAX)),
             )?;
+            super::metrics::put(
+                &mut enc,
+                "webproxy_streams",
+                "WEB proxy streams (app connections) open now",
+                ConstGauge::new(i64::try_from(w.streams_open.load(Relaxed)).unwrap_or(i64::MAX)),
+            )?;
             for (name, help, v) in [
                 (
                     "webproxy_sessions_opened",

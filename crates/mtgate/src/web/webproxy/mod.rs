@@ -25,6 +25,8 @@ pub use tokens::{Tokens, BOOTSTRAP_LIFETIME};
 pub struct Stats {
     pub sessions_opened: std::sync::atomic::AtomicU64,
     pub streams_opened: std::sync::atomic::AtomicU64,
+    /// Streams open now (every carrier's).
+    pub streams_open: std::sync::atomic::AtomicU64,
     /// Streams refused: over `max_streams`, a reused id, past the credit.
     pub streams_refused: std::sync::atomic::AtomicU64,
     pub bytes_up: std::sync::atomic::AtomicU64,

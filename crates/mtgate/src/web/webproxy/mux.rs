@@ -37,11 +37,13 @@ struct Stream {
     /// Bytes the app sent and the relay has not granted back yet.
     unacked: Arc<AtomicI64>,
     tasks: [tokio::task::JoinHandle<()>; 2],
+    stats: Arc<super::Stats>,
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
         self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -262,11 +264,13 @@ async fn open(id: u32, s: &Setup, out: mpsc::Sender<Vec<u8>>) -> Option<Stream> 
             }
         })
     };
+    s.stats.streams_open.fetch_add(1, Ordering::Relaxed);
     Some(Stream {
         credit,
         credit_changed: changed,
         to_socket,
         unacked,
         tasks: [reader, writer],
+        stats: s.stats.clone(),
     })
 }

@@ -1,20 +1,23 @@
 //! A client of Telegram's WEB proxy type written from the protocol, for
 //! mtgate's tests and benchmark: the bridge page's bootstrap token, a
-//! session, and the `websocket` carrier bridged to a local TCP port whose
+//! session, and any of the four carriers bridged to a local TCP port whose
 //! every accepted connection is one stream (so any obfuscated2 client can
-//! run over it).
+//! run over it): [`bridge::bridge`].
+
+pub mod bridge;
+pub mod http;
+
+pub use bridge::{bridge, Bridge, BridgeStats, Carrier, Faults};
 
 use anyhow::{bail, Context as _};
-use futures_util::{SinkExt, StreamExt};
 use mtgate_proto::webproxy::{self, Kind};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 pub type Ws = tokio_tungstenite::WebSocketStream<Tls>;
@@ -37,11 +40,10 @@ impl Site {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root.clone())?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             addr,
             host: host.to_owned(),
@@ -49,11 +51,19 @@ impl Site {
         })
     }
 
+    /// A TLS connection speaking HTTP/1.1.
     pub async fn tls(&self) -> anyhow::Result<Tls> {
+        self.tls_alpn(b"http/1.1").await
+    }
+
+    /// A TLS connection offering the one ALPN protocol `alpn`.
+    pub async fn tls_alpn(&self, alpn: &[u8]) -> anyhow::Result<Tls> {
         let s = TcpStream::connect(self.addr).await?;
         s.set_nodelay(true)?;
         let name = ServerName::try_from(self.host.clone())?;
-        Ok(tokio_rustls::TlsConnector::from(self.tls.clone())
+        let mut cfg = (*self.tls).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(name, s)
             .await?)
     }
@@ -127,78 +137,9 @@ impl Site {
         let mut req = format!("wss://{}/api/v1/ws", self.host).into_client_request()?;
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", protocol.parse()?);
+        req.headers_mut()
+            .insert("Origin", format!("https://{}", self.host).parse()?);
         let t = self.tls().await?;
         Ok(tokio_tungstenite::client_async(req, t).await?.0)
     }
-}
-
-/// The `websocket` carrier bridged to a local port: each accepted TCP
-/// connection becomes a stream (OPEN, DATA both ways, WINDOW granted for
-/// what was delivered, CLOSE when it ends).
-pub async fn ws_bridge(ws: Ws) -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        let (mut tx, mut rx) = ws.split();
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
-        let mut locals: std::collections::HashMap<u32, tokio::net::tcp::OwnedWriteHalf> =
-            Default::default();
-        let mut next = 1u32;
-        loop {
-            tokio::select! {
-                acc = l.accept() => {
-                    let Ok((s, _)) = acc else { return };
-                    let _ = s.set_nodelay(true);
-                    let id = next;
-                    next += 1;
-                    let (mut rd, wr) = s.into_split();
-                    locals.insert(id, wr);
-                    let mut open = Vec::new();
-                    webproxy::encode(Kind::Open, id, &[], &mut open);
-                    if tx.send(Message::Binary(open.into())).await.is_err() { return }
-                    let out = out_tx.clone();
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match rd.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(n) => n };
-                            let mut f = Vec::with_capacity(8 + n);
-                            webproxy::encode(Kind::Data, id, &buf[..n], &mut f);
-                            if out.send(f).await.is_err() { return }
-                        }
-                        let mut f = Vec::new();
-                        webproxy::encode(Kind::Close, id, &[], &mut f);
-                        let _ = out.send(f).await;
-                    });
-                }
-                f = out_rx.recv() => {
-                    let Some(mut f) = f else { return };
-                    while f.len() < 256 * 1024 {
-                        match out_rx.try_recv() { Ok(more) => f.extend_from_slice(&more), Err(_) => break }
-                    }
-                    if tx.send(Message::Binary(f.into())).await.is_err() { return }
-                }
-                msg = rx.next() => {
-                    let Some(Ok(Message::Binary(body))) = msg else { return };
-                    let Ok(frames) = webproxy::decode_frames(&body) else { return };
-                    let mut grants = Vec::new();
-                    for f in frames {
-                        match f.kind {
-                            Kind::Data => {
-                                if let Some(w) = locals.get_mut(&f.stream) {
-                                    let _ = w.write_all(f.payload).await;
-                                }
-                                // Delivered: grant the relay the credit back.
-                                let n = u32::try_from(f.payload.len()).unwrap_or(u32::MAX);
-                                webproxy::encode(Kind::Window, f.stream, &n.to_be_bytes(), &mut grants);
-                            }
-                            Kind::Close => { locals.remove(&f.stream); }
-                            _ => {}
-                        }
-                    }
-                    if !grants.is_empty() && tx.send(Message::Binary(grants.into())).await.is_err() { return }
-                }
-            }
-        }
-    });
-    Ok(addr)
 }
