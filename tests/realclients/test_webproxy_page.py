@@ -5,9 +5,10 @@ stands in for the app's loopback boundary: it iframes mtgate's bridge page
 (``https://site.test/?bridge=<capability>``, the test CA trusted), hands it a ``MessagePort`` with
 ``{t:'tproxy-init',v:1}`` and then passes whole frames both ways.  The frames are made here, as
 the app makes them: HELLO (→ WELCOME), OPEN, DATA carrying a ``dd`` obfuscated2 stream.  The
-page's script creates the session and carries the frames over the ``websocket`` and the
-``https`` carrier; mtgate
-sends the stream to a fake DC that echoes it, and the echo comes back through the page intact.
+page's script creates the session and carries the frames over each of the four carriers
+(``websocket``, ``websocket-lanes``, ``https``, and ``https-lanes`` over Chromium's HTTP/2); two
+streams at once, each sent by mtgate to a fake DC that echoes it, come back through the page
+intact, and a stream the app closes leaves the other one carrying.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from conftest import _start_stack
 from harness import CLIENT_TIMEOUT, FAKE_DC_BIN, MTGATE_BIN, _missing, require
 from test_site_browser import CHROMIUM, SITE, _browser, _ca, _pem, _write_leaf, trusting_home
 
-HELLO, WELCOME, OPEN, DATA, WINDOW = 0x10, 0x11, 0x01, 0x02, 0x04
+HELLO, WELCOME, OPEN, DATA, CLOSE, WINDOW = 0x10, 0x11, 0x01, 0x02, 0x03, 0x04
 
 
 def frame(kind: int, stream: int, payload: bytes = b"") -> bytes:
@@ -70,7 +71,7 @@ class Parent(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module", params=["websocket", "https"])
+@pytest.fixture(scope="module", params=["websocket", "websocket-lanes", "https", "https-lanes"])
 def page_stack(request, tmp_path_factory):
     require(MTGATE_BIN, FAKE_DC_BIN, modules=("playwright", "cryptography", "telethon_webproxy"))
     if not CHROMIUM.is_file():
@@ -121,25 +122,34 @@ def test_the_bridge_page_carries_frames_between_the_app_and_mtgate(page_stack):
             wait(lambda: any('"ready"' in c for c in controls), "the bridge took the port")
             page.evaluate("b => toBridge(b)", list(frame(HELLO, 0, b"\x01")))
             wait(lambda: any(parse(g)[:1] and parse(g)[0][0] == WELCOME for g in got), "WELCOME")
-            obf = MTProxyObfuscator(bytes.fromhex(st.dd_secret), dc_idx=2)
-            payload = os.urandom(1000)
-            page.evaluate("b => toBridge(b)", list(frame(OPEN, 1)))
-            page.evaluate("b => toBridge(b)",
-                          list(frame(DATA, 1, obf.header + obf.encrypt(payload))))
-            echoed = bytearray()
+            def echoed(sid: int) -> bytes:
+                return b"".join(body for g in got for kind, s_, body in parse(g)
+                                if kind == DATA and s_ == sid)
 
-            def collect():
-                echoed.clear()
-                for g in got:
-                    for kind, sid, body in parse(g):
-                        if kind == DATA and sid == 1:
-                            echoed.extend(body)
-                return len(echoed) >= len(payload)
+            def stream(sid: int, obf: MTProxyObfuscator, payload: bytes, first: bool):
+                if first:
+                    page.evaluate("b => toBridge(b)", list(frame(OPEN, sid)))
+                head = obf.header if first else b""
+                page.evaluate("b => toBridge(b)", list(frame(DATA, sid, head + obf.encrypt(payload))))
 
-            wait(collect, "the echo of the stream")
-            assert obf.decrypt(bytes(echoed[:len(payload)])) == payload
+            # Two streams at once, each its own dd connection to the echo DC.
+            obfs = {sid: MTProxyObfuscator(bytes.fromhex(st.dd_secret), dc_idx=2) for sid in (1, 3)}
+            sent = {sid: os.urandom(1000 + sid) for sid in obfs}
+            for sid, obf in obfs.items():
+                stream(sid, obf, sent[sid], True)
+            for sid in obfs:
+                wait(lambda: len(echoed(sid)) >= len(sent[sid]), f"the echo of stream {sid}")
+            back = {sid: obfs[sid].decrypt(echoed(sid)[:len(sent[sid])]) for sid in obfs}
+            assert back == sent
             # mtgate granted the credit back once the bytes reached the proxy.
             assert any(kind == WINDOW and sid == 1 for g in got for kind, sid, _ in parse(g))
+            # The app closes stream 1; stream 3 goes on carrying.
+            page.evaluate("b => toBridge(b)", list(frame(CLOSE, 1)))
+            more = os.urandom(500)
+            stream(3, obfs[3], more, False)
+            total = len(sent[3]) + len(more)
+            wait(lambda: len(echoed(3)) >= total, "stream 3 after stream 1 closed")
+            assert obfs[3].decrypt(echoed(3)[len(sent[3]):total]) == more
             browser.close()
     finally:
         server.shutdown()

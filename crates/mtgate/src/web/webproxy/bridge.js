@@ -5,7 +5,7 @@
 // boundaries; this page carries them to mtgate and back.
 "use strict";
 (function () {
-  const HELLO = 0x10;
+  const HELLO = 0x10, OPEN = 0x01, CLOSE = 0x03;
   let toApp = null;      // function(Uint8Array | object)
   let session = null;    // session token
   let ws = null;
@@ -61,59 +61,135 @@
     ws.onclose = function () { status("closed"); if (toApp) toApp({ t: "close" }); };
   }
 
-  // The https carrier: serialized uplink bodies, one long poll down.
-  let seq = 1, cursor = 0, sending = false;
-  function auth() { return { "Authorization": "Bearer " + session }; }
+  // The https carriers: per lane (the session's one for `https`, one per
+  // stream for `https-lanes`, lane 0 for session control) serialized
+  // uplink bodies and one long poll down.
+  function sleep(ms) { return new Promise(function (res) { setTimeout(res, ms); }); }
+  function Lane(id) { return { id: id, pending: [], seq: 1, cursor: 0, sending: false, done: false, appClosed: false, relayClosed: false }; }
+  const main = Lane(null);
+  const lanes = new Map(); // stream id -> https lane, or websocket lane
+  function closeFrame(id) { const f = new Uint8Array(8); f[0] = CLOSE; f[1] = id >> 16; f[2] = (id >> 8) & 255; f[3] = id & 255; return f; }
+  function streamOf(f) { return (f[1] << 16) | (f[2] << 8) | f[3]; }
 
-  async function upLoop() {
-    if (sending) return;
-    sending = true;
-    while (pending.length) {
+  // A lane the relay ended: the app learns of it unless a CLOSE already passed.
+  function ended(lane) {
+    if (lane.done) return;
+    lane.done = true;
+    if (lane.id === null) { status("closed"); if (toApp) toApp({ t: "close" }); return; }
+    lanes.delete(lane.id);
+    if (lane.id !== 0 && !lane.appClosed && !lane.relayClosed) toApp(closeFrame(lane.id));
+  }
+
+  function deliver(lane, body) {
+    down += body.byteLength;
+    for (const f of frames(body)) {
+      if (f[0] === CLOSE && lane) lane.relayClosed = true;
+      toApp(f);
+    }
+  }
+
+  function headers(lane) {
+    const h = { "Authorization": "Bearer " + session };
+    if (lane.id !== null) h["X-Lane-ID"] = String(lane.id);
+    return h;
+  }
+
+  async function upLoop(lane) {
+    if (lane.sending) return;
+    lane.sending = true;
+    while (lane.pending.length && !lane.done) {
       let n = 0, parts = [];
-      while (pending.length && n < TPROXY.batch) { const f = pending.shift(); parts.push(f); n += f.byteLength; }
+      while (lane.pending.length && n < TPROXY.batch) { const f = lane.pending.shift(); parts.push(f); n += f.byteLength; }
       const body = new Uint8Array(n);
       let at = 0;
       for (const p of parts) { body.set(p, at); at += p.byteLength; }
       for (;;) {
-        const h = auth();
+        const h = headers(lane);
         h["Content-Type"] = "application/octet-stream";
-        h["X-Up-Seq"] = String(seq);
-        const r = await fetch(TPROXY.base + "api/v1/up", { method: "POST", headers: h, body: body, cache: "no-store", credentials: "omit" });
-        if (r.status === 204) { seq += 1; up += n; break; }
-        if (r.status !== 503) { status("closed"); if (toApp) toApp({ t: "close" }); sending = false; return; }
-        await new Promise(function (res) { setTimeout(res, 1000); });
+        h["X-Up-Seq"] = String(lane.seq);
+        let r;
+        // A lost request is sent again byte for byte under the same seq.
+        try {
+          r = await fetch(TPROXY.base + "api/v1/up", { method: "POST", headers: h, body: body, cache: "no-store", credentials: "omit" });
+        } catch (e) { await sleep(1000); continue; }
+        if (r.status === 204) { lane.seq += 1; up += n; break; }
+        if (r.status !== 503) { ended(lane); lane.sending = false; return; }
+        await sleep(1000);
       }
     }
-    sending = false;
+    lane.sending = false;
   }
 
-  async function downLoop() {
-    for (;;) {
-      const h = auth();
-      h["X-Down-Cursor"] = String(cursor);
+  async function downLoop(lane) {
+    while (!lane.done) {
+      const h = headers(lane);
+      h["X-Down-Cursor"] = String(lane.cursor);
       let r;
       try {
         r = await fetch(TPROXY.base + "api/v1/down", { method: "POST", headers: h, cache: "no-store", credentials: "omit" });
-      } catch (e) { await new Promise(function (res) { setTimeout(res, 1000); }); continue; }
+      } catch (e) { await sleep(1000); continue; }
       if (r.status === 200 || r.status === 204) {
+        if (r.headers.get("X-Lane-Closed") === "1") { ended(lane); return; }
         const c = r.headers.get("X-Down-Cursor");
-        if (c !== null) cursor = Number(c);
-        if (r.status === 200) {
-          const body = new Uint8Array(await r.arrayBuffer());
-          down += body.byteLength;
-          for (const f of frames(body)) toApp(f);
-        }
+        if (c !== null) lane.cursor = Number(c);
+        if (r.status === 200) deliver(lane.id === null ? null : lane, new Uint8Array(await r.arrayBuffer()));
       } else if (r.status === 503) {
-        await new Promise(function (res) { setTimeout(res, 1000); });
-      } else { status("closed"); if (toApp) toApp({ t: "close" }); return; }
+        await sleep(1000);
+      } else { ended(lane); return; }
     }
   }
 
-  function send(frame) {
-    if (TPROXY.carrier === "https") { pending.push(frame); upLoop(); return; }
-    if (!ws || ws.readyState !== 1) { pending.push(frame); return; }
-    up += frame.byteLength;
-    ws.send(frame);
+  // The websocket-lanes carrier: a WebSocket per stream, its first
+  // message beginning with OPEN; losing it closes that stream only.
+  function laneSocket(id) {
+    const lane = Lane(id);
+    lane.ws = new WebSocket("wss://" + location.host + TPROXY.base + "api/v1/ws",
+      "tproxy-lane-v1." + session + "." + id);
+    lane.ws.binaryType = "arraybuffer";
+    lane.ws.onopen = function () {
+      while (lane.pending.length) { const f = lane.pending.shift(); up += f.byteLength; lane.ws.send(f); }
+    };
+    lane.ws.onmessage = function (e) {
+      if (e.data instanceof ArrayBuffer) deliver(lane, new Uint8Array(e.data));
+    };
+    lane.ws.onclose = function () { ended(lane); };
+    return lane;
+  }
+
+  function sendFrame(f) {
+    const kind = f[0], id = streamOf(f);
+    if (TPROXY.carrier === "https-lanes") {
+      let lane = lanes.get(id);
+      if (!lane) {
+        if (kind !== OPEN && id !== 0) return; // a late frame of a closed lane
+        lane = Lane(id);
+        lanes.set(id, lane);
+        if (id !== 0) downLoop(lane);
+      }
+      if (kind === CLOSE) lane.appClosed = true;
+      lane.pending.push(f);
+      upLoop(lane);
+      return;
+    }
+    // websocket-lanes: no lane 0 (liveness is the WebSockets' own ping).
+    if (id === 0) return;
+    let lane = lanes.get(id);
+    if (!lane) {
+      if (kind !== OPEN) return;
+      lane = laneSocket(id);
+      lanes.set(id, lane);
+    }
+    if (kind === CLOSE) lane.appClosed = true;
+    if (lane.ws.readyState === 1) { up += f.byteLength; lane.ws.send(f); }
+    else lane.pending.push(f);
+  }
+
+  function send(data) {
+    if (TPROXY.carrier === "https") { main.pending.push(data); upLoop(main); return; }
+    if (TPROXY.carrier !== "websocket") { for (const f of frames(data)) sendFrame(f); return; }
+    if (!ws || ws.readyState !== 1) { pending.push(data); return; }
+    up += data.byteLength;
+    ws.send(data);
   }
 
   async function fromApp(data) {
@@ -126,7 +202,8 @@
       const welcome = await createSession(data);
       toApp(welcome);
       if (TPROXY.carrier === "websocket") openWebSocket();
-      else if (TPROXY.carrier === "https") { status("connected"); downLoop(); }
+      else if (TPROXY.carrier === "https") { status("connected"); downLoop(main); }
+      else status("connected");
       return;
     }
     send(data);
