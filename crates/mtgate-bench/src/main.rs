@@ -64,8 +64,9 @@ pub struct Args {
     /// self-signed certificate): fronting goes to the own site.
     #[arg(long)]
     site: bool,
-    /// With `--site`: Telegram's WEB proxy type on the site, and one more
-    /// subject: `dd` clients through its `websocket` carrier.
+    /// With `--site`: Telegram's WEB proxy type on the site, and four more
+    /// subjects: `dd` clients through each carrier (`websocket` on the main
+    /// mtgate; `websocket-lanes`, `https`, `https-lanes` on an mtgate each).
     #[arg(long)]
     webproxy: bool,
     /// Only these parts (comma list of aes, idle, leak, bulk, latency, handshake, scaling).

@@ -123,6 +123,18 @@ impl Env {
         workers: usize,
         tls_extra: &str,
     ) -> anyhow::Result<Proxy> {
+        self.start_mtgate_full(name, workers, tls_extra, "websocket")
+    }
+
+    /// [`Env::start_mtgate_with`] serving the WEB proxy type over `carrier`
+    /// (with `--webproxy`).
+    fn start_mtgate_full(
+        &self,
+        name: &str,
+        workers: usize,
+        tls_extra: &str,
+        carrier: &str,
+    ) -> anyhow::Result<Proxy> {
         let d = self.dir.path();
         let tls = match self.mask {
             Some(m) => format!("mask_host = \"{m}\""),
@@ -131,7 +143,7 @@ impl Env {
         let site = match (self.site, self.webproxy) {
             (true, false) => format!("\n[site]\nhosts = [\"{DOMAIN}\"]\n"),
             (true, true) => format!(
-                "\n[site]\nhosts = [\"{DOMAIN}\"]\n[site.webproxy]\nenabled = true\nmax_streams = 4096\n"
+                "\n[site]\nhosts = [\"{DOMAIN}\"]\n[site.webproxy]\nenabled = true\nmax_streams = 4096\ncarrier = \"{carrier}\"\n"
             ),
             (false, _) => String::new(),
         };
@@ -293,8 +305,11 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
     // The subject under test, and (self mode) the process behind it.
     let subject_label;
     let mut subjects: Vec<Target> = Vec::new();
-    // WEB proxy carriers bridged to local ports, alive for the whole run.
+    // WEB proxy carriers bridged to local ports, alive for the whole run;
+    // the mtgate of each carrier but the first, and its subject.
     let mut bridges = Vec::new();
+    let mut carrier_proxies: Vec<Proxy> = Vec::new();
+    let mut extra: Vec<(Target, Option<u32>)> = Vec::new();
     let mut subject_pid = None;
     let mut main_proxy = None;
     match (&a.target, &a.secret) {
@@ -405,11 +420,16 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
                             subjects.push(env.target(label, p.addr, mode, a.dc));
                         }
                         if a.webproxy {
-                            match webproxy_bridge(
-                                &env,
-                                p.addr,
-                                mtgate_testkit::webproxy::Carrier::WebSocket,
-                            )
+                            let site = webproxy_site(&env, "main");
+                            match async {
+                                webproxy_bridge(
+                                    &env,
+                                    &site?,
+                                    p.addr,
+                                    mtgate_testkit::webproxy::Carrier::WebSocket,
+                                )
+                                .await
+                            }
                             .await
                             {
                                 Ok(b) => {
@@ -426,6 +446,39 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
                         }
                         subject_pid = Some(p.pid);
                         main_proxy = Some(p);
+                        // The other carriers: an mtgate each (the carrier is
+                        // a setting of the site), measured with its own pid.
+                        if a.webproxy {
+                            use mtgate_testkit::webproxy::Carrier;
+                            for (c, label) in [
+                                (Carrier::WebSocketLanes, "mtgate webproxy-wsl dd"),
+                                (Carrier::Https, "mtgate webproxy-https dd"),
+                                (Carrier::HttpsLanes, "mtgate webproxy-h2l dd"),
+                            ] {
+                                let name = format!("wp-{}", c.name());
+                                let started = env
+                                    .start_mtgate_full(&name, a.workers, "", c.name())
+                                    .and_then(|p| Ok((p, webproxy_site(&env, &name)?)));
+                                let (p, site) = match started {
+                                    Ok(x) => x,
+                                    Err(e) => {
+                                        errors.push(format!("starting mtgate ({name}): {e:#}"));
+                                        continue;
+                                    }
+                                };
+                                match webproxy_bridge(&env, &site, p.addr, c).await {
+                                    Ok(b) => {
+                                        extra.push((
+                                            env.target(label, b.addr, Mode::Dd, a.dc),
+                                            Some(p.pid),
+                                        ));
+                                        bridges.push(b);
+                                        carrier_proxies.push(p);
+                                    }
+                                    Err(e) => errors.push(format!("WEB proxy {}: {e:#}", c.name())),
+                                }
+                            }
+                        }
                     }
                     Err(e) => errors.push(format!("starting mtgate: {e:#}")),
                 }
@@ -446,6 +499,7 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
         all.push((env.target("relay", r.addr, Mode::Relay, a.dc), Some(r.pid)));
     }
     all.extend(subjects.iter().map(|t| (t.clone(), subject_pid)));
+    all.extend(extra);
 
     let m = matrix::Matrix {
         targets: &all,
@@ -465,7 +519,12 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
     for p in [main_proxy.as_mut(), relay.as_mut()].into_iter().flatten() {
         check_alive(p, &mut errors);
     }
+    for p in &mut carrier_proxies {
+        check_alive(p, &mut errors);
+    }
     drop(relay);
+    drop(bridges);
+    drop(carrier_proxies);
 
     if a.target.is_none() && only("scaling") && a.workers != 1 {
         report.scaling = Some(scaling(&env, a, &plan, main_proxy.take(), &mut errors).await);
@@ -478,21 +537,27 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// A `websocket` carrier session to mtgate's own site at `addr` (its
-/// self-signed certificate trusted), bridged to a local port whose
-/// connections are streams: `dd` clients of the bench run over it.
+/// mtgate's own site as the instance `name` serves it (its self-signed
+/// certificate trusted).
+fn webproxy_site(env: &Env, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(env
+        .dir
+        .path()
+        .join(format!("state-{name}"))
+        .join("site-selfsigned.pem"))
+}
+
+/// A session of `carrier` on mtgate's own site at `addr` (certificate
+/// `pem`), bridged to a local port whose connections are streams: `dd`
+/// clients of the bench run over it.
 async fn webproxy_bridge(
     env: &Env,
+    pem: &std::path::Path,
     addr: SocketAddr,
     carrier: mtgate_testkit::webproxy::Carrier,
 ) -> anyhow::Result<mtgate_testkit::webproxy::Bridge> {
     use rustls::pki_types::pem::PemObject;
-    let pem = env
-        .dir
-        .path()
-        .join("state-main")
-        .join("site-selfsigned.pem");
-    let cert = rustls::pki_types::CertificateDer::from_pem_file(&pem)
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(pem)
         .with_context(|| format!("{}", pem.display()))?;
     let site = mtgate_testkit::webproxy::Site::new(addr, DOMAIN, &cert)?;
     let mut dd = vec![0xdd];

@@ -300,8 +300,10 @@ impl Ctx {
         self.ws_loop(ws, Some(&l), &table, up, up_rx, 1).await;
     }
 
-    /// One WebSocket's loop: the local streams' frames up, the relay's
-    /// down; `accept` takes new streams (the session's WebSocket only).
+    /// One WebSocket's loop: the local streams' frames up (a writer of its
+    /// own, so reading never waits for a write), the relay's down; `accept`
+    /// takes new streams (the session's WebSocket only). A lane's ends with
+    /// its stream.
     async fn ws_loop(
         &self,
         ws: super::Ws,
@@ -312,6 +314,14 @@ impl Ctx {
         mut next: u32,
     ) {
         let (mut tx, mut rx) = ws.split();
+        let mut writer = tokio::spawn(async move {
+            while let Some(b) = batch(&mut up_rx, 256 * 1024).await {
+                if tx.send(Message::Binary(b.into())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.close().await;
+        });
         let mut dropped = self.drop_rx.clone();
         let lane = accept.is_none();
         loop {
@@ -322,10 +332,6 @@ impl Ctx {
                     table.lock().unwrap_or_else(|p| p.into_inner()).insert(next, local);
                     next += 1;
                 }
-                b = batch(&mut up_rx, 256 * 1024) => {
-                    let Some(b) = b else { break };
-                    if tx.send(Message::Binary(b.into())).await.is_err() { break }
-                }
                 msg = rx.next() => {
                     let Some(Ok(msg)) = msg else { break };
                     match msg {
@@ -334,20 +340,29 @@ impl Ctx {
                         _ => break,
                     }
                 }
+                _ = &mut writer => break,
                 _ = async { let _ = dropped.wait_for(|d| *d).await; } => {
                     // Dropped, not closed: the TCP connection just goes.
+                    writer.abort();
                     self.stats.carriers_ended.fetch_add(1, Relaxed);
+                    table.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     return;
                 }
             }
             reap(table);
-            if lane && table.lock().map_or(true, |t| t.is_empty()) && up_rx.is_empty() {
-                let _ = tx.close().await;
+            if lane && table.lock().map_or(true, |t| t.is_empty()) {
                 break;
             }
         }
-        self.stats.carriers_ended.fetch_add(1, Relaxed);
+        // The streams go, and with them the uplink's senders: the writer
+        // sends what is left and closes.
         table.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        drop(up);
+        if !writer.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+        }
+        writer.abort();
+        self.stats.carriers_ended.fetch_add(1, Relaxed);
     }
 
     /// `websocket-lanes` and `https-lanes`: a carrier of its own per stream.

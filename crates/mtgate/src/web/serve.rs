@@ -131,8 +131,21 @@ async fn connection(site: &Arc<Site>, mut stream: TcpStream, peer: SocketAddr) {
     let h2 = alpn == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
+        // `https-lanes` parks a long poll per stream and sends its uplink
+        // beside it on the one connection: room for both on every stream
+        // the session may open (otherwise hyper's 200).
+        let streams = site
+            .live
+            .load()
+            .webproxy
+            .as_ref()
+            .filter(|w| w.cfg.carrier == super::webproxy::Carrier::HttpsLanes)
+            .map_or(200, |w| {
+                2 * u32::try_from(w.cfg.max_streams).unwrap_or(4096) + 8
+            });
         let svc = service(site, false, client);
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(streams)
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .serve_connection(io, svc)

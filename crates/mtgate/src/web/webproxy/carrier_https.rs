@@ -155,7 +155,7 @@ impl HttpsState {
         let mut mux = self.mux.lock().await;
         mux.reap();
         match self.down.try_lock() {
-            Ok(d) => mux.lane_done(&d.outbox),
+            Ok(d) => mux.lane_done() && d.outbox.is_empty(),
             Err(_) => false,
         }
     }

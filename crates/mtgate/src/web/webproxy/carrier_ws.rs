@@ -13,37 +13,53 @@ const BATCH: usize = 256 * 1024;
 
 /// Runs one carrier WebSocket until either side ends it: the session's
 /// (every stream) or a lane's (its stream only; it must begin with OPEN).
+/// Reading and writing go on at once: the app's frames (its WINDOW grants
+/// among them) keep being taken in while a batch toward it waits for the
+/// socket, so neither side can stall the other with full buffers.
 pub async fn run<S>(ws: WebSocketStream<S>, setup: Setup)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut tx, mut rx) = ws.split();
     let (mut mux, mut outbox): (Mux, Outbox) = Mux::new(setup);
-    loop {
-        tokio::select! {
-            msg = rx.next() => {
-                let Some(Ok(msg)) = msg else { break };
-                let body = match msg {
-                    Message::Binary(b) => b,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    // Text or a close: the carrier ends.
-                    _ => break,
-                };
-                if !mux.input(&body).await {
-                    break;
-                }
-            }
-            out = outbox.batch(BATCH) => {
-                let Some(batch) = out else { break };
-                if tx.send(Message::Binary(batch.into())).await.is_err() {
-                    break;
-                }
+    let write = async move {
+        while let Some(batch) = outbox.batch(BATCH).await {
+            if tx.send(Message::Binary(batch.into())).await.is_err() {
+                return;
             }
         }
-        mux.reap();
-        if mux.lane_done(&outbox) {
-            break;
+        let _ = tx.close().await;
+    };
+    let read = async move {
+        loop {
+            tokio::select! {
+                msg = rx.next() => {
+                    let Some(Ok(msg)) = msg else { break };
+                    let body = match msg {
+                        Message::Binary(b) => b,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                        // Text or a close: the carrier ends.
+                        _ => break,
+                    };
+                    if !mux.input(&body).await {
+                        break;
+                    }
+                }
+                () = mux.stream_ended() => {}
+            }
+            mux.reap();
+            if mux.lane_done() {
+                break;
+            }
+        }
+        // The mux goes: its streams end, and once their last frames are
+        // out the writer closes the WebSocket.
+    };
+    tokio::pin!(write);
+    tokio::select! {
+        () = &mut write => {}
+        () = read => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), write).await;
         }
     }
-    let _ = tx.close().await;
 }

@@ -70,6 +70,8 @@ pub struct Mux {
     closed: VecDeque<u32>,
     out: mpsc::Sender<Vec<u8>>,
     opened: bool,
+    /// A stream's socket ended (its reader sent CLOSE).
+    ended: Arc<Notify>,
 }
 
 /// The frames toward the app.
@@ -104,6 +106,7 @@ impl Mux {
                 closed: VecDeque::new(),
                 out,
                 opened: false,
+                ended: Arc::new(Notify::new()),
             },
             Outbox(rx),
         )
@@ -139,7 +142,7 @@ impl Mux {
                         close_frame(&self.out, f.stream).await;
                         continue;
                     }
-                    match open(f.stream, &self.s, self.out.clone()).await {
+                    match open(f.stream, &self.s, self.out.clone(), self.ended.clone()).await {
                         Some(st) => {
                             stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                             self.streams.insert(f.stream, st);
@@ -190,9 +193,14 @@ impl Mux {
         self.streams.retain(|_, st| !st.tasks[0].is_finished());
     }
 
-    /// A lane whose stream is over (and whose last frames went out).
-    pub fn lane_done(&self, outbox: &Outbox) -> bool {
-        self.s.lane.is_some() && self.opened && self.streams.is_empty() && outbox.is_empty()
+    /// A lane whose stream is over (its last frames may still be queued).
+    pub fn lane_done(&self) -> bool {
+        self.s.lane.is_some() && self.opened && self.streams.is_empty()
+    }
+
+    /// Resolves when a stream's socket has ended since the last call.
+    pub async fn stream_ended(&self) {
+        self.ended.notified().await;
     }
 }
 
@@ -210,7 +218,12 @@ async fn close_frame(out: &mpsc::Sender<Vec<u8>>, id: u32) {
 }
 
 /// A new stream: a loopback pair, the proxy serving its far end.
-async fn open(id: u32, s: &Setup, out: mpsc::Sender<Vec<u8>>) -> Option<Stream> {
+async fn open(
+    id: u32,
+    s: &Setup,
+    out: mpsc::Sender<Vec<u8>>,
+    ended: Arc<Notify>,
+) -> Option<Stream> {
     let (ours, theirs) = s.pairs.pair().await.ok()?;
     s.sink.serve(theirs, s.client, &s.credential);
     let stats = s.stats.clone();
@@ -243,6 +256,7 @@ async fn open(id: u32, s: &Setup, out: mpsc::Sender<Vec<u8>>) -> Option<Stream> 
                 }
             }
             close_frame(&out, id).await;
+            ended.notify_one();
         })
     };
     // The app's DATA → the proxy's socket, then WINDOW back.
