@@ -153,11 +153,25 @@ impl MaskBudget {
         suspect: bool,
         speculative: bool,
     ) -> Option<MaskPermit> {
+        self.try_acquire_at(ip, suspect, speculative, 0)
+    }
+
+    /// [`MaskBudget::try_acquire`] with a source's share raised to at least
+    /// `floor` (never past the global budget): the own site's WEB proxy
+    /// lanes are a TLS connection per stream of one app.
+    pub fn try_acquire_at(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        suspect: bool,
+        speculative: bool,
+        floor: usize,
+    ) -> Option<MaskPermit> {
         let cfg = self.config();
+        let per_source = cfg.per_source.max(floor.min(cfg.global));
         let decided = if suspect {
-            (cfg.per_source / 4).max(1)
+            (per_source / 4).max(1)
         } else {
-            cfg.per_source
+            per_source
         };
         let limit = if speculative {
             (decided / 2).max(1)
@@ -195,6 +209,7 @@ impl MaskBudget {
         ip: IpAddr,
         suspect: bool,
         speculative: bool,
+        floor: usize,
         wait: Duration,
     ) -> Option<MaskPermit> {
         let until = tokio::time::Instant::now() + wait;
@@ -203,7 +218,7 @@ impl MaskBudget {
             tokio::pin!(freed);
             // Registered before the check, so a release in between is seen.
             freed.as_mut().enable();
-            if let Some(p) = self.try_acquire(ip, suspect, speculative) {
+            if let Some(p) = self.try_acquire_at(ip, suspect, speculative, floor) {
                 return Some(p);
             }
             if tokio::time::timeout_at(until, freed).await.is_err() {
@@ -290,6 +305,37 @@ mod tests {
             per_source,
             hold: Duration::from_secs(1),
         })
+    }
+
+    #[test]
+    fn a_floor_raises_a_sources_share_within_the_global_budget() {
+        let b = budget(6, 2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let held: Vec<_> = (0..5)
+            .map(|_| {
+                b.try_acquire_at(a, false, false, 5)
+                    .expect("within the floor")
+            })
+            .collect();
+        assert!(
+            b.try_acquire_at(a, false, false, 5).is_none(),
+            "the floor is the share"
+        );
+        assert!(b.try_acquire(a, false, false).is_none(), "no floor: 2");
+        drop(held);
+        // A suspect source gets a quarter of the raised share; a floor never
+        // passes the global budget.
+        let s = b.try_acquire_at(a, true, false, 8).expect("suspect");
+        assert!(
+            b.try_acquire_at(a, true, false, 8).is_none(),
+            "8 capped at 6, a quarter: 1"
+        );
+        drop(s);
+        let all: Vec<_> = (0..6)
+            .filter_map(|_| b.try_acquire_at(a, false, false, 100))
+            .collect();
+        assert_eq!(all.len(), 6);
+        assert!(b.try_acquire_at(a, false, false, 100).is_none());
     }
 
     #[test]
@@ -395,7 +441,7 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let p = b.try_acquire(a, false, false).expect("first");
         let none = b
-            .acquire_within(a, false, false, Duration::from_millis(20))
+            .acquire_within(a, false, false, 0, Duration::from_millis(20))
             .await;
         assert!(none.is_none(), "nothing freed within the wait");
         let b2 = b.clone();
@@ -404,7 +450,7 @@ mod tests {
             drop(p);
         });
         let got = b2
-            .acquire_within(a, false, false, Duration::from_secs(5))
+            .acquire_within(a, false, false, 0, Duration::from_secs(5))
             .await;
         assert!(got.is_some(), "the freed slot serves the waiter");
         release.await.expect("join");

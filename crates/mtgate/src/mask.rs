@@ -34,6 +34,8 @@ pub struct Gate {
     pub source: IpAddr,
     /// The source is over its limits: a smaller share of the budget.
     pub suspect: bool,
+    /// The least per-source share (0: `tls.mask_budget_per_source` alone).
+    pub per_source_floor: usize,
 }
 
 /// What dialing the mask host gave.
@@ -72,7 +74,13 @@ async fn dial(addr: String, timeout: Duration, gate: &Gate, speculative: bool) -
     };
     let permit = gate
         .budget
-        .acquire_within(gate.source, gate.suspect, speculative, wait)
+        .acquire_within(
+            gate.source,
+            gate.suspect,
+            speculative,
+            gate.per_source_floor,
+            wait,
+        )
         .await;
     let Some(permit) = permit else {
         return Dialed::OverBudget;
@@ -395,6 +403,7 @@ mod tests {
             budget: budget.clone(),
             source: "127.0.0.1".parse().expect("ip"),
             suspect: false,
+            per_source_floor: 0,
         };
         let link = MaskLink::new(
             addr,
@@ -425,6 +434,7 @@ mod tests {
             budget: budget.clone(),
             source: "127.0.0.1".parse().expect("ip"),
             suspect: false,
+            per_source_floor: 0,
         };
         let first = dial(addr.clone(), Duration::from_secs(2), &gate, false).await;
         assert!(matches!(first, Dialed::Site(..)));

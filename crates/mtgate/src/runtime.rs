@@ -231,12 +231,15 @@ impl Runtime {
     }
 
     /// The fronting gate for a connection from `source` (`suspect`: the
-    /// source is over its per-source limits; see `policy.rate.scope`).
+    /// source is over its per-source limits; see `policy.rate.scope`). An
+    /// own site whose WEB proxy opens a connection per stream raises a
+    /// source's share to what one app needs.
     pub fn mask_gate(&self, source: std::net::IpAddr, suspect: bool) -> crate::mask::Gate {
         crate::mask::Gate {
             budget: self.mask_budget.clone(),
             source,
             suspect,
+            per_source_floor: self.site.as_ref().map_or(0, |s| s.connections_per_app()),
         }
     }
 

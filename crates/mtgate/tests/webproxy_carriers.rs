@@ -34,11 +34,9 @@ struct Lab {
 }
 
 /// mtgate serving the WEB proxy type over `carrier` in front of an echo DC.
-/// Each `websocket-lanes` stream is a TLS connection of its own, and it
-/// enters through the proxy port like any handshake that is not a client's,
-/// so a source's lanes draw on `tls.mask_budget_per_source` (16 by default;
-/// the lab raises it for its 16 lanes plus the session's requests: that the
-/// own site's connections share the mask site's budget is still open).
+/// (Each `websocket-lanes` stream is a TLS connection of its own that enters
+/// through the proxy port like any handshake that is not a client's: the
+/// fronting budget gives a source room for one app's `max_streams` lanes.)
 async fn lab_for(carrier: Carrier) -> Lab {
     let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
         .await
@@ -48,7 +46,7 @@ async fn lab_for(carrier: Carrier) -> Lab {
     std::fs::write(dir.path().join("site.pem"), made.cert.pem()).unwrap();
     std::fs::write(dir.path().join("site.key"), made.key_pair.serialize_pem()).unwrap();
     let toml = format!(
-        "[tls]\nmask_budget_per_source = 64\n[site]\nhosts = [\"{HOST}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+        "[site]\nhosts = [\"{HOST}\"]\ncert = \"{}\"\nkey = \"{}\"\n\
          [site.webproxy]\nenabled = true\ncarrier = \"{}\"\n\
          [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
         dir.path().join("site.pem").display(),

@@ -311,6 +311,18 @@ impl Site {
         self.wp_tokens.sessions()
     }
 
+    /// Connections one app may hold open to the site at once, when that is
+    /// more than a page's few: `websocket-lanes` opens a TLS connection per
+    /// stream (`max_streams`), beside the session's requests. 0 otherwise.
+    pub fn connections_per_app(&self) -> usize {
+        self.live
+            .load()
+            .webproxy
+            .as_ref()
+            .filter(|w| w.cfg.carrier == webproxy::Carrier::WebSocketLanes)
+            .map_or(0, |w| w.cfg.max_streams + 8)
+    }
+
     /// The WEB proxy type's counters, when it is on.
     pub fn webproxy_stats(&self) -> Option<&webproxy::Stats> {
         self.live.load().webproxy.as_ref().map(|_| &*self.wp_stats)
