@@ -5,7 +5,7 @@
 //! site does not take, 502 when the upstream is down.
 
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{header, Request, Response, StatusCode};
 use std::path::PathBuf;
@@ -68,15 +68,40 @@ pub struct Content {
         hyper_util::client::legacy::connect::HttpConnector,
         Incoming,
     >,
+    /// For requests shown without their body.
+    bare: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Empty<Bytes>,
+    >,
+}
+
+/// `parts` with an empty body and without the credentials.
+fn bodiless(parts: hyper::http::request::Parts) -> Request<Empty<Bytes>> {
+    let mut req = Request::from_parts(parts, Empty::new());
+    let h = req.headers_mut();
+    h.remove(header::AUTHORIZATION);
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::TRANSFER_ENCODING);
+    req
 }
 
 impl Content {
     pub fn new(source: Source) -> Self {
-        let client =
+        fn client<B>(
+        ) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>
+        where
+            B: hyper::body::Body + Send + 'static,
+            B::Data: Send,
+        {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(std::time::Duration::from_secs(30))
-                .build_http();
-        Self { source, client }
+                .build_http()
+        }
+        Self {
+            source,
+            client: client(),
+            bare: client(),
+        }
     }
 
     pub fn source(&self) -> &Source {
@@ -89,6 +114,28 @@ impl Content {
         req: Request<Incoming>,
         client: std::net::SocketAddr,
     ) -> Response<Body> {
+        match &self.source {
+            Source::Upstream(base) => proxy(&self.client, base, req, client).await,
+            _ => self.local(req).await,
+        }
+    }
+
+    /// The answer to a request whose body was already read: its head alone,
+    /// without credentials (what the site says to that method and path).
+    pub async fn answer_bodiless(
+        &self,
+        parts: hyper::http::request::Parts,
+        client: std::net::SocketAddr,
+    ) -> Response<Body> {
+        let req = bodiless(parts);
+        match &self.source {
+            Source::Upstream(base) => proxy(&self.bare, base, req, client).await,
+            _ => self.local(req).await,
+        }
+    }
+
+    /// The directory's or the built-in pages.
+    async fn local<B: Send + 'static>(&self, req: Request<B>) -> Response<Body> {
         let head = req.method() == hyper::Method::HEAD;
         match &self.source {
             Source::Default => match (req.method().as_str(), req.uri().path()) {
@@ -110,7 +157,7 @@ impl Content {
                 }
                 r.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync())
             }
-            Source::Upstream(base) => self.proxy(base, req, client).await,
+            Source::Upstream(_) => error_page(StatusCode::BAD_GATEWAY, head),
         }
     }
 
@@ -121,13 +168,21 @@ impl Content {
             Err(_) => error_page(StatusCode::NOT_FOUND, head),
         }
     }
+}
 
-    async fn proxy(
-        &self,
-        base: &hyper::Uri,
-        mut req: Request<Incoming>,
-        client: std::net::SocketAddr,
-    ) -> Response<Body> {
+/// `req` passed to the upstream at `base` through `via`.
+async fn proxy<B>(
+    via: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>,
+    base: &hyper::Uri,
+    mut req: Request<B>,
+    client: std::net::SocketAddr,
+) -> Response<Body>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BodyError>,
+{
+    {
         let head = req.method() == hyper::Method::HEAD;
         let pq = req
             .uri()
@@ -154,7 +209,7 @@ impl Content {
         if let Ok(v) = header::HeaderValue::from_str(&client.ip().to_string()) {
             h.insert("x-forwarded-for", v);
         }
-        match self.client.request(req).await {
+        match via.request(req).await {
             Ok(r) => r.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync()),
             Err(e) => {
                 tracing::debug!(error = %e, "site upstream unreachable");

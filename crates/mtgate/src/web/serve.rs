@@ -205,15 +205,16 @@ fn service(
                     .await
                     {
                         Routed::Answer(r) => return Ok(r),
-                        Routed::Site(req) => req,
+                        Routed::Site(req) => Ok(req),
+                        Routed::Bodiless(parts) => Err(parts),
                     }
                 }
-                _ => req,
+                _ => Ok(req),
             };
-            let mut r = if plain {
-                plain_http_answer(head)
-            } else {
-                live.content.answer(req, client).await
+            let mut r = match req {
+                _ if plain => plain_http_answer(head),
+                Ok(req) => live.content.answer(req, client).await,
+                Err(parts) => live.content.answer_bodiless(parts, client).await,
             };
             if let Some(h) = &live.server_header {
                 r.headers_mut().insert(hyper::header::SERVER, h.clone());

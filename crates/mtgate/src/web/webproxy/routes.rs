@@ -18,6 +18,9 @@ pub enum Routed {
     Answer(Response<Body>),
     /// Not ours (or not authenticated): the site answers it.
     Site(Request<Incoming>),
+    /// The same for a request whose body was read: the site answers its
+    /// head (without the body or the bearer).
+    Bodiless(hyper::http::request::Parts),
 }
 
 /// The host the request names (`Host` or `:authority`, port dropped, lowercase).
@@ -154,26 +157,21 @@ async fn create(
         return Routed::Site(req);
     }
     use http_body_util::BodyExt;
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_CREATE_BODY)
+    // A body that is not one HELLO: the site answers what it was shown of
+    // the request (its head, without the body or the bearer).
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_CREATE_BODY)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Routed::Answer(crate::web::content::error_page(
-                StatusCode::NOT_FOUND,
-                false,
-            ))
-        }
+        Err(_) => return Routed::Bodiless(parts),
     };
     let hello = webproxy::decode_frames(&body)
         .ok()
         .is_some_and(|f| f.len() == 1 && f[0].kind == Kind::Hello);
     if !hello {
-        return Routed::Answer(crate::web::content::error_page(
-            StatusCode::NOT_FOUND,
-            false,
-        ));
+        return Routed::Bodiless(parts);
     }
     match tokens.open_session(&boot, room.cfg.max_sessions) {
         Ok((session, _)) => {
