@@ -17,6 +17,7 @@ pub mod banner;
 pub mod civil;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dc;
 pub mod doctor;
 pub mod events;

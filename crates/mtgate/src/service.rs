@@ -187,6 +187,14 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             live.clone(),
             Some(metrics.clone()),
         );
+        // The admin API's tokens (admin.token among them, as a superuser).
+        match crate::control::Control::open(
+            Some(cfg.state_dir.clone()),
+            cfg.admin_token.as_ref().map(|t| t.expose()),
+        ) {
+            Ok(c) => admin_state.set_control(Arc::new(c)),
+            Err(e) => tracing::error!(error = %e, "the admin API is off: its token store cannot be read"),
+        }
         admin_state.set_reload(cfg.admin_token.clone(), {
             let r = reloader.clone();
             Arc::new(move || r.reload().map(|s| s.to_string()).map_err(|e| e.to_string()))

@@ -189,7 +189,9 @@ async fn requests_that_do_not_authenticate_get_the_site() {
     assert_eq!(got.1, bare.1);
     // A live bootstrap with a body that is not a HELLO: the site's answer
     // to the same request without its body (and the bootstrap still good).
-    let boot = bootstrap(&lab, &dd_capability()).await.expect("bridge page");
+    let boot = bootstrap(&lab, &dd_capability())
+        .await
+        .expect("bridge page");
     let garbage = format!(
         "POST /api/v1/session HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {boot}\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"

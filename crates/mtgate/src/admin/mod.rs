@@ -8,7 +8,8 @@
 //! | `/health/startup` | 200 once every client listener is bound ([`Health::mark_started`]), else 503 |
 //! | `/health/ready` | 200 when started and not draining, else 503 |
 //!
-//! | `POST /reload` | reload the config (`Authorization: Bearer <admin.token>`; 403 without a configured token) |
+//! | `POST /reload` | reload the config (a bearer with the `admin` role, `admin.token` included; 403 without any token) |
+//! | `/api/v1/…` | the admin API ([`api`]: JSON, bearer tokens with roles) |
 //!
 //! Otherwise only `GET` and `HEAD` are answered (405); unknown paths get 404.
 //! Connections are capped in all and per address ([`conns`]: the oldest
@@ -17,6 +18,7 @@
 //! touches client traffic.
 //! [`slot::AdminSlot`] keeps it alive across a takeover.
 
+pub mod api;
 pub mod conns;
 pub use conns::{MAX_CONNS, PER_SOURCE};
 pub mod front_metrics;
@@ -93,6 +95,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub health: Health,
     reload: std::sync::OnceLock<(Option<AdminToken>, ReloadFn)>,
+    control: std::sync::OnceLock<Arc<crate::control::Control>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -109,7 +112,17 @@ impl AdminState {
             metrics,
             health: Health::default(),
             reload: std::sync::OnceLock::new(),
+            control: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Enables the admin API (`/api/v1/…`) over `control`.
+    pub fn set_control(&self, control: Arc<crate::control::Control>) {
+        let _ = self.control.set(control);
+    }
+
+    pub fn control(&self) -> Option<&Arc<crate::control::Control>> {
+        self.control.get()
     }
 
     /// Enables `POST /reload` (only with a token; without one it answers 403).
@@ -117,24 +130,46 @@ impl AdminState {
         let _ = self.reload.set((token, f));
     }
 
-    fn post_reload<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    fn post_reload<B>(&self, req: &Request<B>, peer: std::net::IpAddr) -> Response<Full<Bytes>> {
         let Some((token, f)) = self.reload.get() else {
             return text(StatusCode::NOT_FOUND, "not found\n");
-        };
-        let Some(token) = token else {
-            return text(
-                StatusCode::FORBIDDEN,
-                "reload over HTTP is disabled: set admin.token\n",
-            );
         };
         let given = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token.matches(given) {
-            return text(StatusCode::UNAUTHORIZED, "bad or missing bearer token\n");
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match self.control.get() {
+            // The token store: any token with the admin role (admin.token is a superuser).
+            Some(c) => {
+                if token.is_none() && c.tokens.list().is_empty() {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "reload over HTTP is disabled: set admin.token or create a token\n",
+                    );
+                }
+                match c.authenticate(given, peer) {
+                    Ok(p) if p.role >= crate::control::Role::Admin => {}
+                    Ok(_) => return text(StatusCode::FORBIDDEN, "this needs the admin role\n"),
+                    Err(crate::control::AuthError::Limited) => {
+                        return text(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts\n")
+                    }
+                    Err(crate::control::AuthError::Refused) => {
+                        return text(StatusCode::UNAUTHORIZED, "bad or missing bearer token\n")
+                    }
+                }
+            }
+            None => {
+                let Some(token) = token else {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "reload over HTTP is disabled: set admin.token\n",
+                    );
+                };
+                if !token.matches(given.unwrap_or("")) {
+                    return text(StatusCode::UNAUTHORIZED, "bad or missing bearer token\n");
+                }
+            }
         }
         match f() {
             Ok(summary) => reply(
@@ -221,9 +256,16 @@ async fn accept_loop(listener: Arc<TcpListener>, state: Arc<AdminState>) {
         let mut slot = conns.admit(peer.ip());
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                async move {
+                    if req.uri().path().starts_with("/api/") {
+                        if let Some(c) = state.control.get() {
+                            return Ok::<_, Infallible>(api::handle(c, req, peer.ip()).await);
+                        }
+                    }
+                    Ok::<_, Infallible>(handle_from(&state, &req, peer.ip()))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -267,8 +309,17 @@ fn check(ok: bool, yes: &'static str, no: &'static str) -> Response<Full<Bytes>>
 
 /// Answers one request (routing on the path only; the query is ignored).
 pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<Full<Bytes>> {
+    handle_from(state, req, std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
+/// [`handle`] for a request from `peer`.
+pub fn handle_from<B>(
+    state: &AdminState,
+    req: &Request<B>,
+    peer: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
     if req.method() == Method::POST && req.uri().path() == "/reload" {
-        return state.post_reload(req);
+        return state.post_reload(req, peer);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");

@@ -163,6 +163,11 @@ pub struct Config {
 pub struct AdminToken(String);
 
 impl AdminToken {
+    /// The token itself (for the token store, which keeps only its hash).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `given` is this token (constant time in the token's length).
     pub fn matches(&self, given: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());

@@ -1,0 +1,248 @@
+//! The admin API's HTTP front end (`/api/v1/…`, JSON): parse, call one
+//! control command ([`crate::control`]), render its result. Every request
+//! but the unauthenticated ones needs `Authorization: Bearer <token or
+//! session>`; failures are limited per address (`429`). Bodies are capped
+//! at [`MAX_BODY`] and must be JSON objects; a refusal changes nothing.
+//!
+//! | method and path | role | what |
+//! |---|---|---|
+//! | `GET /api/v1/whoami` | any | the caller's token id, name, role |
+//! | `POST /api/v1/login` | any (a token) | a session token with a short expiry |
+//! | `POST /api/v1/logout` | any (a session) | ends that session |
+//! | `GET /api/v1/tokens` | superuser | the tokens (never the tokens themselves) |
+//! | `POST /api/v1/tokens` | superuser | `{name, role, expires_in?, from?}` → the new token, once |
+//! | `DELETE /api/v1/tokens/{id}` | superuser | revokes it and ends its sessions |
+
+use crate::control::tokens::NewToken;
+use crate::control::{AuthError, Control, ControlError, Principal, Role};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+
+/// A refusal made before the command (boxed: it is large and rare).
+type Reply = Box<Response<Full<Bytes>>>;
+
+/// The largest request body taken.
+pub const MAX_BODY: usize = 64 * 1024;
+
+fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    answer(status, &json!({ "error": msg.to_string() }))
+}
+
+fn refused(e: &ControlError) -> Response<Full<Bytes>> {
+    let status = match e {
+        ControlError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Exists(_) => StatusCode::CONFLICT,
+        ControlError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+fn bearer<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// A request body as a JSON object (an empty body is `{}`).
+async fn json_body(body: Incoming) -> Result<serde_json::Map<String, Value>, Reply> {
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(Box::new(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is limited to {MAX_BODY} bytes"),
+            )))
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ))),
+        Err(e) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("bad JSON: {e}"),
+        ))),
+    }
+}
+
+/// Typed fields of a body: unknown fields are refused, so a typo is not
+/// silently ignored.
+fn fields<T: for<'de> Deserialize<'de>>(m: serde_json::Map<String, Value>) -> Result<T, Reply> {
+    serde_json::from_value(Value::Object(m))
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad request: {e}"))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    role: String,
+    /// Seconds from now.
+    expires_in: Option<u64>,
+    #[serde(default)]
+    from: Vec<String>,
+}
+
+fn principal_json(p: &Principal) -> Value {
+    json!({
+        "token_id": p.token_id,
+        "name": p.name,
+        "role": p.role.name(),
+        "session": p.session,
+    })
+}
+
+fn token_json(r: &crate::control::tokens::TokenRecord) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "role": r.role.name(),
+        "created": r.created,
+        "expires": r.expires,
+        "from": r.from.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// Answers one `/api/…` request from `peer`.
+pub async fn handle(
+    control: &Control,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
+    let p = match control.authenticate(bearer(&req), peer) {
+        Ok(p) => p,
+        Err(AuthError::Limited) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed attempts from this address; try later",
+            );
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(crate::control::auth::FAILURE_WINDOW),
+            );
+            return r;
+        }
+        Err(AuthError::Refused) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
+        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["whoami"]) => answer(StatusCode::OK, &principal_json(&p)),
+        (&Method::POST, ["login"]) => match control.sign_in(&p) {
+            Ok((session, expires)) => answer(
+                StatusCode::OK,
+                &json!({ "session": session, "expires": expires, "role": p.role.name() }),
+            ),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, ["logout"]) => {
+            let closed = p.session && bearer(&req).is_some_and(|b| control.sessions.close(b));
+            if closed {
+                answer(StatusCode::OK, &json!({ "signed_out": true }))
+            } else {
+                error(StatusCode::BAD_REQUEST, "not signed in with a session")
+            }
+        }
+        (&Method::GET, ["tokens"]) => match control.list_tokens(&p) {
+            Ok(list) => answer(
+                StatusCode::OK,
+                &Value::Array(list.iter().map(token_json).collect()),
+            ),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, ["tokens"]) => {
+            // The role is checked before the body is read.
+            if let Err(e) = p.require(Role::Superuser) {
+                return refused(&e);
+            }
+            let body = match json_body(req.into_body()).await {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let c: CreateToken = match fields(body) {
+                Ok(c) => c,
+                Err(r) => return *r,
+            };
+            let Some(role) = Role::parse(&c.role) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "role: none, read_only, standard, admin or superuser",
+                );
+            };
+            let mut from = Vec::new();
+            for f in &c.from {
+                match crate::policy::acl::parse_net(f) {
+                    Some(n) => from.push(n),
+                    None => {
+                        return error(StatusCode::BAD_REQUEST, format!("from: bad network {f:?}"))
+                    }
+                }
+            }
+            let expires = match c.expires_in {
+                Some(0) => return error(StatusCode::BAD_REQUEST, "expires_in: at least 1"),
+                Some(s) => Some(crate::control::now().saturating_add(s)),
+                None => None,
+            };
+            let new = NewToken {
+                name: c.name,
+                role: Some(role),
+                expires,
+                from,
+            };
+            match control.create_token(&p, new) {
+                Ok((rec, token)) => {
+                    let mut v = token_json(&rec);
+                    v["token"] = Value::String(token);
+                    answer(StatusCode::CREATED, &v)
+                }
+                Err(e) => refused(&e),
+            }
+        }
+        (&Method::DELETE, ["tokens", id]) => match control.revoke_token(&p, id) {
+            Ok(rec) => answer(StatusCode::OK, &token_json(&rec)),
+            Err(e) => refused(&e),
+        },
+        (_, ["whoami" | "login" | "logout" | "tokens"] | ["tokens", _]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}

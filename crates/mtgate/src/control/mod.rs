@@ -1,0 +1,185 @@
+//! The control plane (issue 13): who may change what, and the typed
+//! commands the admin API, the console and the CLI call. Front ends parse,
+//! call one command and render its result; the session path never calls in
+//! here (it learns of changes through the runtime it already reads).
+//!
+//! Landed so far: admin tokens with roles ([`tokens`]), sign-in sessions and
+//! the per-address limit on failed authentication ([`auth`]).
+
+pub mod auth;
+pub mod tokens;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// What a token may do, each role including the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Authenticates, may do nothing (a parked or audit-only token).
+    None,
+    /// Reads everything but secrets and tokens.
+    ReadOnly,
+    /// Users and quotas.
+    Standard,
+    /// Rules, blocks and the configuration.
+    Admin,
+    /// Tokens and roles.
+    Superuser,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::None,
+        Role::ReadOnly,
+        Role::Standard,
+        Role::Admin,
+        Role::Superuser,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::None => "none",
+            Role::ReadOnly => "read_only",
+            Role::Standard => "standard",
+            Role::Admin => "admin",
+            Role::Superuser => "superuser",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// Who is asking: a token's identity and role, and from where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's id (`config` for `admin.token`), never the token.
+    pub token_id: String,
+    pub name: String,
+    pub role: Role,
+    pub from: IpAddr,
+    /// Signed in with a session (rather than the token itself).
+    pub session: bool,
+}
+
+impl Principal {
+    /// `Ok` when this principal's role reaches `need`.
+    pub fn require(&self, need: Role) -> Result<(), ControlError> {
+        if self.role >= need {
+            Ok(())
+        } else {
+            Err(ControlError::Forbidden { need })
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("this needs the {} role", need.name())]
+    Forbidden { need: Role },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("saving the change failed: {0}")]
+    Storage(String),
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a request was not authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No bearer, or one no token or session matches (or expired, or from
+    /// outside its networks: all answered alike).
+    Refused,
+    /// Too many failures from this address lately.
+    Limited,
+}
+
+/// The control plane: tokens, sign-in sessions, failed-login limits.
+#[derive(Debug)]
+pub struct Control {
+    pub tokens: tokens::TokenStore,
+    pub sessions: auth::Sessions,
+    pub failures: auth::Failures,
+}
+
+impl Control {
+    /// The control plane whose state lives in `dir` (memory only: `None`).
+    pub fn open(dir: Option<PathBuf>, config_token: Option<&str>) -> Result<Self, ControlError> {
+        let tokens = tokens::TokenStore::open(dir)?;
+        tokens.set_config_token(config_token);
+        Ok(Self {
+            tokens,
+            sessions: auth::Sessions::default(),
+            failures: auth::Failures::default(),
+        })
+    }
+
+    /// Who `bearer` is (a session token or a token), asking from `ip`.
+    pub fn authenticate(&self, bearer: Option<&str>, ip: IpAddr) -> Result<Principal, AuthError> {
+        let at = now();
+        if !self.failures.allowed(ip, at) {
+            return Err(AuthError::Limited);
+        }
+        let found = bearer.and_then(|b| {
+            if b.starts_with(auth::SESSION_PREFIX) {
+                self.sessions.check(b, ip, at)
+            } else {
+                self.tokens.authenticate(b, ip, at).ok()
+            }
+        });
+        found.ok_or_else(|| {
+            self.failures.failed(ip, at);
+            AuthError::Refused
+        })
+    }
+
+    /// Opens a sign-in session for `p` (who authenticated with a token).
+    pub fn sign_in(&self, p: &Principal) -> Result<(String, u64), ControlError> {
+        if p.session {
+            return Err(ControlError::Invalid(
+                "sign in with a token, not a session".into(),
+            ));
+        }
+        Ok(self.sessions.open(p, now()))
+    }
+
+    /// The tokens (`superuser`).
+    pub fn list_tokens(&self, by: &Principal) -> Result<Vec<tokens::TokenRecord>, ControlError> {
+        by.require(Role::Superuser)?;
+        Ok(self.tokens.list())
+    }
+
+    /// Creates a token (`superuser`): its record and the token, shown once.
+    pub fn create_token(
+        &self,
+        by: &Principal,
+        new: tokens::NewToken,
+    ) -> Result<(tokens::TokenRecord, String), ControlError> {
+        by.require(Role::Superuser)?;
+        self.tokens.create(new)
+    }
+
+    /// Revokes a token and ends its sessions (`superuser`).
+    pub fn revoke_token(
+        &self,
+        by: &Principal,
+        id: &str,
+    ) -> Result<tokens::TokenRecord, ControlError> {
+        by.require(Role::Superuser)?;
+        let gone = self.tokens.revoke(id)?;
+        self.sessions.end_of_token(id);
+        Ok(gone)
+    }
+}

@@ -1,0 +1,233 @@
+//! The admin API's tokens, roles and sessions (issue 13, first step) on the
+//! real binary over real sockets: `admin.token` is a superuser; tokens made
+//! through the API carry roles, expiries and source networks, are kept only
+//! as hashes and survive a restart; a role that does not reach an endpoint
+//! is refused and nothing changes; bad JSON, unknown fields and oversized
+//! bodies get a clear 4xx; repeated failures from one address get 429.
+
+mod common;
+
+use common::MtgateProcess;
+use mtgate_testkit::conf::{dcs_table, users_tables, TLS_NO_FRONTING};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+const ALICE: &str = "00112233445566778899aabbccddeeff";
+const CONFIG_TOKEN: &str = "config-superuser-token-0123456789";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One request to the admin listener: the status and the JSON body.
+fn call(port: u16, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    let json = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b.trim()).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn start(dir: &std::path::Path, admin: u16) -> MtgateProcess {
+    let path = dir.join("mtgate.toml");
+    let dc: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{CONFIG_TOKEN}\"\n{TLS_NO_FRONTING}{}{}",
+            dir.display(),
+            dcs_table(&[dc]),
+            users_tables(&[("alice", ALICE)], &["dd"])
+        ),
+    )
+    .unwrap();
+    MtgateProcess::spawn(&path, dir, Stdio::null())
+}
+
+fn create(port: u16, by: &str, body: &str) -> (u16, Value) {
+    call(port, "POST", "/api/v1/tokens", Some(by), body)
+}
+
+fn token_of(v: &Value) -> String {
+    v["token"].as_str().expect("a token").to_owned()
+}
+
+#[test]
+fn tokens_roles_and_sessions_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut p = start(dir.path(), port);
+    let whoami = |t: Option<&str>| call(port, "GET", "/api/v1/whoami", t, "");
+
+    // admin.token is a superuser; no or a wrong bearer is refused.
+    let (s, me) = whoami(Some(CONFIG_TOKEN));
+    assert_eq!(
+        (s, me["role"].as_str(), me["token_id"].as_str()),
+        (200, Some("superuser"), Some("config"))
+    );
+    assert_eq!(whoami(None).0, 401);
+    assert_eq!(whoami(Some("mtga_not-a-token")).0, 401);
+
+    // Tokens with roles.
+    let (s, ops) = create(port, CONFIG_TOKEN, r#"{"name":"ops","role":"admin"}"#);
+    assert_eq!(s, 201, "{ops}");
+    let ops = token_of(&ops);
+    let (_, viewer) = create(
+        port,
+        CONFIG_TOKEN,
+        r#"{"name":"viewer","role":"read_only"}"#,
+    );
+    let viewer = token_of(&viewer);
+    let (_, short) = create(
+        port,
+        CONFIG_TOKEN,
+        r#"{"name":"short","role":"standard","expires_in":2}"#,
+    );
+    let short = token_of(&short);
+    let (_, fenced) = create(
+        port,
+        CONFIG_TOKEN,
+        r#"{"name":"fenced","role":"admin","from":["10.0.0.0/8"]}"#,
+    );
+    let fenced = token_of(&fenced);
+    assert_eq!(whoami(Some(&ops)).1["role"], "admin");
+    assert_eq!(whoami(Some(&viewer)).1["role"], "read_only");
+    let (s, list) = call(port, "GET", "/api/v1/tokens", Some(CONFIG_TOKEN), "");
+    assert_eq!(s, 200);
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 4);
+    assert!(list
+        .iter()
+        .all(|t| t.get("token").is_none() && t.get("hash").is_none()));
+    let store = std::fs::read_to_string(dir.path().join("admin-tokens.json")).unwrap();
+    for t in [&ops, &viewer, &short, &fenced] {
+        assert!(!store.contains(&t[5..]), "only hashes are stored");
+    }
+
+    // Roles that do not reach: refused, nothing changed.
+    assert_eq!(
+        call(port, "GET", "/api/v1/tokens", Some(&viewer), "").0,
+        403
+    );
+    assert_eq!(
+        create(port, &ops, r#"{"name":"x","role":"superuser"}"#).0,
+        403
+    );
+    assert_eq!(
+        call(port, "DELETE", "/api/v1/tokens/config", Some(&viewer), "").0,
+        403
+    );
+    let reload = |t: &str| call(port, "POST", "/reload", Some(t), "").0;
+    assert_eq!(reload(&viewer), 403);
+    assert_eq!(reload(&ops), 200);
+    // Bad requests: a clear 400 / 413, nothing created.
+    for bad in [
+        "{",
+        "[1,2]",
+        r#"{"name":"y","role":"emperor"}"#,
+        r#"{"name":"y","role":"admin","colour":"red"}"#,
+        r#"{"name":"y","role":"admin","from":["not-a-net"]}"#,
+        r#"{"name":"","role":"admin"}"#,
+        r#"{"name":"ops","role":"admin"}"#,
+    ] {
+        let (s, v) = create(port, CONFIG_TOKEN, bad);
+        assert!(matches!(s, 400 | 409), "{bad}: {s} {v}");
+        assert!(v["error"].is_string(), "{bad}: {v}");
+    }
+    let big = format!(r#"{{"name":"{}","role":"admin"}}"#, "z".repeat(70 * 1024));
+    assert_eq!(create(port, CONFIG_TOKEN, &big).0, 413);
+    assert_eq!(call(port, "GET", "/api/v1/nope", Some(&viewer), "").0, 404);
+    assert_eq!(
+        call(port, "PUT", "/api/v1/tokens", Some(CONFIG_TOKEN), "").0,
+        405
+    );
+    let (_, list) = call(port, "GET", "/api/v1/tokens", Some(CONFIG_TOKEN), "");
+    assert_eq!(list.as_array().unwrap().len(), 4);
+
+    // Sign in with a token: a session of the same role, until signed out.
+    let (s, login) = call(port, "POST", "/api/v1/login", Some(&viewer), "");
+    assert_eq!(s, 200);
+    let session = login["session"].as_str().unwrap().to_owned();
+    let (_, me) = whoami(Some(&session));
+    assert_eq!(
+        (me["role"].as_str(), me["session"].as_bool()),
+        (Some("read_only"), Some(true))
+    );
+    assert_eq!(
+        call(port, "POST", "/api/v1/logout", Some(&session), "").0,
+        200
+    );
+    assert_eq!(whoami(Some(&session)).0, 401);
+
+    // Expiry, source networks, revocation.
+    assert_eq!(whoami(Some(&fenced)).0, 401, "not from 10/8");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(whoami(Some(&short)).0, 401, "expired");
+    let ops_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ops")
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (_, ops_session) = call(port, "POST", "/api/v1/login", Some(&ops), "");
+    let ops_session = ops_session["session"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            port,
+            "DELETE",
+            &format!("/api/v1/tokens/{ops_id}"),
+            Some(CONFIG_TOKEN),
+            ""
+        )
+        .0,
+        200
+    );
+    assert_eq!(whoami(Some(&ops)).0, 401, "revoked");
+    assert_eq!(
+        whoami(Some(&ops_session)).0,
+        401,
+        "its sessions end with it"
+    );
+
+    // A restart keeps the tokens.
+    drop(p);
+    p = start(dir.path(), port);
+    assert_eq!(whoami(Some(&viewer)).1["role"], "read_only");
+
+    // Failed attempts from one address: limited (even a good token, a while).
+    let mut limited = false;
+    for _ in 0..12 {
+        if whoami(Some("mtga_wrong")).0 == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "failures are limited per address");
+    assert_eq!(whoami(Some(&viewer)).0, 429);
+    drop(p);
+}
