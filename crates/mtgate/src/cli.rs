@@ -43,11 +43,31 @@ enum Cmd {
     /// the mask host (TLS, certificate, DNS), clock, fd limit. Prints a report with
     /// a fix for each problem; exits 1 if any check fails.
     Doctor(DoctorArgs),
+    /// The audit trail: `mtgate audit verify` checks its hash chain (every
+    /// file kept) and exits 1 at the first entry edited, removed, inserted
+    /// or out of order.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCmd,
+    },
     /// Generate a new random secret and print it in every form.
     Secret {
         /// Also print the `ee` (FakeTLS) form for this domain.
         #[arg(long, default_value = crate::config::DEFAULT_DOMAIN)]
         domain: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the audit trail's hash chain.
+    Verify {
+        /// The configuration whose state directory holds the trail.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The state directory (instead of the configuration's).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -184,6 +204,9 @@ pub fn main() -> ExitCode {
         Cmd::Link(a) => link(a),
         Cmd::Secret { domain } => secret(&domain),
         Cmd::Doctor(a) => return doctor(a),
+        Cmd::Audit {
+            what: AuditCmd::Verify { config, state_dir },
+        } => audit_verify(config, state_dir),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,6 +215,28 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn audit_verify(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = match (state_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => Config::load(&c, &Overrides::default())?.state_dir,
+        (None, None) => Config::from_overrides(&Overrides::default())?.state_dir,
+    };
+    let trail = dir.join(crate::control::audit::FILE);
+    if !trail.exists() {
+        anyhow::bail!("no audit trail at {}", trail.display());
+    }
+    let v = crate::control::audit::verify(&dir, crate::control::audit::DEFAULT_KEEP)?;
+    println!(
+        "audit trail intact: {} entries ({}..{}) in {} file(s) at {}",
+        v.entries,
+        v.first_seq,
+        v.first_seq + v.entries.saturating_sub(1),
+        v.files,
+        trail.display()
+    );
+    Ok(())
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {

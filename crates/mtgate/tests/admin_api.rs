@@ -214,8 +214,62 @@ fn tokens_roles_and_sessions_over_the_api() {
         "its sessions end with it"
     );
 
-    // A restart keeps the tokens.
+    // Every action is in the audit trail, refusals included, and the chain
+    // verifies; an edited line is found.
+    let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let entries: Vec<Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |action: &str, result: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["result"].as_str().unwrap().starts_with(result))
+            .count()
+    };
+    assert_eq!(count("token.create", "ok"), 4);
+    assert!(
+        count("token.create", "refused") >= 2,
+        "the viewer's and the ops' attempts"
+    );
+    assert_eq!(count("token.revoke", "ok"), 1);
+    assert_eq!(count("login", "ok"), 2);
+    assert_eq!(count("logout", "ok"), 1);
+    assert!(count("login.failed", "refused") >= 5);
+    let create = entries
+        .iter()
+        .find(|e| e["action"] == "token.create")
+        .unwrap();
+    assert_eq!(create["actor"]["token_id"], "config");
+    assert_eq!(create["actor"]["role"], "superuser");
+    assert_eq!(create["from"], "127.0.0.1");
+    assert_eq!(create["after"]["role"], "admin");
+    for t in [&ops, &viewer, &short, &fenced, &session] {
+        assert!(!trail.contains(&t[5..]), "no token in the trail");
+    }
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mtgate"))
+            .args(["audit", "verify", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit trail intact"));
+
+    // A restart keeps the tokens (and carries the trail on).
     drop(p);
+    let edited = trail.replacen("\"role\":\"admin\"", "\"role\":\"read_only\"", 1);
+    std::fs::write(dir.path().join("audit.log"), &edited).unwrap();
+    let bad = verify();
+    assert!(!bad.status.success(), "an edited entry is found");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("was changed"));
+    std::fs::write(dir.path().join("audit.log"), &trail).unwrap();
     p = start(dir.path(), port);
     assert_eq!(whoami(Some(&viewer)).1["role"], "read_only");
 
@@ -230,4 +284,10 @@ fn tokens_roles_and_sessions_over_the_api() {
     assert!(limited, "failures are limited per address");
     assert_eq!(whoami(Some(&viewer)).0, 429);
     drop(p);
+    let after = verify();
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
 }

@@ -173,14 +173,10 @@ pub async fn handle(
             ),
             Err(e) => refused(&e),
         },
-        (&Method::POST, ["logout"]) => {
-            let closed = p.session && bearer(&req).is_some_and(|b| control.sessions.close(b));
-            if closed {
-                answer(StatusCode::OK, &json!({ "signed_out": true }))
-            } else {
-                error(StatusCode::BAD_REQUEST, "not signed in with a session")
-            }
-        }
+        (&Method::POST, ["logout"]) => match control.sign_out(&p, bearer(&req).unwrap_or("")) {
+            Ok(()) => answer(StatusCode::OK, &json!({ "signed_out": true })),
+            Err(e) => refused(&e),
+        },
         (&Method::GET, ["tokens"]) => match control.list_tokens(&p) {
             Ok(list) => answer(
                 StatusCode::OK,
@@ -190,8 +186,9 @@ pub async fn handle(
         },
         (&Method::POST, ["tokens"]) => {
             // The role is checked before the body is read.
-            if let Err(e) = p.require(Role::Superuser) {
-                return refused(&e);
+            if p.require(Role::Superuser).is_err() {
+                let r = control.create_token(&p, NewToken::default());
+                return r.map_or_else(|e| refused(&e), |_| error(StatusCode::FORBIDDEN, "refused"));
             }
             let body = match json_body(req.into_body()).await {
                 Ok(b) => b,

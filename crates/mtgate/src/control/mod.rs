@@ -4,8 +4,13 @@
 //! here (it learns of changes through the runtime it already reads).
 //!
 //! Landed so far: admin tokens with roles ([`tokens`]), sign-in sessions and
-//! the per-address limit on failed authentication ([`auth`]).
+//! the per-address limit on failed authentication ([`auth`]), and the
+//! hash-chained audit trail every command writes to ([`audit`]): who, with
+//! which role, from where, what, before → after, and the result, refusals
+//! included. A change whose entry cannot be written stands (the proxy keeps
+//! serving); the failure is logged as an error.
 
+pub mod audit;
 pub mod auth;
 pub mod tokens;
 
@@ -106,24 +111,59 @@ pub enum AuthError {
     Limited,
 }
 
-/// The control plane: tokens, sign-in sessions, failed-login limits.
+/// The control plane: tokens, sign-in sessions, failed-login limits, the
+/// audit trail.
 #[derive(Debug)]
 pub struct Control {
     pub tokens: tokens::TokenStore,
     pub sessions: auth::Sessions,
     pub failures: auth::Failures,
+    pub audit: audit::Audit,
 }
 
 impl Control {
     /// The control plane whose state lives in `dir` (memory only: `None`).
     pub fn open(dir: Option<PathBuf>, config_token: Option<&str>) -> Result<Self, ControlError> {
+        let audit =
+            audit::Audit::open(dir.as_deref()).map_err(|e| ControlError::Storage(e.to_string()))?;
         let tokens = tokens::TokenStore::open(dir)?;
         tokens.set_config_token(config_token);
         Ok(Self {
             tokens,
             sessions: auth::Sessions::default(),
             failures: auth::Failures::default(),
+            audit,
         })
+    }
+
+    /// Appends to the audit trail (a failure to write is logged, not fatal).
+    pub fn record(&self, r: &audit::Record) {
+        if let Err(e) = self.audit.append(r) {
+            tracing::error!(error = %e, action = %r.action, "the audit trail could not be written");
+        }
+    }
+
+    /// The record of `by` doing `action` on `target`, with `result`.
+    fn act<T>(
+        &self,
+        by: &Principal,
+        action: &str,
+        target: Option<String>,
+        after: Option<serde_json::Value>,
+        result: &Result<T, ControlError>,
+    ) {
+        self.record(&audit::Record {
+            action: action.into(),
+            actor: Some((by.token_id.clone(), by.role.name().into())),
+            from: Some(by.from.to_string()),
+            target,
+            before: None,
+            after: if result.is_ok() { after } else { None },
+            result: match result {
+                Ok(_) => "ok".into(),
+                Err(e) => format!("refused: {e}"),
+            },
+        });
     }
 
     /// Who `bearer` is (a session token or a token), asking from `ip`.
@@ -141,18 +181,42 @@ impl Control {
         });
         found.ok_or_else(|| {
             self.failures.failed(ip, at);
+            self.record(&audit::Record {
+                action: "login.failed".into(),
+                from: Some(ip.to_string()),
+                result: if bearer.is_some() {
+                    "refused: unknown, expired or out-of-network bearer".into()
+                } else {
+                    "refused: no bearer".into()
+                },
+                ..Default::default()
+            });
             AuthError::Refused
         })
     }
 
     /// Opens a sign-in session for `p` (who authenticated with a token).
     pub fn sign_in(&self, p: &Principal) -> Result<(String, u64), ControlError> {
-        if p.session {
-            return Err(ControlError::Invalid(
+        let r = if p.session {
+            Err(ControlError::Invalid(
                 "sign in with a token, not a session".into(),
-            ));
-        }
-        Ok(self.sessions.open(p, now()))
+            ))
+        } else {
+            Ok(self.sessions.open(p, now()))
+        };
+        self.act(p, "login", Some(p.token_id.clone()), None, &r);
+        r
+    }
+
+    /// Ends session `token` of `p`.
+    pub fn sign_out(&self, p: &Principal, token: &str) -> Result<(), ControlError> {
+        let r = if p.session && self.sessions.close(token) {
+            Ok(())
+        } else {
+            Err(ControlError::Invalid("not signed in with a session".into()))
+        };
+        self.act(p, "logout", Some(p.token_id.clone()), None, &r);
+        r
     }
 
     /// The tokens (`superuser`).
@@ -167,8 +231,18 @@ impl Control {
         by: &Principal,
         new: tokens::NewToken,
     ) -> Result<(tokens::TokenRecord, String), ControlError> {
-        by.require(Role::Superuser)?;
-        self.tokens.create(new)
+        let after = serde_json::json!({
+            "name": new.name,
+            "role": new.role.map(Role::name),
+            "expires": new.expires,
+            "from": new.from.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        let r = by
+            .require(Role::Superuser)
+            .and_then(|()| self.tokens.create(new));
+        let target = r.as_ref().ok().map(|(rec, _)| rec.id.clone());
+        self.act(by, "token.create", target, Some(after), &r);
+        r
     }
 
     /// Revokes a token and ends its sessions (`superuser`).
@@ -177,9 +251,28 @@ impl Control {
         by: &Principal,
         id: &str,
     ) -> Result<tokens::TokenRecord, ControlError> {
-        by.require(Role::Superuser)?;
-        let gone = self.tokens.revoke(id)?;
-        self.sessions.end_of_token(id);
-        Ok(gone)
+        let r = by
+            .require(Role::Superuser)
+            .and_then(|()| self.tokens.revoke(id));
+        if r.is_ok() {
+            self.sessions.end_of_token(id);
+        }
+        let before = r
+            .as_ref()
+            .ok()
+            .map(|g| serde_json::json!({ "name": g.name, "role": g.role.name() }));
+        self.record(&audit::Record {
+            action: "token.revoke".into(),
+            actor: Some((by.token_id.clone(), by.role.name().into())),
+            from: Some(by.from.to_string()),
+            target: Some(id.to_owned()),
+            before,
+            after: None,
+            result: match &r {
+                Ok(_) => "ok".into(),
+                Err(e) => format!("refused: {e}"),
+            },
+        });
+        r
     }
 }
