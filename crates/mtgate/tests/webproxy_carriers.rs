@@ -369,3 +369,58 @@ async fn flow_control_holds_a_reader_that_stops_reading() {
         lab.proxy.stop().await;
     }
 }
+
+/// Refusals are counted by reason, the carrier in use is exported, and the
+/// streams open now: what `/metrics` shows of the WEB proxy type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_by_reason_and_the_carrier_are_exported() {
+    use futures_util::{SinkExt, StreamExt};
+    use mtgate_proto::webproxy::Kind;
+    use tokio_tungstenite::tungstenite::Message;
+    let lab = lab_for(Carrier::WebSocket).await;
+    let metrics = mtgate::admin::Metrics::new(["alice"]);
+    metrics.set_site(lab.proxy.runtime.site.clone().unwrap());
+    let mut dd = vec![0xdd];
+    dd.extend_from_slice(key().expose());
+    let site = lab.site();
+    let (_, boot) = site
+        .bootstrap(&webproxy::capability(&dd, HOST, None))
+        .await
+        .unwrap();
+    let (_, token, _) = site.session(&boot).await.unwrap();
+    let mut ws = site.websocket(&format!("tproxy-v1.{token}")).await.unwrap();
+    // Stream 1 opened twice (the second is a reused id), then 65 more: one
+    // past the default max_streams of 64.
+    let mut body = Vec::new();
+    for id in [1u32, 1].into_iter().chain(2..=65) {
+        webproxy::encode(Kind::Open, id, &[], &mut body);
+    }
+    ws.send(Message::Binary(body.into())).await.unwrap();
+    let mut closed = Vec::new();
+    while closed.len() < 2 {
+        let Some(Ok(Message::Binary(b))) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        else {
+            panic!("the carrier ended");
+        };
+        for f in webproxy::decode_frames(&b).unwrap() {
+            if f.kind == Kind::Close {
+                closed.push(f.stream);
+            }
+        }
+    }
+    assert_eq!(closed, vec![1, 65]);
+    let text = metrics.encode().unwrap();
+    for want in [
+        "mtgate_webproxy_streams_refused_total{reason=\"reused_id\"} 1",
+        "mtgate_webproxy_streams_refused_total{reason=\"max_streams\"} 1",
+        "mtgate_webproxy_streams_refused_total{reason=\"credit\"} 0",
+        "mtgate_webproxy_carrier{carrier=\"websocket\"} 1",
+        "mtgate_webproxy_sessions 1",
+    ] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    assert!(text.contains("mtgate_webproxy_streams 64\n"), "{text}");
+    lab.proxy.stop().await;
+}

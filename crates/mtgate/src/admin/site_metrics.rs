@@ -5,10 +5,20 @@
 
 use crate::web::Site;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use std::sync::{Arc, OnceLock};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Carrier {
+    carrier: &'static str,
+}
 
 /// The site collector (registered once in [`super::Metrics::new`]).
 #[derive(Debug)]
@@ -29,6 +39,30 @@ impl Collector for SiteCollector {
                 "WEB proxy sessions open now",
                 ConstGauge::new(i64::try_from(site.webproxy_sessions()).unwrap_or(i64::MAX)),
             )?;
+            {
+                let mut fam = enc.encode_descriptor(
+                    "webproxy_streams_refused",
+                    "WEB proxy streams refused, by reason: over max_streams, a reused id, data past the stream's credit",
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (reason, v) in crate::web::webproxy::REFUSAL_REASONS
+                    .iter()
+                    .zip(&w.streams_refused)
+                {
+                    ConstCounter::new(v.load(Relaxed))
+                        .encode(fam.encode_family(&Reason { reason })?)?;
+                }
+            }
+            if let Some(carrier) = site.webproxy_carrier() {
+                let mut fam = enc.encode_descriptor(
+                    "webproxy_carrier",
+                    "The WEB proxy carrier in use (1 for the configured one)",
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                ConstGauge::new(1i64).encode(fam.encode_family(&Carrier { carrier })?)?;
+            }
             super::metrics::put(
                 &mut enc,
                 "webproxy_streams",
@@ -45,11 +79,6 @@ impl Collector for SiteCollector {
                     "webproxy_streams_opened",
                     "WEB proxy streams (app connections) opened since start",
                     &w.streams_opened,
-                ),
-                (
-                    "webproxy_streams_refused",
-                    "WEB proxy streams refused: over max_streams, a reused id, past the credit",
-                    &w.streams_refused,
                 ),
                 (
                     "webproxy_sessions_refused",

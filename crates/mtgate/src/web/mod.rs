@@ -323,6 +323,15 @@ impl Site {
             .map_or(0, |w| w.cfg.max_streams + 8)
     }
 
+    /// The WEB proxy carrier in use, when the WEB proxy type is on.
+    pub fn webproxy_carrier(&self) -> Option<&'static str> {
+        self.live
+            .load()
+            .webproxy
+            .as_ref()
+            .map(|w| w.cfg.carrier.label())
+    }
+
     /// The WEB proxy type's counters, when it is on.
     pub fn webproxy_stats(&self) -> Option<&webproxy::Stats> {
         self.live.load().webproxy.as_ref().map(|_| &*self.wp_stats)

@@ -27,13 +27,20 @@ pub struct Stats {
     pub streams_opened: std::sync::atomic::AtomicU64,
     /// Streams open now (every carrier's).
     pub streams_open: std::sync::atomic::AtomicU64,
-    /// Streams refused: over `max_streams`, a reused id, past the credit.
-    pub streams_refused: std::sync::atomic::AtomicU64,
+    /// Streams refused, by [`REFUSAL_REASONS`]: over `max_streams`, a
+    /// reused id, data past the stream's credit.
+    pub streams_refused: [std::sync::atomic::AtomicU64; 3],
     pub bytes_up: std::sync::atomic::AtomicU64,
     pub bytes_down: std::sync::atomic::AtomicU64,
     /// Session creations refused at capacity (`503`).
     pub full: std::sync::atomic::AtomicU64,
 }
+
+/// The `reason` label of `mtgate_webproxy_streams_refused_total`, by index.
+pub const REFUSAL_REASONS: [&str; 3] = ["max_streams", "reused_id", "credit"];
+pub const REFUSED_MAX_STREAMS: usize = 0;
+pub const REFUSED_REUSED_ID: usize = 1;
+pub const REFUSED_CREDIT: usize = 2;
 
 /// How the room hands streams to the proxy (set by the server at start).
 pub struct Handoff {

@@ -134,11 +134,17 @@ impl Mux {
         for f in frames {
             match f.kind {
                 Kind::Open => {
-                    if self.streams.contains_key(&f.stream)
+                    let refused = if self.streams.contains_key(&f.stream)
                         || self.closed.contains(&f.stream)
-                        || self.streams.len() >= max
                     {
-                        stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                        Some(super::REFUSED_REUSED_ID)
+                    } else if self.streams.len() >= max {
+                        Some(super::REFUSED_MAX_STREAMS)
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refused {
+                        stats.streams_refused[why].fetch_add(1, Ordering::Relaxed);
                         close_frame(&self.out, f.stream).await;
                         continue;
                     }
@@ -160,7 +166,8 @@ impl Mux {
                         || st.to_socket.send(f.payload.to_vec()).is_err()
                     {
                         // Past its credit (or the socket is gone): the stream ends.
-                        stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                        stats.streams_refused[super::REFUSED_CREDIT]
+                            .fetch_add(1, Ordering::Relaxed);
                         self.streams.remove(&f.stream);
                         remember(&mut self.closed, f.stream);
                         close_frame(&self.out, f.stream).await;
