@@ -101,11 +101,28 @@ pub fn run(a: Start) -> anyhow::Result<()> {
                 }
             });
         }
-        let telemetry = Telemetry::new(vec![
+        // The control plane: the admin API's tokens (admin.token among
+        // them, as a superuser) and the audit trail, which hears the
+        // session path's security events as one more subscriber.
+        let control = match crate::control::Control::open(
+            Some(cfg.state_dir.clone()),
+            cfg.admin_token.as_ref().map(|t| t.expose()),
+        ) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "the admin API and the audit trail are off: their state cannot be read");
+                None
+            }
+        };
+        let mut sinks: Vec<Arc<dyn crate::events::EventSink>> = vec![
             logs.clone(),
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics.clone())),
-        ]);
+        ];
+        if let Some(c) = &control {
+            sinks.push(Arc::new(crate::control::security::AuditSink(c.clone())));
+        }
+        let telemetry = Telemetry::new(sinks);
         let runtime = Arc::new(Runtime::build(cfg.clone(), users.clone(), telemetry)?);
         let mut signals = Signals::new();
         metrics.set_policy(runtime.policy.clone());
@@ -187,13 +204,12 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             live.clone(),
             Some(metrics.clone()),
         );
-        // The admin API's tokens (admin.token among them, as a superuser).
-        match crate::control::Control::open(
-            Some(cfg.state_dir.clone()),
-            cfg.admin_token.as_ref().map(|t| t.expose()),
-        ) {
-            Ok(c) => admin_state.set_control(Arc::new(c)),
-            Err(e) => tracing::error!(error = %e, "the admin API is off: its token store cannot be read"),
+        if let Some(c) = &control {
+            admin_state.set_control(c.clone());
+            tokio::spawn(crate::control::security::pump_blocks(
+                c.clone(),
+                runtime.policy.clone(),
+            ));
         }
         admin_state.set_reload(cfg.admin_token.clone(), {
             let r = reloader.clone();

@@ -57,7 +57,8 @@ fn start(dir: &std::path::Path, admin: u16) -> MtgateProcess {
         &path,
         format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{CONFIG_TOKEN}\"\n{TLS_NO_FRONTING}{}{}",
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{CONFIG_TOKEN}\"\n{TLS_NO_FRONTING}{}{}\
+             [policy.reputation]\nthreshold = 10.0\n",
             dir.display(),
             dcs_table(&[dc]),
             users_tables(&[("alice", ALICE)], &["dd"])
@@ -214,6 +215,22 @@ fn tokens_roles_and_sessions_over_the_api() {
         "its sessions end with it"
     );
 
+    // A security event from the client port: one failed handshake reaches
+    // the (lowered) reputation threshold and blocks the source.
+    {
+        let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+        c.write_all(&[0x17u8; 64]).unwrap();
+        let _ = c.read(&mut [0u8; 16]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(dir.path().join("audit.log"))
+        .unwrap()
+        .contains("\"source.block\"")
+    {
+        assert!(std::time::Instant::now() < deadline, "the block is audited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Every action is in the audit trail, refusals included, and the chain
     // verifies; an edited line is found.
     let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
@@ -236,6 +253,13 @@ fn tokens_roles_and_sessions_over_the_api() {
     assert_eq!(count("login", "ok"), 2);
     assert_eq!(count("logout", "ok"), 1);
     assert!(count("login.failed", "refused") >= 5);
+    assert_eq!(count("config.reload", "ok"), 1, "the reload by ops");
+    let block = entries
+        .iter()
+        .find(|e| e["action"] == "source.block")
+        .unwrap();
+    assert_eq!(block["target"], "127.0.0.1");
+    assert_eq!(block["after"]["reason"], "reputation");
     let create = entries
         .iter()
         .find(|e| e["action"] == "token.create")

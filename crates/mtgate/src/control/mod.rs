@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod security;
 pub mod tokens;
 
 use std::net::IpAddr;

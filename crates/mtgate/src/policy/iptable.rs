@@ -288,7 +288,20 @@ pub struct IpTable {
     blocks_total: AtomicU64,
     collateral: AtomicU64,
     suspects: AtomicU64,
+    /// Blocks started and not yet taken by [`IpTable::take_blocks`] (the
+    /// audit trail's feed), at most [`BLOCK_LOG`]; past it only counted.
+    block_log: Mutex<(Vec<BlockStarted>, u64)>,
 }
+
+/// A reputation block that began: the source and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStarted {
+    pub source: IpAddr,
+    pub for_ms: u64,
+}
+
+/// Blocks kept for [`IpTable::take_blocks`] between two takes.
+pub const BLOCK_LOG: usize = 256;
 
 impl std::fmt::Debug for IpTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -345,7 +358,28 @@ impl IpTable {
             blocks_total: AtomicU64::new(0),
             collateral: AtomicU64::new(0),
             suspects: AtomicU64::new(0),
+            block_log: Mutex::new((Vec::new(), 0)),
         }
+    }
+
+    fn log_block(&self, ip: IpAddr, for_ms: u64) {
+        self.blocks_total.fetch_add(1, Relaxed);
+        let mut l = self.block_log.lock().unwrap_or_else(|p| p.into_inner());
+        if l.0.len() < BLOCK_LOG {
+            l.0.push(BlockStarted {
+                source: ip.to_canonical(),
+                for_ms,
+            });
+        } else {
+            l.1 += 1;
+        }
+    }
+
+    /// The blocks that began since the last take, and how many more began
+    /// past [`BLOCK_LOG`] (counted only).
+    pub fn take_blocks(&self) -> (Vec<BlockStarted>, u64) {
+        let mut l = self.block_log.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut l.0), std::mem::take(&mut l.1))
     }
 
     /// Applies a new configuration, keeping the state. A smaller
@@ -456,7 +490,9 @@ impl IpTable {
         };
         e.flagged = true;
         if e.offend(cfg.reputation.rate_limited, now, &cfg.reputation) {
-            self.blocks_total.fetch_add(1, Relaxed);
+            let for_ms = e.blocked_until_ms.saturating_sub(now);
+            drop(s);
+            self.log_block(ip, for_ms);
         }
         Err(verdict)
     }
@@ -506,7 +542,9 @@ impl IpTable {
             Offence::Flood => rep.flood,
         };
         if e.offend(weight, now, rep) {
-            self.blocks_total.fetch_add(1, Relaxed);
+            let for_ms = e.blocked_until_ms.saturating_sub(now);
+            drop(s);
+            self.log_block(ip, for_ms);
         }
     }
 

@@ -439,3 +439,29 @@ fn tables_are_send_and_sync() {
     check::<crate::policy::acl::Acl>();
     check::<crate::policy::geo::GeoPolicy>();
 }
+
+#[test]
+fn started_blocks_are_logged_for_the_audit_trail_within_a_bound() {
+    let (t, _clock, _cfg) = table(4096);
+    let a = ip("192.0.2.88");
+    for _ in 0..3 {
+        t.on_offence(a, Offence::Replay); // 40 each: blocks at 120
+    }
+    // Offences while blocked start no new block.
+    t.on_offence(a, Offence::Replay);
+    let (blocks, more) = t.take_blocks();
+    assert_eq!(more, 0);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].source, a);
+    assert!(blocks[0].for_ms > 0);
+    assert_eq!(t.take_blocks(), (Vec::new(), 0), "taken once");
+    // A flood of blocks: the log keeps BLOCK_LOG, the rest is a count.
+    for i in 0..(BLOCK_LOG as u32 + 10) {
+        let src = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+        for _ in 0..3 {
+            t.on_offence(src, Offence::Replay);
+        }
+    }
+    let (blocks, more) = t.take_blocks();
+    assert_eq!((blocks.len(), more), (BLOCK_LOG, 10));
+}

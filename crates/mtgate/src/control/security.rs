@@ -1,0 +1,66 @@
+//! Security events into the audit trail, from outside the admin API:
+//! reloads (the session path's [`Event::Reloaded`], through
+//! [`AuditSink`], one more subscriber beside metrics and logs) and
+//! reputation blocks (taken from the policy's bounded block log once a
+//! second by [`pump_blocks`]; a flood of blocks past that log is recorded
+//! as a count).
+
+use super::audit::Record;
+use super::Control;
+use crate::events::{Event, EventSink};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Subscribes the audit trail to the events it records.
+pub struct AuditSink(pub Arc<Control>);
+
+impl EventSink for AuditSink {
+    fn emit(&self, e: &Event<'_>) {
+        if let Event::Reloaded { ok, detail } = e {
+            self.0.record(&Record {
+                action: "config.reload".into(),
+                after: ok.then(|| json!({ "changes": detail })),
+                result: if *ok {
+                    "ok".into()
+                } else {
+                    format!("refused: {detail}")
+                },
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// How often the policy's block log is taken.
+pub const BLOCK_PUMP: Duration = Duration::from_secs(1);
+
+/// Records the reputation blocks that began, until the process ends.
+pub async fn pump_blocks(control: Arc<Control>, policy: Arc<crate::policy::engine::Policy>) {
+    loop {
+        tokio::time::sleep(BLOCK_PUMP).await;
+        record_blocks(&control, &policy);
+    }
+}
+
+/// One take of the block log.
+pub fn record_blocks(control: &Control, policy: &crate::policy::engine::Policy) {
+    let (blocks, more) = policy.ips().take_blocks();
+    for b in blocks {
+        control.record(&Record {
+            action: "source.block".into(),
+            target: Some(b.source.to_string()),
+            after: Some(json!({ "reason": "reputation", "for_secs": b.for_ms.div_ceil(1000) })),
+            result: "ok".into(),
+            ..Default::default()
+        });
+    }
+    if more > 0 {
+        control.record(&Record {
+            action: "source.block".into(),
+            after: Some(json!({ "reason": "reputation", "more_sources": more })),
+            result: "ok".into(),
+            ..Default::default()
+        });
+    }
+}
