@@ -43,12 +43,17 @@ enum Cmd {
     /// the mask host (TLS, certificate, DNS), clock, fd limit. Prints a report with
     /// a fix for each problem; exits 1 if any check fails.
     Doctor(DoctorArgs),
-    /// The audit trail: `mtgate audit verify` checks its hash chain (every
-    /// file kept) and exits 1 at the first entry edited, removed, inserted
-    /// or out of order.
+    /// A security self-audit of the configuration, its state and this
+    /// binary: findings with severities, exit 1 on a high one (for cron or
+    /// CI). `mtgate audit verify` checks the audit trail's hash chain
+    /// instead and exits 1 at the first entry edited, removed, inserted or
+    /// out of order.
     Audit {
         #[command(subcommand)]
-        what: AuditCmd,
+        what: Option<AuditCmd>,
+        /// The configuration to audit (default: the built-in one).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Generate a new random secret and print it in every form.
     Secret {
@@ -205,14 +210,63 @@ pub fn main() -> ExitCode {
         Cmd::Secret { domain } => secret(&domain),
         Cmd::Doctor(a) => return doctor(a),
         Cmd::Audit {
-            what: AuditCmd::Verify { config, state_dir },
+            what: Some(AuditCmd::Verify { config, state_dir }),
+            ..
         } => audit_verify(config, state_dir),
+        Cmd::Audit { what: None, config } => return self_audit(config),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn self_audit(config: Option<PathBuf>) -> ExitCode {
+    let run = || -> anyhow::Result<bool> {
+        let cfg = match &config {
+            Some(c) => Config::load(c, &Overrides::default())?,
+            None => Config::from_overrides(&Overrides::default())?,
+        };
+        // The generated default user, only if it exists (nothing is created).
+        let users = if cfg.users.is_empty() && cfg.state_dir.join("secret").exists() {
+            crate::state::users_for(&cfg)?.0
+        } else {
+            cfg.users.clone()
+        };
+        let tokens = crate::control::tokens::TokenStore::open(Some(cfg.state_dir.clone())).ok();
+        let findings = crate::control::selfaudit::run(&cfg, &users, tokens.as_ref());
+        let mut high = false;
+        for f in &findings {
+            high |= f.severity == crate::control::selfaudit::Severity::High;
+            println!(
+                "[{}] {}
+    fix: {}",
+                f.severity.name(),
+                f.what,
+                f.fix
+            );
+        }
+        let worst = findings
+            .iter()
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(crate::control::selfaudit::Severity::Info);
+        println!(
+            "{} finding(s); the worst is {}",
+            findings.len(),
+            worst.name()
+        );
+        Ok(high)
+    };
+    match run() {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -386,3 +386,51 @@ fn link_writes_a_png_qr_code_and_secret_prints_every_form() {
         assert!(o.status.success() && !o.stdout.is_empty(), "{cmd:?}");
     }
 }
+
+/// `mtgate audit`: findings with severities; exit 1 on a high one, 0 on a
+/// clean configuration (cron- and CI-friendly).
+#[test]
+fn audit_reports_findings_and_exits_non_zero_on_a_high_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let state = dir.path().display();
+    let weak = write(
+        "weak.toml",
+        format!(
+            "[server]\nstate_dir = \"{state}\"\n[admin]\nlisten = \"0.0.0.0:9090\"\n\
+             [users.alice]\nsecret = \"00112233445566778899aabbccddeeff\"\nmodes = [\"classic\"]\n"
+        ),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "--config"])
+        .arg(&weak)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("[high] user alice: the secret is weak"), "{text}");
+    assert!(text.contains("[high] the admin listener 0.0.0.0:9090"), "{text}");
+    assert!(text.contains("[medium] user alice: plain obfuscated2"), "{text}");
+    assert!(text.contains("crypto linked in: ") && text.contains("rustls 0."), "{text}");
+    let clean = write(
+        "clean.toml",
+        format!(
+            "[server]\nstate_dir = \"{state}\"\n\
+             [users.alice]\nsecret = \"7d1f0c9a5be24e3186a0f4c2d9b8e617\"\nmodes = [\"ee\"]\n"
+        ),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "--config"])
+        .arg(&clean)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("[high]"), "{text}");
+    // Nothing was created in the state directory by auditing.
+    assert!(!dir.path().join("secret").exists());
+}

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod auth;
 pub mod security;
+pub mod selfaudit;
 pub mod tokens;
 
 use std::net::IpAddr;

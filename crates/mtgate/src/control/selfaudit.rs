@@ -1,0 +1,199 @@
+//! `mtgate audit`: a security self-audit of a configuration, its state
+//! directory and this binary. Findings carry a severity; a `high` one makes
+//! the command exit non-zero, so it can run from cron or CI.
+//!
+//! Checked now: weak or example secrets, a secret shared by two users,
+//! plain obfuscated2 enabled, the admin listener reachable beyond loopback
+//! (it serves plain HTTP), admin tokens without an expiry, and the crypto
+//! crates linked in. Secret windows and ages join when rotation lands.
+
+use super::tokens::TokenStore;
+use crate::config::{Config, User};
+use std::collections::HashMap;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// One finding: what, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub what: String,
+    pub fix: String,
+}
+
+/// Secrets printed in documentation and examples (ours and other proxies').
+const EXAMPLES: [&str; 5] = [
+    "00112233445566778899aabbccddeeff",
+    "0123456789abcdef0123456789abcdef",
+    "00000000000000000000000000000000",
+    "ffffffffffffffffffffffffffffffff",
+    "dd000102030405060708090a0b0c0d0e",
+];
+
+/// Why a 16-byte secret is weak, if it is: an example, or so few distinct
+/// bytes or such a run that it was not drawn at random.
+fn weakness(key: &[u8; 16]) -> Option<&'static str> {
+    let hex = hex::encode(key);
+    if EXAMPLES.contains(&hex.as_str()) {
+        return Some("an example secret from documentation");
+    }
+    let mut distinct = key.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // 16 random bytes have 15 or more distinct values almost always
+    // (fewer than 9 has a chance far below 1e-9).
+    if distinct.len() < 9 {
+        return Some("too few distinct bytes to be random");
+    }
+    let ascending = key
+        .windows(2)
+        .filter(|w| w[1] == w[0].wrapping_add(1))
+        .count();
+    if ascending >= 8 {
+        return Some("a counting sequence, not random");
+    }
+    None
+}
+
+/// The findings for `cfg` with `users` (and the token store, if one).
+pub fn run(cfg: &Config, users: &[User], tokens: Option<&TokenStore>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut by_secret: HashMap<[u8; 16], Vec<&str>> = HashMap::new();
+    for u in users {
+        let key = *u.key.expose();
+        by_secret.entry(key).or_default().push(&u.name);
+        if let Some(why) = weakness(&key) {
+            out.push(Finding {
+                severity: Severity::High,
+                what: format!("user {}: the secret is weak ({why})", u.name),
+                fix: "give the user a new secret from `mtgate secret`".into(),
+            });
+        }
+        if u.modes.classic {
+            out.push(Finding {
+                severity: Severity::Medium,
+                what: format!(
+                    "user {}: plain obfuscated2 (classic) is enabled; it is the easiest mode to detect and block",
+                    u.name
+                ),
+                fix: "drop \"classic\" from the user's modes (keep dd and ee)".into(),
+            });
+        }
+    }
+    let mut shared: Vec<_> = by_secret.values().filter(|n| n.len() > 1).collect();
+    shared.sort();
+    for names in shared {
+        out.push(Finding {
+            severity: Severity::High,
+            what: format!(
+                "users {} share one secret: their limits, quotas and metrics cannot be told apart, and revoking one revokes all",
+                names.join(", ")
+            ),
+            fix: "give each user a secret of their own".into(),
+        });
+    }
+    if let Some(a) = cfg.admin_listen {
+        if !a.ip().is_loopback() {
+            out.push(Finding {
+                severity: Severity::High,
+                what: format!(
+                    "the admin listener {a} is reachable beyond loopback and serves plain HTTP (bearer tokens and metrics in the clear)"
+                ),
+                fix: "bind [admin] listen to 127.0.0.1 (or ::1) and reach it over SSH or a private network".into(),
+            });
+        }
+    }
+    if cfg.admin_token.is_some() {
+        out.push(Finding {
+            severity: Severity::Low,
+            what: "admin.token is a superuser token without an expiry".into(),
+            fix: "create role-limited tokens with an expiry (POST /api/v1/tokens) and keep admin.token for recovery".into(),
+        });
+    }
+    if let Some(t) = tokens {
+        let n = t.without_expiry();
+        if n > 0 {
+            out.push(Finding {
+                severity: Severity::Medium,
+                what: format!("{n} admin token(s) without an expiry"),
+                fix: "revoke them and create tokens with expires_in".into(),
+            });
+        }
+    }
+    out.push(Finding {
+        severity: Severity::Info,
+        what: format!("crypto linked in: {}", env!("MTGATE_CRYPTO_VERSIONS")),
+        fix: "keep them current: rebuild after `cargo update` when advisories appear".into(),
+    });
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml(text, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn weak_shared_and_risky_settings_are_found() {
+        let c = cfg(
+            "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"a-long-enough-admin-token\"\n\
+             [users.alice]\nsecret = \"00112233445566778899aabbccddeeff\"\nmodes = [\"dd\"]\n\
+             [users.bob]\nsecret = \"7d1f0c9a5be24e3186a0f4c2d9b8e617\"\nmodes = [\"classic\", \"dd\"]\n",
+        );
+        // The configuration refuses a shared secret; users from elsewhere
+        // (the state directory, later the API) are checked here.
+        let mut users = c.users.clone();
+        let mut carol = users[1].clone();
+        carol.name = "carol".into();
+        users.push(carol);
+        let f = run(&c, &users, None);
+        let has =
+            |sev: Severity, s: &str| f.iter().any(|x| x.severity == sev && x.what.contains(s));
+        assert!(has(Severity::High, "user alice: the secret is weak"));
+        assert!(has(Severity::High, "users bob, carol share one secret"));
+        assert!(has(Severity::High, "beyond loopback"));
+        assert!(has(Severity::Medium, "user bob: plain obfuscated2"));
+        assert!(has(Severity::Low, "admin.token"));
+        assert!(has(Severity::Info, "crypto linked in: "));
+        assert_eq!(f[0].severity, Severity::High, "worst first");
+    }
+
+    #[test]
+    fn a_clean_configuration_has_no_high_finding() {
+        let c = cfg(
+            "[users.alice]\nsecret = \"7d1f0c9a5be24e3186a0f4c2d9b8e617\"\nmodes = [\"ee\", \"dd\"]\n",
+        );
+        let f = run(&c, &c.users, None);
+        assert!(f.iter().all(|x| x.severity <= Severity::Low), "{f:?}");
+        for weak in [[0u8; 16], [7u8; 16], core::array::from_fn(|i| i as u8)] {
+            assert!(weakness(&weak).is_some(), "{weak:?}");
+        }
+        let mut random = [0u8; 16];
+        mtgate_crypto::fill_random(&mut random);
+        // A random draw is weak with a chance far below 1e-9.
+        assert!(weakness(&random).is_none() || EXAMPLES.contains(&hex::encode(random).as_str()));
+    }
+}
