@@ -39,6 +39,7 @@ pub mod relay;
 pub mod reload;
 pub mod running;
 pub mod runtime;
+pub mod runtime_view;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -104,7 +104,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         // The control plane: the admin API's tokens (admin.token among
         // them, as a superuser) and the audit trail, which hears the
         // session path's security events as one more subscriber.
-        let control = match crate::control::Control::open(
+        let control_plane = match crate::control::Control::open(
             Some(cfg.state_dir.clone()),
             cfg.admin_token.as_ref().map(|t| t.expose()),
         ) {
@@ -119,7 +119,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             Arc::new(Counters::default()),
             Arc::new(MetricsSink(metrics.clone())),
         ];
-        if let Some(c) = &control {
+        if let Some(c) = &control_plane {
             sinks.push(Arc::new(crate::control::security::AuditSink(c.clone())));
         }
         let telemetry = Telemetry::new(sinks);
@@ -204,7 +204,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             live.clone(),
             Some(metrics.clone()),
         );
-        if let Some(c) = &control {
+        if let Some(c) = &control_plane {
             admin_state.set_control(c.clone());
             tokio::spawn(crate::control::security::pump_blocks(
                 c.clone(),
@@ -285,6 +285,12 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         };
         out.write_all(crate::banner::render(&cfg, &facts).as_bytes())?;
         let port = links::public_port(&cfg, server.local_addrs.first().map(|a| a.port()));
+        if let Some(c) = &control_plane {
+            c.set_view(Arc::new(crate::runtime_view::RuntimeView {
+                live: live.clone(),
+                port,
+            }));
+        }
         // For `mtgate link` run without this start's flags.
         let running = crate::running::Running {
             pid: std::process::id(),

@@ -128,6 +128,66 @@ fn tokens_roles_and_sessions_over_the_api() {
         assert!(!store.contains(&t[5..]), "only hashes are stored");
     }
 
+    // Users and stats: read_only reads them without links; links from standard up.
+    let (s, users) = call(port, "GET", "/api/v1/users", Some(&viewer), "");
+    assert_eq!(s, 200, "{users}");
+    assert_eq!(users[0]["name"], "alice");
+    assert_eq!(users[0]["modes"], serde_json::json!(["dd"]));
+    assert!(users[0].get("links").is_none(), "no secrets for read_only");
+    let (_, alice) = call(port, "GET", "/api/v1/users/alice", Some(&ops), "");
+    let link = alice["links"][0].as_str().unwrap();
+    assert!(
+        link.starts_with("tg://proxy?server=127.0.0.1&port=")
+            && link.contains(&format!("secret=dd{ALICE}")),
+        "{link}"
+    );
+    assert_eq!(
+        call(port, "GET", "/api/v1/users/nobody", Some(&ops), "").0,
+        404
+    );
+    let (s, stats) = call(port, "GET", "/api/v1/stats", Some(&viewer), "");
+    assert_eq!((s, stats["users"].as_u64()), (200, Some(1)));
+    let (_, parked) = create(port, CONFIG_TOKEN, r#"{"name":"parked","role":"none"}"#);
+    let parked = token_of(&parked);
+    assert_eq!(whoami(Some(&parked)).1["role"], "none");
+    assert_eq!(call(port, "GET", "/api/v1/users", Some(&parked), "").0, 403);
+    assert_eq!(call(port, "GET", "/api/v1/stats", Some(&parked), "").0, 403);
+
+    // The OpenAPI document: served as kept in docs/, and every operation in
+    // it answers with one of its documented statuses.
+    let (s, doc) = call(port, "GET", "/api/v1/openapi.json", Some(&viewer), "");
+    assert_eq!(s, 200);
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc, kept);
+    let mut checked = 0;
+    for (path, ops_) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops_.as_object().unwrap() {
+            let concrete = path
+                .replace("{id}", "no-such-id")
+                .replace("{name}", "alice");
+            let (s, v) = call(
+                port,
+                &method.to_uppercase(),
+                &concrete,
+                Some(CONFIG_TOKEN),
+                "",
+            );
+            assert!(
+                op["responses"].get(s.to_string()).is_some(),
+                "{method} {path}: {s} {v} is not documented"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 11, "{checked}");
+
     // Roles that do not reach: refused, nothing changed.
     assert_eq!(
         call(port, "GET", "/api/v1/tokens", Some(&viewer), "").0,
@@ -166,7 +226,7 @@ fn tokens_roles_and_sessions_over_the_api() {
         405
     );
     let (_, list) = call(port, "GET", "/api/v1/tokens", Some(CONFIG_TOKEN), "");
-    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert_eq!(list.as_array().unwrap().len(), 5, "with parked");
 
     // Sign in with a token: a session of the same role, until signed out.
     let (s, login) = call(port, "POST", "/api/v1/login", Some(&viewer), "");
@@ -244,16 +304,24 @@ fn tokens_roles_and_sessions_over_the_api() {
             .filter(|e| e["action"] == action && e["result"].as_str().unwrap().starts_with(result))
             .count()
     };
-    assert_eq!(count("token.create", "ok"), 4);
+    assert_eq!(count("token.create", "ok"), 5);
     assert!(
         count("token.create", "refused") >= 2,
         "the viewer's and the ops' attempts"
     );
     assert_eq!(count("token.revoke", "ok"), 1);
-    assert_eq!(count("login", "ok"), 2);
+    assert_eq!(
+        count("login", "ok"),
+        3,
+        "viewer, ops and the document's check"
+    );
     assert_eq!(count("logout", "ok"), 1);
     assert!(count("login.failed", "refused") >= 5);
-    assert_eq!(count("config.reload", "ok"), 1, "the reload by ops");
+    assert_eq!(
+        count("config.reload", "ok"),
+        2,
+        "the document's check and ops"
+    );
     let block = entries
         .iter()
         .find(|e| e["action"] == "source.block")

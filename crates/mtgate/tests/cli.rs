@@ -412,10 +412,22 @@ fn audit_reports_findings_and_exits_non_zero_on_a_high_one() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("[high] user alice: the secret is weak"), "{text}");
-    assert!(text.contains("[high] the admin listener 0.0.0.0:9090"), "{text}");
-    assert!(text.contains("[medium] user alice: plain obfuscated2"), "{text}");
-    assert!(text.contains("crypto linked in: ") && text.contains("rustls 0."), "{text}");
+    assert!(
+        text.contains("[high] user alice: the secret is weak"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[high] the admin listener 0.0.0.0:9090"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[medium] user alice: plain obfuscated2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crypto linked in: ") && text.contains("rustls 0."),
+        "{text}"
+    );
     let clean = write(
         "clean.toml",
         format!(

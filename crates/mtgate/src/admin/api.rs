@@ -12,6 +12,9 @@
 //! | `GET /api/v1/tokens` | superuser | the tokens (never the tokens themselves) |
 //! | `POST /api/v1/tokens` | superuser | `{name, role, expires_in?, from?}` → the new token, once |
 //! | `DELETE /api/v1/tokens/{id}` | superuser | revokes it and ends its sessions |
+//! | `GET /api/v1/users`, `GET /api/v1/users/{name}` | read_only (links: standard) | users, usage, links |
+//! | `GET /api/v1/stats` | read_only | the proxy's counters |
+//! | `GET /api/v1/openapi.json` | any | this API's OpenAPI document |
 
 use crate::control::tokens::NewToken;
 use crate::control::{AuthError, Control, ControlError, Principal, Role};
@@ -108,6 +111,23 @@ struct CreateToken {
     expires_in: Option<u64>,
     #[serde(default)]
     from: Vec<String>,
+}
+
+/// The API's OpenAPI document (kept in docs/openapi.json).
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+fn user_json(u: &crate::control::view::UserView) -> Value {
+    let mut v = json!({
+        "name": u.name,
+        "modes": u.modes,
+        "bytes_up": u.bytes_up,
+        "bytes_down": u.bytes_down,
+        "connections": u.connections,
+    });
+    if !u.links.is_empty() {
+        v["links"] = json!(u.links);
+    }
+    v
 }
 
 fn principal_json(p: &Principal) -> Value {
@@ -233,13 +253,34 @@ pub async fn handle(
                 Err(e) => refused(&e),
             }
         }
+        (&Method::GET, ["users"]) => match control.users(&p) {
+            Ok(list) => answer(
+                StatusCode::OK,
+                &Value::Array(list.iter().map(user_json).collect()),
+            ),
+            Err(e) => refused(&e),
+        },
+        (&Method::GET, ["users", name]) => match control.user(&p, name) {
+            Ok(u) => answer(StatusCode::OK, &user_json(&u)),
+            Err(e) => refused(&e),
+        },
+        (&Method::GET, ["stats"]) => match control.stats(&p) {
+            Ok(v) => answer(StatusCode::OK, &v),
+            Err(e) => refused(&e),
+        },
+        (&Method::GET, ["openapi.json"]) => answer(
+            StatusCode::OK,
+            &serde_json::from_str(OPENAPI).unwrap_or(Value::Null),
+        ),
         (&Method::DELETE, ["tokens", id]) => match control.revoke_token(&p, id) {
             Ok(rec) => answer(StatusCode::OK, &token_json(&rec)),
             Err(e) => refused(&e),
         },
-        (_, ["whoami" | "login" | "logout" | "tokens"] | ["tokens", _]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-        }
+        (
+            _,
+            ["whoami" | "login" | "logout" | "tokens" | "users" | "stats" | "openapi.json"]
+            | ["tokens" | "users", _],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }

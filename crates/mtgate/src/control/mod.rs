@@ -15,6 +15,7 @@ pub mod auth;
 pub mod security;
 pub mod selfaudit;
 pub mod tokens;
+pub mod view;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -121,6 +122,13 @@ pub struct Control {
     pub sessions: auth::Sessions,
     pub failures: auth::Failures,
     pub audit: audit::Audit,
+    view: std::sync::OnceLock<std::sync::Arc<dyn view::View>>,
+}
+
+impl std::fmt::Debug for dyn view::View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("View")
+    }
 }
 
 impl Control {
@@ -135,7 +143,43 @@ impl Control {
             sessions: auth::Sessions::default(),
             failures: auth::Failures::default(),
             audit,
+            view: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the read side to the running proxy (once, at start).
+    pub fn set_view(&self, v: std::sync::Arc<dyn view::View>) {
+        let _ = self.view.set(v);
+    }
+
+    fn view(&self) -> Result<&std::sync::Arc<dyn view::View>, ControlError> {
+        self.view
+            .get()
+            .ok_or(ControlError::NotFound("running proxy"))
+    }
+
+    /// The users (`read_only`; their links from `standard` up).
+    pub fn users(&self, by: &Principal) -> Result<Vec<view::UserView>, ControlError> {
+        by.require(Role::ReadOnly)?;
+        let mut users = self.view()?.users();
+        if by.role < Role::Standard {
+            users.iter_mut().for_each(|u| u.links.clear());
+        }
+        Ok(users)
+    }
+
+    /// One user by name.
+    pub fn user(&self, by: &Principal, name: &str) -> Result<view::UserView, ControlError> {
+        self.users(by)?
+            .into_iter()
+            .find(|u| u.name == name)
+            .ok_or(ControlError::NotFound("user"))
+    }
+
+    /// The proxy's counters (`read_only`).
+    pub fn stats(&self, by: &Principal) -> Result<serde_json::Value, ControlError> {
+        by.require(Role::ReadOnly)?;
+        Ok(self.view()?.stats())
     }
 
     /// Appends to the audit trail (a failure to write is logged, not fatal).

@@ -1,0 +1,62 @@
+//! The control plane's read side ([`crate::control::view::View`]) over the
+//! running runtime: the service hands it to the control plane at start.
+
+use crate::links;
+use crate::runtime::Live;
+use std::sync::Arc;
+
+/// The control plane's read side over the running runtime.
+pub struct RuntimeView {
+    pub live: Arc<Live>,
+    /// The public port the links name.
+    pub port: u16,
+}
+
+impl crate::control::view::View for RuntimeView {
+    fn users(&self) -> Vec<crate::control::view::UserView> {
+        let rt = self.live.current();
+        let host = links::public_host(&rt.config);
+        let domain = rt.config.domains.first().cloned().unwrap_or_default();
+        let usage = rt.policy.stats().per_user;
+        rt.users
+            .iter()
+            .map(|u| {
+                let (up, down, conns) = usage
+                    .iter()
+                    .find(|(n, ..)| **n == *u.name)
+                    .map_or((0, 0, 0), |(_, up, down, c)| (*up, *down, *c));
+                let m = u.modes;
+                crate::control::view::UserView {
+                    name: u.name.clone(),
+                    modes: [(m.fake_tls, "ee"), (m.secure, "dd"), (m.classic, "classic")]
+                        .into_iter()
+                        .filter_map(|(on, n)| on.then_some(n))
+                        .collect(),
+                    bytes_up: up,
+                    bytes_down: down,
+                    connections: conns,
+                    links: u
+                        .client_secrets(&domain)
+                        .iter()
+                        .map(|s| s.tg_link(&host, self.port))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let rt = self.live.current();
+        let st = rt.policy.stats();
+        serde_json::json!({
+            "users": rt.users.len(),
+            "users_over_quota": st.users_over_quota,
+            "connections": st.per_user.iter().map(|u| u.3).sum::<u64>(),
+            "bytes_up": st.per_user.iter().map(|u| u.1).sum::<u64>(),
+            "bytes_down": st.per_user.iter().map(|u| u.2).sum::<u64>(),
+            "sources_tracked": st.ips.tracked,
+            "sources_blocked": st.ips.active_blocks,
+            "blocks_total": st.ips.blocks_total,
+        })
+    }
+}
