@@ -104,9 +104,10 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         // The control plane: the admin API's tokens (admin.token among
         // them, as a superuser) and the audit trail, which hears the
         // session path's security events as one more subscriber.
-        let control_plane = match crate::control::Control::open(
+        let control_plane = match crate::control::Control::open_with(
             Some(cfg.state_dir.clone()),
             cfg.admin_token.as_ref().map(|t| t.expose()),
+            cfg.admin_auth_failures,
         ) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {

@@ -51,7 +51,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Full<Bytes
 
 fn refused(e: &ControlError) -> Response<Full<Bytes>> {
     let status = match e {
-        ControlError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        ControlError::Forbidden { .. } | ControlError::Refused(_) => StatusCode::FORBIDDEN,
         ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
         ControlError::Exists(_) => StatusCode::CONFLICT,
@@ -276,11 +276,27 @@ pub async fn handle(
             Ok(rec) => answer(StatusCode::OK, &token_json(&rec)),
             Err(e) => refused(&e),
         },
-        (
-            _,
-            ["whoami" | "login" | "logout" | "tokens" | "users" | "stats" | "openapi.json"]
-            | ["tokens" | "users", _],
-        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
-        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+        (_, route) => match allowed(route) {
+            Some(allow) => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+                r.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    hyper::header::HeaderValue::from_static(allow),
+                );
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, "no such endpoint"),
+        },
     }
+}
+
+/// The methods a route takes (`Allow` of a `405`), or `None`: no such route.
+fn allowed(route: &[&str]) -> Option<&'static str> {
+    Some(match route {
+        ["whoami" | "users" | "stats" | "openapi.json"] | ["users", _] => "GET",
+        ["login" | "logout"] => "POST",
+        ["tokens"] => "GET, POST",
+        ["tokens", _] => "DELETE",
+        _ => return None,
+    })
 }

@@ -321,8 +321,20 @@ pub fn handle_from<B>(
     if req.method() == Method::POST && req.uri().path() == "/reload" {
         return state.post_reload(req, peer);
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    if (req.method() != Method::GET && req.method() != Method::HEAD)
+        || (req.uri().path() == "/reload" && state.reload.get().is_some())
+    {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        let allow = if req.uri().path() == "/reload" {
+            "POST"
+        } else {
+            "GET, HEAD"
+        };
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static(allow),
+        );
+        return r;
     }
     let h = &state.health;
     match req.uri().path() {

@@ -132,6 +132,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for `POST /reload` on the admin listener (`None`: disabled).
     pub admin_token: Option<AdminToken>,
+    /// Failed admin authentications an address may make a minute.
+    pub admin_auth_failures: u32,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
     /// Happy eyeballs: how long a DC target may go unanswered before the
@@ -401,6 +403,13 @@ impl Config {
             }
             Some(t) => Some(AdminToken(t)),
         };
+        let admin_auth_failures = raw
+            .admin
+            .auth_failures_per_minute
+            .unwrap_or(crate::control::auth::MAX_FAILURES);
+        if !(1..=100_000).contains(&admin_auth_failures) {
+            return Err(invalid("admin.auth_failures_per_minute", "use 1..100000"));
+        }
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -464,6 +473,7 @@ impl Config {
             me,
             admin_listen,
             admin_token,
+            admin_auth_failures,
             policy,
             proxy_protocol,
             websocket,

@@ -49,6 +49,8 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     /// Bearer token for the admin API's write endpoints (`POST /reload`).
     pub token: Option<String>,
+    /// Failed authentications an address may make a minute.
+    pub auth_failures_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

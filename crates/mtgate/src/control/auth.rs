@@ -18,7 +18,8 @@ pub const SESSION_TTL: u64 = 15 * 60;
 pub const MAX_SESSIONS: usize = 4096;
 /// What a session token begins with.
 pub const SESSION_PREFIX: &str = "mtgs_";
-/// Failed attempts an address may make within [`FAILURE_WINDOW`].
+/// Failed attempts an address may make within [`FAILURE_WINDOW`] by default
+/// (`admin.auth_failures_per_minute`).
 pub const MAX_FAILURES: u32 = 10;
 /// Seconds.
 pub const FAILURE_WINDOW: u64 = 60;
@@ -113,8 +114,10 @@ impl Sessions {
 }
 
 /// Failed authentication per address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Failures {
+    /// Failures an address may make within [`FAILURE_WINDOW`].
+    max: u32,
     /// (failures, window start).
     map: Mutex<HashMap<u128, (u32, u64)>>,
     /// Failed attempts since start (metrics).
@@ -123,12 +126,28 @@ pub struct Failures {
     pub limited: AtomicU64,
 }
 
+impl Default for Failures {
+    fn default() -> Self {
+        Self::new(MAX_FAILURES)
+    }
+}
+
 impl Failures {
+    /// At most `max` failures an address within [`FAILURE_WINDOW`].
+    pub fn new(max: u32) -> Self {
+        Self {
+            max: max.max(1),
+            map: Mutex::default(),
+            total: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+        }
+    }
+
     /// Whether `ip` may try at `at` (false: `429`).
     pub fn allowed(&self, ip: IpAddr, at: u64) -> bool {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let ok = match m.get(&source(ip)) {
-            Some(&(n, since)) => n < MAX_FAILURES || at >= since + FAILURE_WINDOW,
+            Some(&(n, since)) => n < self.max || at >= since + FAILURE_WINDOW,
             None => true,
         };
         if !ok {

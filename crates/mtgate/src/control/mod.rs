@@ -89,6 +89,9 @@ pub enum ControlError {
     Forbidden { need: Role },
     #[error("{0}")]
     Invalid(String),
+    /// Not allowed for this bearer, whatever its role.
+    #[error("{0}")]
+    Refused(String),
     #[error("no such {0}")]
     NotFound(&'static str),
     #[error("{0} already exists")]
@@ -134,6 +137,16 @@ impl std::fmt::Debug for dyn view::View {
 impl Control {
     /// The control plane whose state lives in `dir` (memory only: `None`).
     pub fn open(dir: Option<PathBuf>, config_token: Option<&str>) -> Result<Self, ControlError> {
+        Self::open_with(dir, config_token, auth::MAX_FAILURES)
+    }
+
+    /// [`Control::open`] allowing `failures` failed authentications an
+    /// address a minute.
+    pub fn open_with(
+        dir: Option<PathBuf>,
+        config_token: Option<&str>,
+        failures: u32,
+    ) -> Result<Self, ControlError> {
         let audit =
             audit::Audit::open(dir.as_deref()).map_err(|e| ControlError::Storage(e.to_string()))?;
         let tokens = tokens::TokenStore::open(dir)?;
@@ -141,7 +154,7 @@ impl Control {
         Ok(Self {
             tokens,
             sessions: auth::Sessions::default(),
-            failures: auth::Failures::default(),
+            failures: auth::Failures::new(failures),
             audit,
             view: std::sync::OnceLock::new(),
         })
@@ -259,7 +272,9 @@ impl Control {
         let r = if p.session && self.sessions.close(token) {
             Ok(())
         } else {
-            Err(ControlError::Invalid("not signed in with a session".into()))
+            Err(ControlError::Refused(
+                "signing out takes the session's own bearer".into(),
+            ))
         };
         self.act(p, "logout", Some(p.token_id.clone()), None, &r);
         r
