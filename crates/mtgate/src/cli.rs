@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `link`, `secret`, `doctor`: argument
+//! The command line: `run`, `check`, `link`, `secret`, `doctor`, `audit`: argument
 //! parsing and the small commands; `run` hands over to [`crate::service`].
 //! `anyhow` lives here and in `service` only; everything below returns typed
 //! errors.

@@ -206,9 +206,8 @@ pub async fn handle(
         },
         (&Method::POST, ["tokens"]) => {
             // The role is checked before the body is read.
-            if p.require(Role::Superuser).is_err() {
-                let r = control.create_token(&p, NewToken::default());
-                return r.map_or_else(|e| refused(&e), |_| error(StatusCode::FORBIDDEN, "refused"));
+            if p.role < Role::Superuser {
+                return refused(&control.deny(&p, "token.create", Role::Superuser));
             }
             let body = match json_body(req.into_body()).await {
                 Ok(b) => b,

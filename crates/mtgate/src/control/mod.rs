@@ -280,6 +280,19 @@ impl Control {
         r
     }
 
+    /// Refuses `action` to `by`, who lacks `need`, and records the refusal
+    /// (for a front end that checks the role before reading a request body).
+    pub fn deny(&self, by: &Principal, action: &str, need: Role) -> ControlError {
+        self.act(
+            by,
+            action,
+            None,
+            None,
+            &Err::<(), _>(ControlError::Forbidden { need }),
+        );
+        ControlError::Forbidden { need }
+    }
+
     /// The tokens (`superuser`).
     pub fn list_tokens(&self, by: &Principal) -> Result<Vec<tokens::TokenRecord>, ControlError> {
         by.require(Role::Superuser)?;
