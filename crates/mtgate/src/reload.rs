@@ -179,6 +179,23 @@ impl Reloader {
             }
             None => Config::from_overrides(&self.overrides)?,
         };
+        self.swap_in(old, cfg)
+    }
+
+    /// Applies a change of the users managed through the control plane: the
+    /// running config with the users as [`crate::state::users_for`] now
+    /// merges them, through the same rebuild, swap and drains as a reload
+    /// (not emitted as a reload: the control plane records its own entry).
+    pub fn apply_users(&self) -> Result<Summary, ReloadError> {
+        let _one = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.current();
+        let cfg = old.config.clone();
+        let summary = self.swap_in(&old, cfg)?;
+        tracing::info!(%summary, "managed users applied");
+        Ok(summary)
+    }
+
+    fn swap_in(&self, old: &Runtime, cfg: Config) -> Result<Summary, ReloadError> {
         let (users, _) = crate::state::users_for(&cfg)?;
         let summary = diff(old, &cfg, &users);
         let grace = cfg.drain_grace;
@@ -225,5 +242,13 @@ impl Reloader {
                 }
             }
         }))
+    }
+}
+
+impl crate::control::Apply for Reloader {
+    fn apply_users(&self) -> Result<(), String> {
+        Reloader::apply_users(self)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }

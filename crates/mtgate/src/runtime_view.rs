@@ -32,6 +32,8 @@ impl crate::control::view::View for RuntimeView {
                         .into_iter()
                         .filter_map(|(on, n)| on.then_some(n))
                         .collect(),
+                    source: crate::control::view::Source::Config,
+                    enabled: u.limits.enabled,
                     bytes_up: up,
                     bytes_down: down,
                     connections: conns,
@@ -43,6 +45,10 @@ impl crate::control::view::View for RuntimeView {
                 }
             })
             .collect()
+    }
+
+    fn default_modes(&self) -> crate::config::Modes {
+        self.live.current().config.default_modes
     }
 
     fn stats(&self) -> serde_json::Value {

@@ -206,6 +206,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
             Some(metrics.clone()),
         );
         if let Some(c) = &control_plane {
+            c.set_apply(reloader.clone());
             admin_state.set_control(c.clone());
             tokio::spawn(crate::control::security::pump_blocks(
                 c.clone(),

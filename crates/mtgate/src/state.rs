@@ -20,6 +20,9 @@ pub enum StateError {
     },
     #[error("{path} does not hold a 32-hex-digit secret; remove it to generate a new one")]
     Corrupt { path: String },
+    /// The users managed through the admin API could not be taken.
+    #[error("managed users: {0}")]
+    Managed(String),
 }
 
 /// Loads the default user's secret from `dir/secret`, creating it once if absent.
@@ -53,12 +56,20 @@ pub fn load_or_create_default_user(dir: &Path, modes: Modes) -> Result<(User, bo
 
 /// The users to serve: the configured ones, or the generated default user
 /// (and whether it was created just now).
+///
+/// The users managed through the admin API (`state_dir/users.json`,
+/// [`crate::control::users`]) are added to either.
 pub fn users_for(cfg: &crate::config::Config) -> Result<(Vec<User>, bool), StateError> {
-    if !cfg.users.is_empty() {
-        return Ok((cfg.users.clone(), false));
-    }
-    let (u, created) = load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
-    Ok((vec![u], created))
+    let (users, created) = if cfg.users.is_empty() {
+        let (u, created) = load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
+        (vec![u], created)
+    } else {
+        (cfg.users.clone(), false)
+    };
+    let managed = crate::control::users::load(&cfg.state_dir, cfg.default_modes)
+        .map_err(|e| StateError::Managed(e.to_string()))?;
+    let users = crate::control::users::merge(users, managed).map_err(StateError::Managed)?;
+    Ok((users, created))
 }
 
 fn user(key: Key16, modes: Modes) -> User {

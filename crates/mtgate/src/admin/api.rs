@@ -13,6 +13,9 @@
 //! | `POST /api/v1/tokens` | superuser | `{name, role, expires_in?, from?}` → the new token, once |
 //! | `DELETE /api/v1/tokens/{id}` | superuser | revokes it and ends its sessions |
 //! | `GET /api/v1/users`, `GET /api/v1/users/{name}` | read_only (links: standard) | users, usage, links |
+//! | `POST /api/v1/users` | standard | `{name, secret?, modes?, limits?}` → the new user and its links |
+//! | `PATCH /api/v1/users/{name}` | standard | `{modes?, limits?, enabled?}` (a user of the API, not the config file) |
+//! | `DELETE /api/v1/users/{name}` | standard | deletes it; its sessions are drained |
 //! | `GET /api/v1/stats` | read_only | the proxy's counters |
 //! | `GET /api/v1/openapi.json` | any | this API's OpenAPI document |
 
@@ -54,7 +57,7 @@ fn refused(e: &ControlError) -> Response<Full<Bytes>> {
         ControlError::Forbidden { .. } | ControlError::Refused(_) => StatusCode::FORBIDDEN,
         ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
-        ControlError::Exists(_) => StatusCode::CONFLICT,
+        ControlError::Exists(_) | ControlError::Conflict(_) => StatusCode::CONFLICT,
         ControlError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
@@ -113,6 +116,76 @@ struct CreateToken {
     from: Vec<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    secret: Option<String>,
+    modes: Option<Vec<String>>,
+    limits: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchUser {
+    modes: Option<Vec<String>>,
+    limits: Option<serde_json::Map<String, Value>>,
+    enabled: Option<bool>,
+}
+
+/// The body of a command that needs `need`, read only once the role is
+/// checked (a refusal is recorded as `action`).
+async fn body_for<T: for<'de> Deserialize<'de>>(
+    control: &Control,
+    p: &Principal,
+    action: &str,
+    need: Role,
+    body: Incoming,
+) -> Result<T, Reply> {
+    if p.role < need {
+        return Err(Box::new(refused(&control.deny(p, action, need))));
+    }
+    fields(json_body(body).await?)
+}
+
+async fn create_user(control: &Control, p: &Principal, body: Incoming) -> Response<Full<Bytes>> {
+    let c: CreateUser = match body_for(control, p, "user.create", Role::Standard, body).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let new = crate::control::NewUser {
+        name: c.name,
+        secret: c.secret,
+        modes: c.modes,
+        limits: c.limits,
+    };
+    match control.create_user(p, new) {
+        Ok(u) => answer(StatusCode::CREATED, &user_json(&u)),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn update_user(
+    control: &Control,
+    p: &Principal,
+    name: &str,
+    body: Incoming,
+) -> Response<Full<Bytes>> {
+    let c: PatchUser = match body_for(control, p, "user.update", Role::Standard, body).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let patch = crate::control::UserPatch {
+        modes: c.modes,
+        limits: c.limits,
+        enabled: c.enabled,
+    };
+    match control.update_user(p, name, patch) {
+        Ok(u) => answer(StatusCode::OK, &user_json(&u)),
+        Err(e) => refused(&e),
+    }
+}
+
 /// The API's OpenAPI document (kept in docs/openapi.json).
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
@@ -120,6 +193,8 @@ fn user_json(u: &crate::control::view::UserView) -> Value {
     let mut v = json!({
         "name": u.name,
         "modes": u.modes,
+        "source": u.source.name(),
+        "enabled": u.enabled,
         "bytes_up": u.bytes_up,
         "bytes_down": u.bytes_down,
         "connections": u.connections,
@@ -263,6 +338,15 @@ pub async fn handle(
             Ok(u) => answer(StatusCode::OK, &user_json(&u)),
             Err(e) => refused(&e),
         },
+        (&Method::POST, ["users"]) => create_user(control, &p, req.into_body()).await,
+        (&Method::PATCH, ["users", name]) => {
+            let name = (*name).to_owned();
+            update_user(control, &p, &name, req.into_body()).await
+        }
+        (&Method::DELETE, ["users", name]) => match control.delete_user(&p, name) {
+            Ok(()) => answer(StatusCode::OK, &json!({ "deleted": name })),
+            Err(e) => refused(&e),
+        },
         (&Method::GET, ["stats"]) => match control.stats(&p) {
             Ok(v) => answer(StatusCode::OK, &v),
             Err(e) => refused(&e),
@@ -292,7 +376,9 @@ pub async fn handle(
 /// The methods a route takes (`Allow` of a `405`), or `None`: no such route.
 fn allowed(route: &[&str]) -> Option<&'static str> {
     Some(match route {
-        ["whoami" | "users" | "stats" | "openapi.json"] | ["users", _] => "GET",
+        ["whoami" | "stats" | "openapi.json"] => "GET",
+        ["users"] => "GET, POST",
+        ["users", _] => "GET, PATCH, DELETE",
         ["login" | "logout"] => "POST",
         ["tokens"] => "GET, POST",
         ["tokens", _] => "DELETE",

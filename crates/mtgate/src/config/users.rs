@@ -128,3 +128,26 @@ pub(super) fn parse(
     }
     Ok((users, user_ad_tags))
 }
+
+/// Users kept by the admin API (`state_dir/users.json`): each entry has the
+/// shape of a `[users.NAME]` table and passes exactly the config file's
+/// checks. An ad tag is the config file's to set.
+pub fn parse_json(
+    entries: &BTreeMap<String, serde_json::Value>,
+    default_modes: Modes,
+) -> Result<Vec<User>, ConfigError> {
+    let mut raw = BTreeMap::new();
+    for (name, v) in entries {
+        let key = format!("users.{name}");
+        let r: RawUser =
+            serde_json::from_value(v.clone()).map_err(|e| invalid(&key, e.to_string()))?;
+        if r.ad_tag.is_some() {
+            return Err(invalid(
+                format!("{key}.ad_tag"),
+                "ad tags are set in the config file",
+            ));
+        }
+        raw.insert(name.clone(), r);
+    }
+    parse(raw, default_modes).map(|(users, _)| users)
+}

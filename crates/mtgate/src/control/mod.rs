@@ -15,7 +15,11 @@ pub mod auth;
 pub mod security;
 pub mod selfaudit;
 pub mod tokens;
+mod user_cmds;
+pub mod users;
 pub mod view;
+
+pub use user_cmds::{NewUser, UserPatch};
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -96,6 +100,9 @@ pub enum ControlError {
     NotFound(&'static str),
     #[error("{0} already exists")]
     Exists(String),
+    /// The change collides with what owns the thing (the config file).
+    #[error("{0}")]
+    Conflict(String),
     #[error("saving the change failed: {0}")]
     Storage(String),
 }
@@ -125,7 +132,29 @@ pub struct Control {
     pub sessions: auth::Sessions,
     pub failures: auth::Failures,
     pub audit: audit::Audit,
+    /// Users managed here (`state_dir/users.json`).
+    pub managed: users::Store,
     view: std::sync::OnceLock<std::sync::Arc<dyn view::View>>,
+    apply: std::sync::OnceLock<std::sync::Arc<dyn Apply>>,
+}
+
+/// How a change of the managed users reaches the running proxy: the service
+/// rebuilds its runtime with them (as a reload does) and swaps it in.
+pub trait Apply: Send + Sync {
+    /// Takes the managed users now; `Err`: refused, the running users stay.
+    fn apply_users(&self) -> Result<(), String>;
+}
+
+impl std::fmt::Debug for dyn Apply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Apply")
+    }
+}
+
+impl From<users::StoreError> for ControlError {
+    fn from(e: users::StoreError) -> Self {
+        ControlError::Storage(e.to_string())
+    }
 }
 
 impl std::fmt::Debug for dyn view::View {
@@ -149,6 +178,7 @@ impl Control {
     ) -> Result<Self, ControlError> {
         let audit =
             audit::Audit::open(dir.as_deref()).map_err(|e| ControlError::Storage(e.to_string()))?;
+        let managed = users::Store::new(dir.clone());
         let tokens = tokens::TokenStore::open(dir)?;
         tokens.set_config_token(config_token);
         Ok(Self {
@@ -156,13 +186,28 @@ impl Control {
             sessions: auth::Sessions::default(),
             failures: auth::Failures::new(failures),
             audit,
+            managed,
             view: std::sync::OnceLock::new(),
+            apply: std::sync::OnceLock::new(),
         })
     }
 
     /// Connects the read side to the running proxy (once, at start).
     pub fn set_view(&self, v: std::sync::Arc<dyn view::View>) {
         let _ = self.view.set(v);
+    }
+
+    /// Connects changes of the managed users to the running proxy (once, at start).
+    pub fn set_apply(&self, a: std::sync::Arc<dyn Apply>) {
+        let _ = self.apply.set(a);
+    }
+
+    fn apply_users(&self) -> Result<(), ControlError> {
+        self.apply
+            .get()
+            .ok_or(ControlError::NotFound("running proxy"))?
+            .apply_users()
+            .map_err(ControlError::Invalid)
     }
 
     fn view(&self) -> Result<&std::sync::Arc<dyn view::View>, ControlError> {
@@ -175,6 +220,12 @@ impl Control {
     pub fn users(&self, by: &Principal) -> Result<Vec<view::UserView>, ControlError> {
         by.require(Role::ReadOnly)?;
         let mut users = self.view()?.users();
+        let managed = self.managed.entries();
+        for u in &mut users {
+            if managed.contains_key(&u.name) && u.source == view::Source::Config {
+                u.source = view::Source::Api;
+            }
+        }
         if by.role < Role::Standard {
             users.iter_mut().for_each(|u| u.links.clear());
         }

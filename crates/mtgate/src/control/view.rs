@@ -5,11 +5,32 @@
 
 use serde_json::Value;
 
+/// Where a user is defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The config file (or the generated default user): changed there.
+    Config,
+    /// Managed through the control plane (`state_dir/users.json`).
+    Api,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Api => "api",
+        }
+    }
+}
+
 /// One user as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserView {
     pub name: String,
     pub modes: Vec<&'static str>,
+    pub source: Source,
+    /// May connect (`limits.enabled`).
+    pub enabled: bool,
     /// Bytes relayed (up: to Telegram) and connections open now.
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -21,6 +42,8 @@ pub struct UserView {
 /// The running proxy, read-only.
 pub trait View: Send + Sync {
     fn users(&self) -> Vec<UserView>;
+    /// The modes a user gets when it names none (`server.default_modes`).
+    fn default_modes(&self) -> crate::config::Modes;
     /// The proxy's counters (connections, blocks, quotas).
     fn stats(&self) -> Value;
 }

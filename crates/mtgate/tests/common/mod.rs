@@ -2,6 +2,7 @@
 //! TLS "mask site" on loopback (rustls, its own certificate).
 #![allow(dead_code)]
 
+pub mod admin_http;
 pub mod binary;
 pub mod nginx;
 pub mod prober;

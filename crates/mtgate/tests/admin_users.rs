@@ -1,0 +1,295 @@
+//! Users managed through the admin API (issue 13) on the real binary over
+//! real sockets: a `standard` token creates a user whose link connects
+//! through the proxy to a fake DC at once; disabling it refuses new
+//! connections and drains the open ones after the grace time; limits are
+//! checked with the config file's code; config users are shown but not
+//! changed; every change survives a restart and leaves an audit entry
+//! without the secret; refusals change nothing.
+
+mod common;
+
+use common::admin_http::call;
+use common::MtgateProcess;
+use mtgate_proto::secret::ProxySecret;
+use mtgate_testkit::client::{ClientMode, ObfsClient};
+use mtgate_testkit::conf::{dcs_table, users_tables, TLS_NO_FRONTING};
+use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const ALICE: &str = "00112233445566778899aabbccddeeff";
+const TOKEN: &str = "config-superuser-token-0123456789";
+
+fn start(dir: &std::path::Path, admin: u16, dc: SocketAddr) -> MtgateProcess {
+    let path = dir.join("mtgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
+             drain_grace = \"500ms\"\nwatch_config = false\ndefault_modes = [\"dd\"]\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n{TLS_NO_FRONTING}{}{}",
+            dir.display(),
+            dcs_table(&[dc]),
+            users_tables(&[("alice", ALICE)], &["dd"])
+        ),
+    )
+    .unwrap();
+    MtgateProcess::spawn(&path, dir, Stdio::null())
+}
+
+/// [`call`] from inside the test's runtime.
+fn api(port: u16, method: &str, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    tokio::task::block_in_place(|| call(port, method, path, Some(bearer), &body))
+}
+
+/// The secret of a user's first link.
+fn secret_of(user: &Value) -> ProxySecret {
+    let link = user["links"][0].as_str().expect("a link");
+    let s = link.split("secret=").nth(1).expect("secret=");
+    ProxySecret::parse(s.split('&').next().unwrap()).expect("a secret")
+}
+
+/// A client of `secret` that has done one round trip to the DC.
+async fn connected(proxy: SocketAddr, secret: &ProxySecret) -> Option<ObfsClient> {
+    let mode = ClientMode::from_secret(secret);
+    let mut c = tokio::time::timeout(
+        Duration::from_secs(5),
+        ObfsClient::connect(proxy, &secret.key, mode, 2),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tokio::time::timeout(Duration::from_secs(3), c.req_pq_multi())
+        .await
+        .ok()?
+        .ok()?;
+    Some(c)
+}
+
+/// Whether a connection of `secret` reaches the DC.
+async fn serves(proxy: SocketAddr, secret: &ProxySecret) -> bool {
+    connected(proxy, secret).await.is_some()
+}
+
+fn names(port: u16, token: &str) -> Vec<String> {
+    let (s, list) = api(port, "GET", "/api/v1/users", token, Value::Null);
+    assert_eq!(s, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_made_through_the_api_serve_at_once_and_survive_a_restart() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .expect("dc");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port().port();
+    let mut p = start(dir.path(), admin, dc.local_addr());
+
+    let token = |role: &str| {
+        let (s, t) = api(
+            admin,
+            "POST",
+            "/api/v1/tokens",
+            TOKEN,
+            json!({ "name": role, "role": role }),
+        );
+        assert_eq!(s, 201, "{t}");
+        t["token"].as_str().unwrap().to_owned()
+    };
+    let staff = token("standard");
+    let viewer = token("read_only");
+
+    // read_only may not create; nothing changes.
+    let (s, _) = api(
+        admin,
+        "POST",
+        "/api/v1/users",
+        &viewer,
+        json!({ "name": "bob" }),
+    );
+    assert_eq!(s, 403);
+    assert_eq!(names(admin, &viewer), ["alice"]);
+
+    // standard creates bob (random secret, default modes): he connects at once.
+    let (s, bob) = api(
+        admin,
+        "POST",
+        "/api/v1/users",
+        &staff,
+        json!({ "name": "bob", "limits": { "max_connections": 4 } }),
+    );
+    assert_eq!(s, 201, "{bob}");
+    assert_eq!(
+        (&bob["source"], &bob["enabled"], &bob["modes"]),
+        (&json!("api"), &json!(true), &json!(["dd"]))
+    );
+    let bob_secret = secret_of(&bob);
+    assert!(serves(p.addr, &bob_secret).await, "bob serves at once");
+    let alice = ProxySecret::parse(&format!("dd{ALICE}")).unwrap();
+    assert!(serves(p.addr, &alice).await, "alice unaffected");
+
+    // Refused with a clear 4xx, nothing changed.
+    let bad: [(Value, u16, &str); 6] = [
+        (json!({ "name": "bob" }), 409, "already exists"),
+        (json!({ "name": "alice" }), 409, "already exists"),
+        (
+            json!({ "name": "carol", "limits": { "quota": "ten" } }),
+            400,
+            "users.carol.limits.quota",
+        ),
+        (json!({ "name": "carol", "colour": "red" }), 400, "colour"),
+        (
+            json!({ "name": "carol", "secret": ALICE }),
+            400,
+            "share a secret",
+        ),
+        (json!({ "name": "no spaces" }), 400, "user names"),
+    ];
+    for (body, status, says) in bad {
+        let (s, e) = api(admin, "POST", "/api/v1/users", &staff, body.clone());
+        assert_eq!(s, status, "{body} → {e}");
+        let msg = e["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{body}: {msg:?} should say {says:?}");
+    }
+    assert_eq!(names(admin, &viewer), ["alice", "bob"]);
+
+    // Config users are shown, not changed.
+    let (s, e) = api(
+        admin,
+        "PATCH",
+        "/api/v1/users/alice",
+        &staff,
+        json!({ "enabled": false }),
+    );
+    assert_eq!(s, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("config file"));
+    assert_eq!(
+        api(admin, "DELETE", "/api/v1/users/alice", &staff, Value::Null).0,
+        409
+    );
+    assert_eq!(
+        api(admin, "PATCH", "/api/v1/users/nobody", &staff, json!({})).0,
+        404
+    );
+
+    // Disabling bob refuses new connections and drains the open one.
+    let mut open = connected(p.addr, &bob_secret).await.expect("bob's session");
+    let (s, b) = api(
+        admin,
+        "PATCH",
+        "/api/v1/users/bob",
+        &staff,
+        json!({ "enabled": false }),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["enabled"], false);
+    assert!(
+        !serves(p.addr, &bob_secret).await,
+        "a disabled user is refused"
+    );
+    let t0 = Instant::now();
+    let ended = loop {
+        let alive = matches!(
+            tokio::time::timeout(Duration::from_secs(1), open.req_pq_multi()).await,
+            Ok(Ok(_))
+        );
+        if !alive || t0.elapsed() > Duration::from_secs(8) {
+            break !alive;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ended, "the open session is drained after the grace time");
+
+    // Enabled again, with a limit removed by null; a bad patch changes nothing.
+    let (s, e) = api(
+        admin,
+        "PATCH",
+        "/api/v1/users/bob",
+        &staff,
+        json!({ "limits": { "max_connections": -1 } }),
+    );
+    assert_eq!(s, 400, "{e}");
+    let (s, b) = api(
+        admin,
+        "PATCH",
+        "/api/v1/users/bob",
+        &staff,
+        json!({ "enabled": true, "modes": ["dd", "classic"], "limits": { "max_connections": null } }),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["modes"], json!(["dd", "classic"]));
+    assert!(serves(p.addr, &bob_secret).await, "enabled again");
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("users.json")).unwrap()).unwrap();
+    assert_eq!(stored["bob"]["limits"], json!({ "enabled": true }));
+
+    // A restart keeps him.
+    drop(p);
+    p = start(dir.path(), admin, dc.local_addr());
+    assert!(serves(p.addr, &bob_secret).await, "bob survives a restart");
+    let (_, b) = api(admin, "GET", "/api/v1/users/bob", &staff, Value::Null);
+    assert_eq!(b["source"], "api");
+
+    // Deleted: refused from then on.
+    let (s, _) = api(admin, "DELETE", "/api/v1/users/bob", &staff, Value::Null);
+    assert_eq!(s, 200);
+    assert!(
+        !serves(p.addr, &bob_secret).await,
+        "a deleted user is refused"
+    );
+    assert_eq!(
+        api(admin, "GET", "/api/v1/users/bob", &staff, Value::Null).0,
+        404
+    );
+
+    // Every change is in the audit trail, never with the secret; the chain holds.
+    let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let secret_hex = hex::encode(bob_secret.key.expose());
+    assert!(!trail.contains(&secret_hex), "no secret in the audit trail");
+    let entries: Vec<Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |action: &str, result: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["result"].as_str().unwrap().starts_with(result))
+            .count()
+    };
+    assert_eq!(of("user.create", "ok"), 1);
+    // The role refusal and the five refused by the control plane (an unknown
+    // field never reaches it).
+    assert_eq!(of("user.create", "refused"), 6, "refusals recorded");
+    assert_eq!(of("user.update", "ok"), 2);
+    assert_eq!(of("user.delete", "ok"), 1);
+    let update = entries
+        .iter()
+        .find(|e| e["action"] == "user.update" && e["result"] == "ok")
+        .unwrap();
+    assert_eq!(update["before"]["limits"]["max_connections"], 4);
+    assert_eq!(update["after"]["limits"]["enabled"], false);
+    assert_eq!(update["actor"]["role"], "standard");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtgate"))
+        .args(["audit", "verify", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(p);
+}
