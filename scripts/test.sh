@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== system packages (nginx: the real mask site of the default-config probe suite)"
+echo "== system packages (nginx: the real mask site of the default-config probe suite) (${SECONDS}s)"
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ -z "${MTGATE_NGINX:-}" ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -16,7 +16,7 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ -z "${MTG
     fi
 fi
 
-echo "== system packages (pebble: the ACME test CA of crates/mtgate/tests/site_acme.rs)"
+echo "== system packages (pebble: the ACME test CA of crates/mtgate/tests/site_acme.rs) (${SECONDS}s)"
 if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -28,7 +28,7 @@ if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
     fi
 fi
 
-echo "== system packages (chromium, certutil: the browser of tests/realclients/test_site_browser.py)"
+echo "== system packages (chromium, certutil: the browser of tests/realclients/test_site_browser.py) (${SECONDS}s)"
 if [ ! -x /usr/bin/chromium ] || ! command -v certutil >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -40,10 +40,10 @@ if [ ! -x /usr/bin/chromium ] || ! command -v certutil >/dev/null 2>&1; then
     fi
 fi
 
-echo "== cargo build (binaries used by the real-client tests)"
+echo "== cargo build (binaries used by the real-client tests) (${SECONDS}s)"
 cargo build --workspace --bins
 
-echo "== Python venv for the fake middle-end oracle (ME-mode tests)"
+echo "== Python venv for the fake middle-end oracle (ME-mode tests) (${SECONDS}s)"
 FAKE_ME_REQ="${MTGATE_FAKE_ME_DIR:-../shared/oracles/fake_me}/requirements.txt"
 if [ ! -x .venv-me/bin/python ] || ! .venv-me/bin/python -c "import cryptography" 2>/dev/null; then
     python3 -m venv .venv-me
@@ -51,15 +51,15 @@ if [ ! -x .venv-me/bin/python ] || ! .venv-me/bin/python -c "import cryptography
 fi
 export MTGATE_ME_REQUIRED=1
 
-echo "== cargo test"
+echo "== cargo test (${SECONDS}s)"
 cargo test --workspace
 
-echo "== real clients (Telethon, TDLib)"
+echo "== real clients (Telethon, TDLib) (${SECONDS}s)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import telethon, tdjson, pytest, yaml, playwright, telethon_webproxy" 2>/dev/null; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/realclients/requirements.txt
 fi
 .venv/bin/python -m pytest -q tests/realclients
 
-echo "== packaging (systemd unit, Helm chart, Grafana dashboard)"
+echo "== packaging (systemd unit, Helm chart, Grafana dashboard) (${SECONDS}s)"
 MTGATE_BIN="$PWD/target/debug/mtgate" .venv/bin/python -m pytest -q tests/deploy

@@ -46,12 +46,8 @@ fn config(alt: bool) -> HandshakeConfig {
     HandshakeConfig {
         users: user_keys()
             .iter()
-            .map(|k| UserKey {
-                key: Key16::new(*k),
-                classic: true,
-                secure: true,
-                fake_tls: true,
-            })
+            .enumerate()
+            .map(|(i, k)| UserKey::new(Key16::new(*k), i, true, true, true))
             .collect(),
         domains: vec![SNI.into()],
         max_past_secs: 600,

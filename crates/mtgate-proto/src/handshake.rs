@@ -33,16 +33,58 @@ impl ClientMode {
     }
 }
 
-/// One user as the handshake sees it.
+/// When a secret is accepted, in Unix seconds, both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl Window {
+    /// Always valid.
+    pub const ALWAYS: Window = Window {
+        not_before: 0,
+        not_after: u64::MAX,
+    };
+
+    pub fn contains(&self, now: u64) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self::ALWAYS
+    }
+}
+
+/// One secret of a user as the handshake sees it. A user with several
+/// secrets (rotation) has a key for each, all naming it as `owner`.
 #[derive(Clone, Debug)]
 pub struct UserKey {
     pub key: Key16,
+    /// The user this key belongs to: what [`Accepted::user`] names.
+    pub owner: usize,
+    /// Outside it the key is not tried (a client of it is not ours).
+    pub valid: Window,
     pub classic: bool,
     pub secure: bool,
     pub fake_tls: bool,
 }
 
 impl UserKey {
+    /// A key of user `owner`, always valid, with these modes.
+    pub fn new(key: Key16, owner: usize, classic: bool, secure: bool, fake_tls: bool) -> Self {
+        Self {
+            key,
+            owner,
+            valid: Window::ALWAYS,
+            classic,
+            secure,
+            fake_tls,
+        }
+    }
+
     fn allows(&self, m: ClientMode) -> bool {
         match m {
             ClientMode::Classic => self.classic,
@@ -55,6 +97,7 @@ impl UserKey {
 /// What the handshake checks against; built once per config and shared.
 #[derive(Clone, Debug)]
 pub struct HandshakeConfig {
+    /// Every user's secrets (a user may have several).
     pub users: Vec<UserKey>,
     /// Accepted SNI names for FakeTLS (lowercase). Empty = any.
     pub domains: Vec<String>,
@@ -136,8 +179,10 @@ impl RejectReason {
 /// A valid client.
 #[derive(Debug)]
 pub struct Accepted {
-    /// Index of the user in [`HandshakeConfig::users`].
+    /// The user ([`UserKey::owner`] of the key that matched).
     pub user: usize,
+    /// Index of the matching key in [`HandshakeConfig::users`].
+    pub key: usize,
     pub mode: ClientMode,
     pub tag: ProtoTag,
     pub dc: DcIndex,
@@ -164,7 +209,8 @@ enum State {
     Start,
     /// FakeTLS verified for this user; collecting the obfuscated2 header from records.
     TlsInner {
-        user: usize,
+        /// The key the hello's digest matched.
+        key: usize,
         stripper: RecordStripper,
         stream: Vec<u8>,
     },
@@ -270,20 +316,21 @@ impl Handshake {
             .users
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.classic || u.secure)
+            .filter(|(_, u)| (u.classic || u.secure) && u.valid.contains(now))
             .map(|(i, u)| (i, &u.key))
             .collect();
         let keys: Vec<&Key16> = candidates.iter().map(|(_, k)| *k).collect();
         let Some(hdr) = obfs2::parse_client_header(&header, &keys) else {
             return self.reject(RejectReason::BadObfs2);
         };
-        let user = candidates[hdr.key_index].0;
+        let key = candidates[hdr.key_index].0;
+        let user = cfg.users[key].owner;
         let mode = if hdr.tag == ProtoTag::Padded {
             ClientMode::Secure
         } else {
             ClientMode::Classic
         };
-        if !cfg.users[user].allows(mode) {
+        if !cfg.users[key].allows(mode) {
             return self.reject(RejectReason::ModeNotAllowed);
         }
         let mut fp = [0u8; 16];
@@ -294,6 +341,7 @@ impl Handshake {
         self.state = State::Done;
         Outcome::Accepted(Box::new(Accepted {
             user,
+            key,
             mode,
             tag: hdr.tag,
             dc: hdr.dc,
@@ -319,11 +367,11 @@ impl Handshake {
             .users
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.fake_tls)
+            .filter(|(_, u)| u.fake_tls && u.valid.contains(now))
             .find_map(|(i, u)| {
                 faketls::verify_hello_digest(&self.received, &u.key).map(|ts| (i, ts))
             });
-        let Some((user, ts)) = found else {
+        let Some((key, ts)) = found else {
             return self.reject(RejectReason::BadDigest);
         };
         if !cfg.domains.is_empty()
@@ -361,13 +409,13 @@ impl Handshake {
         let share = mtgate_crypto::keyshare::key_share(rand);
         let resp = faketls::build_server_hello_ordered(
             &hello,
-            &cfg.users[user].key,
+            &cfg.users[key].key,
             &share,
             &fake,
             cfg.versions_first,
         );
         self.state = State::TlsInner {
-            user,
+            key,
             stripper: RecordStripper::new(),
             stream: Vec::with_capacity(HEADER_LEN),
         };
@@ -382,7 +430,7 @@ impl Handshake {
         now: u64,
     ) -> Outcome {
         let State::TlsInner {
-            user,
+            key,
             stripper,
             stream,
         } = &mut self.state
@@ -400,13 +448,13 @@ impl Handshake {
         if stream.len() < HEADER_LEN {
             return Outcome::NeedMore;
         }
-        let user = *user;
+        let key = *key;
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&stream[..HEADER_LEN]);
         let early = stream[HEADER_LEN..].to_vec();
         let stripper = std::mem::take(stripper);
         self.state = State::Done;
-        let Some(hdr) = obfs2::parse_client_header(&header, &[&cfg.users[user].key]) else {
+        let Some(hdr) = obfs2::parse_client_header(&header, &[&cfg.users[key].key]) else {
             return Outcome::Reject(RejectReason::BadObfs2);
         };
         let mut fp = [0u8; 16];
@@ -415,7 +463,8 @@ impl Handshake {
             return Outcome::Reject(RejectReason::Replay);
         }
         Outcome::Accepted(Box::new(Accepted {
-            user,
+            user: cfg.users[key].owner,
+            key,
             mode: ClientMode::FakeTls,
             tag: hdr.tag,
             dc: hdr.dc,

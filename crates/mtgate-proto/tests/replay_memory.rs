@@ -17,12 +17,7 @@ fn a_million_unique_handshakes_keep_replay_memory_at_its_cap() {
     const CAP: usize = 65_536;
     let key = Key16::new([3; 16]);
     let cfg = HandshakeConfig {
-        users: vec![UserKey {
-            key: key.clone(),
-            classic: true,
-            secure: true,
-            fake_tls: false,
-        }],
+        users: vec![UserKey::new(key.clone(), 0, true, true, false)],
         domains: vec![],
         max_past_secs: 600,
         max_future_secs: 120,

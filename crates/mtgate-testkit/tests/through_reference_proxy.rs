@@ -36,12 +36,7 @@ async fn reference_proxy(dc: SocketAddr) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = HandshakeConfig {
-        users: vec![UserKey {
-            key: key(),
-            classic: true,
-            secure: true,
-            fake_tls: true,
-        }],
+        users: vec![UserKey::new(key(), 0, true, true, true)],
         domains: vec![DOMAIN.into()],
         max_past_secs: 600,
         max_future_secs: 120,

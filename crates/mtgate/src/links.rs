@@ -37,8 +37,33 @@ pub fn public_port(cfg: &Config, bound: Option<u16>) -> u16 {
 
 /// The text block printed for one user: every link, then a QR of the best one.
 pub fn render_user(user: &User, domain: &str, host: &str, port: u16, qr: bool) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    render_user_at(user, domain, host, port, qr, now)
+}
+
+/// A time for people: RFC 3339 in UTC.
+fn when(t: u64) -> String {
+    i64::try_from(t)
+        .ok()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+}
+
+/// [`render_user`] at `now` (Unix seconds): the links of the secret in force
+/// (and until when, if it runs out), then each upcoming secret's best link.
+pub fn render_user_at(
+    user: &User,
+    domain: &str,
+    host: &str,
+    port: u16,
+    qr: bool,
+    now: u64,
+) -> String {
     let mut out = format!("user {}:\n", user.name);
-    let secrets = user.client_secrets(domain);
+    let current = user.secret_at(now);
+    let secrets = user.client_secrets_of(&current.key, domain);
     for s in &secrets {
         out.push_str(&format!(
             "  {}\n  {}\n",
@@ -46,10 +71,26 @@ pub fn render_user(user: &User, domain: &str, host: &str, port: u16, qr: bool) -
             s.tme_link(host, port)
         ));
     }
+    if current.valid.not_after != u64::MAX {
+        out.push_str(&format!("  (until {})\n", when(current.valid.not_after)));
+    }
     if let (true, Some(best)) = (qr, secrets.first()) {
         if let Some(img) = qr_text(&best.tme_link(host, port)) {
             out.push_str(&img);
             out.push('\n');
+        }
+    }
+    for s in user.secrets.iter().filter(|s| s.valid.not_before > now) {
+        if s.key == current.key {
+            continue;
+        }
+        if let Some(best) = user.client_secrets_of(&s.key, domain).first() {
+            out.push_str(&format!(
+                "  upcoming from {} (secret {}):\n  {}\n",
+                when(s.valid.not_before),
+                s.id(),
+                best.tg_link(host, port)
+            ));
         }
     }
     out
@@ -62,7 +103,7 @@ pub fn render_user(user: &User, domain: &str, host: &str, port: u16, qr: bool) -
 pub fn web_links(user: &User, host: &str, path: Option<&str>) -> (String, String) {
     let mut secret = Vec::with_capacity(17);
     secret.push(0xdd);
-    secret.extend_from_slice(user.key.expose());
+    secret.extend_from_slice(user.key().expose());
     let s = mtgate_proto::webproxy::link_secret(&secret, path.is_some());
     let server = match path {
         Some(p) => format!("{host}%2F{}", p.replace('/', "%2F")),
@@ -148,18 +189,64 @@ mod web_tests {
     use super::*;
 
     #[test]
+    fn links_show_the_secret_in_force_and_the_upcoming_one() {
+        let mut u = User::with_key(
+            "alice",
+            mtgate_crypto::Key16::new([1; 16]),
+            crate::config::Modes {
+                classic: false,
+                secure: true,
+                fake_tls: false,
+            },
+        );
+        u.secrets[0].valid.not_after = 2_000;
+        u.secrets.push(crate::config::Secret {
+            key: mtgate_crypto::Key16::new([2; 16]),
+            valid: crate::config::Window {
+                not_before: 1_500,
+                not_after: u64::MAX,
+            },
+        });
+        let before = render_user_at(&u, "x.test", "h", 443, false, 1_000);
+        assert!(
+            before.contains(&format!("secret=dd{}", "01".repeat(16))),
+            "{before}"
+        );
+        assert!(
+            before.contains("(until 1970-01-01T00:33:20+00:00)"),
+            "{before}"
+        );
+        assert!(
+            before.contains(&format!(
+                "upcoming from 1970-01-01T00:25:00+00:00 (secret {}):\n  tg://proxy?server=h&port=443&secret=dd{}",
+                u.secrets[1].id(),
+                "02".repeat(16)
+            )),
+            "{before}"
+        );
+        let after = render_user_at(&u, "x.test", "h", 443, false, 1_600);
+        assert!(
+            after.contains(&format!("secret=dd{}", "02".repeat(16))),
+            "{after}"
+        );
+        assert!(
+            !after.contains("upcoming") && !after.contains("until"),
+            "{after}"
+        );
+    }
+
+    #[test]
     fn web_links_carry_the_dd_secret_and_the_path() {
         let key: [u8; 16] = std::array::from_fn(|i| i as u8);
-        let u = User {
-            name: "alice".into(),
-            key: mtgate_crypto::Key16::new(key),
-            modes: crate::config::Modes {
+        let u = User::with_key(
+            "alice",
+            mtgate_crypto::Key16::new(key),
+            crate::config::Modes {
                 classic: false,
                 secure: false,
                 fake_tls: true,
             },
-            limits: Default::default(),
-        };
+        );
         let (tg, tme) = web_links(&u, "proxy.example.com", None);
         assert_eq!(
             tg,

@@ -64,7 +64,16 @@ impl std::fmt::Display for Summary {
 }
 
 fn same_user(a: &User, b: &User) -> bool {
-    a.key == b.key && a.modes == b.modes && a.limits == b.limits
+    a.secrets == b.secrets && a.modes == b.modes && a.limits == b.limits
+}
+
+/// Whether a secret of `old` is gone in `new` (changed or revoked): its
+/// sessions are drained. Adding a secret (a rotation) or moving a window
+/// drains nothing; a secret past its window is refused to new connections.
+fn lost_a_secret(old: &User, new: &User) -> bool {
+    old.secrets
+        .iter()
+        .any(|o| !new.secrets.iter().any(|n| n.key == o.key))
 }
 
 /// Compares the running runtime with a new config and its users.
@@ -73,7 +82,7 @@ pub fn diff(old: &Runtime, cfg: &Config, users: &[User]) -> Summary {
     for u in users {
         match old.users.iter().find(|o| o.name == u.name) {
             None => s.added.push(u.name.clone()),
-            Some(o) if o.key != u.key || !user_enabled(u) && user_enabled(o) => {
+            Some(o) if lost_a_secret(o, u) || !user_enabled(u) && user_enabled(o) => {
                 s.drained.push(u.name.clone())
             }
             Some(o) if !same_user(o, u) => s.changed.push(u.name.clone()),

@@ -96,11 +96,18 @@ fn handshake_config(config: &Config, users: &[User]) -> HandshakeConfig {
     HandshakeConfig {
         users: users
             .iter()
-            .map(|u| UserKey {
-                key: u.key.clone(),
-                classic: u.modes.classic,
-                secure: u.modes.secure,
-                fake_tls: u.modes.fake_tls,
+            .enumerate()
+            .flat_map(|(owner, u)| {
+                u.secrets.iter().map(move |s| UserKey {
+                    valid: s.valid,
+                    ..UserKey::new(
+                        s.key.clone(),
+                        owner,
+                        u.modes.classic,
+                        u.modes.secure,
+                        u.modes.fake_tls,
+                    )
+                })
             })
             .collect(),
         domains: config.domains.clone(),

@@ -73,12 +73,7 @@ pub fn users_for(cfg: &crate::config::Config) -> Result<(Vec<User>, bool), State
 }
 
 fn user(key: Key16, modes: Modes) -> User {
-    User {
-        name: DEFAULT_USER.into(),
-        key,
-        modes,
-        limits: Default::default(),
-    }
+    User::with_key(DEFAULT_USER, key, modes)
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, mode 0600.
@@ -115,7 +110,7 @@ mod tests {
         assert!(created);
         let (b, created) = load_or_create_default_user(dir.path(), modes).unwrap();
         assert!(!created);
-        assert_eq!(a.key, b.key);
+        assert_eq!(a.secrets, b.secrets);
         std::fs::write(dir.path().join("secret"), "garbage").unwrap();
         assert!(matches!(
             load_or_create_default_user(dir.path(), modes),

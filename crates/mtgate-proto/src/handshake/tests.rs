@@ -9,18 +9,8 @@ const NOW: u64 = 1_800_000_000;
 fn cfg(classic: bool, secure: bool, tls: bool) -> HandshakeConfig {
     HandshakeConfig {
         users: vec![
-            UserKey {
-                key: Key16::new([1; 16]),
-                classic,
-                secure,
-                fake_tls: tls,
-            },
-            UserKey {
-                key: Key16::new([2; 16]),
-                classic,
-                secure,
-                fake_tls: tls,
-            },
+            UserKey::new(Key16::new([1; 16]), 0, classic, secure, tls),
+            UserKey::new(Key16::new([2; 16]), 1, classic, secure, tls),
         ],
         domains: vec!["www.example.com".into()],
         max_past_secs: 600,
@@ -81,6 +71,108 @@ fn obfs2_accepts_each_tag_for_the_right_user() {
             hs.feed(&wire, NOW, &c, &mut rc, &mut rng()),
             Outcome::Reject(RejectReason::Replay)
         ));
+    }
+}
+
+/// User 0 holds two keys (a rotation): the old one valid until `NOW`, the
+/// new one from `NOW`; user 1 one key that is not valid yet.
+fn rotating() -> HandshakeConfig {
+    let mut c = cfg(true, true, true);
+    c.users[0].valid = Window {
+        not_before: 0,
+        not_after: NOW,
+    };
+    c.users[1].owner = 0;
+    c.users[1].valid = Window {
+        not_before: NOW,
+        not_after: u64::MAX,
+    };
+    c.users.push(UserKey {
+        valid: Window {
+            not_before: NOW + 100,
+            not_after: u64::MAX,
+        },
+        ..UserKey::new(Key16::new([3; 16]), 1, true, true, true)
+    });
+    c
+}
+
+#[test]
+fn keys_are_tried_only_inside_their_window_and_name_their_owner() {
+    let c = rotating();
+    let obfs = |key: u8, now: u64| {
+        let mut rc = ReplayCache::new(100, 1000);
+        Handshake::new().feed(
+            &obfs2_client(key, ProtoTag::Padded, 2),
+            now,
+            &c,
+            &mut rc,
+            &mut rng(),
+        )
+    };
+    // The old key until its end, the new one from its start, both the owner.
+    for (key, now, index) in [
+        (1, NOW - 1, 0),
+        (1, NOW, 0),
+        (2, NOW, 1),
+        (2, NOW + 5000, 1),
+    ] {
+        let Outcome::Accepted(a) = obfs(key, now) else {
+            panic!("key {key} at {now}")
+        };
+        assert_eq!((a.user, a.key), (0, index));
+    }
+    // Outside their windows: not ours.
+    for (key, now) in [(1, NOW + 1), (2, NOW - 1), (3, NOW + 99)] {
+        assert!(
+            matches!(obfs(key, now), Outcome::Reject(RejectReason::BadObfs2)),
+            "key {key} at {now}"
+        );
+    }
+    let Outcome::Accepted(a) = obfs(3, NOW + 100) else {
+        panic!("user 1 from its start")
+    };
+    assert_eq!((a.user, a.key), (1, 2));
+    // FakeTLS: the hello's digest is checked only against keys valid now.
+    let tls = |key: u8, now: u64| {
+        let mut rc = ReplayCache::new(100, 1000);
+        let hello = build_client_hello(
+            &Key16::new([key; 16]),
+            "www.example.com",
+            now as u32 - 5,
+            &[9; 64],
+            517,
+        );
+        Handshake::new().feed(&hello, now, &c, &mut rc, &mut rng())
+    };
+    assert!(matches!(tls(1, NOW), Outcome::Respond(_)));
+    assert!(matches!(
+        tls(1, NOW + 10),
+        Outcome::Reject(RejectReason::BadDigest)
+    ));
+    assert!(matches!(tls(2, NOW + 10), Outcome::Respond(_)));
+}
+
+proptest! {
+    /// Whatever the windows and the time, a key outside its window is never
+    /// accepted and an accepted one names its owner.
+    #[test]
+    fn windows_hold(nb in 0u64..20, len in 0u64..20, at in 0u64..40, owner in 0usize..3) {
+        let mut c = cfg(true, true, true);
+        c.users[1].owner = owner;
+        c.users[1].valid = Window { not_before: NOW + nb, not_after: NOW + nb + len };
+        let now = NOW + at;
+        let mut rc = ReplayCache::new(100, 1000);
+        let out = Handshake::new().feed(&obfs2_client(2, ProtoTag::Padded, 2), now, &c, &mut rc, &mut rng());
+        let inside = at >= nb && at <= nb + len;
+        match out {
+            Outcome::Accepted(a) => {
+                prop_assert!(inside);
+                prop_assert_eq!((a.user, a.key), (owner, 1));
+            }
+            Outcome::Reject(RejectReason::BadObfs2) => prop_assert!(!inside),
+            o => prop_assert!(false, "{:?}", o),
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use upstream::Upstream;
 pub use user_limits::UserLimits;
-pub use users::{parse_json as parse_users_json, Modes, User};
+pub use users::{parse_json as parse_users_json, Modes, Secret, User, Window, MAX_SECRETS};
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, thiserror::Error)]

@@ -75,10 +75,8 @@ pub(super) fn apply_overrides(raw: &mut RawConfig, ov: &Overrides) -> Result<(),
         raw.users.insert(
             name,
             raw::RawUser {
-                secret,
-                modes: None,
-                ad_tag: None,
-                limits: None,
+                secret: Some(secret),
+                ..Default::default()
             },
         );
     }

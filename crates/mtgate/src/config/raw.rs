@@ -141,12 +141,28 @@ pub struct RawUpstream {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
-    pub secret: String,
+    /// The user's secret; more, each with a validity window, in `secrets`.
+    pub secret: Option<String>,
+    /// The window of `secret` (RFC 3339); default: always.
+    pub not_before: Option<super::user_limits::RawTime>,
+    pub not_after: Option<super::user_limits::RawTime>,
+    /// More secrets (rotation), each with its own window.
+    #[serde(default)]
+    pub secrets: Vec<RawSecret>,
     pub modes: Option<Vec<String>>,
     /// This user's promotion tag (32 hex digits); overrides `me.ad_tag`.
     pub ad_tag: Option<String>,
     /// Per-user limits, quotas and bandwidth.
     pub limits: Option<super::user_limits::RawUserLimits>,
+}
+
+/// `[[users.NAME.secrets]]`: one more secret of a user and when it is accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub secret: String,
+    pub not_before: Option<super::user_limits::RawTime>,
+    pub not_after: Option<super::user_limits::RawTime>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -239,3 +239,58 @@ fn the_site_from_flags_names_the_links() {
     assert!(err("[site]\ndir = \"/tmp\"").starts_with("site.hosts"));
     assert!(err("[site]\nhosts = [\"bad host\"]").starts_with("site.hosts[0]"));
 }
+
+#[test]
+fn a_user_may_hold_several_secrets_with_windows() {
+    let text = "[users.a]\nsecret = \"00112233445566778899aabbccddeeff\"\n\
+                not_after = \"2027-01-01T00:00:00Z\"\n\
+                [[users.a.secrets]]\nsecret = \"dd0f0e0d0c0b0a09080706050403020100\"\n\
+                not_before = \"2026-12-01T00:00:00+01:00\"\n\
+                [users.b]\n[[users.b.secrets]]\nsecret = \"ffeeddccbbaa99887766554433221100\"\n";
+    let c = Config::from_toml(text, &Overrides::default()).expect("valid");
+    let a = &c.users[0];
+    assert_eq!(a.secrets.len(), 2);
+    assert_eq!(
+        (a.secrets[0].valid.not_before, a.secrets[0].valid.not_after),
+        (0, 1_798_761_600)
+    );
+    assert_eq!(
+        (a.secrets[1].valid.not_before, a.secrets[1].valid.not_after),
+        (1_796_079_600, u64::MAX)
+    );
+    // Links name the newest secret in force, else the next to start.
+    assert_eq!(a.secret_at(1_700_000_000).key, a.secrets[0].key);
+    assert_eq!(a.secret_at(1_797_000_000).key, a.secrets[1].key);
+    assert_eq!(a.secret_at(1_900_000_000).key, a.secrets[1].key);
+    assert_ne!(a.secrets[0].id(), a.secrets[1].id());
+    assert_eq!(a.secrets[0].id().len(), 8);
+    assert_eq!(c.users[1].secrets.len(), 1, "secrets alone are enough");
+
+    let k1 = "secret = \"00112233445566778899aabbccddeeff\"";
+    for (text, says) in [
+        ("[users.a]\nmodes = [\"dd\"]", "users.a.secret: a secret is required"),
+        (
+            &format!("[users.a]\n{k1}\nnot_before = \"2027-01-02T00:00:00Z\"\nnot_after = \"2027-01-01T00:00:00Z\""),
+            "users.a.not_after: is before not_before",
+        ),
+        (
+            &format!("[users.a]\n{k1}\nnot_after = \"tomorrow\""),
+            "users.a.not_after: \"tomorrow\" is not an RFC 3339 time",
+        ),
+        (
+            &format!("[users.a]\n{k1}\n[[users.a.secrets]]\n{k1}"),
+            "one user names it twice",
+        ),
+        (
+            "[users.a]\nnot_after = \"2027-01-01T00:00:00Z\"\n[[users.a.secrets]]\nsecret = \"00112233445566778899aabbccddeeff\"",
+            "users.a.not_before: a window needs `secret`",
+        ),
+        (
+            "[users.a]\n[[users.a.secrets]]\nsecret = \"zz\"",
+            "users.a.secrets[0].secret",
+        ),
+    ] {
+        let e = err(text);
+        assert!(e.contains(says), "{text}\n→ {e}\nshould say {says}");
+    }
+}

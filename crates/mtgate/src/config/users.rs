@@ -41,41 +41,160 @@ impl Modes {
     }
 }
 
-/// One user: a name, a 16-byte key and the modes allowed.
+pub use mtgate_proto::handshake::Window;
+
+/// One secret of a user and when it is accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secret {
+    pub key: Key16,
+    pub valid: Window,
+}
+
+impl Secret {
+    /// A secret that is always accepted.
+    pub fn always(key: Key16) -> Self {
+        Self {
+            key,
+            valid: Window::ALWAYS,
+        }
+    }
+
+    /// A name for the secret that does not reveal it: the first 8 hex
+    /// digits of its key's SHA-256.
+    pub fn id(&self) -> String {
+        hex::encode(&mtgate_crypto::sha256(&[self.key.expose()])[..4])
+    }
+}
+
+/// One user: a name, its secrets (16-byte keys, each with a validity window)
+/// and the modes allowed.
 #[derive(Clone, Debug)]
 pub struct User {
     pub name: String,
-    pub key: Key16,
+    /// At least one; several while a rotation runs.
+    pub secrets: Vec<Secret>,
     pub modes: Modes,
     /// Limits, quotas and bandwidth (`[users.NAME.limits]`).
     pub limits: UserLimits,
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl User {
-    /// The client secrets this user can be given, best (stealthiest) first.
+    /// A user with one secret, always valid.
+    pub fn with_key(name: impl Into<String>, key: Key16, modes: Modes) -> Self {
+        Self {
+            name: name.into(),
+            secrets: vec![Secret::always(key)],
+            modes,
+            limits: UserLimits::default(),
+        }
+    }
+
+    /// The secret to hand out at `now`: of those valid then, the newest
+    /// (latest `not_before`); else the one that starts soonest; else the
+    /// first.
+    pub fn secret_at(&self, now: u64) -> &Secret {
+        let current = self
+            .secrets
+            .iter()
+            .filter(|s| s.valid.contains(now))
+            .max_by_key(|s| s.valid.not_before);
+        let upcoming = || {
+            self.secrets
+                .iter()
+                .filter(|s| s.valid.not_before > now)
+                .min_by_key(|s| s.valid.not_before)
+        };
+        current.or_else(upcoming).unwrap_or(&self.secrets[0])
+    }
+
+    /// The key links name now ([`User::secret_at`]).
+    pub fn key(&self) -> &Key16 {
+        &self.secret_at(unix_now()).key
+    }
+
+    /// The client secrets this user can be given now, best (stealthiest) first.
     pub fn client_secrets(&self, domain: &str) -> Vec<ProxySecret> {
+        self.client_secrets_of(self.key(), domain)
+    }
+
+    /// The client secrets of one of this user's keys, best first.
+    pub fn client_secrets_of(&self, key: &Key16, domain: &str) -> Vec<ProxySecret> {
         let mut v = Vec::new();
         if self.modes.fake_tls {
             v.push(ProxySecret {
-                key: self.key.clone(),
+                key: key.clone(),
                 kind: SecretKind::Ee(domain.to_owned()),
             });
         }
         if self.modes.secure {
             v.push(ProxySecret {
-                key: self.key.clone(),
+                key: key.clone(),
                 kind: SecretKind::Dd,
             });
         }
         if self.modes.classic {
             v.push(ProxySecret {
-                key: self.key.clone(),
+                key: key.clone(),
                 kind: SecretKind::Plain,
             });
         }
         v
     }
 }
+
+/// Unix seconds of an RFC 3339 time (`key`: where it was written).
+fn unix_time(key: &str, t: &super::user_limits::RawTime) -> Result<u64, ConfigError> {
+    chrono::DateTime::parse_from_rfc3339(&t.0)
+        .map_err(|e| {
+            invalid(
+                key,
+                format!(
+                    "{:?} is not an RFC 3339 time with an offset ({e}); e.g. \"2027-01-01T00:00:00Z\"",
+                    t.0
+                ),
+            )
+        })
+        .map(|d| u64::try_from(d.timestamp()).unwrap_or(0))
+}
+
+/// One secret and its window, as written at `key`.
+fn secret(
+    key: &str,
+    text: &str,
+    nb: Option<&super::user_limits::RawTime>,
+    na: Option<&super::user_limits::RawTime>,
+) -> Result<Secret, ConfigError> {
+    let parsed =
+        ProxySecret::parse(text).map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?;
+    let not_before = nb
+        .map(|t| unix_time(&format!("{key}.not_before"), t))
+        .transpose()?
+        .unwrap_or(0);
+    let not_after = na
+        .map(|t| unix_time(&format!("{key}.not_after"), t))
+        .transpose()?
+        .unwrap_or(u64::MAX);
+    if not_before > not_after {
+        return Err(invalid(format!("{key}.not_after"), "is before not_before"));
+    }
+    Ok(Secret {
+        key: parsed.key,
+        valid: Window {
+            not_before,
+            not_after,
+        },
+    })
+}
+
+/// At most this many secrets a user (a rotation needs two or three).
+pub const MAX_SECRETS: usize = 16;
 
 /// Ad tags by user name (ME mode).
 pub(super) type AdTags = BTreeMap<String, [u8; 16]>;
@@ -102,15 +221,50 @@ pub(super) fn parse(
                 "user names are 1..64 characters of letters, digits, - _ .",
             ));
         }
-        let secret = ProxySecret::parse(&ru.secret)
-            .map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?;
-        if seen_keys.contains(&secret.key) {
+        let mut secrets = Vec::new();
+        if let Some(text) = &ru.secret {
+            secrets.push(secret(
+                &key,
+                text,
+                ru.not_before.as_ref(),
+                ru.not_after.as_ref(),
+            )?);
+        } else if ru.not_before.is_some() || ru.not_after.is_some() {
             return Err(invalid(
-                format!("{key}.secret"),
-                "two users share this secret",
+                format!("{key}.not_before"),
+                "a window needs `secret` (or use `secrets`)",
             ));
         }
-        seen_keys.push(secret.key.clone());
+        for (i, rs) in ru.secrets.iter().enumerate() {
+            let at = format!("{key}.secrets[{i}]");
+            secrets.push(secret(
+                &at,
+                &rs.secret,
+                rs.not_before.as_ref(),
+                rs.not_after.as_ref(),
+            )?);
+        }
+        if secrets.is_empty() {
+            return Err(invalid(
+                format!("{key}.secret"),
+                "a secret is required (`secret`, or `secrets` with windows)",
+            ));
+        }
+        if secrets.len() > MAX_SECRETS {
+            return Err(invalid(
+                format!("{key}.secrets"),
+                format!("at most {MAX_SECRETS} secrets a user"),
+            ));
+        }
+        for s in &secrets {
+            if seen_keys.contains(&s.key) {
+                return Err(invalid(
+                    format!("{key}.secret"),
+                    "two users share this secret (or one user names it twice)",
+                ));
+            }
+            seen_keys.push(s.key.clone());
+        }
         if let Some(t) = &ru.ad_tag {
             user_ad_tags.insert(name.clone(), me::parse_ad_tag(&format!("{key}.ad_tag"), t)?);
         }
@@ -121,7 +275,7 @@ pub(super) fn parse(
         let limits = UserLimits::from_raw(&format!("{key}.limits"), ru.limits)?;
         users.push(User {
             name,
-            key: secret.key,
+            secrets,
             modes,
             limits,
         });

@@ -5,7 +5,8 @@
 //! Checked now: weak or example secrets, a secret shared by two users,
 //! plain obfuscated2 enabled, the admin listener reachable beyond loopback
 //! (it serves plain HTTP), admin tokens without an expiry, and the crypto
-//! crates linked in. Secret windows and ages join when rotation lands.
+//! crates linked in, secrets past their window or running out within
+//! [`SOON`], and users left with no secret in force or to come.
 
 use super::tokens::TokenStore;
 use crate::config::{Config, User};
@@ -73,19 +74,74 @@ fn weakness(key: &[u8; 16]) -> Option<&'static str> {
     None
 }
 
+/// A secret running out within this many seconds is a finding (7 days).
+pub const SOON: u64 = 7 * 86_400;
+
+/// Findings about the validity windows of `u`'s secrets at `now`.
+fn windows(u: &User, now: u64, out: &mut Vec<Finding>) {
+    let open = |s: &&crate::config::Secret| s.valid.not_after >= now;
+    if !u.secrets.iter().any(|s| open(&s)) {
+        out.push(Finding {
+            severity: Severity::High,
+            what: format!(
+                "user {}: every secret has run out; the user cannot connect",
+                u.name
+            ),
+            fix: "give the user a new secret, or remove the user".into(),
+        });
+        return;
+    }
+    for s in &u.secrets {
+        let (id, end) = (s.id(), s.valid.not_after);
+        if end < now {
+            out.push(Finding {
+                severity: Severity::Low,
+                what: format!("user {}: secret {id} has run out", u.name),
+                fix: "remove it from the configuration".into(),
+            });
+        } else if end - now < SOON
+            && !u
+                .secrets
+                .iter()
+                .any(|o| o.valid.not_after > end && open(&o))
+        {
+            out.push(Finding {
+                severity: Severity::Medium,
+                what: format!(
+                    "user {}: secret {id} runs out within {} days and no later one is set",
+                    u.name,
+                    SOON / 86_400
+                ),
+                fix: "add the next secret with a not_before (rotation) and hand out its link"
+                    .into(),
+            });
+        }
+    }
+}
+
 /// The findings for `cfg` with `users` (and the token store, if one).
 pub fn run(cfg: &Config, users: &[User], tokens: Option<&TokenStore>) -> Vec<Finding> {
     let mut out = Vec::new();
+    let now = super::now();
+    for u in users {
+        windows(u, now, &mut out);
+    }
     let mut by_secret: HashMap<[u8; 16], Vec<&str>> = HashMap::new();
     for u in users {
-        let key = *u.key.expose();
-        by_secret.entry(key).or_default().push(&u.name);
-        if let Some(why) = weakness(&key) {
-            out.push(Finding {
-                severity: Severity::High,
-                what: format!("user {}: the secret is weak ({why})", u.name),
-                fix: "give the user a new secret from `mtgate secret`".into(),
-            });
+        for s in &u.secrets {
+            let key = *s.key.expose();
+            by_secret.entry(key).or_default().push(&u.name);
+            if let Some(why) = weakness(&key) {
+                out.push(Finding {
+                    severity: Severity::High,
+                    what: format!(
+                        "user {}: the secret is weak ({why}; secret {})",
+                        u.name,
+                        s.id()
+                    ),
+                    fix: "give the user a new secret from `mtgate secret`".into(),
+                });
+            }
         }
         if u.modes.classic {
             out.push(Finding {
@@ -195,5 +251,58 @@ mod tests {
         mtgate_crypto::fill_random(&mut random);
         // A random draw is weak with a chance far below 1e-9.
         assert!(weakness(&random).is_none() || EXAMPLES.contains(&hex::encode(random).as_str()));
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::config::{Secret, Window};
+    use mtgate_crypto::Key16;
+
+    fn user(windows: &[(u64, u64)]) -> User {
+        let mut u = User::with_key(
+            "bob",
+            Key16::generate(),
+            crate::config::Modes {
+                classic: false,
+                secure: true,
+                fake_tls: false,
+            },
+        );
+        u.secrets = windows
+            .iter()
+            .map(|&(not_before, not_after)| Secret {
+                key: Key16::generate(),
+                valid: Window {
+                    not_before,
+                    not_after,
+                },
+            })
+            .collect();
+        u
+    }
+
+    fn found(u: &User, now: u64) -> Vec<(Severity, String)> {
+        let mut out = Vec::new();
+        windows(u, now, &mut out);
+        out.into_iter().map(|f| (f.severity, f.what)).collect()
+    }
+
+    #[test]
+    fn run_out_and_soon_running_out_secrets_are_found() {
+        let now = 1_000_000;
+        assert!(found(&user(&[(0, u64::MAX)]), now).is_empty());
+        let all_out = found(&user(&[(0, now - 1)]), now);
+        assert_eq!(all_out[0].0, Severity::High, "{all_out:?}");
+        assert!(all_out[0].1.contains("cannot connect"));
+        // Old one out, new one in force: only the leftover is noted.
+        let rotated = found(&user(&[(0, now - 1), (now - 10, u64::MAX)]), now);
+        assert_eq!(rotated.len(), 1);
+        assert_eq!(rotated[0].0, Severity::Low);
+        // Running out in a day with nothing after it: medium; with a successor: nothing.
+        let soon = found(&user(&[(0, now + 86_400)]), now);
+        assert_eq!(soon[0].0, Severity::Medium, "{soon:?}");
+        assert!(found(&user(&[(0, now + 86_400), (now + 3_600, u64::MAX)]), now).is_empty());
     }
 }

@@ -143,7 +143,11 @@ pub fn merge(mut users: Vec<User>, managed: Vec<User>) -> Result<Vec<User>, Stri
             tracing::warn!(user = %m.name, "a user of {FILE} is also in the config file; the config file's is used");
             continue;
         }
-        if let Some(u) = users.iter().find(|u| u.key == m.key) {
+        if let Some(u) = users.iter().find(|u| {
+            u.secrets
+                .iter()
+                .any(|s| m.secrets.iter().any(|t| t.key == s.key))
+        }) {
             return Err(format!(
                 "users `{}` and `{}` share a secret",
                 u.name, m.name
@@ -249,10 +253,12 @@ mod tests {
         let managed = load(dir.path(), MODES).unwrap();
         let mut cfg_alice = managed[1].clone();
         cfg_alice.name = "alice".into();
-        cfg_alice.key = mtgate_crypto::Key16::generate();
+        cfg_alice.secrets = vec![crate::config::Secret::always(
+            mtgate_crypto::Key16::generate(),
+        )];
         let merged = merge(vec![cfg_alice.clone()], managed.clone()).unwrap();
         assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0].key, cfg_alice.key);
+        assert_eq!(merged[0].secrets, cfg_alice.secrets);
         let mut carol = managed[1].clone();
         carol.name = "carol".into();
         let err = merge(vec![carol], managed).unwrap_err();

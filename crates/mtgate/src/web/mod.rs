@@ -393,7 +393,7 @@ fn live(cfg: &SiteConfig, users: &[crate::config::User]) -> Live {
             Arc::new(webproxy::Room::new(
                 w,
                 &cfg.hosts,
-                users.iter().map(|u| (u.name.as_str(), u.key.expose())),
+                users.iter().map(|u| (u.name.as_str(), u.key().expose())),
             ))
         }),
         content: Content::new(cfg.content.clone().unwrap_or(ContentSource::Default)),
