@@ -47,6 +47,38 @@ impl crate::control::view::View for RuntimeView {
             .collect()
     }
 
+    fn secrets(&self, name: &str) -> Option<Vec<crate::control::view::SecretView>> {
+        let rt = self.live.current();
+        let host = links::public_host(&rt.config);
+        let domain = rt.config.domains.first().cloned().unwrap_or_default();
+        let u = rt.users.iter().find(|u| u.name == name)?;
+        let now = crate::control::now();
+        let current = u.secret_at(now).key.clone();
+        Some(
+            u.secrets
+                .iter()
+                .map(|s| crate::control::view::SecretView {
+                    id: s.id(),
+                    not_before: (s.valid.not_before != 0).then_some(s.valid.not_before),
+                    not_after: (s.valid.not_after != u64::MAX).then_some(s.valid.not_after),
+                    state: if s.valid.contains(now) {
+                        "in_force"
+                    } else if s.valid.not_before > now {
+                        "upcoming"
+                    } else {
+                        "run_out"
+                    },
+                    current: s.key == current,
+                    links: u
+                        .client_secrets_of(&s.key, &domain)
+                        .iter()
+                        .map(|p| p.tg_link(&host, self.port))
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
     fn default_modes(&self) -> crate::config::Modes {
         self.live.current().config.default_modes
     }

@@ -293,3 +293,164 @@ async fn users_made_through_the_api_serve_at_once_and_survive_a_restart() {
     );
     drop(p);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_rotated_added_and_revoked_through_the_api() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .expect("dc");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port().port();
+    let p = start(dir.path(), admin, dc.local_addr());
+    let (s, v) = api(
+        admin,
+        "POST",
+        "/api/v1/tokens",
+        TOKEN,
+        json!({ "name": "viewer", "role": "read_only" }),
+    );
+    assert_eq!(s, 201);
+    let viewer = v["token"].as_str().unwrap().to_owned();
+    let (s, carol) = api(
+        admin,
+        "POST",
+        "/api/v1/users",
+        TOKEN,
+        json!({ "name": "carol" }),
+    );
+    assert_eq!(s, 201, "{carol}");
+    let first = secret_of(&carol);
+    assert!(serves(p.addr, &first).await);
+    let secrets = |who: &str| {
+        api(
+            admin,
+            "GET",
+            "/api/v1/users/carol/secrets",
+            who,
+            Value::Null,
+        )
+    };
+    assert_eq!(
+        secrets(&viewer).0,
+        403,
+        "links hold secrets: standard and up"
+    );
+    let (s, list) = secrets(TOKEN);
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&list[0]["state"], &list[0]["current"]),
+        (&json!("in_force"), &json!(true))
+    );
+    let first_id = list[0]["id"].as_str().unwrap().to_owned();
+
+    // Rotate with a 3 s grace: the new secret serves now, the old one until the grace ends.
+    let (s, second) = api(
+        admin,
+        "POST",
+        "/api/v1/users/carol/rotate",
+        TOKEN,
+        json!({ "grace": 3 }),
+    );
+    assert_eq!(s, 201, "{second}");
+    assert_eq!(second["current"], true);
+    let second_key = secret_of(&second);
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    assert!(serves(p.addr, &second_key).await, "the new secret at once");
+    assert!(serves(p.addr, &first).await, "the old one in its grace");
+    let (_, list) = secrets(TOKEN);
+    let old = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == first_id.as_str())
+        .unwrap();
+    assert_eq!(old["current"], false);
+    assert!(old["not_after"].is_string());
+    let ends = chrono::DateTime::parse_from_rfc3339(old["not_after"].as_str().unwrap())
+        .unwrap()
+        .timestamp() as u64;
+    while common::unix_now() as u64 <= ends {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !serves(p.addr, &first).await,
+        "the old secret after its grace"
+    );
+    assert!(serves(p.addr, &second_key).await);
+
+    // An upcoming secret is listed as such and does not serve yet.
+    let later = i64::from(common::unix_now()) + 3600;
+    let (s, third) = api(
+        admin,
+        "POST",
+        "/api/v1/users/carol/secrets",
+        TOKEN,
+        json!({ "not_before": chrono::DateTime::from_timestamp(later, 0).unwrap().to_rfc3339() }),
+    );
+    assert_eq!(s, 201, "{third}");
+    assert_eq!(
+        (&third["state"], &third["current"]),
+        (&json!("upcoming"), &json!(false))
+    );
+    assert!(!serves(p.addr, &secret_of(&third)).await);
+    let bad = api(
+        admin,
+        "POST",
+        "/api/v1/users/carol/secrets",
+        TOKEN,
+        json!({ "not_before": "tomorrow" }),
+    );
+    assert_eq!(bad.0, 400, "{}", bad.1);
+
+    // Revocation: unknown ids 404, config users 409, the last secret 409.
+    let path = |id: &str| format!("/api/v1/users/carol/secrets/{id}");
+    assert_eq!(
+        api(admin, "DELETE", &path("00000000"), TOKEN, Value::Null).0,
+        404
+    );
+    assert_eq!(
+        api(
+            admin,
+            "POST",
+            "/api/v1/users/alice/rotate",
+            TOKEN,
+            json!({})
+        )
+        .0,
+        409
+    );
+    let third_id = third["id"].as_str().unwrap();
+    for id in [first_id.as_str(), third_id] {
+        let (s, e) = api(admin, "DELETE", &path(id), TOKEN, Value::Null);
+        assert_eq!(s, 200, "{e}");
+    }
+    let (s, e) = api(admin, "DELETE", &path(&second_id), TOKEN, Value::Null);
+    assert_eq!(s, 409, "{e}");
+    assert!(serves(p.addr, &second_key).await, "the last secret stays");
+    let (_, list) = secrets(TOKEN);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    for k in [&first, &second_key] {
+        assert!(
+            !trail.contains(&hex::encode(k.key.expose())),
+            "no secret in the trail"
+        );
+    }
+    let entries: Vec<Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rotation = entries
+        .iter()
+        .find(|e| e["action"] == "user.secret.rotate" && e["result"] == "ok")
+        .expect("the rotation is recorded");
+    assert_eq!(rotation["after"]["secrets"][1]["id"], second_id.as_str());
+    let revokes = entries
+        .iter()
+        .filter(|e| e["action"] == "user.secret.revoke")
+        .count();
+    assert_eq!(revokes, 4, "an unknown id, two revoked, the last refused");
+    drop(p);
+}

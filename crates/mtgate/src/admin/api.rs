@@ -16,6 +16,10 @@
 //! | `POST /api/v1/users` | standard | `{name, secret?, modes?, limits?}` → the new user and its links |
 //! | `PATCH /api/v1/users/{name}` | standard | `{modes?, limits?, enabled?}` (a user of the API, not the config file) |
 //! | `DELETE /api/v1/users/{name}` | standard | deletes it; its sessions are drained |
+//! | `GET /api/v1/users/{name}/secrets` | standard | its secrets: id, window, state, links |
+//! | `POST /api/v1/users/{name}/secrets` | standard | `{secret?, not_before?, not_after?}` adds one |
+//! | `POST /api/v1/users/{name}/rotate` | standard | `{grace?, starts_in?}` (seconds): a new secret, the others run out |
+//! | `DELETE /api/v1/users/{name}/secrets/{id}` | standard | revokes it at once |
 //! | `GET /api/v1/stats` | read_only | the proxy's counters |
 //! | `GET /api/v1/openapi.json` | any | this API's OpenAPI document |
 
@@ -131,6 +135,97 @@ struct PatchUser {
     modes: Option<Vec<String>>,
     limits: Option<serde_json::Map<String, Value>>,
     enabled: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddSecret {
+    secret: Option<String>,
+    not_before: Option<String>,
+    not_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    grace: Option<u64>,
+    starts_in: Option<u64>,
+}
+
+/// Unix seconds of an RFC 3339 time in a body field.
+fn time_field(field: &str, v: Option<&str>) -> Result<Option<u64>, Reply> {
+    let Some(t) = v else { return Ok(None) };
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .and_then(|d| u64::try_from(d.timestamp()).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("{field}: {t:?} is not an RFC 3339 time such as \"2027-01-01T00:00:00Z\""),
+            ))
+        })
+}
+
+fn time_json(t: Option<u64>) -> Value {
+    t.and_then(|t| i64::try_from(t).ok())
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map_or(Value::Null, |d| Value::String(d.to_rfc3339()))
+}
+
+fn secret_json(s: &crate::control::view::SecretView) -> Value {
+    json!({
+        "id": s.id,
+        "not_before": time_json(s.not_before),
+        "not_after": time_json(s.not_after),
+        "state": s.state,
+        "current": s.current,
+        "links": s.links,
+    })
+}
+
+async fn add_secret(
+    control: &Control,
+    p: &Principal,
+    name: &str,
+    body: Incoming,
+) -> Response<Full<Bytes>> {
+    let c: AddSecret = match body_for(control, p, "user.secret.add", Role::Standard, body).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let window = time_field("not_before", c.not_before.as_deref())
+        .and_then(|nb| Ok((nb, time_field("not_after", c.not_after.as_deref())?)));
+    let (not_before, not_after) = match window {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let new = crate::control::NewSecret {
+        secret: c.secret,
+        not_before,
+        not_after,
+    };
+    match control.add_secret(p, name, new) {
+        Ok(s) => answer(StatusCode::CREATED, &secret_json(&s)),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn rotate(
+    control: &Control,
+    p: &Principal,
+    name: &str,
+    body: Incoming,
+) -> Response<Full<Bytes>> {
+    let c: Rotate = match body_for(control, p, "user.secret.rotate", Role::Standard, body).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let grace = c.grace.unwrap_or(crate::control::DEFAULT_GRACE);
+    match control.rotate(p, name, grace, c.starts_in.unwrap_or(0)) {
+        Ok(s) => answer(StatusCode::CREATED, &secret_json(&s)),
+        Err(e) => refused(&e),
+    }
 }
 
 /// The body of a command that needs `need`, read only once the role is
@@ -347,6 +442,27 @@ pub async fn handle(
             Ok(()) => answer(StatusCode::OK, &json!({ "deleted": name })),
             Err(e) => refused(&e),
         },
+        (&Method::GET, ["users", name, "secrets"]) => match control.secrets(&p, name) {
+            Ok(list) => answer(
+                StatusCode::OK,
+                &Value::Array(list.iter().map(secret_json).collect()),
+            ),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, ["users", name, "secrets"]) => {
+            let name = (*name).to_owned();
+            add_secret(control, &p, &name, req.into_body()).await
+        }
+        (&Method::POST, ["users", name, "rotate"]) => {
+            let name = (*name).to_owned();
+            rotate(control, &p, &name, req.into_body()).await
+        }
+        (&Method::DELETE, ["users", name, "secrets", id]) => {
+            match control.revoke_secret(&p, name, id) {
+                Ok(()) => answer(StatusCode::OK, &json!({ "revoked": id })),
+                Err(e) => refused(&e),
+            }
+        }
         (&Method::GET, ["stats"]) => match control.stats(&p) {
             Ok(v) => answer(StatusCode::OK, &v),
             Err(e) => refused(&e),
@@ -379,6 +495,9 @@ fn allowed(route: &[&str]) -> Option<&'static str> {
         ["whoami" | "stats" | "openapi.json"] => "GET",
         ["users"] => "GET, POST",
         ["users", _] => "GET, PATCH, DELETE",
+        ["users", _, "secrets"] => "GET, POST",
+        ["users", _, "rotate"] => "POST",
+        ["users", _, "secrets", _] => "DELETE",
         ["login" | "logout"] => "POST",
         ["tokens"] => "GET, POST",
         ["tokens", _] => "DELETE",

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+mod secret_cmds;
 pub mod security;
 pub mod selfaudit;
 pub mod tokens;
@@ -19,6 +20,7 @@ mod user_cmds;
 pub mod users;
 pub mod view;
 
+pub use secret_cmds::{NewSecret, DEFAULT_GRACE};
 pub use user_cmds::{NewUser, UserPatch};
 
 use std::net::IpAddr;

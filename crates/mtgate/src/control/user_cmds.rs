@@ -32,17 +32,46 @@ pub struct UserPatch {
     pub enabled: Option<bool>,
 }
 
-/// An entry as the audit trail shows it: without its secret.
-fn shown(entry: &Value) -> Value {
+/// The id of a secret as written (see [`crate::config::Secret::id`]).
+pub(super) fn secret_id(text: &str) -> Option<String> {
+    mtgate_proto::secret::ProxySecret::parse(text)
+        .ok()
+        .map(|p| crate::config::Secret::always(p.key).id())
+}
+
+/// An entry as the audit trail shows it: its secrets by id, never themselves.
+pub(super) fn shown(entry: &Value) -> Value {
     let mut v = entry.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("secret");
+    let Some(m) = v.as_object_mut() else {
+        return v;
+    };
+    if let Some(s) = m.remove("secret") {
+        m.insert(
+            "secret_id".into(),
+            s.as_str()
+                .and_then(secret_id)
+                .map_or(Value::Null, Value::String),
+        );
+    }
+    if let Some(Value::Array(list)) = m.get_mut("secrets") {
+        for item in list.iter_mut() {
+            if let Some(o) = item.as_object_mut() {
+                if let Some(s) = o.remove("secret") {
+                    o.insert(
+                        "id".into(),
+                        s.as_str()
+                            .and_then(secret_id)
+                            .map_or(Value::Null, Value::String),
+                    );
+                }
+            }
+        }
     }
     v
 }
 
 /// Checks one entry with the config file's code.
-fn check(
+pub(super) fn check(
     name: &str,
     entry: &Value,
     default_modes: crate::config::Modes,
@@ -55,7 +84,7 @@ fn check(
 }
 
 impl Control {
-    fn user_record<T>(
+    pub(super) fn user_record<T>(
         &self,
         by: &Principal,
         action: &str,
@@ -80,7 +109,11 @@ impl Control {
 
     /// The managed entry of `name`, or why there is none: `Conflict` for a
     /// user of the config file, `NotFound` for no user at all.
-    fn managed_entry(&self, entries: &Entries, name: &str) -> Result<Value, ControlError> {
+    pub(super) fn managed_entry(
+        &self,
+        entries: &Entries,
+        name: &str,
+    ) -> Result<Value, ControlError> {
         if let Some(e) = entries.get(name) {
             return Ok(e.clone());
         }
@@ -239,7 +272,7 @@ impl Control {
     }
 
     /// The modes a user gets when it names none.
-    fn default_modes(&self) -> crate::config::Modes {
+    pub(super) fn default_modes(&self) -> crate::config::Modes {
         self.view().map_or(
             crate::config::Modes {
                 classic: false,

@@ -39,9 +39,26 @@ pub struct UserView {
     pub links: Vec<String>,
 }
 
+/// One secret of a user as the API shows it (by id, never itself but in
+/// its links).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretView {
+    pub id: String,
+    /// Unix seconds; `None`: open.
+    pub not_before: Option<u64>,
+    pub not_after: Option<u64>,
+    /// `in_force`, `upcoming` or `run_out`, now.
+    pub state: &'static str,
+    /// Whether links name it now (the newest in force).
+    pub current: bool,
+    pub links: Vec<String>,
+}
+
 /// The running proxy, read-only.
 pub trait View: Send + Sync {
     fn users(&self) -> Vec<UserView>;
+    /// The secrets of user `name` (`None`: no such user).
+    fn secrets(&self, name: &str) -> Option<Vec<SecretView>>;
     /// The modes a user gets when it names none (`server.default_modes`).
     fn default_modes(&self) -> crate::config::Modes;
     /// The proxy's counters (connections, blocks, quotas).
