@@ -29,6 +29,9 @@ pub enum ReloadError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// The rules made through the admin API could not be taken.
+    #[error("managed rules: {0}")]
+    Managed(String),
 }
 
 /// What a reload changed.
@@ -204,7 +207,8 @@ impl Reloader {
         Ok(summary)
     }
 
-    fn swap_in(&self, old: &Runtime, cfg: Config) -> Result<Summary, ReloadError> {
+    fn swap_in(&self, old: &Runtime, mut cfg: Config) -> Result<Summary, ReloadError> {
+        crate::control::rules::merge(&mut cfg).map_err(|e| ReloadError::Managed(e.to_string()))?;
         let (users, _) = crate::state::users_for(&cfg)?;
         let summary = diff(old, &cfg, &users);
         let grace = cfg.drain_grace;
@@ -259,5 +263,9 @@ impl crate::control::Apply for Reloader {
         Reloader::apply_users(self)
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    fn unblock(&self, ip: std::net::IpAddr) -> bool {
+        self.live.current().policy.ips().unblock(ip)
     }
 }

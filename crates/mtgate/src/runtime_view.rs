@@ -79,6 +79,33 @@ impl crate::control::view::View for RuntimeView {
         )
     }
 
+    fn config_rules(&self) -> Vec<crate::control::rules::RuleView> {
+        let rt = self.live.current();
+        rt.config
+            .policy
+            .acl
+            .rules
+            .iter()
+            .filter(|r| !r.managed)
+            .map(|r| crate::control::rules::RuleView {
+                id: None,
+                net: r.net.to_string(),
+                level: r.level,
+                until: None,
+                note: if r.window.is_some() {
+                    "in force on some days and hours (see the config file)".into()
+                } else {
+                    String::new()
+                },
+                source: crate::control::view::Source::Config,
+            })
+            .collect()
+    }
+
+    fn blocks(&self, max: usize) -> Vec<(std::net::IpAddr, i64)> {
+        self.live.current().policy.ips().blocks(max)
+    }
+
     fn default_modes(&self) -> crate::config::Modes {
         self.live.current().config.default_modes
     }

@@ -74,6 +74,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
     if !activated.is_empty() {
         tracing::info!(count = activated.len(), "listening sockets from systemd");
     }
+    crate::control::rules::merge(&mut cfg).context("the rules of the admin API")?;
     let (users, created) = users_for(&cfg)?;
     if created {
         eprintln!(

@@ -20,9 +20,18 @@
 //! | `POST /api/v1/users/{name}/secrets` | standard | `{secret?, not_before?, not_after?}` adds one |
 //! | `POST /api/v1/users/{name}/rotate` | standard | `{grace?, starts_in?}` (seconds): a new secret, the others run out |
 //! | `DELETE /api/v1/users/{name}/secrets/{id}` | standard | revokes it at once |
+//! | `GET /api/v1/rules` | admin | the ACL rules: the config file's and those made here |
+//! | `POST /api/v1/rules` | admin | `{net, level, expires_in?, note?}` makes one |
+//! | `DELETE /api/v1/rules/{id}` | admin | removes one made here |
+//! | `GET /api/v1/blocks` | admin | sources the reputation blocks now |
+//! | `DELETE /api/v1/blocks/{ip}` | admin | lifts one |
 //! | `GET /api/v1/stats` | read_only | the proxy's counters |
 //! | `GET /api/v1/openapi.json` | any | this API's OpenAPI document |
 
+use super::api_cmds::{
+    add_rule, add_secret, create_user, rotate, rule_json, secret_json, time_json, update_user,
+    user_json,
+};
 use crate::control::tokens::NewToken;
 use crate::control::{AuthError, Control, ControlError, Principal, Role};
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,12 +42,12 @@ use serde_json::{json, Value};
 use std::net::IpAddr;
 
 /// A refusal made before the command (boxed: it is large and rare).
-type Reply = Box<Response<Full<Bytes>>>;
+pub(super) type Reply = Box<Response<Full<Bytes>>>;
 
 /// The largest request body taken.
 pub const MAX_BODY: usize = 64 * 1024;
 
-fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+pub(super) fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -52,11 +61,11 @@ fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Full<Bytes>> {
+pub(super) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Full<Bytes>> {
     answer(status, &json!({ "error": msg.to_string() }))
 }
 
-fn refused(e: &ControlError) -> Response<Full<Bytes>> {
+pub(super) fn refused(e: &ControlError) -> Response<Full<Bytes>> {
     let status = match e {
         ControlError::Forbidden { .. } | ControlError::Refused(_) => StatusCode::FORBIDDEN,
         ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -76,7 +85,7 @@ fn bearer<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// A request body as a JSON object (an empty body is `{}`).
-async fn json_body(body: Incoming) -> Result<serde_json::Map<String, Value>, Reply> {
+pub(super) async fn json_body(body: Incoming) -> Result<serde_json::Map<String, Value>, Reply> {
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -104,7 +113,9 @@ async fn json_body(body: Incoming) -> Result<serde_json::Map<String, Value>, Rep
 
 /// Typed fields of a body: unknown fields are refused, so a typo is not
 /// silently ignored.
-fn fields<T: for<'de> Deserialize<'de>>(m: serde_json::Map<String, Value>) -> Result<T, Reply> {
+pub(super) fn fields<T: for<'de> Deserialize<'de>>(
+    m: serde_json::Map<String, Value>,
+) -> Result<T, Reply> {
     serde_json::from_value(Value::Object(m))
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad request: {e}"))))
 }
@@ -120,185 +131,8 @@ struct CreateToken {
     from: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateUser {
-    name: String,
-    secret: Option<String>,
-    modes: Option<Vec<String>>,
-    limits: Option<serde_json::Map<String, Value>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchUser {
-    modes: Option<Vec<String>>,
-    limits: Option<serde_json::Map<String, Value>>,
-    enabled: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddSecret {
-    secret: Option<String>,
-    not_before: Option<String>,
-    not_after: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Rotate {
-    grace: Option<u64>,
-    starts_in: Option<u64>,
-}
-
-/// Unix seconds of an RFC 3339 time in a body field.
-fn time_field(field: &str, v: Option<&str>) -> Result<Option<u64>, Reply> {
-    let Some(t) = v else { return Ok(None) };
-    chrono::DateTime::parse_from_rfc3339(t)
-        .ok()
-        .and_then(|d| u64::try_from(d.timestamp()).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            Box::new(error(
-                StatusCode::BAD_REQUEST,
-                format!("{field}: {t:?} is not an RFC 3339 time such as \"2027-01-01T00:00:00Z\""),
-            ))
-        })
-}
-
-fn time_json(t: Option<u64>) -> Value {
-    t.and_then(|t| i64::try_from(t).ok())
-        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map_or(Value::Null, |d| Value::String(d.to_rfc3339()))
-}
-
-fn secret_json(s: &crate::control::view::SecretView) -> Value {
-    json!({
-        "id": s.id,
-        "not_before": time_json(s.not_before),
-        "not_after": time_json(s.not_after),
-        "state": s.state,
-        "current": s.current,
-        "links": s.links,
-    })
-}
-
-async fn add_secret(
-    control: &Control,
-    p: &Principal,
-    name: &str,
-    body: Incoming,
-) -> Response<Full<Bytes>> {
-    let c: AddSecret = match body_for(control, p, "user.secret.add", Role::Standard, body).await {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    let window = time_field("not_before", c.not_before.as_deref())
-        .and_then(|nb| Ok((nb, time_field("not_after", c.not_after.as_deref())?)));
-    let (not_before, not_after) = match window {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
-    let new = crate::control::NewSecret {
-        secret: c.secret,
-        not_before,
-        not_after,
-    };
-    match control.add_secret(p, name, new) {
-        Ok(s) => answer(StatusCode::CREATED, &secret_json(&s)),
-        Err(e) => refused(&e),
-    }
-}
-
-async fn rotate(
-    control: &Control,
-    p: &Principal,
-    name: &str,
-    body: Incoming,
-) -> Response<Full<Bytes>> {
-    let c: Rotate = match body_for(control, p, "user.secret.rotate", Role::Standard, body).await {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    let grace = c.grace.unwrap_or(crate::control::DEFAULT_GRACE);
-    match control.rotate(p, name, grace, c.starts_in.unwrap_or(0)) {
-        Ok(s) => answer(StatusCode::CREATED, &secret_json(&s)),
-        Err(e) => refused(&e),
-    }
-}
-
-/// The body of a command that needs `need`, read only once the role is
-/// checked (a refusal is recorded as `action`).
-async fn body_for<T: for<'de> Deserialize<'de>>(
-    control: &Control,
-    p: &Principal,
-    action: &str,
-    need: Role,
-    body: Incoming,
-) -> Result<T, Reply> {
-    if p.role < need {
-        return Err(Box::new(refused(&control.deny(p, action, need))));
-    }
-    fields(json_body(body).await?)
-}
-
-async fn create_user(control: &Control, p: &Principal, body: Incoming) -> Response<Full<Bytes>> {
-    let c: CreateUser = match body_for(control, p, "user.create", Role::Standard, body).await {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    let new = crate::control::NewUser {
-        name: c.name,
-        secret: c.secret,
-        modes: c.modes,
-        limits: c.limits,
-    };
-    match control.create_user(p, new) {
-        Ok(u) => answer(StatusCode::CREATED, &user_json(&u)),
-        Err(e) => refused(&e),
-    }
-}
-
-async fn update_user(
-    control: &Control,
-    p: &Principal,
-    name: &str,
-    body: Incoming,
-) -> Response<Full<Bytes>> {
-    let c: PatchUser = match body_for(control, p, "user.update", Role::Standard, body).await {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    let patch = crate::control::UserPatch {
-        modes: c.modes,
-        limits: c.limits,
-        enabled: c.enabled,
-    };
-    match control.update_user(p, name, patch) {
-        Ok(u) => answer(StatusCode::OK, &user_json(&u)),
-        Err(e) => refused(&e),
-    }
-}
-
 /// The API's OpenAPI document (kept in docs/openapi.json).
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
-
-fn user_json(u: &crate::control::view::UserView) -> Value {
-    let mut v = json!({
-        "name": u.name,
-        "modes": u.modes,
-        "source": u.source.name(),
-        "enabled": u.enabled,
-        "bytes_up": u.bytes_up,
-        "bytes_down": u.bytes_down,
-        "connections": u.connections,
-    });
-    if !u.links.is_empty() {
-        v["links"] = json!(u.links);
-    }
-    v
-}
 
 fn principal_json(p: &Principal) -> Value {
     json!({
@@ -463,6 +297,38 @@ pub async fn handle(
                 Err(e) => refused(&e),
             }
         }
+        (&Method::GET, ["rules"]) => match control.rules(&p) {
+            Ok(list) => answer(
+                StatusCode::OK,
+                &Value::Array(list.iter().map(rule_json).collect()),
+            ),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, ["rules"]) => add_rule(control, &p, req.into_body()).await,
+        (&Method::DELETE, ["rules", id]) => match control.remove_rule(&p, id) {
+            Ok(()) => answer(StatusCode::OK, &json!({ "removed": id })),
+            Err(e) => refused(&e),
+        },
+        (&Method::GET, ["blocks"]) => match control.blocks(&p) {
+            Ok(list) => answer(
+                StatusCode::OK,
+                &Value::Array(
+                    list.iter()
+                        .map(|(ip, until_ms)| {
+                            json!({
+                                "source": ip.to_string(),
+                                "until": time_json(u64::try_from(*until_ms / 1000).ok()),
+                            })
+                        })
+                        .collect(),
+                ),
+            ),
+            Err(e) => refused(&e),
+        },
+        (&Method::DELETE, ["blocks", ip]) => match control.unblock(&p, ip) {
+            Ok(()) => answer(StatusCode::OK, &json!({ "unblocked": ip })),
+            Err(e) => refused(&e),
+        },
         (&Method::GET, ["stats"]) => match control.stats(&p) {
             Ok(v) => answer(StatusCode::OK, &v),
             Err(e) => refused(&e),
@@ -492,7 +358,9 @@ pub async fn handle(
 /// The methods a route takes (`Allow` of a `405`), or `None`: no such route.
 fn allowed(route: &[&str]) -> Option<&'static str> {
     Some(match route {
-        ["whoami" | "stats" | "openapi.json"] => "GET",
+        ["whoami" | "stats" | "openapi.json" | "blocks"] => "GET",
+        ["rules"] => "GET, POST",
+        ["rules", _] | ["blocks", _] => "DELETE",
         ["users"] => "GET, POST",
         ["users", _] => "GET, PATCH, DELETE",
         ["users", _, "secrets"] => "GET, POST",

@@ -19,6 +19,7 @@
 //! [`slot::AdminSlot`] keeps it alive across a takeover.
 
 pub mod api;
+mod api_cmds;
 pub mod conns;
 pub use conns::{MAX_CONNS, PER_SOURCE};
 pub mod front_metrics;

@@ -94,6 +94,10 @@ pub struct AclRule {
     pub level: Level,
     /// `None`: always in force.
     pub window: Option<TimeWindow>,
+    /// In force until then (Unix ms); `None`: no end.
+    pub until_ms: Option<i64>,
+    /// Made through the admin API (`state_dir/rules.json`), not the file.
+    pub managed: bool,
 }
 
 /// One ACL list file: every address in it gets `level` (within `window`).

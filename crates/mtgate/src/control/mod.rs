@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod rules;
 mod secret_cmds;
 pub mod security;
 pub mod selfaudit;
@@ -136,15 +137,21 @@ pub struct Control {
     pub audit: audit::Audit,
     /// Users managed here (`state_dir/users.json`).
     pub managed: users::Store,
+    /// ACL rules made here (`state_dir/rules.json`).
+    pub rules: rules::Rules,
     view: std::sync::OnceLock<std::sync::Arc<dyn view::View>>,
     apply: std::sync::OnceLock<std::sync::Arc<dyn Apply>>,
 }
 
-/// How a change of the managed users reaches the running proxy: the service
-/// rebuilds its runtime with them (as a reload does) and swaps it in.
+/// How a change made here reaches the running proxy: the service rebuilds
+/// its runtime with the managed users and rules (as a reload does) and
+/// swaps it in; a block is lifted in the policy's table.
 pub trait Apply: Send + Sync {
-    /// Takes the managed users now; `Err`: refused, the running users stay.
+    /// Takes the managed users and rules now; `Err`: refused, the running
+    /// ones stay.
     fn apply_users(&self) -> Result<(), String>;
+    /// Lifts the reputation block of `ip`'s source; `false`: none.
+    fn unblock(&self, ip: IpAddr) -> bool;
 }
 
 impl std::fmt::Debug for dyn Apply {
@@ -181,6 +188,7 @@ impl Control {
         let audit =
             audit::Audit::open(dir.as_deref()).map_err(|e| ControlError::Storage(e.to_string()))?;
         let managed = users::Store::new(dir.clone());
+        let rules = rules::Rules::new(dir.clone());
         let tokens = tokens::TokenStore::open(dir)?;
         tokens.set_config_token(config_token);
         Ok(Self {
@@ -189,6 +197,7 @@ impl Control {
             failures: auth::Failures::new(failures),
             audit,
             managed,
+            rules,
             view: std::sync::OnceLock::new(),
             apply: std::sync::OnceLock::new(),
         })

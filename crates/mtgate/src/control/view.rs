@@ -59,6 +59,10 @@ pub trait View: Send + Sync {
     fn users(&self) -> Vec<UserView>;
     /// The secrets of user `name` (`None`: no such user).
     fn secrets(&self, name: &str) -> Option<Vec<SecretView>>;
+    /// The config file's ACL rules.
+    fn config_rules(&self) -> Vec<super::rules::RuleView>;
+    /// The sources blocked by their reputation now and the ends (Unix ms).
+    fn blocks(&self, max: usize) -> Vec<(std::net::IpAddr, i64)>;
     /// The modes a user gets when it names none (`server.default_modes`).
     fn default_modes(&self) -> crate::config::Modes;
     /// The proxy's counters (connections, blocks, quotas).

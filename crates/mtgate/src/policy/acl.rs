@@ -214,6 +214,8 @@ pub fn parse_list(text: &str) -> (Vec<IpNet>, usize) {
 struct Entry {
     level: Level,
     window: Option<TimeWindow>,
+    /// Out of force after this (Unix ms).
+    until_ms: Option<i64>,
 }
 
 /// A file's identity at build time, to notice changes.
@@ -261,7 +263,7 @@ impl Acl {
             entries: 0,
         };
         for r in &cfg.rules {
-            acl.insert(r.net, r.level, r.window);
+            acl.insert(r.net, r.level, r.window, r.until_ms);
         }
         for f in &cfg.files {
             let read_err = |source| PolicyError::Read {
@@ -280,7 +282,7 @@ impl Acl {
             let text = String::from_utf8_lossy(&bytes);
             let (nets, skipped) = parse_list(&text);
             for n in nets {
-                acl.insert(n, f.level, f.window);
+                acl.insert(n, f.level, f.window, None);
             }
             acl.skipped.push((f.path.clone(), skipped));
             acl.files.push(stamp);
@@ -288,18 +290,33 @@ impl Acl {
         Ok(acl)
     }
 
-    fn insert(&mut self, net: IpNet, level: Level, window: Option<TimeWindow>) {
+    fn insert(
+        &mut self,
+        net: IpNet,
+        level: Level,
+        window: Option<TimeWindow>,
+        until_ms: Option<i64>,
+    ) {
         let list = match canonical_net(net) {
             IpNet::V4(n) => self.v4.entry(n).or_default(),
             IpNet::V6(n) => self.v6.entry(n).or_default(),
         };
-        if list.iter().any(|e| e.level == level && e.window == window) {
+        if list
+            .iter()
+            .any(|e| e.level == level && e.window == window && e.until_ms == until_ms)
+        {
             return;
         }
-        let e = Entry { level, window };
-        // Windowed entries rank before unconditional ones, each in config order.
-        if window.is_some() {
-            let at = list.iter().take_while(|e| e.window.is_some()).count();
+        let e = Entry {
+            level,
+            window,
+            until_ms,
+        };
+        // Conditional entries (a window or an end) rank before unconditional
+        // ones, each in config order.
+        let conditional = |e: &Entry| e.window.is_some() || e.until_ms.is_some();
+        if conditional(&e) {
+            let at = list.iter().take_while(|e| conditional(e)).count();
             list.insert(at, e);
         } else {
             list.push(e);
@@ -313,6 +330,7 @@ impl Acl {
         let mut local: Option<Option<(u8, u16)>> = None;
         let mut pick = |entries: &Vec<Entry>| {
             entries.iter().find_map(|e| match e.window {
+                _ if e.until_ms.is_some_and(|u| wall_ms > u) => None,
                 None => Some(e.level),
                 Some(w) => {
                     let lt = *local.get_or_insert_with(|| local_time(self.tz, wall_ms));

@@ -597,6 +597,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+mod blocks;
 mod pending;
 pub use pending::Pending;
 mod snapshot;

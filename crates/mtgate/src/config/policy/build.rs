@@ -51,6 +51,8 @@ pub(super) fn acl(r: RawAcl, timezone: Tz) -> Result<AclConfig, ConfigError> {
             net,
             level: level(&format!("{key}.level"), &rr.level)?,
             window: window(&key, rr.days.as_deref(), rr.hours.as_deref())?,
+            until_ms: None,
+            managed: false,
         });
     }
     let mut files = Vec::with_capacity(r.files.len());

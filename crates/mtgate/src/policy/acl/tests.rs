@@ -15,6 +15,8 @@ fn rule(cidr: &str, level: Level, window: Option<TimeWindow>) -> AclRule {
         net: parse_net(cidr).unwrap(),
         level,
         window,
+        until_ms: None,
+        managed: false,
     }
 }
 
@@ -301,6 +303,8 @@ fn arb_rule() -> impl Strategy<Value = AclRule> {
         net,
         level,
         window,
+        until_ms: None,
+        managed: false,
     })
 }
 
@@ -339,4 +343,25 @@ proptest! {
             prop_assert_eq!(parse_net(&n.to_string()), Some(*n));
         }
     }
+}
+
+#[test]
+fn a_rule_with_an_end_is_out_of_force_after_it() {
+    let mut blocked = rule("10.0.0.0/8", Level::Blocked, None);
+    blocked.until_ms = Some(5_000);
+    let acl = Acl::build(&cfg(vec![rule("10.1.0.0/16", Level::Full, None), blocked])).unwrap();
+    assert_eq!(acl.lookup(ip("10.2.3.4"), 5_000), Some(Level::Blocked));
+    assert_eq!(acl.lookup(ip("10.2.3.4"), 5_001), None);
+    // The more specific rule still wins while both are in force.
+    assert_eq!(acl.lookup(ip("10.1.3.4"), 1_000), Some(Level::Full));
+    // Two rules of one network: the one with an end ranks first while in force.
+    let mut limited = rule("10.0.0.0/8", Level::Limited, None);
+    limited.until_ms = Some(5_000);
+    let acl = Acl::build(&cfg(vec![
+        rule("10.0.0.0/8", Level::Blocked, None),
+        limited,
+    ]))
+    .unwrap();
+    assert_eq!(acl.lookup(ip("10.2.3.4"), 4_000), Some(Level::Limited));
+    assert_eq!(acl.lookup(ip("10.2.3.4"), 6_000), Some(Level::Blocked));
 }

@@ -465,3 +465,35 @@ fn started_blocks_are_logged_for_the_audit_trail_within_a_bound() {
     let (blocks, more) = t.take_blocks();
     assert_eq!((blocks.len(), more), (BLOCK_LOG, 10));
 }
+
+#[test]
+fn blocks_are_listed_and_lifted_by_hand() {
+    let (t, clock, _) = table(1000);
+    for who in ["10.0.0.1", "10.0.0.2"] {
+        for _ in 0..1000 {
+            if t.blocked_until(ip(who)).is_some() {
+                break;
+            }
+            t.on_offence(ip(who), Offence::Flood);
+        }
+        assert!(t.blocked_until(ip(who)).is_some(), "{who} blocked");
+        clock.advance_ms(10);
+    }
+    let listed = t.blocks(10);
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|(_, until)| *until > clock.wall_ms()));
+    assert_eq!(t.blocks(1).len(), 1, "bounded");
+    assert!(t.unblock(ip("10.0.0.1")));
+    assert!(!t.unblock(ip("10.0.0.1")), "not blocked any more");
+    assert!(!t.unblock(ip("10.9.9.9")), "never seen");
+    assert_eq!(
+        t.blocks(10),
+        vec![listed
+            .iter()
+            .find(|b| b.0 == ip("10.0.0.2"))
+            .copied()
+            .unwrap()]
+    );
+    assert!(t.on_connect(ip("10.0.0.1"), &BIG).is_ok(), "served again");
+    assert_eq!(t.score(ip("10.0.0.1")), 0.0, "its score forgiven");
+}
