@@ -122,6 +122,9 @@ pub struct Reloader {
     metrics: Option<Arc<Metrics>>,
     /// One reload at a time; also the hash of the file text last tried.
     last: Mutex<Option<u64>>,
+    /// The last reload's outcome: when (Unix seconds), whether it applied,
+    /// and its summary or error.
+    outcome: Mutex<Option<(u64, bool, String)>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -157,6 +160,7 @@ impl Reloader {
             live,
             metrics,
             last: Mutex::new(first),
+            outcome: Mutex::new(None),
         })
     }
 
@@ -166,6 +170,10 @@ impl Reloader {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.live.current();
         let res = self.try_reload(&old, &mut last);
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(match &res {
+            Ok(s) => (crate::control::now(), true, s.to_string()),
+            Err(e) => (crate::control::now(), false, e.to_string()),
+        });
         match &res {
             Ok(s) => old.telemetry.emit(Event::Reloaded {
                 ok: true,
@@ -267,5 +275,107 @@ impl crate::control::Apply for Reloader {
 
     fn unblock(&self, ip: std::net::IpAddr) -> bool {
         self.live.current().policy.ips().unblock(ip)
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        Reloader::reload(self)
+            .map(|s| s.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let outcome = self
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let file = self.path.as_ref().map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let tree = toml::from_str::<toml::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::to_value(v).ok())
+                .map(redact);
+            serde_json::json!({ "path": p.display().to_string(), "settings": tree })
+        });
+        let rt = self.live.current();
+        serde_json::json!({
+            "file": file,
+            "users": rt.users.len(),
+            "listen": rt.config.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "last_reload": outcome.map(|(at, ok, detail)| serde_json::json!({
+                "at": at, "ok": ok, "detail": detail,
+            })),
+        })
+    }
+
+    fn reset_quota(&self, user: &str, period_only: bool) -> Result<bool, String> {
+        let policy = self.live.current().policy.clone();
+        if !policy.users().reset_usage(user, period_only) {
+            return Ok(false);
+        }
+        policy.save().map(|()| true).map_err(|e| e.to_string())
+    }
+}
+
+/// The keys whose values are never shown (`secret`, `token`, `ad_tag` and
+/// any key naming a password or a private key).
+fn secret_key(k: &str) -> bool {
+    matches!(k, "secret" | "token" | "ad_tag" | "password" | "key")
+        || k.ends_with("_token")
+        || k.ends_with("password")
+}
+
+/// `v` with every secret value replaced by `"<redacted>"`.
+fn redact(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let v = if secret_key(&k) {
+                        Value::String("<redacted>".into())
+                    } else {
+                        redact(v)
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(redact).collect()),
+        // Credentials in a URL (`socks5://user:pass@host`).
+        Value::String(s) => match s.split_once("://") {
+            Some((scheme, rest))
+                if rest
+                    .split('/')
+                    .next()
+                    .is_some_and(|auth| auth.contains('@')) =>
+            {
+                let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+                Value::String(format!("{scheme}://<redacted>@{host}"))
+            }
+            _ => Value::String(s),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn secrets_are_never_shown() {
+        let v = serde_json::json!({
+            "admin": { "token": "t0ps3cret", "listen": "127.0.0.1:9090" },
+            "users": { "alice": { "secret": "0011", "secrets": [{ "secret": "2233" }], "ad_tag": "aa" } },
+            "site": { "key": "/etc/k.pem" },
+            "upstream": { "socks5": ["socks5://u:p@h:1"] },
+        });
+        let r = super::redact(v).to_string();
+        for s in ["t0ps3cret", "0011", "2233", "\"aa\"", "/etc/k.pem", "u:p"] {
+            assert!(!r.contains(s), "{s} shown in {r}");
+        }
+        assert!(
+            r.contains("127.0.0.1:9090") && r.contains("socks5://<redacted>@h:1"),
+            "{r}"
+        );
     }
 }

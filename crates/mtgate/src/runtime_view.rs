@@ -79,6 +79,28 @@ impl crate::control::view::View for RuntimeView {
         )
     }
 
+    fn quota(&self, name: &str) -> Option<serde_json::Value> {
+        let rt = self.live.current();
+        let limits = &rt.users.iter().find(|u| u.name == name)?.limits;
+        let usage = rt.policy.users().usage(name)?;
+        let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339());
+        Some(serde_json::json!({
+            "up": usage.up,
+            "down": usage.down,
+            "used": usage.up.saturating_add(usage.down),
+            "quota": limits.quota,
+            "period": usage.period.map(|p| serde_json::json!({
+                "kind": p.period,
+                "start": time(p.start_ms),
+                "end": usage.period_end_ms.and_then(time),
+                "used": p.used,
+                "quota": limits.period_quota.map(|q| q.bytes),
+            })),
+            "over_quota": usage.over_quota,
+            "connections": usage.active,
+        }))
+    }
+
     fn config_rules(&self) -> Vec<crate::control::rules::RuleView> {
         let rt = self.live.current();
         rt.config

@@ -294,8 +294,8 @@ fn tokens_roles_and_sessions_over_the_api() {
     assert!(count("login.failed", "refused") >= 5);
     assert_eq!(
         count("config.reload", "ok"),
-        2,
-        "the document's check and ops"
+        3,
+        "the document's check (/reload, /api/v1/config/reload) and ops"
     );
     let block = entries
         .iter()

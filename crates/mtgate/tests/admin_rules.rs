@@ -262,6 +262,38 @@ async fn rules_and_blocks_through_the_api() {
     let (_, blocks) = api(admin, "GET", "/api/v1/blocks", &ops, Value::Null);
     assert_eq!(blocks, json!([]));
 
+    // The effective config, secrets redacted; reload and its status.
+    assert_eq!(
+        api(admin, "GET", "/api/v1/config", &staff, Value::Null).0,
+        403
+    );
+    let (s, c) = api(admin, "GET", "/api/v1/config", &ops, Value::Null);
+    assert_eq!(s, 200, "{c}");
+    let settings = &c["file"]["settings"];
+    assert_eq!(settings["admin"]["token"], "<redacted>");
+    assert_eq!(settings["users"]["alice"]["secret"], "<redacted>");
+    assert!(!c.to_string().contains(ALICE) && !c.to_string().contains(TOKEN));
+    assert_eq!(settings["policy"]["reputation"]["threshold"], 1.0);
+    let (s, r) = api(admin, "POST", "/api/v1/config/reload", &ops, Value::Null);
+    assert_eq!((s, &r["ok"]), (200, &json!(true)), "{r}");
+    let path = dir.path().join("mtgate.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("threshold = 1.0", "threshold = \"high\""),
+    )
+    .unwrap();
+    let (s, r) = api(admin, "POST", "/api/v1/config/reload", &ops, Value::Null);
+    assert_eq!(s, 400, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("threshold"), "{r}");
+    let (_, c) = api(admin, "GET", "/api/v1/config", &ops, Value::Null);
+    assert_eq!(c["last_reload"]["ok"], false, "{c}");
+    assert!(
+        served_from(p.addr, "127.0.0.1").await,
+        "the running config stays"
+    );
+    std::fs::write(&path, good).unwrap();
+
     // The trail: who blocked which range, when.
     let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
     let entries: Vec<Value> = trail

@@ -454,3 +454,94 @@ async fn secrets_are_rotated_added_and_revoked_through_the_api() {
     assert_eq!(revokes, 4, "an unknown id, two revoked, the last refused");
     drop(p);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_are_shown_and_reset_through_the_api() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .expect("dc");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port().port();
+    let p = start(dir.path(), admin, dc.local_addr());
+    let (_, v) = api(
+        admin,
+        "POST",
+        "/api/v1/tokens",
+        TOKEN,
+        json!({ "name": "viewer", "role": "read_only" }),
+    );
+    let viewer = v["token"].as_str().unwrap().to_owned();
+    let (s, dave) = api(
+        admin,
+        "POST",
+        "/api/v1/users",
+        TOKEN,
+        json!({ "name": "dave", "limits": { "quota": 1500 } }),
+    );
+    assert_eq!(s, 201, "{dave}");
+    let secret = secret_of(&dave);
+
+    // Traffic until the quota is reached; then dave is refused.
+    let quota = |who: &str| api(admin, "GET", "/api/v1/users/dave/quota", who, Value::Null);
+    let mut rounds = 0;
+    while serves(p.addr, &secret).await {
+        rounds += 1;
+        assert!(rounds < 100, "the quota never ran out: {}", quota(TOKEN).1);
+    }
+    let (s, q) = quota(&viewer);
+    assert_eq!(s, 200, "{q}");
+    assert_eq!(
+        (&q["over_quota"], &q["quota"]),
+        (&json!(true), &json!(1500)),
+        "{q}"
+    );
+    assert!(q["used"].as_u64().unwrap() >= 1500, "{q}");
+    assert!(!serves(p.addr, &secret).await, "over its quota");
+
+    // read_only may look, not reset; standard resets and dave is served again.
+    let reset = |who: &str| {
+        api(
+            admin,
+            "POST",
+            "/api/v1/users/dave/quota/reset",
+            who,
+            Value::Null,
+        )
+    };
+    assert_eq!(reset(&viewer).0, 403);
+    let (s, q) = reset(TOKEN);
+    assert_eq!(s, 200, "{q}");
+    assert_eq!(
+        (&q["used"], &q["over_quota"]),
+        (&json!(0), &json!(false)),
+        "{q}"
+    );
+    assert!(serves(p.addr, &secret).await, "served after the reset");
+    assert_eq!(
+        api(
+            admin,
+            "POST",
+            "/api/v1/users/nobody/quota/reset",
+            TOKEN,
+            Value::Null
+        )
+        .0,
+        404
+    );
+    // The reset is saved at once: the state file holds the new usage.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("policy-state.json")).unwrap())
+            .unwrap();
+    let saved = &state["users"]["users"]["dave"];
+    let saved = saved["up"].as_u64().unwrap() + saved["down"].as_u64().unwrap();
+    assert!(saved < 1500, "saved usage {saved} after the reset");
+    let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let entry: Value = trail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["action"] == "quota.reset" && e["result"] == "ok")
+        .expect("the reset is recorded");
+    assert_eq!(entry["before"]["over_quota"], true);
+    assert_eq!(entry["after"]["used"], 0);
+    drop(p);
+}

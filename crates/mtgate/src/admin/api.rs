@@ -20,6 +20,10 @@
 //! | `POST /api/v1/users/{name}/secrets` | standard | `{secret?, not_before?, not_after?}` adds one |
 //! | `POST /api/v1/users/{name}/rotate` | standard | `{grace?, starts_in?}` (seconds): a new secret, the others run out |
 //! | `DELETE /api/v1/users/{name}/secrets/{id}` | standard | revokes it at once |
+//! | `GET /api/v1/users/{name}/quota` | read_only | usage toward its quotas |
+//! | `POST /api/v1/users/{name}/quota/reset` | standard | `{period_only?}` resets the usage |
+//! | `GET /api/v1/config` | admin | the config file (secrets redacted), listeners, last reload |
+//! | `POST /api/v1/config/reload` | admin | reloads it; the summary, or why not (`400`) |
 //! | `GET /api/v1/rules` | admin | the ACL rules: the config file's and those made here |
 //! | `POST /api/v1/rules` | admin | `{net, level, expires_in?, note?}` makes one |
 //! | `DELETE /api/v1/rules/{id}` | admin | removes one made here |
@@ -29,8 +33,8 @@
 //! | `GET /api/v1/openapi.json` | any | this API's OpenAPI document |
 
 use super::api_cmds::{
-    add_rule, add_secret, create_user, rotate, rule_json, secret_json, time_json, update_user,
-    user_json,
+    add_rule, add_secret, create_user, reset_quota, rotate, rule_json, secret_json, time_json,
+    update_user, user_json,
 };
 use crate::control::tokens::NewToken;
 use crate::control::{AuthError, Control, ControlError, Principal, Role};
@@ -297,6 +301,22 @@ pub async fn handle(
                 Err(e) => refused(&e),
             }
         }
+        (&Method::GET, ["users", name, "quota"]) => match control.quota(&p, name) {
+            Ok(v) => answer(StatusCode::OK, &v),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, ["users", name, "quota", "reset"]) => {
+            let name = (*name).to_owned();
+            reset_quota(control, &p, &name, req.into_body()).await
+        }
+        (&Method::GET, ["config"]) => match control.config(&p) {
+            Ok(v) => answer(StatusCode::OK, &v),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, ["config", "reload"]) => match control.reload(&p) {
+            Ok(summary) => answer(StatusCode::OK, &json!({ "ok": true, "summary": summary })),
+            Err(e) => refused(&e),
+        },
         (&Method::GET, ["rules"]) => match control.rules(&p) {
             Ok(list) => answer(
                 StatusCode::OK,
@@ -358,13 +378,15 @@ pub async fn handle(
 /// The methods a route takes (`Allow` of a `405`), or `None`: no such route.
 fn allowed(route: &[&str]) -> Option<&'static str> {
     Some(match route {
-        ["whoami" | "stats" | "openapi.json" | "blocks"] => "GET",
+        ["whoami" | "stats" | "openapi.json" | "blocks" | "config"] => "GET",
+        ["config", "reload"] => "POST",
         ["rules"] => "GET, POST",
         ["rules", _] | ["blocks", _] => "DELETE",
         ["users"] => "GET, POST",
         ["users", _] => "GET, PATCH, DELETE",
         ["users", _, "secrets"] => "GET, POST",
-        ["users", _, "rotate"] => "POST",
+        ["users", _, "rotate"] | ["users", _, "quota", "reset"] => "POST",
+        ["users", _, "quota"] => "GET",
         ["users", _, "secrets", _] => "DELETE",
         ["login" | "logout"] => "POST",
         ["tokens"] => "GET, POST",

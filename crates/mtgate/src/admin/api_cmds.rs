@@ -241,3 +241,26 @@ pub(super) fn user_json(u: &crate::control::view::UserView) -> Value {
     }
     v
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetQuota {
+    #[serde(default)]
+    period_only: bool,
+}
+
+pub(super) async fn reset_quota(
+    control: &Control,
+    p: &Principal,
+    name: &str,
+    body: Incoming,
+) -> Response<Full<Bytes>> {
+    let c: ResetQuota = match body_for(control, p, "quota.reset", Role::Standard, body).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match control.reset_quota(p, name, c.period_only) {
+        Ok(v) => answer(StatusCode::OK, &v),
+        Err(e) => refused(&e),
+    }
+}

@@ -152,6 +152,14 @@ pub trait Apply: Send + Sync {
     fn apply_users(&self) -> Result<(), String>;
     /// Lifts the reputation block of `ip`'s source; `false`: none.
     fn unblock(&self, ip: IpAddr) -> bool;
+    /// Reloads the config file now (as `SIGHUP` does): the summary or why not.
+    fn reload(&self) -> Result<String, String>;
+    /// The config file as it is (secrets redacted), the running listeners,
+    /// and the last reload's outcome.
+    fn config(&self) -> serde_json::Value;
+    /// Resets a user's usage (the period's, or all) and saves the policy
+    /// state at once; `Ok(false)`: no such user.
+    fn reset_quota(&self, user: &str, period_only: bool) -> Result<bool, String>;
 }
 
 impl std::fmt::Debug for dyn Apply {

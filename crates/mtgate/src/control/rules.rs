@@ -260,6 +260,31 @@ impl Control {
         r
     }
 
+    /// The config file (secrets redacted), the listeners and the last
+    /// reload's outcome (`admin`).
+    pub fn config(&self, by: &Principal) -> Result<serde_json::Value, ControlError> {
+        by.require(Role::Admin)?;
+        Ok(self
+            .apply
+            .get()
+            .ok_or(ControlError::NotFound("running proxy"))?
+            .config())
+    }
+
+    /// Reloads the config file (`admin`); the summary. A refused file
+    /// changes nothing and is `Invalid` with its error.
+    pub fn reload(&self, by: &Principal) -> Result<String, ControlError> {
+        let r = by.require(Role::Admin).and_then(|()| {
+            self.apply
+                .get()
+                .ok_or(ControlError::NotFound("running proxy"))?
+                .reload()
+                .map_err(ControlError::Invalid)
+        });
+        self.admin_record(by, "config.reload.request", "config", None, None, &r);
+        r
+    }
+
     /// The sources the reputation blocks now, with their ends (`admin`).
     pub fn blocks(&self, by: &Principal) -> Result<Vec<(IpAddr, i64)>, ControlError> {
         by.require(Role::Admin)?;

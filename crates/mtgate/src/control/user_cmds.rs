@@ -271,6 +271,49 @@ impl Control {
         r
     }
 
+    /// A user's usage toward its quotas (`read_only`).
+    pub fn quota(&self, by: &Principal, name: &str) -> Result<Value, ControlError> {
+        by.require(Role::ReadOnly)?;
+        self.view()?
+            .quota(name)
+            .ok_or(ControlError::NotFound("user"))
+    }
+
+    /// Resets a user's usage (`standard`): the current period's, or with
+    /// `period_only` false the lifetime bytes too. Any user, the config
+    /// file's included: usage is the proxy's, not the file's.
+    pub fn reset_quota(
+        &self,
+        by: &Principal,
+        name: &str,
+        period_only: bool,
+    ) -> Result<Value, ControlError> {
+        let mut before = None;
+        let r = by.require(Role::Standard).and_then(|()| {
+            before = self.view()?.quota(name);
+            let done = self
+                .apply
+                .get()
+                .ok_or(ControlError::NotFound("running proxy"))?
+                .reset_quota(name, period_only)
+                .map_err(ControlError::Storage)?;
+            if !done {
+                return Err(ControlError::NotFound("user"));
+            }
+            self.view()?
+                .quota(name)
+                .ok_or(ControlError::NotFound("user"))
+        });
+        let after = r.as_ref().ok().cloned();
+        let action = if period_only {
+            "quota.reset_period"
+        } else {
+            "quota.reset"
+        };
+        self.user_record(by, action, name, before, after, &r);
+        r
+    }
+
     /// The modes a user gets when it names none.
     pub(super) fn default_modes(&self) -> crate::config::Modes {
         self.view().map_or(

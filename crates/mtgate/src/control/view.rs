@@ -59,6 +59,8 @@ pub trait View: Send + Sync {
     fn users(&self) -> Vec<UserView>;
     /// The secrets of user `name` (`None`: no such user).
     fn secrets(&self, name: &str) -> Option<Vec<SecretView>>;
+    /// A user's usage toward its quotas, as JSON (`None`: no such user).
+    fn quota(&self, name: &str) -> Option<serde_json::Value>;
     /// The config file's ACL rules.
     fn config_rules(&self) -> Vec<super::rules::RuleView>;
     /// The sources blocked by their reputation now and the ends (Unix ms).

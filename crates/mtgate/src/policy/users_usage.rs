@@ -117,6 +117,23 @@ impl UserTable {
         })
     }
 
+    /// Resets `user`'s usage toward its quotas (the admin API): the current
+    /// period's bytes, and unless `period_only` the lifetime bytes too (the
+    /// per-user byte counters of `/metrics` restart from zero, as after a
+    /// restart). `false`: no such user.
+    pub fn reset_usage(&self, user: &str, period_only: bool) -> bool {
+        let _w = self.writer();
+        let Some(st) = self.users.load().get(user).cloned() else {
+            return false;
+        };
+        st.period_used.store(0, Relaxed);
+        if !period_only {
+            st.up.store(0, Relaxed);
+            st.down.store(0, Relaxed);
+        }
+        true
+    }
+
     /// The usage to persist: lifetime bytes and the current period's, by user.
     pub fn export(&self) -> UsersSnapshot {
         let now = self.shared.clock.wall_ms();
