@@ -127,6 +127,28 @@ fn qr_text(text: &str) -> Option<String> {
     )
 }
 
+/// `text` as a QR code in SVG (one path of unit squares, a 4-module quiet
+/// zone), for the console; `None` if it does not fit a QR code.
+pub fn qr_svg(text: &str) -> Option<String> {
+    let code = QrCode::new(text.as_bytes()).ok()?;
+    let width = code.width();
+    const QUIET: usize = 4;
+    let side = width + 2 * QUIET;
+    let mut d = String::new();
+    for (i, c) in code.to_colors().iter().enumerate() {
+        if *c == Color::Dark {
+            let (x, y) = (i % width + QUIET, i / width + QUIET);
+            d.push_str(&format!("M{x} {y}h1v1h-1z"));
+        }
+    }
+    Some(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {side} {side}\" width=\"{px}\" height=\"{px}\" \
+         shape-rendering=\"crispEdges\" role=\"img\"><rect width=\"{side}\" height=\"{side}\" fill=\"#fff\"/>\
+         <path d=\"{d}\" fill=\"#000\"/></svg>",
+        px = side * 5
+    ))
+}
+
 /// Writes `text` as a QR code PNG (8 px per module, 4-module quiet zone).
 pub fn write_qr_png(text: &str, path: &Path) -> anyhow::Result<()> {
     let code = QrCode::new(text.as_bytes())?;
@@ -187,6 +209,17 @@ pub fn print_all(
 #[cfg(test)]
 mod web_tests {
     use super::*;
+
+    #[test]
+    fn qr_svg_draws_the_code() {
+        let svg = qr_svg("tg://proxy?server=h&port=443&secret=dd00").unwrap();
+        assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>"));
+        assert!(svg.matches('z').count() > 100, "dark modules drawn");
+        assert!(
+            qr_svg(&"x".repeat(10_000)).is_none(),
+            "too long for a QR code"
+        );
+    }
 
     #[test]
     fn links_show_the_secret_in_force_and_the_upcoming_one() {

@@ -10,6 +10,7 @@
 //!
 //! | `POST /reload` | reload the config (a bearer with the `admin` role, `admin.token` included; 403 without any token) |
 //! | `/api/v1/…` | the admin API ([`api`]: JSON, bearer tokens with roles) |
+//! | `/console` | the web console ([`console`]: HTML over the same commands) |
 //!
 //! Otherwise only `GET` and `HEAD` are answered (405); unknown paths get 404.
 //! Connections are capped in all and per address ([`conns`]: the oldest
@@ -21,6 +22,8 @@
 pub mod api;
 mod api_cmds;
 pub mod conns;
+pub mod console;
+mod console_html;
 pub use conns::{MAX_CONNS, PER_SOURCE};
 pub mod front_metrics;
 pub mod me_metrics;
@@ -263,6 +266,12 @@ async fn accept_loop(listener: Arc<TcpListener>, state: Arc<AdminState>) {
                     if req.uri().path().starts_with("/api/") {
                         if let Some(c) = state.control.get() {
                             return Ok::<_, Infallible>(api::handle(c, req, peer.ip()).await);
+                        }
+                    }
+                    let path = req.uri().path();
+                    if path == "/console" || path.starts_with("/console/") {
+                        if let Some(c) = state.control.get() {
+                            return Ok::<_, Infallible>(console::handle(c, req, peer.ip()).await);
                         }
                     }
                     Ok::<_, Infallible>(handle_from(&state, &req, peer.ip()))

@@ -259,6 +259,17 @@ impl Control {
             .ok_or(ControlError::NotFound("user"))
     }
 
+    /// The newest `n` audit entries, newest last (`read_only`: they hold
+    /// token ids, never tokens or secrets).
+    pub fn recent_audit(
+        &self,
+        by: &Principal,
+        n: usize,
+    ) -> Result<Vec<serde_json::Value>, ControlError> {
+        by.require(Role::ReadOnly)?;
+        Ok(self.audit.recent(n))
+    }
+
     /// The proxy's counters (`read_only`).
     pub fn stats(&self, by: &Principal) -> Result<serde_json::Value, ControlError> {
         by.require(Role::ReadOnly)?;
