@@ -40,6 +40,18 @@ if [ ! -x /usr/bin/chromium ] || ! command -v certutil >/dev/null 2>&1; then
     fi
 fi
 
+echo "== system packages (softhsm2: the PKCS#11 token of tests/realclients/test_hsm.py) (${SECONDS}s)"
+if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
+            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq softhsm2 >/dev/null; }
+    else
+        echo "softhsm2 is needed by tests/realclients/test_hsm.py" >&2
+        exit 1
+    fi
+fi
+
 echo "== cargo build (binaries used by the real-client tests) (${SECONDS}s)"
 cargo build --workspace --bins
 

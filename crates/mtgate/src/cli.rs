@@ -55,6 +55,16 @@ enum Cmd {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Make a new random secret inside the HSM (`[hsm]` of the config) and
+    /// print it in every form; give a user `secret = "hsm:LABEL"`.
+    Hsm {
+        /// The configuration naming the HSM.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The new key's label in the token.
+        #[arg(long)]
+        label: String,
+    },
     /// Generate a new random secret and print it in every form.
     Secret {
         /// Also print the `ee` (FakeTLS) form for this domain.
@@ -214,6 +224,7 @@ pub fn main() -> ExitCode {
             ..
         } => audit_verify(config, state_dir),
         Cmd::Audit { what: None, config } => return self_audit(config),
+        Cmd::Hsm { config, label } => hsm_create(&config, &label),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -368,18 +379,42 @@ fn link(a: LinkArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn secret(domain: &str) -> anyhow::Result<()> {
-    mtgate_proto::secret::validate_domain(domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
-    let key = Key16::generate();
+fn hsm_create(config: &std::path::Path, label: &str) -> anyhow::Result<()> {
+    let cfg = Config::load(config, &Overrides::default())?;
+    let hsm = cfg
+        .hsm
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{} has no [hsm] section", config.display()))?;
+    let key = crate::hsm::create_key(hsm, label)?;
+    println!(
+        "created a 16-byte key labelled `{label}` in token `{}`; give a user `secret = \"hsm:{label}\"`",
+        hsm.token
+    );
+    let domain = cfg
+        .domains
+        .first()
+        .map_or(crate::config::DEFAULT_DOMAIN, String::as_str);
+    print_forms(&key, domain);
+    Ok(())
+}
+
+/// A key in every form a client takes.
+fn print_forms(key: &Key16, domain: &str) {
     let s = |kind| ProxySecret {
         key: key.clone(),
         kind,
     };
-    println!("secret (config):  {}", hex::encode(key.expose()));
     println!("dd (secure):      {}", s(SecretKind::Dd).to_hex());
     let ee = s(SecretKind::Ee(domain.to_owned()));
     println!("ee (FakeTLS) hex: {}", ee.to_hex());
     println!("ee (FakeTLS) b64: {}", ee.to_base64url());
+}
+
+fn secret(domain: &str) -> anyhow::Result<()> {
+    mtgate_proto::secret::validate_domain(domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
+    let key = Key16::generate();
+    println!("secret (config):  {}", hex::encode(key.expose()));
+    print_forms(&key, domain);
     Ok(())
 }
 

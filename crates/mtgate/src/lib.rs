@@ -25,6 +25,7 @@ pub mod fdlimit;
 pub mod front;
 #[cfg(unix)]
 pub mod handover;
+pub mod hsm;
 pub mod links;
 pub mod logsum;
 pub mod mask;

@@ -239,6 +239,7 @@ mod web_tests {
                 not_before: 1_500,
                 not_after: u64::MAX,
             },
+            hsm: None,
         });
         let before = render_user_at(&u, "x.test", "h", 443, false, 1_000);
         assert!(

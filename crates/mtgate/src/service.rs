@@ -75,7 +75,20 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         tracing::info!(count = activated.len(), "listening sockets from systemd");
     }
     crate::control::rules::merge(&mut cfg).context("the rules of the admin API")?;
-    let (users, created) = users_for(&cfg)?;
+    let (users, created) = users_for(&cfg).inspect_err(|e| {
+        // An HSM that cannot be reached at start is a security event too.
+        let msg = format!("{e:#}");
+        if msg.contains("hsm:") {
+            if let Ok(a) = crate::control::audit::Audit::open(Some(&cfg.state_dir)) {
+                let _ = a.append(&crate::control::audit::Record {
+                    action: "hsm.error".into(),
+                    target: cfg.hsm.as_ref().map(|h| h.token.clone()),
+                    result: format!("refused: the start: {msg}"),
+                    ..Default::default()
+                });
+            }
+        }
+    })?;
     if created {
         eprintln!(
             "generated a new secret in {}",

@@ -23,6 +23,9 @@ pub enum StateError {
     /// The users managed through the admin API could not be taken.
     #[error("managed users: {0}")]
     Managed(String),
+    /// A secret kept in the HSM could not be read.
+    #[error("{0}")]
+    Hsm(String),
 }
 
 /// Loads the default user's secret from `dir/secret`, creating it once if absent.
@@ -68,8 +71,33 @@ pub fn users_for(cfg: &crate::config::Config) -> Result<(Vec<User>, bool), State
     };
     let managed = crate::control::users::load(&cfg.state_dir, cfg.default_modes)
         .map_err(|e| StateError::Managed(e.to_string()))?;
-    let users = crate::control::users::merge(users, managed).map_err(StateError::Managed)?;
+    let mut users = crate::control::users::merge(users, managed).map_err(StateError::Managed)?;
+    crate::hsm::resolve(cfg.hsm.as_ref(), &mut users)
+        .map_err(|e| StateError::Hsm(e.to_string()))?;
+    if users
+        .iter()
+        .any(|u| u.secrets.iter().any(|s| s.hsm.is_some()))
+    {
+        shared_check(&users).map_err(StateError::Hsm)?;
+    }
     Ok((users, created))
+}
+
+/// Refuses a key two secrets share (the HSM's keys, once read).
+fn shared_check(users: &[User]) -> Result<(), String> {
+    let mut seen: Vec<(&Key16, &str)> = Vec::new();
+    for u in users {
+        for s in &u.secrets {
+            if let Some((_, other)) = seen.iter().find(|(k, _)| **k == s.key) {
+                return Err(format!(
+                    "users `{other}` and `{}` share a secret (one of them in the HSM)",
+                    u.name
+                ));
+            }
+            seen.push((&s.key, &u.name));
+        }
+    }
+    Ok(())
 }
 
 fn user(key: Key16, modes: Modes) -> User {

@@ -158,6 +158,8 @@ pub struct Config {
     pub websocket: crate::net::websocket::WsConfig,
     /// The own site (`[site]`; off without hosts).
     pub site: crate::web::SiteConfig,
+    /// Secrets in an HSM (`[hsm]`): users' `secret = "hsm:LABEL"`.
+    pub hsm: Option<crate::hsm::HsmConfig>,
 }
 
 /// The admin API token: compared in constant time, never printed.
@@ -316,6 +318,22 @@ impl Config {
 
         let site =
             crate::web::SiteConfig::from_raw(raw.site).map_err(|(key, msg)| invalid(key, msg))?;
+        let hsm = match raw.hsm {
+            None => None,
+            Some(h) => {
+                if h.module.trim().is_empty() {
+                    return Err(invalid("hsm.module", "the path of the PKCS#11 module"));
+                }
+                if h.token.trim().is_empty() {
+                    return Err(invalid("hsm.token", "the token's label"));
+                }
+                Some(crate::hsm::HsmConfig {
+                    module: h.module.into(),
+                    token: h.token,
+                    pin_file: h.pin_file.map(Into::into),
+                })
+            }
+        };
         let t = raw.tls;
         // With an own site, FakeTLS clients name its hosts by default.
         let domains: Vec<String> = t
@@ -478,6 +496,7 @@ impl Config {
             proxy_protocol,
             websocket,
             site,
+            hsm,
         })
     }
 }

@@ -40,6 +40,18 @@ pub struct RawConfig {
     /// The own site (`[site]`).
     #[serde(default)]
     pub site: crate::web::RawSite,
+    /// Secrets in an HSM (`[hsm]`, PKCS#11).
+    pub hsm: Option<RawHsm>,
+}
+
+/// `[hsm]`: the PKCS#11 module, the token and where its PIN is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsm {
+    pub module: String,
+    pub token: String,
+    /// A file holding the user PIN (else the `MTGATE_HSM_PIN` environment variable).
+    pub pin_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -48,6 +48,9 @@ pub use mtgate_proto::handshake::Window;
 pub struct Secret {
     pub key: Key16,
     pub valid: Window,
+    /// Kept in the HSM under this label (`secret = "hsm:LABEL"`): `key` is
+    /// read from the token when the users are built ([`crate::hsm`]).
+    pub hsm: Option<String>,
 }
 
 impl Secret {
@@ -56,6 +59,7 @@ impl Secret {
         Self {
             key,
             valid: Window::ALWAYS,
+            hsm: None,
         }
     }
 
@@ -171,8 +175,25 @@ fn secret(
     nb: Option<&super::user_limits::RawTime>,
     na: Option<&super::user_limits::RawTime>,
 ) -> Result<Secret, ConfigError> {
-    let parsed =
-        ProxySecret::parse(text).map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?;
+    let (parsed_key, hsm) = match text.strip_prefix(crate::hsm::PREFIX) {
+        Some(label) => {
+            if label.is_empty() || label.len() > 64 || !label.bytes().all(|c| c.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    format!("{key}.secret"),
+                    "`hsm:LABEL`: a label of 1..64 printable characters",
+                ));
+            }
+            // Read from the token when the users are built.
+            (Key16::new([0; 16]), Some(label.to_owned()))
+        }
+        None => (
+            ProxySecret::parse(text)
+                .map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?
+                .key,
+            None,
+        ),
+    };
     let not_before = nb
         .map(|t| unix_time(&format!("{key}.not_before"), t))
         .transpose()?
@@ -185,11 +206,12 @@ fn secret(
         return Err(invalid(format!("{key}.not_after"), "is before not_before"));
     }
     Ok(Secret {
-        key: parsed.key,
+        key: parsed_key,
         valid: Window {
             not_before,
             not_after,
         },
+        hsm,
     })
 }
 
@@ -256,7 +278,8 @@ pub(super) fn parse(
                 format!("at most {MAX_SECRETS} secrets a user"),
             ));
         }
-        for s in &secrets {
+        // Keys in the HSM are compared once read (`state::users_for`).
+        for s in secrets.iter().filter(|s| s.hsm.is_none()) {
             if seen_keys.contains(&s.key) {
                 return Err(invalid(
                     format!("{key}.secret"),
