@@ -420,3 +420,31 @@ def assert_tdlib_got_dc_answer(res: dict, st):
     # all mean the path is broken somewhere.
     assert res.get("result") == "error", msg
     assert res.get("error_message") == clients.TDLIB_EXPECTED_ERROR, msg
+
+
+# ------------------------------------------------------------------------------------------
+# The admin API
+# ------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A loopback port free now (for an admin listener)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_api(port: int, method: str, path: str, token: str, body: dict | None = None):
+    """One admin API call: (status, JSON answer)."""
+    import urllib.error
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode()
+    if data is None and method == "POST":
+        data = b""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")

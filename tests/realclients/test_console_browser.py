@@ -10,35 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from conftest import _start_stack
-from harness import (FAKE_DC_BIN, MTGATE_BIN, _missing, assert_telethon_got_dc_answer, require,
-                     telethon)
+from harness import (FAKE_DC_BIN, MTGATE_BIN, _missing, admin_api, assert_telethon_got_dc_answer,
+                     free_port, require, telethon)
 
 CHROMIUM = Path(os.environ.get("MTGATE_CHROMIUM", "/usr/bin/chromium"))
 TOKEN = "console-superuser-token-00000001"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(port: int, method: str, path: str, token: str, body: dict | None = None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 def _sign_in(page, base: str, token: str):
@@ -54,12 +34,12 @@ def test_the_console_in_a_real_browser(tmp_path: Path):
         _missing(f"{CHROMIUM} not found (Debian package chromium; scripts/test.sh installs it)")
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     st = _start_stack(tmp_path, "127.0.0.1",
                       extra=f'\n[admin]\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\n')
     base = f"http://127.0.0.1:{port}"
     try:
-        status, viewer = _api(port, "POST", "/api/v1/tokens", TOKEN,
+        status, viewer = admin_api(port, "POST", "/api/v1/tokens", TOKEN,
                               {"name": "viewer", "role": "read_only"})
         assert status == 201, viewer
         with sync_playwright() as p:
@@ -133,11 +113,11 @@ def test_the_console_in_a_real_browser(tmp_path: Path):
                 assert stale.status == 403
             finally:
                 browser.close()
-        status, _ = _api(port, "POST", "/api/v1/users", viewer["token"], {"name": "mallory"})
+        status, _ = admin_api(port, "POST", "/api/v1/users", viewer["token"], {"name": "mallory"})
         assert status == 403
-        status, users = _api(port, "GET", "/api/v1/users", TOKEN)
+        status, users = admin_api(port, "GET", "/api/v1/users", TOKEN)
         assert sorted(u["name"] for u in users) == ["alice", "erin"], users
-        status, rules = _api(port, "GET", "/api/v1/rules", TOKEN)
+        status, rules = admin_api(port, "GET", "/api/v1/rules", TOKEN)
         assert [r["net"] for r in rules] == ["203.0.113.0/24"], rules
         trail = [json.loads(line) for line in (tmp_path / "state" / "audit.log").read_text().splitlines()]
         done = [(e["action"], e["result"]) for e in trail]

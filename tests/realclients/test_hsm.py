@@ -12,33 +12,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 
 from conftest import _start_stack
-from harness import (FAKE_DC_BIN, MTGATE_BIN, _missing, assert_tdlib_got_dc_answer,
-                     assert_telethon_got_dc_answer, require, tdlib, telethon)
+from harness import (FAKE_DC_BIN, MTGATE_BIN, _missing, admin_api, assert_tdlib_got_dc_answer,
+                     assert_telethon_got_dc_answer, free_port, require, tdlib, telethon)
 
 MODULE = Path(os.environ.get("MTGATE_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
 TOKEN = "hsm-test-superuser-token-000001"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reload(port: int) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/config/reload", data=b"",
-                                 method="POST", headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return admin_api(port, "POST", "/api/v1/config/reload", TOKEN)
 
 
 def _trail(state: Path) -> list[dict]:
@@ -71,7 +57,7 @@ def test_secrets_that_exist_only_in_the_hsm(tmp_path: Path, monkeypatch):
     key_hex = dd[2:]
     assert len(key_hex) == 32
 
-    port = _free_port()
+    port = free_port()
     extra = (hsm + f'\n[admin]\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\n'
              '\n[users.bob]\nsecret = "hsm:bob"\nmodes = ["ee", "dd"]\n')
     st = _start_stack(tmp_path, "127.0.0.1", extra=extra)

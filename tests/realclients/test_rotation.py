@@ -8,37 +8,16 @@ answering), while the new one still serves.
 """
 from __future__ import annotations
 
-import json
-import socket
 import time
 import urllib.parse
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 from conftest import _start_stack
-from harness import (assert_tdlib_got_dc_answer, assert_telethon_got_dc_answer, clients, tdlib,
-                     telethon)
+from harness import (admin_api, assert_tdlib_got_dc_answer, assert_telethon_got_dc_answer,
+                     clients, free_port, tdlib, telethon)
 
 TOKEN = "rotation-superuser-token-000001"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Authorization": f"Bearer {TOKEN}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 def _secrets(user_or_secret: dict) -> dict:
@@ -51,17 +30,17 @@ def _secrets(user_or_secret: dict) -> dict:
 
 
 def test_rotation_through_the_api_with_real_clients(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     st = _start_stack(tmp_path, "127.0.0.1",
                       extra=f'\n[admin]\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\n')
     try:
-        status, bob = _api(port, "POST", "/api/v1/users", {"name": "bob", "modes": ["ee", "dd"]})
+        status, bob = admin_api(port, "POST", "/api/v1/users", TOKEN, {"name": "bob", "modes": ["ee", "dd"]})
         assert status == 201, bob
         old = _secrets(bob)
         assert_tdlib_got_dc_answer(tdlib(st.host, st.port, old["ee"]), st)
         assert_telethon_got_dc_answer(telethon(st.host, st.port, old["dd"], "randomized"), st)
 
-        status, new_secret = _api(port, "POST", "/api/v1/users/bob/rotate", {"grace": 8})
+        status, new_secret = admin_api(port, "POST", "/api/v1/users/bob/rotate", TOKEN, {"grace": 8})
         assert status == 201, new_secret
         assert new_secret["current"] is True and new_secret["state"] == "in_force", new_secret
         new = _secrets(new_secret)
@@ -71,7 +50,7 @@ def test_rotation_through_the_api_with_real_clients(tmp_path: Path):
         assert_tdlib_got_dc_answer(tdlib(st.host, st.port, new["ee"]), st)
         assert_telethon_got_dc_answer(telethon(st.host, st.port, new["dd"], "randomized"), st)
 
-        status, listed = _api(port, "GET", "/api/v1/users/bob/secrets")
+        status, listed = admin_api(port, "GET", "/api/v1/users/bob/secrets", TOKEN)
         assert status == 200 and len(listed) == 2, listed
         ends = max(datetime.fromisoformat(s["not_after"]).timestamp()
                    for s in listed if s["not_after"])
@@ -84,7 +63,7 @@ def test_rotation_through_the_api_with_real_clients(tmp_path: Path):
         r = telethon(st.host, st.port, old["dd"], "randomized", timeout=4.0)
         assert r.get("ok") is not True, r
         assert_tdlib_got_dc_answer(tdlib(st.host, st.port, new["ee"]), st)
-        status, listed = _api(port, "GET", "/api/v1/users/bob/secrets")
+        status, listed = admin_api(port, "GET", "/api/v1/users/bob/secrets", TOKEN)
         assert sorted(s["state"] for s in listed) == ["in_force", "run_out"], listed
         st.check_alive()
     finally:

@@ -7,46 +7,25 @@
 
 mod common;
 
-use common::admin_http::call;
+use common::admin_http::{api, spawn, token, ALICE, TOKEN};
 use common::MtgateProcess;
 use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
-use mtgate_testkit::conf::{dcs_table, key_from_hex, users_tables, TLS_NO_FRONTING};
+use mtgate_testkit::conf::key_from_hex;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const ALICE: &str = "00112233445566778899aabbccddeeff";
-const TOKEN: &str = "config-superuser-token-0123456789";
-
 fn start(dir: &std::path::Path, admin: u16, dc: SocketAddr) -> MtgateProcess {
-    let path = dir.join("mtgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             watch_config = false\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
-             {TLS_NO_FRONTING}{}{}\
-             [[policy.acl.rules]]\ncidr = \"198.51.100.0/24\"\nlevel = \"limited\"\n\
-             [policy.reputation]\nthreshold = 1.0\n",
-            dir.display(),
-            dcs_table(&[dc]),
-            users_tables(&[("alice", ALICE)], &["dd"])
-        ),
+    spawn(
+        dir,
+        admin,
+        dc,
+        "",
+        "[[policy.acl.rules]]\ncidr = \"198.51.100.0/24\"\nlevel = \"limited\"\n\
+         [policy.reputation]\nthreshold = 1.0\n",
     )
-    .unwrap();
-    MtgateProcess::spawn(&path, dir, Stdio::null())
-}
-
-fn api(port: u16, method: &str, path: &str, bearer: &str, body: Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    tokio::task::block_in_place(|| call(port, method, path, Some(bearer), &body))
 }
 
 /// Whether alice, connecting from `from`, gets the DC's answer.
@@ -78,22 +57,8 @@ async fn rules_and_blocks_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let admin = common::free_port().port();
     let mut p = start(dir.path(), admin, dc.local_addr());
-    let (_, staff) = api(
-        admin,
-        "POST",
-        "/api/v1/tokens",
-        TOKEN,
-        json!({ "name": "staff", "role": "standard" }),
-    );
-    let staff = staff["token"].as_str().unwrap().to_owned();
-    let (_, ops) = api(
-        admin,
-        "POST",
-        "/api/v1/tokens",
-        TOKEN,
-        json!({ "name": "ops", "role": "admin" }),
-    );
-    let ops = ops["token"].as_str().unwrap().to_owned();
+    let staff = token(admin, "standard");
+    let ops = token(admin, "admin");
     assert!(served_from(p.addr, "127.0.0.2").await);
 
     // standard may not; bad rules are refused; nothing changes.

@@ -8,45 +8,34 @@
 
 mod common;
 
-use common::admin_http::call;
+use common::admin_http::{api, spawn, token, ALICE, TOKEN};
 use common::MtgateProcess;
 use mtgate_proto::secret::ProxySecret;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
-use mtgate_testkit::conf::{dcs_table, users_tables, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const ALICE: &str = "00112233445566778899aabbccddeeff";
-const TOKEN: &str = "config-superuser-token-0123456789";
-
 fn start(dir: &std::path::Path, admin: u16, dc: SocketAddr) -> MtgateProcess {
-    let path = dir.join("mtgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{}\"\n\
-             drain_grace = \"500ms\"\nwatch_config = false\ndefault_modes = [\"dd\"]\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n{TLS_NO_FRONTING}{}{}",
-            dir.display(),
-            dcs_table(&[dc]),
-            users_tables(&[("alice", ALICE)], &["dd"])
-        ),
+    spawn(
+        dir,
+        admin,
+        dc,
+        "drain_grace = \"500ms\"\ndefault_modes = [\"dd\"]",
+        "",
     )
-    .unwrap();
-    MtgateProcess::spawn(&path, dir, Stdio::null())
 }
 
-/// [`call`] from inside the test's runtime.
-fn api(port: u16, method: &str, path: &str, bearer: &str, body: Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    tokio::task::block_in_place(|| call(port, method, path, Some(bearer), &body))
+/// A fake DC and a proxy with the admin API in a directory of its own.
+async fn setup() -> (FakeDc, tempfile::TempDir, u16, MtgateProcess) {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .expect("dc");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port().port();
+    let p = start(dir.path(), admin, dc.local_addr());
+    (dc, dir, admin, p)
 }
 
 /// The secret of a user's first link.
@@ -90,26 +79,10 @@ fn names(port: u16, token: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_made_through_the_api_serve_at_once_and_survive_a_restart() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
-    let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port().port();
-    let mut p = start(dir.path(), admin, dc.local_addr());
+    let (dc, dir, admin, mut p) = setup().await;
 
-    let token = |role: &str| {
-        let (s, t) = api(
-            admin,
-            "POST",
-            "/api/v1/tokens",
-            TOKEN,
-            json!({ "name": role, "role": role }),
-        );
-        assert_eq!(s, 201, "{t}");
-        t["token"].as_str().unwrap().to_owned()
-    };
-    let staff = token("standard");
-    let viewer = token("read_only");
+    let staff = token(admin, "standard");
+    let viewer = token(admin, "read_only");
 
     // read_only may not create; nothing changes.
     let (s, _) = api(
@@ -296,21 +269,8 @@ async fn users_made_through_the_api_serve_at_once_and_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_rotated_added_and_revoked_through_the_api() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
-    let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port().port();
-    let p = start(dir.path(), admin, dc.local_addr());
-    let (s, v) = api(
-        admin,
-        "POST",
-        "/api/v1/tokens",
-        TOKEN,
-        json!({ "name": "viewer", "role": "read_only" }),
-    );
-    assert_eq!(s, 201);
-    let viewer = v["token"].as_str().unwrap().to_owned();
+    let (_dc, dir, admin, p) = setup().await;
+    let viewer = token(admin, "read_only");
     let (s, carol) = api(
         admin,
         "POST",
@@ -457,20 +417,8 @@ async fn secrets_are_rotated_added_and_revoked_through_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_are_shown_and_reset_through_the_api() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .expect("dc");
-    let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port().port();
-    let p = start(dir.path(), admin, dc.local_addr());
-    let (_, v) = api(
-        admin,
-        "POST",
-        "/api/v1/tokens",
-        TOKEN,
-        json!({ "name": "viewer", "role": "read_only" }),
-    );
-    let viewer = v["token"].as_str().unwrap().to_owned();
+    let (_dc, dir, admin, p) = setup().await;
+    let viewer = token(admin, "read_only");
     let (s, dave) = api(
         admin,
         "POST",

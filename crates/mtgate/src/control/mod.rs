@@ -283,7 +283,32 @@ impl Control {
         }
     }
 
-    /// The record of `by` doing `action` on `target`, with `result`.
+    /// The record of `by` doing `action` on `target`, with `result` (and,
+    /// when it was done, the thing before and after).
+    pub(crate) fn change_record<T>(
+        &self,
+        by: &Principal,
+        action: &str,
+        target: Option<String>,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        result: &Result<T, ControlError>,
+    ) {
+        let done = result.is_ok();
+        self.record(&audit::Record {
+            action: action.into(),
+            actor: Some((by.token_id.clone(), by.role.name().into())),
+            from: Some(by.from.to_string()),
+            target,
+            before: if done { before } else { None },
+            after: if done { after } else { None },
+            result: match result {
+                Ok(_) => "ok".into(),
+                Err(e) => format!("refused: {e}"),
+            },
+        });
+    }
+
     fn act<T>(
         &self,
         by: &Principal,
@@ -292,18 +317,7 @@ impl Control {
         after: Option<serde_json::Value>,
         result: &Result<T, ControlError>,
     ) {
-        self.record(&audit::Record {
-            action: action.into(),
-            actor: Some((by.token_id.clone(), by.role.name().into())),
-            from: Some(by.from.to_string()),
-            target,
-            before: None,
-            after: if result.is_ok() { after } else { None },
-            result: match result {
-                Ok(_) => "ok".into(),
-                Err(e) => format!("refused: {e}"),
-            },
-        });
+        self.change_record(by, action, target, None, after, result);
     }
 
     /// Who `bearer` is (a session token or a token), asking from `ip`.
@@ -416,18 +430,7 @@ impl Control {
             .as_ref()
             .ok()
             .map(|g| serde_json::json!({ "name": g.name, "role": g.role.name() }));
-        self.record(&audit::Record {
-            action: "token.revoke".into(),
-            actor: Some((by.token_id.clone(), by.role.name().into())),
-            from: Some(by.from.to_string()),
-            target: Some(id.to_owned()),
-            before,
-            after: None,
-            result: match &r {
-                Ok(_) => "ok".into(),
-                Err(e) => format!("refused: {e}"),
-            },
-        });
+        self.change_record(by, "token.revoke", Some(id.to_owned()), before, None, &r);
         r
     }
 }

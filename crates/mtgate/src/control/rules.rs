@@ -11,7 +11,7 @@
 //! Blocks are the reputation's: listed from the policy's table and lifted by
 //! hand ([`crate::policy::iptable::IpTable::unblock`]).
 
-use super::{audit, Control, ControlError, Principal, Role};
+use super::{Control, ControlError, Principal, Role};
 use crate::config::policy::AclRule;
 use crate::config::Config;
 use crate::policy::acl::{parse_net, Level};
@@ -138,29 +138,6 @@ fn shown(r: &Rule) -> serde_json::Value {
 }
 
 impl Control {
-    fn admin_record<T>(
-        &self,
-        by: &Principal,
-        action: &str,
-        target: &str,
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-        result: &Result<T, ControlError>,
-    ) {
-        self.record(&audit::Record {
-            action: action.into(),
-            actor: Some((by.token_id.clone(), by.role.name().into())),
-            from: Some(by.from.to_string()),
-            target: Some(target.to_owned()),
-            before: if result.is_ok() { before } else { None },
-            after: if result.is_ok() { after } else { None },
-            result: match result {
-                Ok(_) => "ok".into(),
-                Err(e) => format!("refused: {e}"),
-            },
-        });
-    }
-
     /// Changes the stored rules with `edit` (given them and now), writes,
     /// applies; puts them back if the running proxy refuses.
     fn edit_rules<T>(
@@ -239,7 +216,7 @@ impl Control {
             })
         });
         let after = r.as_ref().ok().map(shown);
-        self.admin_record(by, "rule.add", &target, None, after, &r);
+        self.target_record(by, "rule.add", &target, None, after, &r);
         r
     }
 
@@ -256,7 +233,7 @@ impl Control {
                 Ok(())
             })
         });
-        self.admin_record(by, "rule.remove", id, before, None, &r);
+        self.target_record(by, "rule.remove", id, before, None, &r);
         r
     }
 
@@ -281,7 +258,7 @@ impl Control {
                 .reload()
                 .map_err(ControlError::Invalid)
         });
-        self.admin_record(by, "config.reload.request", "config", None, None, &r);
+        self.target_record(by, "config.reload.request", "config", None, None, &r);
         r
     }
 
@@ -308,7 +285,7 @@ impl Control {
                 Err(ControlError::NotFound("block"))
             }
         });
-        self.admin_record(by, "block.remove", ip, None, None, &r);
+        self.target_record(by, "block.remove", ip, None, None, &r);
         r
     }
 }

@@ -115,7 +115,7 @@ impl Control {
                 || self.apply_users(),
             )
         });
-        self.user_record(by, action, name, seen.0, seen.1, &r);
+        self.target_record(by, action, name, seen.0, seen.1, &r);
         r
     }
 

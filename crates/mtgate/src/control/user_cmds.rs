@@ -6,7 +6,7 @@
 //! entry before and after (never its secret).
 
 use super::users::{Entries, MAX_USERS};
-use super::{audit, view, Control, ControlError, Principal, Role};
+use super::{view, Control, ControlError, Principal, Role};
 use serde_json::{Map, Value};
 
 /// A user to create.
@@ -84,7 +84,7 @@ pub(super) fn check(
 }
 
 impl Control {
-    pub(super) fn user_record<T>(
+    pub(super) fn target_record<T>(
         &self,
         by: &Principal,
         action: &str,
@@ -93,18 +93,7 @@ impl Control {
         after: Option<Value>,
         result: &Result<T, ControlError>,
     ) {
-        self.record(&audit::Record {
-            action: action.into(),
-            actor: Some((by.token_id.clone(), by.role.name().into())),
-            from: Some(by.from.to_string()),
-            target: Some(name.to_owned()),
-            before: if result.is_ok() { before } else { None },
-            after: if result.is_ok() { after } else { None },
-            result: match result {
-                Ok(_) => "ok".into(),
-                Err(e) => format!("refused: {e}"),
-            },
-        });
+        self.change_record(by, action, Some(name.to_owned()), before, after, result);
     }
 
     /// The managed entry of `name`, or why there is none: `Conflict` for a
@@ -148,7 +137,7 @@ impl Control {
         let r = by
             .require(Role::Standard)
             .and_then(|()| self.create_user_checked(new, &mut after));
-        self.user_record(by, "user.create", &name, None, after, &r);
+        self.target_record(by, "user.create", &name, None, after, &r);
         r
     }
 
@@ -206,7 +195,7 @@ impl Control {
         let r = by
             .require(Role::Standard)
             .and_then(|()| self.update_user_checked(name, patch, &mut seen));
-        self.user_record(by, "user.update", name, seen.0, seen.1, &r);
+        self.target_record(by, "user.update", name, seen.0, seen.1, &r);
         r
     }
 
@@ -267,7 +256,7 @@ impl Control {
             before = Some(shown(&b));
             Ok(())
         });
-        self.user_record(by, "user.delete", name, before, None, &r);
+        self.target_record(by, "user.delete", name, before, None, &r);
         r
     }
 
@@ -310,7 +299,7 @@ impl Control {
         } else {
             "quota.reset"
         };
-        self.user_record(by, action, name, before, after, &r);
+        self.target_record(by, action, name, before, after, &r);
         r
     }
 
