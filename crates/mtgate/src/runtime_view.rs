@@ -101,6 +101,25 @@ impl crate::control::view::View for RuntimeView {
         }))
     }
 
+    fn ends(&self) -> Vec<(String, Option<String>, u64)> {
+        let rt = self.live.current();
+        let mut out = Vec::new();
+        for u in rt.users.iter() {
+            for s in u.secrets.iter().filter(|s| s.valid.not_after != u64::MAX) {
+                out.push((
+                    u.name.clone(),
+                    Some(s.id()),
+                    s.valid.not_after.saturating_add(1),
+                ));
+            }
+            if let Some(ms) = u.limits.expires_ms {
+                let secs = u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000);
+                out.push((u.name.clone(), None, secs));
+            }
+        }
+        out
+    }
+
     fn config_rules(&self) -> Vec<crate::control::rules::RuleView> {
         let rt = self.live.current();
         rt.config

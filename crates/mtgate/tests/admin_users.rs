@@ -337,6 +337,34 @@ async fn secrets_are_rotated_added_and_revoked_through_the_api() {
         !serves(p.addr, &first).await,
         "the old secret after its grace"
     );
+    // Its end is a security event in the trail (looked for every 2 s); so is a token's.
+    let (_, short) = api(
+        admin,
+        "POST",
+        "/api/v1/tokens",
+        TOKEN,
+        json!({ "name": "short", "role": "read_only", "expires_in": 1 }),
+    );
+    let short_id = short["id"].as_str().unwrap().to_owned();
+    let t0 = Instant::now();
+    let expired = |action: &str, target: &str| {
+        std::fs::read_to_string(dir.path().join("audit.log"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .any(|e| e["action"] == action && e["target"] == target)
+    };
+    while !(expired("secret.expired", "carol") && expired("token.expired", &short_id)) {
+        assert!(t0.elapsed() < Duration::from_secs(8), "no expiry entries");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let entry: Value = trail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["action"] == "secret.expired")
+        .unwrap();
+    assert_eq!(entry["after"]["secret_id"], first_id.as_str(), "{entry}");
     assert!(serves(p.addr, &second_key).await);
 
     // An upcoming secret is listed as such and does not serve yet.

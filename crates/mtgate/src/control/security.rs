@@ -3,7 +3,9 @@
 //! [`AuditSink`], one more subscriber beside metrics and logs) and
 //! reputation blocks (taken from the policy's bounded block log once a
 //! second by [`pump_blocks`]; a flood of blocks past that log is recorded
-//! as a count).
+//! as a count), and expiries: a secret's window, a user's `expires` or an
+//! admin token running out (looked for every [`EXPIRY_PUMP`] by
+//! [`pump_expiries`]).
 
 use super::audit::Record;
 use super::Control;
@@ -62,5 +64,53 @@ pub fn record_blocks(control: &Control, policy: &crate::policy::engine::Policy) 
             result: "ok".into(),
             ..Default::default()
         });
+    }
+}
+
+/// How often ends are looked for.
+pub const EXPIRY_PUMP: Duration = Duration::from_secs(2);
+
+/// Records every secret, user and token that runs out, until the process ends.
+pub async fn pump_expiries(control: Arc<Control>) {
+    let mut last = super::now();
+    loop {
+        tokio::time::sleep(EXPIRY_PUMP).await;
+        let now = super::now();
+        record_expiries(&control, last, now);
+        last = now;
+    }
+}
+
+/// Records what ran out after `after` and by `until` (Unix seconds).
+pub fn record_expiries(control: &Control, after: u64, until: u64) {
+    let within = |t: u64| t > after && t <= until;
+    if let Ok(view) = control.view() {
+        for (user, secret, at) in view.ends() {
+            if !within(at) {
+                continue;
+            }
+            let (action, detail) = match secret {
+                Some(id) => ("secret.expired", json!({ "secret_id": id, "at": at })),
+                None => ("user.expired", json!({ "at": at })),
+            };
+            control.record(&Record {
+                action: action.into(),
+                target: Some(user),
+                after: Some(detail),
+                result: "ok".into(),
+                ..Default::default()
+            });
+        }
+    }
+    for t in control.tokens.list() {
+        if let Some(at) = t.expires.filter(|e| within(*e)) {
+            control.record(&Record {
+                action: "token.expired".into(),
+                target: Some(t.id),
+                after: Some(json!({ "name": t.name, "role": t.role.name(), "at": at })),
+                result: "ok".into(),
+                ..Default::default()
+            });
+        }
     }
 }

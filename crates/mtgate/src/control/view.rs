@@ -61,6 +61,9 @@ pub trait View: Send + Sync {
     fn secrets(&self, name: &str) -> Option<Vec<SecretView>>;
     /// A user's usage toward its quotas, as JSON (`None`: no such user).
     fn quota(&self, name: &str) -> Option<serde_json::Value>;
+    /// Every end ahead or past: `(user, secret id or None for the user
+    /// itself, the first second it is refused)`, Unix seconds.
+    fn ends(&self) -> Vec<(String, Option<String>, u64)>;
     /// The config file's ACL rules.
     fn config_rules(&self) -> Vec<super::rules::RuleView>;
     /// The sources blocked by their reputation now and the ends (Unix ms).
