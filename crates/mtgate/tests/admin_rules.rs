@@ -259,6 +259,28 @@ async fn rules_and_blocks_through_the_api() {
     );
     std::fs::write(&path, good).unwrap();
 
+    // The trail through the API (read_only and up), newest last.
+    let viewer = token(admin, "read_only");
+    let (s, recent) = api(admin, "GET", "/api/v1/audit?n=3", &viewer, Value::Null);
+    assert_eq!(s, 200, "{recent}");
+    let recent = recent.as_array().unwrap();
+    assert_eq!(recent.len(), 3);
+    assert_eq!(
+        recent[2]["action"], "token.create",
+        "the viewer's own token, last"
+    );
+    assert!(recent[0]["seq"].as_u64() < recent[2]["seq"].as_u64());
+    for bad in ["n=0", "n=1001", "n=many"] {
+        let (s, _) = api(
+            admin,
+            "GET",
+            &format!("/api/v1/audit?{bad}"),
+            &viewer,
+            Value::Null,
+        );
+        assert_eq!(s, 400, "{bad}");
+    }
+
     // The trail: who blocked which range, when.
     let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
     let entries: Vec<Value> = trail

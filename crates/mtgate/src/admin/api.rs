@@ -29,6 +29,7 @@
 //! | `DELETE /api/v1/rules/{id}` | admin | removes one made here |
 //! | `GET /api/v1/blocks` | admin | sources the reputation blocks now |
 //! | `DELETE /api/v1/blocks/{ip}` | admin | lifts one |
+//! | `GET /api/v1/audit?n=50` | read_only | the newest audit entries (at most 1000), newest last |
 //! | `GET /api/v1/stats` | read_only | the proxy's counters |
 //! | `GET /api/v1/openapi.json` | any | this API's OpenAPI document |
 
@@ -349,6 +350,20 @@ pub async fn handle(
             Ok(()) => answer(StatusCode::OK, &json!({ "unblocked": ip })),
             Err(e) => refused(&e),
         },
+        (&Method::GET, ["audit"]) => {
+            let n = req.uri().query().map_or(Some(50), |q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "n")
+                    .map_or(Some(50), |(_, v)| v.parse::<usize>().ok())
+            });
+            match n.filter(|n| (1..=1000).contains(n)) {
+                None => error(StatusCode::BAD_REQUEST, "n: 1..1000"),
+                Some(n) => match control.recent_audit(&p, n) {
+                    Ok(list) => answer(StatusCode::OK, &Value::Array(list)),
+                    Err(e) => refused(&e),
+                },
+            }
+        }
         (&Method::GET, ["stats"]) => match control.stats(&p) {
             Ok(v) => answer(StatusCode::OK, &v),
             Err(e) => refused(&e),
@@ -378,7 +393,7 @@ pub async fn handle(
 /// The methods a route takes (`Allow` of a `405`), or `None`: no such route.
 fn allowed(route: &[&str]) -> Option<&'static str> {
     Some(match route {
-        ["whoami" | "stats" | "openapi.json" | "blocks" | "config"] => "GET",
+        ["whoami" | "stats" | "openapi.json" | "blocks" | "config" | "audit"] => "GET",
         ["config", "reload"] => "POST",
         ["rules"] => "GET, POST",
         ["rules", _] | ["blocks", _] => "DELETE",
