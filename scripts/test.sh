@@ -5,51 +5,37 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== system packages (nginx: the real mask site of the default-config probe suite) (${SECONDS}s)"
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ -z "${MTGATE_NGINX:-}" ]; then
-    if command -v apt-get >/dev/null 2>&1; then
-        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light >/dev/null
-    else
-        echo "nginx is needed by crates/mtgate/tests/probes_default.rs; install it or set MTGATE_NGINX" >&2
+# apt_get WHY PACKAGE...: installs Debian packages (refreshing the package
+# lists only if the first try fails), or says who needs them and stops.
+apt_get() {
+    local why="$1"; shift
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "$* needed by $why: install them" >&2
         exit 1
     fi
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get install -y -qq "$@" >/dev/null 2>&1 \
+        || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
+}
+
+echo "== system packages (nginx: the real mask site of the default-config probe suite) (${SECONDS}s)"
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ -z "${MTGATE_NGINX:-}" ]; then
+    apt_get "crates/mtgate/tests/probes_default.rs (or set MTGATE_NGINX)" nginx-light
 fi
 
 echo "== system packages (pebble: the ACME test CA of crates/mtgate/tests/site_acme.rs) (${SECONDS}s)"
 if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
-    if command -v apt-get >/dev/null 2>&1; then
-        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get install -y -qq pebble >/dev/null 2>&1 \
-            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq pebble >/dev/null; }
-    else
-        echo "pebble is needed by crates/mtgate/tests/site_acme.rs; install Debian's pebble package" >&2
-        exit 1
-    fi
+    apt_get crates/mtgate/tests/site_acme.rs pebble
 fi
 
 echo "== system packages (chromium, certutil: the browser of tests/realclients/test_site_browser.py) (${SECONDS}s)"
 if [ ! -x /usr/bin/chromium ] || ! command -v certutil >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1; then
-        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get install -y -qq chromium libnss3-tools >/dev/null 2>&1 \
-            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium libnss3-tools >/dev/null; }
-    else
-        echo "chromium and certutil are needed by tests/realclients/test_site_browser.py" >&2
-        exit 1
-    fi
+    apt_get "the browser tests in tests/realclients" chromium libnss3-tools
 fi
 
 echo "== system packages (softhsm2: the PKCS#11 token of tests/realclients/test_hsm.py) (${SECONDS}s)"
 if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1; then
-        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
-            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq softhsm2 >/dev/null; }
-    else
-        echo "softhsm2 is needed by tests/realclients/test_hsm.py" >&2
-        exit 1
-    fi
+    apt_get tests/realclients/test_hsm.py softhsm2
 fi
 
 echo "== cargo build (binaries used by the real-client tests) (${SECONDS}s)"

@@ -54,6 +54,20 @@ pub fn format_date(t: i64) -> String {
     )
 }
 
+/// RFC 3339 in UTC (`YYYY-MM-DDTHH:MM:SS+00:00`, as the config takes it);
+/// `None` past year 9999.
+pub fn rfc3339(t: u64) -> Option<String> {
+    let t = i64::try_from(t).ok().filter(|t| *t < 253_402_300_800)?;
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    Some(format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    ))
+}
+
 fn num(s: &str) -> Option<i64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -98,6 +112,23 @@ pub fn parse_asn1_time(tag: u8, b: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_is_what_the_config_parses() {
+        assert_eq!(
+            super::rfc3339(0).as_deref(),
+            Some("1970-01-01T00:00:00+00:00")
+        );
+        assert_eq!(
+            super::rfc3339(1_798_761_600).as_deref(),
+            Some("2027-01-01T00:00:00+00:00")
+        );
+        assert_eq!(super::rfc3339(u64::MAX), None);
+        for t in [0u64, 1_796_079_600, 4_102_444_799] {
+            let back = chrono::DateTime::parse_from_rfc3339(&super::rfc3339(t).unwrap()).unwrap();
+            assert_eq!(back.timestamp() as u64, t);
+        }
+    }
+
     use super::*;
 
     #[test]

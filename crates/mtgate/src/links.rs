@@ -37,18 +37,13 @@ pub fn public_port(cfg: &Config, bound: Option<u16>) -> u16 {
 
 /// The text block printed for one user: every link, then a QR of the best one.
 pub fn render_user(user: &User, domain: &str, host: &str, port: u16, qr: bool) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = u64::try_from(crate::civil::unix_now()).unwrap_or(0);
     render_user_at(user, domain, host, port, qr, now)
 }
 
 /// A time for people: RFC 3339 in UTC.
 fn when(t: u64) -> String {
-    i64::try_from(t)
-        .ok()
-        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    crate::civil::rfc3339(t).unwrap_or_else(|| t.to_string())
 }
 
 /// [`render_user`] at `now` (Unix seconds): the links of the secret in force

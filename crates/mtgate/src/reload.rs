@@ -202,16 +202,16 @@ impl Reloader {
         self.swap_in(old, cfg)
     }
 
-    /// Applies a change of the users managed through the control plane: the
-    /// running config with the users as [`crate::state::users_for`] now
-    /// merges them, through the same rebuild, swap and drains as a reload
+    /// Applies a change of the users or rules managed through the control
+    /// plane: the running config with the rules [`crate::control::rules::merge`]
+    /// and the users [`crate::state::users_for`] now join, through the same rebuild, swap and drains as a reload
     /// (not emitted as a reload: the control plane records its own entry).
-    pub fn apply_users(&self) -> Result<Summary, ReloadError> {
+    pub fn apply_managed(&self) -> Result<Summary, ReloadError> {
         let _one = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.live.current();
         let cfg = old.config.clone();
         let summary = self.swap_in(&old, cfg)?;
-        tracing::info!(%summary, "managed users applied");
+        tracing::info!(%summary, "managed users and rules applied");
         Ok(summary)
     }
 
@@ -267,8 +267,8 @@ impl Reloader {
 }
 
 impl crate::control::Apply for Reloader {
-    fn apply_users(&self) -> Result<(), String> {
-        Reloader::apply_users(self)
+    fn apply_managed(&self) -> Result<(), String> {
+        Reloader::apply_managed(self)
             .map(drop)
             .map_err(|e| e.to_string())
     }

@@ -83,7 +83,7 @@ impl crate::control::view::View for RuntimeView {
         let rt = self.live.current();
         let limits = &rt.users.iter().find(|u| u.name == name)?.limits;
         let usage = rt.policy.users().usage(name)?;
-        let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339());
+        let time = |ms: i64| crate::civil::rfc3339(u64::try_from(ms / 1000).ok()?);
         Some(serde_json::json!({
             "up": usage.up,
             "down": usage.down,

@@ -109,9 +109,8 @@ fn time_field(field: &str, v: Option<&str>) -> Result<Option<u64>, Reply> {
 }
 
 pub(super) fn time_json(t: Option<u64>) -> Value {
-    t.and_then(|t| i64::try_from(t).ok())
-        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map_or(Value::Null, |d| Value::String(d.to_rfc3339()))
+    t.and_then(crate::civil::rfc3339)
+        .map_or(Value::Null, Value::String)
 }
 
 pub(super) fn secret_json(s: &crate::control::view::SecretView) -> Value {

@@ -68,15 +68,25 @@ fn back(to: &str, msg: &str, ok: bool, cookie: Option<String>) -> Response<Full<
     r
 }
 
-fn session_cookie<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// The console's session in `Cookie` header values (untrusted, before
+/// authentication): the first `mtgate_console=VALUE` pair.
+pub fn session_from_cookies<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    values
+        .into_iter()
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE_NAME)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
+}
+
+fn session_cookie<B>(req: &Request<B>) -> Option<String> {
+    session_from_cookies(
+        req.headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .map(str::to_owned)
 }
 
 async fn form(body: Incoming) -> Option<HashMap<String, String>> {
@@ -295,7 +305,7 @@ fn act(
                 "/console",
                 control
                     .add_rule(p, new)
-                    .map(|r| format!("rule {} added: {} {}", r.id, r.net, level_name(r.level))),
+                    .map(|r| format!("rule {} added: {} {}", r.id, r.net, r.level.name())),
             )
         }
         "/console/rules/delete" => {
@@ -318,10 +328,37 @@ fn act(
     }
 }
 
-pub(super) fn level_name(l: crate::policy::acl::Level) -> &'static str {
-    match l {
-        crate::policy::acl::Level::Full => "full",
-        crate::policy::acl::Level::Limited => "limited",
-        crate::policy::acl::Level::Blocked => "blocked",
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_session_is_found_among_other_cookies() {
+        assert_eq!(
+            session_from_cookies(["a=1; mtgate_console=mtgs_x; b=2"]),
+            Some("mtgs_x")
+        );
+        assert_eq!(
+            session_from_cookies(["a=1", " mtgate_console=s2"]),
+            Some("s2")
+        );
+        assert_eq!(session_from_cookies(["mtgate_consolex=1; =; ;;"]), None);
+    }
+
+    proptest! {
+        /// Any header values: no panic; a value found came from a pair named
+        /// as the cookie and holds no separator.
+        #[test]
+        fn any_cookie_header_is_read_safely(values in proptest::collection::vec(".{0,80}", 0..4), token in "[a-z0-9_]{0,20}") {
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            if let Some(v) = session_from_cookies(refs.iter().copied()) {
+                prop_assert!(!v.contains(';'));
+                let pair = format!("{COOKIE_NAME}={v}");
+                prop_assert!(values.iter().any(|h| h.contains(&pair)));
+            }
+            let planted = format!("x=y; {COOKIE_NAME}={token}");
+            prop_assert_eq!(session_from_cookies([planted.as_str()]), Some(token.as_str()));
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! only for the roles that may use them (the control plane refuses the
 //! others anyway).
 
-use super::console::level_name;
 use crate::control::{Control, ControlError, Principal, Role};
 use std::fmt::Write;
 
@@ -103,11 +102,7 @@ fn hidden(csrf: &str, name: &str, value: &str) -> String {
 
 fn when(ts: Option<u64>) -> String {
     ts.and_then(|t| i64::try_from(t).ok())
-        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map_or_else(
-            || "—".into(),
-            |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        )
+        .map_or_else(|| "—".into(), crate::civil::format_date)
 }
 
 fn mib(b: u64) -> String {
@@ -178,7 +173,7 @@ pub fn dashboard(control: &Control, p: &Principal, csrf: &str, flash: &Flash<'_>
                 b,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{remove}</td></tr>",
                 esc(&r.net),
-                level_name(r.level),
+                r.level.name(),
                 when(r.until),
                 esc(&r.note),
                 r.source.name()

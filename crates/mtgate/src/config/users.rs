@@ -82,13 +82,6 @@ pub struct User {
     pub limits: UserLimits,
 }
 
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl User {
     /// A user with one secret, always valid.
     pub fn with_key(name: impl Into<String>, key: Key16, modes: Modes) -> Self {
@@ -120,7 +113,9 @@ impl User {
 
     /// The key links name now ([`User::secret_at`]).
     pub fn key(&self) -> &Key16 {
-        &self.secret_at(unix_now()).key
+        &self
+            .secret_at(u64::try_from(crate::civil::unix_now()).unwrap_or(0))
+            .key
     }
 
     /// The client secrets this user can be given now, best (stealthiest) first.

@@ -149,7 +149,7 @@ pub struct Control {
 pub trait Apply: Send + Sync {
     /// Takes the managed users and rules now; `Err`: refused, the running
     /// ones stay.
-    fn apply_users(&self) -> Result<(), String>;
+    fn apply_managed(&self) -> Result<(), String>;
     /// Lifts the reputation block of `ip`'s source; `false`: none.
     fn unblock(&self, ip: IpAddr) -> bool;
     /// Reloads the config file now (as `SIGHUP` does): the summary or why not.
@@ -221,11 +221,11 @@ impl Control {
         let _ = self.apply.set(a);
     }
 
-    fn apply_users(&self) -> Result<(), ControlError> {
+    fn apply_managed(&self) -> Result<(), ControlError> {
         self.apply
             .get()
             .ok_or(ControlError::NotFound("running proxy"))?
-            .apply_users()
+            .apply_managed()
             .map_err(ControlError::Invalid)
     }
 

@@ -156,7 +156,7 @@ impl Control {
         let out = edit(&mut after, now)?;
         after.retain(|r| r.until.is_none_or(|t| t >= now));
         write(dir, &after)?;
-        if let Err(e) = self.apply_users() {
+        if let Err(e) = self.apply_managed() {
             write(dir, &before)?;
             return Err(e);
         }

@@ -26,11 +26,7 @@ pub struct NewSecret {
 
 /// RFC 3339 (UTC) of Unix seconds, as the config file takes it.
 fn rfc3339(t: u64) -> Result<String, ControlError> {
-    i64::try_from(t)
-        .ok()
-        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map(|d| d.to_rfc3339())
-        .ok_or_else(|| ControlError::Invalid(format!("{t} is not a time")))
+    crate::civil::rfc3339(t).ok_or_else(|| ControlError::Invalid(format!("{t} is not a time")))
 }
 
 /// The Unix seconds of an RFC 3339 time in an entry.
@@ -112,7 +108,7 @@ impl Control {
                     seen = (Some(shown(&before)), Some(shown(&after)));
                     Ok(out)
                 },
-                || self.apply_users(),
+                || self.apply_managed(),
             )
         });
         self.target_record(by, action, name, seen.0, seen.1, &r);

@@ -177,7 +177,7 @@ impl Control {
                 e.insert(name.clone(), entry.clone());
                 Ok(())
             },
-            || self.apply_users(),
+            || self.apply_managed(),
         )?;
         *shown_after = Some(shown(&entry));
         self.shown_user(&name)
@@ -235,7 +235,7 @@ impl Control {
                 e.insert(name.to_owned(), entry.clone());
                 Ok((before, entry))
             },
-            || self.apply_users(),
+            || self.apply_managed(),
         )?;
         *seen = (Some(shown(&before)), Some(shown(&after)));
         self.shown_user(name)
@@ -251,7 +251,7 @@ impl Control {
                     e.remove(name);
                     Ok(b)
                 },
-                || self.apply_users(),
+                || self.apply_managed(),
             )?;
             before = Some(shown(&b));
             Ok(())

@@ -38,6 +38,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// `full`, `limited` or `blocked` (as written in the config).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Full => "full",
+            Level::Limited => "limited",
+            Level::Blocked => "blocked",
+        }
+    }
+
     /// `full`, `limited` or `blocked`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
