@@ -226,6 +226,8 @@ pub struct Handshake {
     received: Vec<u8>,
     state: State,
     sni: Option<String>,
+    /// The user whose key verified a handshake that was then refused.
+    matched: Option<usize>,
 }
 
 impl Default for Handshake {
@@ -240,7 +242,16 @@ impl Handshake {
             received: Vec::new(),
             state: State::Start,
             sni: None,
+            matched: None,
         }
+    }
+
+    /// For a refused handshake that one user's key verified (a replay, a
+    /// stale FakeTLS timestamp, a mode or SNI the user may not use): that
+    /// user, as [`Accepted::user`] would name it. `None` when no key
+    /// verified (a stranger or a prober without the secret).
+    pub fn matched_user(&self) -> Option<usize> {
+        self.matched
     }
 
     /// Every byte received before the outcome (for replay to a mask site).
@@ -331,12 +342,12 @@ impl Handshake {
             ClientMode::Classic
         };
         if !cfg.users[key].allows(mode) {
-            return self.reject(RejectReason::ModeNotAllowed);
+            return self.reject_of(user, RejectReason::ModeNotAllowed);
         }
         let mut fp = [0u8; 16];
         fp.copy_from_slice(&header[8..24]);
         if replay.check_and_insert(fp, now) {
-            return self.reject(RejectReason::Replay);
+            return self.reject_of(user, RejectReason::Replay);
         }
         self.state = State::Done;
         Outcome::Accepted(Box::new(Accepted {
@@ -374,22 +385,23 @@ impl Handshake {
         let Some((key, ts)) = found else {
             return self.reject(RejectReason::BadDigest);
         };
+        let user = cfg.users[key].owner;
         if !cfg.domains.is_empty()
             && !hello
                 .sni
                 .as_ref()
                 .is_some_and(|s| cfg.domains.iter().any(|d| d == s))
         {
-            return self.reject(RejectReason::UnknownSni);
+            return self.reject_of(user, RejectReason::UnknownSni);
         }
         let ts = u64::from(ts);
         if ts + cfg.max_past_secs < now || ts > now + cfg.max_future_secs {
-            return self.reject(RejectReason::BadTimestamp);
+            return self.reject_of(user, RejectReason::BadTimestamp);
         }
         let mut fp = [0u8; 16];
         fp.copy_from_slice(&hello.random[..16]);
         if replay.check_and_insert(fp, now) {
-            return self.reject(RejectReason::Replay);
+            return self.reject_of(user, RejectReason::Replay);
         }
         let mut len_bytes = [0u8; 4];
         rand(&mut len_bytes);
@@ -460,6 +472,7 @@ impl Handshake {
         let mut fp = [0u8; 16];
         fp.copy_from_slice(&header[8..24]);
         if replay.check_and_insert(fp, now) {
+            self.matched = Some(cfg.users[key].owner);
             return Outcome::Reject(RejectReason::Replay);
         }
         Outcome::Accepted(Box::new(Accepted {
@@ -477,6 +490,12 @@ impl Handshake {
     fn reject(&mut self, r: RejectReason) -> Outcome {
         self.state = State::Done;
         Outcome::Reject(r)
+    }
+
+    /// A refusal after `user`'s key verified the handshake.
+    fn reject_of(&mut self, user: usize, r: RejectReason) -> Outcome {
+        self.matched = Some(user);
+        self.reject(r)
     }
 }
 

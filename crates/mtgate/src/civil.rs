@@ -42,6 +42,12 @@ pub fn unix_from(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64
     ok.then(|| days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
 }
 
+/// `YYYY-MM-DD` (UTC) of Unix time `t`.
+pub fn format_day(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_date(t: i64) -> String {
     let (y, m, d) = civil_from_days(t.div_euclid(86_400));

@@ -248,7 +248,14 @@ fn self_audit(config: Option<PathBuf>) -> ExitCode {
             cfg.users.clone()
         };
         let tokens = crate::control::tokens::TokenStore::open(Some(cfg.state_dir.clone())).ok();
-        let findings = crate::control::selfaudit::run(&cfg, &users, tokens.as_ref());
+        let mut findings = crate::control::selfaudit::run(&cfg, &users, tokens.as_ref());
+        let now_ms = crate::civil::unix_now().saturating_mul(1000);
+        findings.extend(crate::control::selfaudit_access::from_state_dir(
+            &cfg.state_dir,
+            &users,
+            now_ms,
+        ));
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         let mut high = false;
         for f in &findings {
             high |= f.severity == crate::control::selfaudit::Severity::High;

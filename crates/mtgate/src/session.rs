@@ -287,7 +287,12 @@ async fn setup(
         ..
     } = &phase
     {
-        rt.policy.handshake_failed(ip, *r == RejectReason::Replay);
+        let user = hs.matched_user().and_then(|u| rt.users.get(u));
+        rt.policy.handshake_failed(
+            ip,
+            *r == RejectReason::Replay,
+            user.map(|u| u.name.as_str()),
+        );
     }
     let accepted = match phase {
         Phase::Accepted(a) => a,

@@ -65,13 +65,37 @@ fn obfs2_accepts_each_tag_for_the_right_user() {
         };
         assert_eq!((a.user, a.mode, a.tag, a.dc), (1, mode, tag, DcIndex(-4)));
         assert_eq!(a.early, b"early");
-        // The same header again is a replay.
+        // The same header again is a replay, of user 1's secret.
         let mut hs = Handshake::new();
         assert!(matches!(
             hs.feed(&wire, NOW, &c, &mut rc, &mut rng()),
             Outcome::Reject(RejectReason::Replay)
         ));
+        assert_eq!(hs.matched_user(), Some(1));
     }
+    // A stranger's header names nobody.
+    let mut hs = Handshake::new();
+    let stranger = obfs2_client(9, ProtoTag::Abridged, 2);
+    let mut rc = ReplayCache::new(100, 1000);
+    assert!(matches!(
+        hs.feed(&stranger, NOW, &c, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::BadObfs2)
+    ));
+    assert_eq!(hs.matched_user(), None);
+    // A mode the user may not use names the user too.
+    let only_tls = cfg(false, true, true);
+    let mut hs = Handshake::new();
+    assert!(matches!(
+        hs.feed(
+            &obfs2_client(1, ProtoTag::Abridged, 2),
+            NOW,
+            &only_tls,
+            &mut rc,
+            &mut rng()
+        ),
+        Outcome::Reject(RejectReason::ModeNotAllowed)
+    ));
+    assert_eq!(hs.matched_user(), Some(0));
 }
 
 /// User 0 holds two keys (a rotation): the old one valid until `NOW`, the
@@ -288,11 +312,15 @@ fn faketls_rejections() {
     ];
     for (hello, why) in cases {
         let mut rc = ReplayCache::new(100, 1000);
-        let got = Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng());
+        let mut hs = Handshake::new();
+        let got = hs.feed(&hello, NOW, &c, &mut rc, &mut rng());
         assert!(
             matches!(got, Outcome::Reject(r) if r == why),
             "{why:?}: {got:?}"
         );
+        // Only a hello user 0's key verified names the user.
+        let verified = matches!(why, RejectReason::UnknownSni | RejectReason::BadTimestamp);
+        assert_eq!(hs.matched_user(), verified.then_some(0), "{why:?}");
     }
     // Replay of a valid hello.
     let mut rc = ReplayCache::new(100, 1000);
@@ -301,10 +329,12 @@ fn faketls_rejections() {
         Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng()),
         Outcome::Respond(_)
     ));
+    let mut again = Handshake::new();
     assert!(matches!(
-        Handshake::new().feed(&hello, NOW, &c, &mut rc, &mut rng()),
+        again.feed(&hello, NOW, &c, &mut rc, &mut rng()),
         Outcome::Reject(RejectReason::Replay)
     ));
+    assert_eq!(again.matched_user(), Some(0), "the replayed secret's user");
     // Extra bytes glued to the hello.
     let mut glued = build_client_hello(&key, "www.example.com", NOW as u32, &[6; 64], 600);
     glued.push(0);

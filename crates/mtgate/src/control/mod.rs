@@ -16,6 +16,7 @@ pub mod rules;
 mod secret_cmds;
 pub mod security;
 pub mod selfaudit;
+pub mod selfaudit_access;
 pub mod tokens;
 mod user_cmds;
 pub mod users;

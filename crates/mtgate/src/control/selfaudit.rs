@@ -6,7 +6,9 @@
 //! plain obfuscated2 enabled, the admin listener reachable beyond loopback
 //! (it serves plain HTTP), admin tokens without an expiry, and the crypto
 //! crates linked in, secrets past their window or running out within
-//! [`SOON`], and users left with no secret in force or to come.
+//! [`SOON`], and users left with no secret in force or to come; and (in
+//! [`super::selfaudit_access`]) users with suspicious access patterns, from
+//! what the running proxy saved in the state directory.
 
 use super::tokens::TokenStore;
 use crate::config::{Config, User};

@@ -303,7 +303,12 @@ impl Policy {
     }
 
     /// A handshake from `peer` failed (`replay`: it was a replayed one).
-    pub fn handshake_failed(&self, peer: IpAddr, replay: bool) {
+    /// `user`: the user whose key verified the refused handshake, if one
+    /// did (its access watch counts it).
+    pub fn handshake_failed(&self, peer: IpAddr, replay: bool, user: Option<&str>) {
+        if let Some(u) = user {
+            self.users.probed(u);
+        }
         let offence = if replay {
             Offence::Replay
         } else {

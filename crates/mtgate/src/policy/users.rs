@@ -136,6 +136,8 @@ struct Cold {
     max_connections: Option<u32>,
     ips: Option<IpLimit>,
     recent: Vec<RecentIp>,
+    /// Today's and yesterday's access, for `mtgate audit`.
+    watch: Watch,
 }
 
 /// One user's state, shared by the table and the user's leases.
@@ -399,20 +401,25 @@ impl UserTable {
             .cloned()
             .ok_or(UserRefusal::Unknown)?;
         let now = self.shared.clock.wall_ms();
+        let key = ip_key(ip);
+        let mut cold = st.cold();
+        cold.watch.saw(now, key);
+        let refused = |mut cold: MutexGuard<'_, Cold>, r| {
+            cold.watch.refused(now);
+            Err(r)
+        };
         if let Some(r) = st.revoked(now) {
-            return Err(r);
+            return refused(cold, r);
         }
         let mono = self.shared.clock.mono_ms();
-        let mut cold = st.cold();
         if let Some(max) = cold.max_connections {
             if st.active.load(Relaxed) >= max {
-                return Err(UserRefusal::TooManyConnections);
+                return refused(cold, UserRefusal::TooManyConnections);
             }
         }
         let recorded = match cold.ips {
             None => None,
             Some(lim) => {
-                let key = ip_key(ip);
                 let window = u64::try_from(lim.window.as_millis()).unwrap_or(u64::MAX);
                 cold.recent
                     .retain(|r| r.active > 0 || mono.saturating_sub(r.last_ms) < window);
@@ -420,7 +427,7 @@ impl UserTable {
                     r.active = r.active.saturating_add(1);
                     r.last_ms = mono;
                 } else if cold.recent.len() >= lim.max as usize {
-                    return Err(UserRefusal::TooManyIps);
+                    return refused(cold, UserRefusal::TooManyIps);
                 } else {
                     cold.recent.push(RecentIp {
                         key,
@@ -445,7 +452,10 @@ impl UserTable {
 mod lease;
 #[path = "users_usage.rs"]
 mod usage;
+#[path = "users_watch.rs"]
+pub mod watch;
 pub use usage::{PeriodUsage, UsageView, UserStat, UserStats, UserUsage, UsersSnapshot};
+use watch::Watch;
 
 #[cfg(test)]
 #[path = "users_tests.rs"]

@@ -2,6 +2,7 @@
 //! ([`UserStats`]), one user's usage ([`UsageView`]), and the snapshot of
 //! lifetime and period usage carried across restarts ([`UsersSnapshot`]).
 
+use super::watch::Watch;
 use super::{period_from_code, UserState, UserTable};
 use crate::config::user_limits::QuotaPeriod;
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,9 @@ pub struct UserUsage {
     pub down: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<PeriodUsage>,
+    /// Today's and yesterday's access (for `mtgate audit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Watch>,
 }
 
 /// The persisted usage of every user, by name.
@@ -134,6 +138,19 @@ impl UserTable {
         true
     }
 
+    /// A handshake `user`'s key verified that was then refused (a replay,
+    /// a stale timestamp, a mode or SNI it may not use): for `mtgate audit`.
+    pub fn probed(&self, user: &str) {
+        if let Some(st) = self.users.load().get(user) {
+            st.cold().watch.probed(self.shared.clock.wall_ms());
+        }
+    }
+
+    /// Today's and yesterday's access of `user`.
+    pub fn watch(&self, user: &str) -> Option<Watch> {
+        Some(self.users.load().get(user)?.cold().watch)
+    }
+
     /// The usage to persist: lifetime bytes and the current period's, by user.
     pub fn export(&self) -> UsersSnapshot {
         let now = self.shared.clock.wall_ms();
@@ -142,10 +159,12 @@ impl UserTable {
             .load()
             .values()
             .map(|st| {
+                let watch = st.cold().watch;
                 let u = UserUsage {
                     up: st.up.load(Relaxed),
                     down: st.down.load(Relaxed),
                     period: current_period(st, now),
+                    watch: (!watch.is_empty()).then_some(watch),
                 };
                 (st.name.to_string(), u)
             })
@@ -170,6 +189,9 @@ impl UserTable {
             };
             st.up.fetch_max(u.up, Relaxed);
             st.down.fetch_max(u.down, Relaxed);
+            if let Some(w) = &u.watch {
+                st.cold().watch.merge(w);
+            }
             if let (Some(saved), Some(cur)) = (u.period, current_period(st, now)) {
                 let end = st.period_end_ms.load(Acquire);
                 if saved.period == cur.period
