@@ -1,11 +1,13 @@
 """Issue 13: secrets that exist only in an HSM (SoftHSM2 through PKCS#11), with real clients.
 
-``mtgate hsm`` makes a key inside a SoftHSM2 token; the user's secret is ``hsm:bob`` in the
-config, so the key is in neither the config nor the state directory. TDLib (``ee``) and Telethon
-(``dd``) go through the proxy with it. A PIN that stops working during the run refuses the reload
-with a clear ``hsm:`` error and an audit entry while the running keys keep serving; at start it
-refuses the start the same way (and records it), as does a module that is not there: never a
-crash.
+``mtgate hsm`` makes a key inside a SoftHSM2 token, sensitive and not extractable; the user's
+secret is ``hsm:bob`` in the config, so the key is in neither the config nor the state directory,
+nor ever in the proxy's memory: in the default digest mode the handshake's digests are computed
+inside the token. TDLib (``ee``) and Telethon (``dd``) go through the proxy with it. The key
+leaving the token during the run fronts its clients like strangers, counts the failures in
+``/metrics`` and records ``hsm.error`` in the audit trail, and a reload is then refused with a
+clear ``hsm:`` error; a bad PIN refuses the start the same way (and records it), as does a module
+that is not there: never a crash.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 from conftest import _start_stack
@@ -25,6 +29,25 @@ TOKEN = "hsm-test-superuser-token-000001"
 
 def _reload(port: int) -> tuple[int, dict]:
     return admin_api(port, "POST", "/api/v1/config/reload", TOKEN)
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _move_keys(tokens: Path, aside: Path) -> list[Path]:
+    """Moves the token's key objects (every ``*.object`` but ``token.object``) to ``aside``."""
+    aside.mkdir()
+    moved = []
+    for f in sorted(tokens.glob("*/*.object")):
+        if f.name != "token.object":
+            f.rename(aside / f.name)
+            moved.append(f)
+    return moved
 
 
 def _trail(state: Path) -> list[dict]:
@@ -71,21 +94,33 @@ def test_secrets_that_exist_only_in_the_hsm(tmp_path: Path, monkeypatch):
         for f in files:
             assert key_hex not in f.read_text(errors="replace"), f
 
-        # The PIN stops working during the run: the reload is refused with a clear error and an
-        # audit entry; the keys already read keep serving.
-        pin.write_text("0000\n")
+        # The key leaves the token during the run (its objects moved out): the digests fail,
+        # the client gets no answer from the DC, the failures are counted and recorded; the
+        # proxy keeps running.
+        moved = _move_keys(tmp_path / "tokens", tmp_path / "aside")
+        assert len(moved) == 2, moved  # the key and its HMAC form
+        r = telethon(st.host, st.port, dd, "randomized", timeout=3)
+        assert not r.get("ok"), r
+        assert _metric(port, "mtgate_hsm_digest_failures_total") > 0
+        deadline = time.monotonic() + 10
+        while not any(e["action"] == "hsm.error" for e in _trail(state)):
+            assert time.monotonic() < deadline, _trail(state)
+            time.sleep(0.2)
+        error = next(e for e in _trail(state) if e["action"] == "hsm.error")
+        assert "key `bob`" in error["result"], error
+        # A reload now is refused with a clear error (the key is not in the token), recorded.
         status, answer = _reload(port)
         assert status == 400, answer
-        assert "hsm: logging in to token `mtgate-test` failed" in answer["error"], answer
+        assert "hsm: no secret key labelled `bob`" in answer["error"], answer
         refused = [e for e in _trail(state)
                    if e["action"] == "config.reload" and "hsm:" in e["result"]]
         assert refused, _trail(state)
-        assert_tdlib_got_dc_answer(tdlib(st.host, st.port, ee), st)
         st.check_alive()
     finally:
         st.stop()
 
-    # At start: the same PIN refuses the start, clearly, and records it.
+    # At start: a PIN that does not work refuses the start, clearly, and records it.
+    pin.write_text("0000\n")
     run = subprocess.run([str(MTGATE_BIN), "run", "--no-qr", "--config", str(tmp_path / "mtgate.toml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0

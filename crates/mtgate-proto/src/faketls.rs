@@ -1,6 +1,7 @@
 //! FakeTLS (`ee` secrets, PROTOCOL §6): the ClientHello check, the fake
 //! ServerHello, and the TLS record layer that wraps the obfuscated stream.
 
+use crate::key::SecretOps;
 use mtgate_crypto::{ct_eq, hmac_sha256, Key16};
 
 pub mod client;
@@ -180,17 +181,20 @@ fn parse_sni(data: &[u8]) -> Result<Option<String>, TlsError> {
 /// Checks the ClientHello digest against `key` (PROTOCOL §6.2); on success returns
 /// the client's timestamp. HMAC runs over the record with the random zeroed.
 pub fn verify_hello_digest(record: &[u8], key: &Key16) -> Option<u32> {
+    verify_hello_digest_with(record, key)
+}
+
+/// [`verify_hello_digest`] with a key wherever it is kept ([`SecretOps`]);
+/// a digest that cannot be computed does not verify.
+pub fn verify_hello_digest_with<K: SecretOps + ?Sized>(record: &[u8], key: &K) -> Option<u32> {
     if record.len() < DIGEST_POS + DIGEST_LEN {
         return None;
     }
-    let h = hmac_sha256(
-        key.expose(),
-        &[
-            &record[..DIGEST_POS],
-            &[0u8; DIGEST_LEN],
-            &record[DIGEST_POS + DIGEST_LEN..],
-        ],
-    );
+    let h = key.hmac(&[
+        &record[..DIGEST_POS],
+        &[0u8; DIGEST_LEN],
+        &record[DIGEST_POS + DIGEST_LEN..],
+    ])?;
     let got = &record[DIGEST_POS..DIGEST_POS + DIGEST_LEN];
     let mut x = [0u8; DIGEST_LEN];
     for i in 0..DIGEST_LEN {
@@ -239,6 +243,20 @@ pub fn build_server_hello_ordered(
     fake_payload: &[u8],
     versions_first: bool,
 ) -> Vec<u8> {
+    // A key in memory always gives its digest.
+    build_server_hello_with(hello, key, x25519_public, fake_payload, versions_first)
+        .unwrap_or_default()
+}
+
+/// [`build_server_hello_ordered`] with a key wherever it is kept
+/// ([`SecretOps`]); `None` if its digest cannot be computed.
+pub fn build_server_hello_with<K: SecretOps + ?Sized>(
+    hello: &ClientHello,
+    key: &K,
+    x25519_public: &[u8; 32],
+    fake_payload: &[u8],
+    versions_first: bool,
+) -> Option<Vec<u8>> {
     let sid = &hello.session_id;
     let suite = hello.tls13_suite.unwrap_or(0x1301);
     let hs_body_len = 2 + 32 + 1 + sid.len() + 2 + 1 + 2 + 46;
@@ -267,9 +285,9 @@ pub fn build_server_hello_ordered(
     out.extend_from_slice(&[0x17, 0x03, 0x03]);
     out.extend_from_slice(&(fake_payload.len() as u16).to_be_bytes());
     out.extend_from_slice(fake_payload);
-    let digest = hmac_sha256(key.expose(), &[&hello.random, &out]);
+    let digest = key.hmac(&[&hello.random, &out])?;
     out[DIGEST_POS..DIGEST_POS + DIGEST_LEN].copy_from_slice(&digest);
-    out
+    Some(out)
 }
 
 /// Checks a server response as tdlib does (for scripted clients): one handshake

@@ -8,9 +8,9 @@
 //! It never touches I/O or clocks, so it is tested and fuzzed directly.
 
 use crate::faketls::{self, ClientHello, RecordStripper};
+use crate::key::SecretKey;
 use crate::obfs2::{self, CipherPair, DcIndex, ProtoTag, HEADER_LEN};
 use crate::replay::ReplayCache;
-use mtgate_crypto::Key16;
 
 /// The client modes a user may be allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,7 +62,8 @@ impl Default for Window {
 /// secrets (rotation) has a key for each, all naming it as `owner`.
 #[derive(Clone, Debug)]
 pub struct UserKey {
-    pub key: Key16,
+    /// In memory, or kept in an HSM (the handshake only takes digests of it).
+    pub key: SecretKey,
     /// The user this key belongs to: what [`Accepted::user`] names.
     pub owner: usize,
     /// Outside it the key is not tried (a client of it is not ours).
@@ -74,9 +75,15 @@ pub struct UserKey {
 
 impl UserKey {
     /// A key of user `owner`, always valid, with these modes.
-    pub fn new(key: Key16, owner: usize, classic: bool, secure: bool, fake_tls: bool) -> Self {
+    pub fn new(
+        key: impl Into<SecretKey>,
+        owner: usize,
+        classic: bool,
+        secure: bool,
+        fake_tls: bool,
+    ) -> Self {
         Self {
-            key,
+            key: key.into(),
             owner,
             valid: Window::ALWAYS,
             classic,
@@ -323,15 +330,15 @@ impl Handshake {
         }
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&buf[..HEADER_LEN]);
-        let candidates: Vec<(usize, &Key16)> = cfg
+        let candidates: Vec<(usize, &SecretKey)> = cfg
             .users
             .iter()
             .enumerate()
             .filter(|(_, u)| (u.classic || u.secure) && u.valid.contains(now))
             .map(|(i, u)| (i, &u.key))
             .collect();
-        let keys: Vec<&Key16> = candidates.iter().map(|(_, k)| *k).collect();
-        let Some(hdr) = obfs2::parse_client_header(&header, &keys) else {
+        let keys: Vec<&SecretKey> = candidates.iter().map(|(_, k)| *k).collect();
+        let Some(hdr) = obfs2::parse_client_header_with(&header, &keys) else {
             return self.reject(RejectReason::BadObfs2);
         };
         let key = candidates[hdr.key_index].0;
@@ -380,7 +387,7 @@ impl Handshake {
             .enumerate()
             .filter(|(_, u)| u.fake_tls && u.valid.contains(now))
             .find_map(|(i, u)| {
-                faketls::verify_hello_digest(&self.received, &u.key).map(|ts| (i, ts))
+                faketls::verify_hello_digest_with(&self.received, &u.key).map(|ts| (i, ts))
             });
         let Some((key, ts)) = found else {
             return self.reject(RejectReason::BadDigest);
@@ -419,13 +426,16 @@ impl Handshake {
         // A real X25519 key share: from the pool mtgate fills ahead, else
         // computed here from `rand` (tests and fuzzing, where no pool runs).
         let share = mtgate_crypto::keyshare::key_share(rand);
-        let resp = faketls::build_server_hello_ordered(
+        let Some(resp) = faketls::build_server_hello_with(
             &hello,
             &cfg.users[key].key,
             &share,
             &fake,
             cfg.versions_first,
-        );
+        ) else {
+            // The key verified the hello, then its keeper failed (an HSM gone).
+            return self.reject(RejectReason::BadDigest);
+        };
         self.state = State::TlsInner {
             key,
             stripper: RecordStripper::new(),
@@ -466,7 +476,7 @@ impl Handshake {
         let early = stream[HEADER_LEN..].to_vec();
         let stripper = std::mem::take(stripper);
         self.state = State::Done;
-        let Some(hdr) = obfs2::parse_client_header(&header, &[&cfg.users[key].key]) else {
+        let Some(hdr) = obfs2::parse_client_header_with(&header, &[&cfg.users[key].key]) else {
             return Outcome::Reject(RejectReason::BadObfs2);
         };
         let mut fp = [0u8; 16];

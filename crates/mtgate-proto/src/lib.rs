@@ -9,6 +9,8 @@
 //!   secret) and DC side (the proxy's own header);
 //! * [`transport`]: abridged, intermediate and padded-intermediate framing;
 //! * [`faketls`]: ClientHello check, ServerHello build, TLS record layer;
+//! * [`key`]: a user's secret as the handshake uses it (in memory, or kept in
+//!   an HSM behind [`key::SecretOps`]);
 //! * [`replay`]: a bounded replay cache;
 //! * [`probe`]: `req_pq_multi` → `resPQ`, the unencrypted MTProto that proves a DC answers;
 //! * [`handshake`]: the server handshake state machine that ties them together;
@@ -17,6 +19,7 @@
 
 pub mod faketls;
 pub mod handshake;
+pub mod key;
 pub mod me;
 pub mod obfs2;
 pub mod probe;

@@ -5,6 +5,7 @@
 //! offset 64, encrypt at 0). DC side: [`build_dc_header`] makes the proxy's own
 //! header toward a Telegram DC (raw keys, no secret hashing).
 
+use crate::key::SecretOps;
 use mtgate_crypto::{sha256, AesCtr, Key16};
 
 /// Length of the obfuscated2 init header.
@@ -80,17 +81,24 @@ pub struct ClientHeader {
     pub ciphers: CipherPair,
 }
 
-fn keys_for(
-    header: &[u8; HEADER_LEN],
-    secret: Option<&[u8; 16]>,
-) -> ([u8; 32], [u8; 16], [u8; 32], [u8; 16]) {
-    let mut dec_key: [u8; 32] = header[8..40].try_into().unwrap_or([0; 32]);
+/// The header's key material: (decrypt prefix, decrypt IV, encrypt prefix,
+/// encrypt IV), the encrypt side being bytes 8..56 reversed.
+fn material(header: &[u8; HEADER_LEN]) -> ([u8; 32], [u8; 16], [u8; 32], [u8; 16]) {
+    let dec_key: [u8; 32] = header[8..40].try_into().unwrap_or([0; 32]);
     let dec_iv: [u8; 16] = header[40..56].try_into().unwrap_or([0; 16]);
     let mut rev = [0u8; 48];
     rev.copy_from_slice(&header[8..56]);
     rev.reverse();
-    let mut enc_key: [u8; 32] = rev[0..32].try_into().unwrap_or([0; 32]);
+    let enc_key: [u8; 32] = rev[0..32].try_into().unwrap_or([0; 32]);
     let enc_iv: [u8; 16] = rev[32..48].try_into().unwrap_or([0; 16]);
+    (dec_key, dec_iv, enc_key, enc_iv)
+}
+
+fn keys_for(
+    header: &[u8; HEADER_LEN],
+    secret: Option<&[u8; 16]>,
+) -> ([u8; 32], [u8; 16], [u8; 32], [u8; 16]) {
+    let (mut dec_key, dec_iv, mut enc_key, enc_iv) = material(header);
     if let Some(s) = secret {
         dec_key = sha256(&[&dec_key, s]);
         enc_key = sha256(&[&enc_key, s]);
@@ -100,16 +108,30 @@ fn keys_for(
 
 /// Tries each key (PROTOCOL §3.3); the first giving a valid tag wins.
 ///
-/// Cost: one SHA-256 and one 64-byte AES-CTR per key until a match. A random
-/// header matches by accident with probability 3·2⁻³² per key.
+/// Cost: one SHA-256 and one 64-byte AES-CTR per key until a match, and one
+/// more SHA-256 for the match. A random header matches by accident with
+/// probability 3·2⁻³² per key.
 pub fn parse_client_header(header: &[u8; HEADER_LEN], keys: &[&Key16]) -> Option<ClientHeader> {
+    parse_client_header_with(header, keys)
+}
+
+/// [`parse_client_header`] over keys wherever they are kept ([`SecretOps`]):
+/// a key whose digest cannot be computed does not match.
+pub fn parse_client_header_with<K: SecretOps + ?Sized>(
+    header: &[u8; HEADER_LEN],
+    keys: &[&K],
+) -> Option<ClientHeader> {
+    let (dec_prefix, dec_iv, enc_prefix, enc_iv) = material(header);
     for (i, key) in keys.iter().enumerate() {
-        let (dk, div, ek, eiv) = keys_for(header, Some(key.expose()));
-        let mut dec = AesCtr::new(&dk, &div);
+        let Some(dk) = key.sha256_after(&dec_prefix) else {
+            continue;
+        };
+        let mut dec = AesCtr::new(&dk, &dec_iv);
         let mut plain = *header;
         dec.apply(&mut plain);
         let tag = [plain[56], plain[57], plain[58], plain[59]];
         if let Some(tag) = ProtoTag::from_bytes(tag) {
+            let ek = key.sha256_after(&enc_prefix)?;
             let dc = DcIndex(i16::from_le_bytes([plain[60], plain[61]]));
             return Some(ClientHeader {
                 key_index: i,
@@ -117,7 +139,7 @@ pub fn parse_client_header(header: &[u8; HEADER_LEN], keys: &[&Key16]) -> Option
                 dc,
                 ciphers: CipherPair {
                     dec,
-                    enc: AesCtr::new(&ek, &eiv),
+                    enc: AesCtr::new(&ek, &enc_iv),
                 },
             });
         }

@@ -393,10 +393,20 @@ fn hsm_create(config: &std::path::Path, label: &str) -> anyhow::Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("{} has no [hsm] section", config.display()))?;
     let key = crate::hsm::create_key(hsm, label)?;
-    println!(
-        "created a 16-byte key labelled `{label}` in token `{}`; give a user `secret = \"hsm:{label}\"`",
-        hsm.token
-    );
+    match hsm.mode {
+        crate::hsm::HsmMode::Digest => println!(
+            "created a 16-byte key labelled `{label}` (and `{}`, its HMAC form) in token `{}`, \
+             sensitive and not extractable: the proxy computes its digests inside the token. \
+             Its client forms are printed here once; give a user `secret = \"hsm:{label}\"`",
+            crate::hsm::kept::hmac_label(label),
+            hsm.token
+        ),
+        crate::hsm::HsmMode::Unwrap => println!(
+            "created a 16-byte key labelled `{label}` in token `{}` (unwrap mode: the proxy reads \
+             it at start); give a user `secret = \"hsm:{label}\"`",
+            hsm.token
+        ),
+    }
     let domain = cfg
         .domains
         .first()

@@ -58,7 +58,14 @@ pub fn render_user_at(
 ) -> String {
     let mut out = format!("user {}:\n", user.name);
     let current = user.secret_at(now);
-    let secrets = user.client_secrets_of(&current.key, domain);
+    let Some(key) = current.bytes() else {
+        out.push_str(&format!(
+            "  secret {} is kept in the HSM: its links were printed once, by `mtgate hsm`\n",
+            current.id()
+        ));
+        return out;
+    };
+    let secrets = user.client_secrets_of(key, domain);
     for s in &secrets {
         out.push_str(&format!(
             "  {}\n  {}\n",
@@ -79,7 +86,10 @@ pub fn render_user_at(
         if s.key == current.key {
             continue;
         }
-        if let Some(best) = user.client_secrets_of(&s.key, domain).first() {
+        let Some(key) = s.bytes() else {
+            continue;
+        };
+        if let Some(best) = user.client_secrets_of(key, domain).first() {
             out.push_str(&format!(
                 "  upcoming from {} (secret {}):\n  {}\n",
                 when(s.valid.not_before),
@@ -95,20 +105,21 @@ pub fn render_user_at(
 /// site `host` (and base `path`), as `tg://webproxy` and `t.me/webproxy`.
 /// No port: the WEB type is HTTPS on 443. The `dd` stream travels inside
 /// TLS here, so a user whose raw TCP modes allow only `ee` gets them too.
-pub fn web_links(user: &User, host: &str, path: Option<&str>) -> (String, String) {
+/// `None` for a key kept in the HSM (digest mode).
+pub fn web_links(user: &User, host: &str, path: Option<&str>) -> Option<(String, String)> {
     let mut secret = Vec::with_capacity(17);
     secret.push(0xdd);
-    secret.extend_from_slice(user.key().expose());
+    secret.extend_from_slice(user.key()?.expose());
     let s = mtgate_proto::webproxy::link_secret(&secret, path.is_some());
     let server = match path {
         Some(p) => format!("{host}%2F{}", p.replace('/', "%2F")),
         None => host.to_owned(),
     };
     let q = format!("server={server}&secret={s}");
-    (
+    Some((
         format!("tg://webproxy?{q}"),
         format!("https://t.me/webproxy?{q}"),
-    )
+    ))
 }
 
 fn qr_text(text: &str) -> Option<String> {
@@ -188,8 +199,8 @@ pub fn print_all(
     let web = cfg.site.webproxy.as_ref().zip(cfg.site.hosts.first());
     for u in users {
         out.write_all(render_user(u, domain, &host, port, qr).as_bytes())?;
-        if let Some((w, site)) = web {
-            let (tg, tme) = web_links(u, site, w.path.as_deref());
+        let links = web.and_then(|(w, site)| Some((site, web_links(u, site, w.path.as_deref())?)));
+        if let Some((site, (tg, tme))) = links {
             let mut text = format!("  WEB proxy (HTTPS on {site}):\n  {tg}\n  {tme}\n");
             if let (true, Some(img)) = (qr, qr_text(&tme)) {
                 text.push_str(&img);
@@ -229,7 +240,7 @@ mod web_tests {
         );
         u.secrets[0].valid.not_after = 2_000;
         u.secrets.push(crate::config::Secret {
-            key: mtgate_crypto::Key16::new([2; 16]),
+            key: mtgate_crypto::Key16::new([2; 16]).into(),
             valid: crate::config::Window {
                 not_before: 1_500,
                 not_after: u64::MAX,
@@ -276,13 +287,14 @@ mod web_tests {
                 fake_tls: true,
             },
         );
-        let (tg, tme) = web_links(&u, "proxy.example.com", None);
+        let (tg, tme) = web_links(&u, "proxy.example.com", None).expect("links");
         assert_eq!(
             tg,
             "tg://webproxy?server=proxy.example.com&secret=dd000102030405060708090a0b0c0d0e0f"
         );
         assert!(tme.starts_with("https://t.me/webproxy?server=proxy.example.com&secret=dd"));
-        let (tg, _) = web_links(&u, "proxy.example.com", Some("dobry-cola-super-app"));
+        let (tg, _) =
+            web_links(&u, "proxy.example.com", Some("dobry-cola-super-app")).expect("links");
         let secret = tg.rsplit_once("secret=").unwrap().1;
         assert!(
             tg.contains("server=proxy.example.com%2Fdobry-cola-super-app&"),

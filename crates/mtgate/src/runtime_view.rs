@@ -69,8 +69,11 @@ impl crate::control::view::View for RuntimeView {
                         "run_out"
                     },
                     current: s.key == current,
-                    links: u
-                        .client_secrets_of(&s.key, &domain)
+                    // None for a key kept in the HSM (digest mode).
+                    links: s
+                        .bytes()
+                        .map(|k| u.client_secrets_of(k, &domain))
+                        .unwrap_or_default()
                         .iter()
                         .map(|p| p.tg_link(&host, self.port))
                         .collect(),

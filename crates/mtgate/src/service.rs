@@ -227,6 +227,12 @@ pub fn run(a: Start) -> anyhow::Result<()> {
                 c.clone(),
                 runtime.policy.clone(),
             ));
+            if let Some(h) = &cfg.hsm {
+                tokio::spawn(crate::control::security::pump_hsm(
+                    c.clone(),
+                    h.token.clone(),
+                ));
+            }
         }
         admin_state.set_reload(cfg.admin_token.clone(), {
             let r = reloader.clone();

@@ -85,16 +85,20 @@ pub fn users_for(cfg: &crate::config::Config) -> Result<(Vec<User>, bool), State
 
 /// Refuses a key two secrets share (the HSM's keys, once read).
 fn shared_check(users: &[User]) -> Result<(), String> {
-    let mut seen: Vec<(&Key16, &str)> = Vec::new();
+    let mut seen: Vec<(&crate::config::Secret, &str)> = Vec::new();
+    // In memory: the same bytes; in the HSM's digest mode: the same label.
+    let same = |a: &crate::config::Secret, b: &crate::config::Secret| {
+        a.key == b.key || (a.hsm.is_some() && a.hsm == b.hsm)
+    };
     for u in users {
         for s in &u.secrets {
-            if let Some((_, other)) = seen.iter().find(|(k, _)| **k == s.key) {
+            if let Some((_, other)) = seen.iter().find(|(k, _)| same(k, s)) {
                 return Err(format!(
                     "users `{other}` and `{}` share a secret (one of them in the HSM)",
                     u.name
                 ));
             }
-            seen.push((&s.key, &u.name));
+            seen.push((s, &u.name));
         }
     }
     Ok(())

@@ -2,6 +2,7 @@ use super::*;
 use crate::faketls::{
     app_record_header, build_client_hello, server_hello_len, verify_server_hello, CCS_RECORD,
 };
+use mtgate_crypto::Key16;
 use proptest::prelude::*;
 
 const NOW: u64 = 1_800_000_000;
@@ -223,7 +224,11 @@ fn modes_are_enforced() {
 }
 
 fn tls_flow(size: usize, split: usize) {
-    let c = cfg(false, false, true);
+    tls_flow_with(&cfg(false, false, true), size, split);
+}
+
+fn tls_flow_with(c: &HandshakeConfig, size: usize, split: usize) {
+    let c = c.clone();
     let mut rc = ReplayCache::new(100, 1000);
     let key = Key16::new([2; 16]);
     let hello = build_client_hello(&key, "www.example.com", NOW as u32 - 5, &[9; 64], size);
@@ -358,4 +363,90 @@ proptest! {
         }
         prop_assert!(hs.received().len() <= MAX_HANDSHAKE_BYTES);
     }
+}
+
+/// A key kept outside the handshake (as an HSM keeps it): its digests come
+/// through [`crate::key::SecretOps`], counted, or none at all when "gone".
+struct Kept {
+    key: Option<Key16>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::key::SecretOps for Kept {
+    fn sha256_after(&self, prefix: &[u8; 32]) -> Option<[u8; 32]> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.key.as_ref()?.sha256_after(prefix)
+    }
+    fn hmac(&self, parts: &[&[u8]]) -> Option<[u8; 32]> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.key.as_ref()?.hmac(parts)
+    }
+}
+
+fn kept(cfg: &mut HandshakeConfig, gone: bool) -> Vec<std::sync::Arc<Kept>> {
+    cfg.users
+        .iter_mut()
+        .map(|u| {
+            let k = std::sync::Arc::new(Kept {
+                key: (!gone).then(|| u.key.local().expect("local").clone()),
+                calls: Default::default(),
+            });
+            u.key = crate::key::SecretKey::External(k.clone());
+            k
+        })
+        .collect()
+}
+
+#[test]
+fn keys_kept_elsewhere_handshake_as_keys_in_memory() {
+    let mut c = cfg(true, true, true);
+    let counters = kept(&mut c, false);
+    let mut rc = ReplayCache::new(100, 1000);
+    let out = Handshake::new().feed(
+        &obfs2_client(2, ProtoTag::Padded, 2),
+        NOW,
+        &c,
+        &mut rc,
+        &mut rng(),
+    );
+    let Outcome::Accepted(a) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!((a.user, a.mode), (1, ClientMode::Secure));
+    // User 0's key: one digest (no match); user 1's: two (a match).
+    let calls = |i: usize| counters[i].calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((calls(0), calls(1)), (1, 2));
+    let mut tls = cfg(false, false, true);
+    kept(&mut tls, false);
+    for (size, split) in [(517, 517), (1800, 100)] {
+        tls_flow_with(&tls, size, split);
+    }
+    // A keeper that fails: nothing verifies, the client is a stranger.
+    let mut gone = cfg(true, true, true);
+    kept(&mut gone, true);
+    let mut hs = Handshake::new();
+    assert!(matches!(
+        hs.feed(
+            &obfs2_client(2, ProtoTag::Padded, 2),
+            NOW,
+            &gone,
+            &mut rc,
+            &mut rng()
+        ),
+        Outcome::Reject(RejectReason::BadObfs2)
+    ));
+    assert_eq!(hs.matched_user(), None);
+    let hello = build_client_hello(
+        &Key16::new([2; 16]),
+        "www.example.com",
+        NOW as u32,
+        &[8; 64],
+        600,
+    );
+    assert!(matches!(
+        Handshake::new().feed(&hello, NOW, &gone, &mut rc, &mut rng()),
+        Outcome::Reject(RejectReason::BadDigest)
+    ));
 }

@@ -282,6 +282,11 @@ pub fn user_page(
             for l in &s.links {
                 let _ = write!(b, "<p><code class=\"link\">{}</code></p>", esc(l));
             }
+            if s.links.is_empty() {
+                b.push_str(
+                    "<p>Kept in the HSM: its links were printed once, by <code>mtgate hsm</code>.</p>",
+                );
+            }
             b.push_str("</div>");
         }
         if u.source == crate::control::view::Source::Api {

@@ -571,6 +571,13 @@ impl Collector for ProcessCollector {
                 ConstGauge::new(n),
             )?;
         }
+        let hsm = crate::hsm::health();
+        put(
+            &mut enc,
+            "hsm_digest_failures",
+            "Handshake digests the HSM failed to compute (digest mode; their clients were fronted)",
+            ConstCounter::new(hsm.failures),
+        )?;
         Ok(())
     }
 }

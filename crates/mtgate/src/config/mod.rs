@@ -327,10 +327,16 @@ impl Config {
                 if h.token.trim().is_empty() {
                     return Err(invalid("hsm.token", "the token's label"));
                 }
+                let mode = match h.mode.as_deref() {
+                    None | Some("digest") => crate::hsm::HsmMode::Digest,
+                    Some("unwrap") => crate::hsm::HsmMode::Unwrap,
+                    Some(_) => return Err(invalid("hsm.mode", "`digest` or `unwrap`")),
+                };
                 Some(crate::hsm::HsmConfig {
                     module: h.module.into(),
                     token: h.token,
                     pin_file: h.pin_file.map(Into::into),
+                    mode,
                 })
             }
         };

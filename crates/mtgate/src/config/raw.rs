@@ -52,6 +52,9 @@ pub struct RawHsm {
     pub token: String,
     /// A file holding the user PIN (else the `MTGATE_HSM_PIN` environment variable).
     pub pin_file: Option<String>,
+    /// `digest` (default: the handshake's digests computed in the token) or
+    /// `unwrap` (the keys read into memory when the users are built).
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

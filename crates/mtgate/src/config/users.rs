@@ -3,6 +3,7 @@
 use super::raw::RawUser;
 use super::{invalid, me, ConfigError, UserLimits};
 use mtgate_crypto::Key16;
+use mtgate_proto::key::SecretKey;
 use mtgate_proto::secret::{ProxySecret, SecretKind};
 use std::collections::BTreeMap;
 
@@ -46,10 +47,13 @@ pub use mtgate_proto::handshake::Window;
 /// One secret of a user and when it is accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Secret {
-    pub key: Key16,
+    /// The key in memory; or, for a secret in the HSM's digest mode, a
+    /// handle that asks the token for the handshake's digests (its bytes
+    /// are then not known here, and no link can be made of it).
+    pub key: SecretKey,
     pub valid: Window,
-    /// Kept in the HSM under this label (`secret = "hsm:LABEL"`): `key` is
-    /// read from the token when the users are built ([`crate::hsm`]).
+    /// Kept in the HSM under this label (`secret = "hsm:LABEL"`): resolved
+    /// when the users are built ([`crate::hsm`]).
     pub hsm: Option<String>,
 }
 
@@ -57,16 +61,28 @@ impl Secret {
     /// A secret that is always accepted.
     pub fn always(key: Key16) -> Self {
         Self {
-            key,
+            key: key.into(),
             valid: Window::ALWAYS,
             hsm: None,
         }
     }
 
     /// A name for the secret that does not reveal it: the first 8 hex
-    /// digits of its key's SHA-256.
+    /// digits of its key's SHA-256 (of `hsm:LABEL` for a key in the HSM).
     pub fn id(&self) -> String {
-        hex::encode(&mtgate_crypto::sha256(&[self.key.expose()])[..4])
+        let digest = match (&self.hsm, self.key.local()) {
+            (None, Some(k)) => mtgate_crypto::sha256(&[k.expose()]),
+            (label, _) => mtgate_crypto::sha256(&[
+                crate::hsm::PREFIX.as_bytes(),
+                label.as_deref().unwrap_or_default().as_bytes(),
+            ]),
+        };
+        hex::encode(&digest[..4])
+    }
+
+    /// The key's bytes, when they are in memory (not in the HSM's digest mode).
+    pub fn bytes(&self) -> Option<&Key16> {
+        self.key.local()
     }
 }
 
@@ -111,16 +127,19 @@ impl User {
         current.or_else(upcoming).unwrap_or(&self.secrets[0])
     }
 
-    /// The key links name now ([`User::secret_at`]).
-    pub fn key(&self) -> &Key16 {
-        &self
-            .secret_at(u64::try_from(crate::civil::unix_now()).unwrap_or(0))
-            .key
+    /// The key links name now ([`User::secret_at`]), if its bytes are in
+    /// memory (not for a key in the HSM's digest mode).
+    pub fn key(&self) -> Option<&Key16> {
+        self.secret_at(u64::try_from(crate::civil::unix_now()).unwrap_or(0))
+            .bytes()
     }
 
-    /// The client secrets this user can be given now, best (stealthiest) first.
+    /// The client secrets this user can be given now, best (stealthiest)
+    /// first; none when the key is kept in the HSM (digest mode).
     pub fn client_secrets(&self, domain: &str) -> Vec<ProxySecret> {
-        self.client_secrets_of(self.key(), domain)
+        self.key()
+            .map(|k| self.client_secrets_of(k, domain))
+            .unwrap_or_default()
     }
 
     /// The client secrets of one of this user's keys, best first.
@@ -201,7 +220,7 @@ fn secret(
         return Err(invalid(format!("{key}.not_after"), "is before not_before"));
     }
     Ok(Secret {
-        key: parsed_key,
+        key: parsed_key.into(),
         valid: Window {
             not_before,
             not_after,
@@ -223,7 +242,7 @@ pub(super) fn parse(
     default_modes: Modes,
 ) -> Result<(Vec<User>, AdTags), ConfigError> {
     let mut users = Vec::new();
-    let mut seen_keys: Vec<Key16> = Vec::new();
+    let mut seen_keys: Vec<SecretKey> = Vec::new();
     let mut user_ad_tags = BTreeMap::new();
     for (name, ru) in raw {
         let key = format!("users.{name}");

@@ -5,7 +5,8 @@
 //! second by [`pump_blocks`]; a flood of blocks past that log is recorded
 //! as a count), and expiries: a secret's window, a user's `expires` or an
 //! admin token running out (looked for every [`EXPIRY_PUMP`] by
-//! [`pump_expiries`]).
+//! [`pump_expiries`]), and the HSM's digests failing and answering again
+//! ([`pump_hsm`]).
 
 use super::audit::Record;
 use super::Control;
@@ -112,5 +113,49 @@ pub fn record_expiries(control: &Control, after: u64, until: u64) {
                 ..Default::default()
             });
         }
+    }
+}
+
+/// Records the HSM's digests starting to fail (`hsm.error`, with the error
+/// and the count) and answering again (`hsm.recovered`), looked at once a
+/// second, until the process ends.
+pub async fn pump_hsm(control: Arc<Control>, token: String) {
+    let mut was = crate::hsm::health();
+    loop {
+        tokio::time::sleep(BLOCK_PUMP).await;
+        let now = crate::hsm::health();
+        record_hsm(&control, &token, &was, &now);
+        was = now;
+    }
+}
+
+/// One look at the HSM's health: what changed from `was` to `now`.
+pub fn record_hsm(
+    control: &Control,
+    token: &str,
+    was: &crate::hsm::HealthView,
+    now: &crate::hsm::HealthView,
+) {
+    let failed = now.failures.saturating_sub(was.failures);
+    // A new failure after a good look, or one that came and went between
+    // two looks: an error entry. Failures while it keeps failing: counted in
+    // the entry of its recovery.
+    if failed > 0 && !was.failing {
+        control.record(&Record {
+            action: "hsm.error".into(),
+            target: Some(token.to_owned()),
+            after: Some(json!({ "failed_digests": failed })),
+            result: format!("failed: {}", now.last.as_deref().unwrap_or("unknown")),
+            ..Default::default()
+        });
+    }
+    if was.failing && !now.failing {
+        control.record(&Record {
+            action: "hsm.recovered".into(),
+            target: Some(token.to_owned()),
+            after: Some(json!({ "failed_digests_total": now.failures })),
+            result: "ok".into(),
+            ..Default::default()
+        });
     }
 }

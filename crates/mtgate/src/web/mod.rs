@@ -393,7 +393,10 @@ fn live(cfg: &SiteConfig, users: &[crate::config::User]) -> Live {
             Arc::new(webproxy::Room::new(
                 w,
                 &cfg.hosts,
-                users.iter().map(|u| (u.name.as_str(), u.key().expose())),
+                // A key kept in the HSM (digest mode) has no WEB proxy link.
+                users
+                    .iter()
+                    .filter_map(|u| Some((u.name.as_str(), u.key()?.expose()))),
             ))
         }),
         content: Content::new(cfg.content.clone().unwrap_or(ContentSource::Default)),

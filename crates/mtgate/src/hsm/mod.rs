@@ -3,24 +3,32 @@
 //! A user's secret may be `secret = "hsm:LABEL"`: a 16-byte generic
 //! secret key labelled `LABEL` in the token `[hsm] token` of the module
 //! `[hsm] module`, never written to the config or the state directory.
-//! This first mode unwraps: the keys are read from the token wherever the
-//! users are built (start, reload, a change through the API) into
-//! [`Key16`]s (zeroized on drop), so the handshake costs what it costs
-//! without an HSM and the HSM is off the connection path entirely. The
-//! token is asked again at every reload: a token that cannot be reached
-//! (module, token, PIN) refuses the start or the reload with an `hsm:`
-//! error, and the running keys stay. Digests computed inside the HSM (the
-//! keys never in mtgate's memory) are the next mode.
+//! Two modes (`[hsm] mode`):
 //!
-//! `mtgate hsm create --label LABEL` makes such a key in the token.
+//! - `digest` (the default, [`kept`]): the handshake's digests are computed
+//!   inside the token, so the key's bytes never enter mtgate's memory; a
+//!   handshake of such a key costs a few PKCS#11 calls on a pooled session.
+//! - `unwrap`: the keys are read from the token wherever the users are built
+//!   (start, reload, a change through the API) into [`Key16`]s (zeroized on
+//!   drop), so the handshake costs what it costs without an HSM and the HSM
+//!   is off the connection path entirely.
+//!
+//! Either way the token is asked at every start and reload: a token that
+//! cannot be reached (module, token, PIN, a missing key) refuses the start
+//! or the reload with an `hsm:` error, and the running keys stay.
+//!
+//! `mtgate hsm --label LABEL` makes such a key in the token, for the mode
+//! configured, and prints its client forms once.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use mtgate_crypto::Key16;
+use mtgate_proto::key::SecretKey;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use zeroize::Zeroizing;
@@ -36,7 +44,21 @@ pub struct HsmConfig {
     pub token: String,
     /// A file holding the user PIN; else `MTGATE_HSM_PIN`.
     pub pin_file: Option<PathBuf>,
+    pub mode: HsmMode,
 }
+
+/// `[hsm] mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HsmMode {
+    /// The digests computed inside the token; the keys never in memory.
+    #[default]
+    Digest,
+    /// The keys read into zeroized memory when the users are built.
+    Unwrap,
+}
+
+pub mod kept;
+pub use kept::{health, HealthView};
 
 /// Why the HSM did not give a key.
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +144,15 @@ fn session(cfg: &HsmConfig, rw: bool) -> Result<Session, HsmError> {
         ctx.open_ro_session(slot)
     }
     .map_err(other)?;
-    s.login(UserType::User, Some(&pin(cfg)?))
-        .map_err(|e| HsmError::Login {
+    match s.login(UserType::User, Some(&pin(cfg)?)) {
+        // Another session of this process is logged in (digest mode's pool):
+        // PKCS#11 logs in an application, not a session.
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(s),
+        Err(e) => Err(HsmError::Login {
             token: cfg.token.clone(),
             msg: e.to_string(),
-        })?;
-    Ok(s)
+        }),
+    }
 }
 
 fn template(label: &str) -> Vec<Attribute> {
@@ -162,34 +187,63 @@ pub fn read_keys(cfg: &HsmConfig, labels: &[String]) -> Result<Vec<Key16>, HsmEr
             .ok_or_else(|| HsmError::Unreadable(label.clone()))?;
         out.push(Key16::new(bytes));
     }
-    let _ = s.logout();
     Ok(out)
 }
 
-/// Makes a new random 16-byte key labelled `label` in the token; its value.
+/// Makes a new random 16-byte key labelled `label` in the token, for the
+/// configured mode; its value, to print the client forms once.
+///
+/// Digest mode: the key is drawn here (this command, not the proxy) and put
+/// in the token as two objects it will not let out (`label`, and
+/// `label#hmac` = the key and 16 zero bytes, for HMAC); unwrap mode: the
+/// token draws a key the proxy may read.
 pub fn create_key(cfg: &HsmConfig, label: &str) -> Result<Key16, HsmError> {
     let s = session(cfg, true)?;
-    if !s.find_objects(&template(label)).map_err(other)?.is_empty() {
-        return Err(HsmError::Other(format!(
-            "the token already holds a key labelled `{label}`"
-        )));
+    for l in [label.to_owned(), kept::hmac_label(label)] {
+        if !s.find_objects(&template(&l)).map_err(other)?.is_empty() {
+            return Err(HsmError::Other(format!(
+                "the token already holds a key labelled `{l}`"
+            )));
+        }
     }
-    let mut t = template(label);
+    let common = |l: &str, sensitive: bool| {
+        let mut t = template(l);
+        t.extend([
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(sensitive),
+            Attribute::Extractable(!sensitive),
+        ]);
+        t
+    };
+    if cfg.mode == HsmMode::Unwrap {
+        let mut t = common(label, false);
+        t.push(Attribute::ValueLen(16.into()));
+        s.generate_key(&Mechanism::GenericSecretKeyGen, &t)
+            .map_err(other)?;
+        drop(s);
+        return read_keys(cfg, &[label.to_owned()])?
+            .pop()
+            .ok_or_else(|| HsmError::NoKey(label.to_owned()));
+    }
+    let key = Key16::generate();
+    let mut t = common(label, true);
+    t.push(Attribute::Value(key.expose().to_vec()));
+    let made = s.create_object(&t).map_err(other)?;
+    let mut padded = Zeroizing::new([0u8; 32]);
+    padded[..16].copy_from_slice(key.expose());
+    let mut t = common(&kept::hmac_label(label), true);
     t.extend([
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::ValueLen(16.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        // Read at start (this mode unwraps into memory).
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
+        Attribute::Value(padded.to_vec()),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
     ]);
-    s.generate_key(&Mechanism::GenericSecretKeyGen, &t)
-        .map_err(other)?;
-    drop(s);
-    read_keys(cfg, &[label.to_owned()])?
-        .pop()
-        .ok_or_else(|| HsmError::NoKey(label.to_owned()))
+    if let Err(e) = s.create_object(&t) {
+        let _ = s.destroy_object(made);
+        return Err(other(e));
+    }
+    Ok(key)
 }
 
 /// Puts the HSM's keys into every secret of `users` that names one.
@@ -202,11 +256,20 @@ pub fn resolve(cfg: Option<&HsmConfig>, users: &mut [crate::config::User]) -> Re
         return Ok(());
     };
     let cfg = cfg.ok_or_else(|| HsmError::NotConfigured(first.clone()))?;
+    if cfg.mode == HsmMode::Digest {
+        let token = kept::Token::get(cfg);
+        for s in users.iter_mut().flat_map(|u| u.secrets.iter_mut()) {
+            if let Some(label) = &s.hsm {
+                s.key = SecretKey::External(kept::Kept::open(token.clone(), label)?);
+            }
+        }
+        return Ok(());
+    }
     let mut keys = read_keys(cfg, &wanted)?.into_iter();
     for s in users.iter_mut().flat_map(|u| u.secrets.iter_mut()) {
         if s.hsm.is_some() {
             if let Some(k) = keys.next() {
-                s.key = k;
+                s.key = k.into();
             }
         }
     }
@@ -239,6 +302,7 @@ mod tests {
             module: "/nonexistent/libpkcs11.so".into(),
             token: "t".into(),
             pin_file: None,
+            mode: HsmMode::Digest,
         };
         let e = resolve(Some(&cfg), &mut u).unwrap_err().to_string();
         assert!(
