@@ -21,6 +21,11 @@ pub trait SecretOps: Send + Sync {
     /// HMAC-SHA256 keyed with the secret over the concatenation of `parts`:
     /// FakeTLS's ClientHello and ServerHello digests.
     fn hmac(&self, parts: &[&[u8]]) -> Option<[u8; 32]>;
+    /// The bytes, if this process holds them (a key in locked memory does;
+    /// a key in a token does not): for links.
+    fn exposed(&self) -> Option<&Key16> {
+        None
+    }
 }
 
 impl SecretOps for Key16 {
@@ -33,6 +38,10 @@ impl SecretOps for Key16 {
     fn hmac(&self, parts: &[&[u8]]) -> Option<[u8; 32]> {
         Some(hmac_sha256(self.expose(), parts))
     }
+
+    fn exposed(&self) -> Option<&Key16> {
+        Some(self)
+    }
 }
 
 /// A user's secret: its bytes in memory, or a handle to where it is kept.
@@ -43,11 +52,11 @@ pub enum SecretKey {
 }
 
 impl SecretKey {
-    /// The bytes, when they are in memory (for links and tests).
+    /// The bytes, when this process holds them (for links and tests).
     pub fn local(&self) -> Option<&Key16> {
         match self {
             SecretKey::Local(k) => Some(k),
-            SecretKey::External(_) => None,
+            SecretKey::External(e) => e.exposed(),
         }
     }
 }

@@ -88,7 +88,8 @@ fn shared_check(users: &[User]) -> Result<(), String> {
     let mut seen: Vec<(&crate::config::Secret, &str)> = Vec::new();
     // In memory: the same bytes; in the HSM's digest mode: the same label.
     let same = |a: &crate::config::Secret, b: &crate::config::Secret| {
-        a.key == b.key || (a.hsm.is_some() && a.hsm == b.hsm)
+        let bytes = matches!((a.bytes(), b.bytes()), (Some(x), Some(y)) if x == y);
+        bytes || (a.hsm.is_some() && a.hsm == b.hsm)
     };
     for u in users {
         for s in &u.secrets {

@@ -86,9 +86,7 @@ fn kept(cfg: &HsmConfig, label: &str) -> SecretKey {
         .expect("config")
         .users;
     hsm::resolve(Some(cfg), &mut users).expect("resolve");
-    let key = users[0].secrets[0].key.clone();
-    assert!(key.local().is_none(), "digest mode keeps no bytes");
-    key
+    users[0].secrets[0].key.clone()
 }
 
 fn accepts(key: &SecretKey, wire: &[u8], now: u64) -> Outcome {
@@ -129,8 +127,13 @@ fn digests_inside_the_token_are_the_handshakes() {
     let carol = hsm::create_key(&unwrap, "carol").expect("create (unwrap)");
     let read = hsm::read_keys(&unwrap, &["carol".to_owned()]).expect("readable");
     assert!(read[0] == carol);
+    // Resolved into a locked page of its own; links can still be made.
+    let unwrapped = kept(&unwrap, "carol");
+    assert!(matches!(unwrapped, SecretKey::External(_)));
+    assert!(unwrapped.local() == Some(&carol));
 
     let inside = kept(&cfg, "alice");
+    assert!(inside.local().is_none(), "digest mode keeps no bytes");
     let local = SecretKey::from(key.clone());
     for i in 0..20u8 {
         let prefix = [i.wrapping_mul(37); 32];

@@ -9,9 +9,9 @@
 //!   inside the token, so the key's bytes never enter mtgate's memory; a
 //!   handshake of such a key costs a few PKCS#11 calls on a pooled session.
 //! - `unwrap`: the keys are read from the token wherever the users are built
-//!   (start, reload, a change through the API) into [`Key16`]s (zeroized on
-//!   drop), so the handshake costs what it costs without an HSM and the HSM
-//!   is off the connection path entirely.
+//!   (start, reload, a change through the API) into locked, zeroized pages
+//!   ([`locked`]), so the handshake costs what it costs without an HSM and
+//!   the HSM is off the connection path entirely.
 //!
 //! Either way the token is asked at every start and reload: a token that
 //! cannot be reached (module, token, PIN, a missing key) refuses the start
@@ -58,6 +58,8 @@ pub enum HsmMode {
 }
 
 pub mod kept;
+#[cfg(unix)]
+pub mod locked;
 pub use kept::{health, HealthView};
 
 /// Why the HSM did not give a key.
@@ -269,7 +271,12 @@ pub fn resolve(cfg: Option<&HsmConfig>, users: &mut [crate::config::User]) -> Re
     for s in users.iter_mut().flat_map(|u| u.secrets.iter_mut()) {
         if s.hsm.is_some() {
             if let Some(k) = keys.next() {
-                s.key = k.into();
+                // In a locked page of its own, where the platform has them.
+                #[cfg(unix)]
+                let key = SecretKey::External(Arc::new(locked::LockedKey::new(k)?));
+                #[cfg(not(unix))]
+                let key = SecretKey::Local(k);
+                s.key = key;
             }
         }
     }
