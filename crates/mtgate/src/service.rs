@@ -104,6 +104,9 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         let metrics =
             Arc::new(Metrics::new(users.iter().map(|u| u.name.as_str())).with_dc_table(&cfg.dcs));
         let admin_state = AdminState::new(metrics.clone());
+        if let Some((cert, key)) = &cfg.admin_tls {
+            admin_state.set_tls(crate::admin::tls::acceptor(cert, key)?);
+        }
         let logs = Arc::new(LogSink::default());
         {
             // The refusal summary of a quiet moment still gets written.

@@ -16,7 +16,9 @@
 //! Connections are capped in all and per address ([`conns`]: the oldest
 //! makes room for the newest, so health checks always get in) and must send
 //! each request head within [`HEADER_TIMEOUT`]. The admin server never
-//! touches client traffic.
+//! touches client traffic. With `[admin] tls_cert`/`tls_key` it speaks
+//! HTTPS only; over plain HTTP, credentials are taken only from loopback
+//! ([`tls`]).
 //! [`slot::AdminSlot`] keeps it alive across a takeover.
 
 pub mod api;
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod notify;
 pub mod site_metrics;
 pub mod slot;
+pub mod tls;
 
 use crate::config::AdminToken;
 use http_body_util::Full;
@@ -100,6 +103,7 @@ pub struct AdminState {
     pub health: Health,
     reload: std::sync::OnceLock<(Option<AdminToken>, ReloadFn)>,
     control: std::sync::OnceLock<Arc<crate::control::Control>>,
+    tls: std::sync::OnceLock<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -117,7 +121,13 @@ impl AdminState {
             health: Health::default(),
             reload: std::sync::OnceLock::new(),
             control: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves HTTPS only, with `acceptor` (`[admin] tls_cert`/`tls_key`).
+    pub fn set_tls(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        let _ = self.tls.set(acceptor);
     }
 
     /// Enables the admin API (`/api/v1/…`) over `control`.
@@ -260,39 +270,68 @@ async fn accept_loop(listener: Arc<TcpListener>, state: Arc<AdminState>) {
         let mut slot = conns.admit(peer.ip());
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    if req.uri().path().starts_with("/api/") {
-                        if let Some(c) = state.control.get() {
-                            return Ok::<_, Infallible>(api::handle(c, req, peer.ip()).await);
+            let served = async {
+                match state.tls.get().cloned() {
+                    None => serve_conn(stream, peer, state, false).await,
+                    Some(acceptor) => {
+                        let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
+                        match tls.await {
+                            Ok(Ok(s)) => serve_conn(s, peer, state, true).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
                         }
                     }
-                    let path = req.uri().path();
-                    if path == "/console" || path.starts_with("/console/") {
-                        if let Some(c) = state.control.get() {
-                            return Ok::<_, Infallible>(console::handle(c, req, peer.ip()).await);
-                        }
-                    }
-                    Ok::<_, Infallible>(handle_from(&state, &req, peer.ip()))
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+            };
             tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "admin connection ended with an error");
-                    }
-                }
+                () = served => {}
                 _ = slot.evicted() => {
                     tracing::debug!(%peer, "admin connection closed to make room");
                 }
             }
         });
+    }
+}
+
+/// Serves one admin connection from `peer` (`secure`: over TLS) until it
+/// ends: the accept loop's, for any stream.
+pub async fn serve_conn<S>(stream: S, peer: SocketAddr, state: Arc<AdminState>, secure: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        async move {
+            if tls::refused(&req, peer.ip(), secure) {
+                return Ok::<_, Infallible>(reply(
+                    StatusCode::FORBIDDEN,
+                    "application/json",
+                    tls::REFUSAL,
+                ));
+            }
+            if req.uri().path().starts_with("/api/") {
+                if let Some(c) = state.control.get() {
+                    return Ok::<_, Infallible>(api::handle(c, req, peer.ip()).await);
+                }
+            }
+            let path = req.uri().path();
+            if path == "/console" || path.starts_with("/console/") {
+                if let Some(c) = state.control.get() {
+                    return Ok::<_, Infallible>(console::handle(c, req, peer.ip()).await);
+                }
+            }
+            Ok::<_, Infallible>(handle_from(&state, &req, peer.ip()))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "admin connection ended with an error");
     }
 }
 

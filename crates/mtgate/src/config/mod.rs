@@ -134,6 +134,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Failed admin authentications an address may make a minute.
     pub admin_auth_failures: u32,
+    /// `[admin] tls_cert` and `tls_key`: the admin listener speaks HTTPS.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
     /// Happy eyeballs: how long a DC target may go unanswered before the
@@ -434,6 +436,16 @@ impl Config {
         if !(1..=100_000).contains(&admin_auth_failures) {
             return Err(invalid("admin.auth_failures_per_minute", "use 1..100000"));
         }
+        let admin_tls = match (raw.admin.tls_cert, raw.admin.tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            _ => {
+                return Err(invalid(
+                    "admin.tls_cert",
+                    "set both tls_cert and tls_key (PEM files), or neither",
+                ))
+            }
+        };
 
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -498,6 +510,7 @@ impl Config {
             admin_listen,
             admin_token,
             admin_auth_failures,
+            admin_tls,
             policy,
             proxy_protocol,
             websocket,

@@ -66,6 +66,9 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// Failed authentications an address may make a minute.
     pub auth_failures_per_minute: Option<u32>,
+    /// PEM certificate chain and private key: the admin listener speaks HTTPS.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,7 +4,7 @@
 //!
 //! Checked now: weak or example secrets, a secret shared by two users,
 //! plain obfuscated2 enabled, the admin listener reachable beyond loopback
-//! (it serves plain HTTP), admin tokens without an expiry, and the crypto
+//! over plain HTTP (without `admin.tls_cert`), admin tokens without an expiry, and the crypto
 //! crates linked in, secrets past their window or running out within
 //! [`SOON`], and users left with no secret in force or to come; and (in
 //! [`super::selfaudit_access`]) users with suspicious access patterns, from
@@ -172,13 +172,13 @@ pub fn run(cfg: &Config, users: &[User], tokens: Option<&TokenStore>) -> Vec<Fin
         });
     }
     if let Some(a) = cfg.admin_listen {
-        if !a.ip().is_loopback() {
+        if !a.ip().is_loopback() && cfg.admin_tls.is_none() {
             out.push(Finding {
                 severity: Severity::High,
                 what: format!(
-                    "the admin listener {a} is reachable beyond loopback and serves plain HTTP (bearer tokens and metrics in the clear)"
+                    "the admin listener {a} is reachable beyond loopback and serves plain HTTP (metrics, user names and traffic in the clear; the API refuses credentials from afar)"
                 ),
-                fix: "bind [admin] listen to 127.0.0.1 (or ::1) and reach it over SSH or a private network".into(),
+                fix: "set [admin] tls_cert and tls_key, or bind [admin] listen to 127.0.0.1 (or ::1) and reach it over SSH or a private network".into(),
             });
         }
     }
