@@ -54,6 +54,9 @@ enum Cmd {
         /// The configuration to audit (default: the built-in one).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// A secret in use longer than this many days is a finding.
+        #[arg(long, default_value_t = crate::control::selfaudit::MAX_AGE_DAYS)]
+        max_age_days: u64,
     },
     /// Make a new random secret inside the HSM (`[hsm]` of the config) and
     /// print it in every form; give a user `secret = "hsm:LABEL"`.
@@ -223,7 +226,11 @@ pub fn main() -> ExitCode {
             what: Some(AuditCmd::Verify { config, state_dir }),
             ..
         } => audit_verify(config, state_dir),
-        Cmd::Audit { what: None, config } => return self_audit(config),
+        Cmd::Audit {
+            what: None,
+            config,
+            max_age_days,
+        } => return self_audit(config, max_age_days),
         Cmd::Hsm { config, label } => hsm_create(&config, &label),
     };
     match res {
@@ -235,18 +242,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn self_audit(config: Option<PathBuf>) -> ExitCode {
+fn self_audit(config: Option<PathBuf>, max_age_days: u64) -> ExitCode {
     let run = || -> anyhow::Result<bool> {
         let cfg = match &config {
             Some(c) => Config::load(c, &Overrides::default())?,
             None => Config::from_overrides(&Overrides::default())?,
         };
-        // The generated default user, only if it exists (nothing is created).
-        let users = if cfg.users.is_empty() && cfg.state_dir.join("secret").exists() {
-            crate::state::users_for(&cfg)?.0
-        } else {
-            cfg.users.clone()
-        };
+        // The file's users, the generated default one only if it exists
+        // (nothing is created), and those of the admin API; HSM keys stay
+        // labels (they are not judged by their bytes).
+        let users = crate::state::users_unresolved(&cfg, false)?.0;
         let tokens = crate::control::tokens::TokenStore::open(Some(cfg.state_dir.clone())).ok();
         let mut findings = crate::control::selfaudit::run(&cfg, &users, tokens.as_ref());
         let now_ms = crate::civil::unix_now().saturating_mul(1000);
@@ -254,6 +259,12 @@ fn self_audit(config: Option<PathBuf>) -> ExitCode {
             &cfg.state_dir,
             &users,
             now_ms,
+        ));
+        findings.extend(crate::control::selfaudit::aged(
+            &users,
+            &crate::control::ages::load(&cfg.state_dir),
+            crate::control::now(),
+            max_age_days.saturating_mul(86_400),
         ));
         findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         let mut high = false;

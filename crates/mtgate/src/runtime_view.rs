@@ -123,6 +123,14 @@ impl crate::control::view::View for RuntimeView {
         out
     }
 
+    fn secret_starts(&self) -> Vec<(String, u64)> {
+        let rt = self.live.current();
+        rt.users
+            .iter()
+            .flat_map(|u| u.secrets.iter().map(|s| (s.id(), s.valid.not_before)))
+            .collect()
+    }
+
     fn config_rules(&self) -> Vec<crate::control::rules::RuleView> {
         let rt = self.live.current();
         rt.config

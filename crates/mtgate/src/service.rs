@@ -225,7 +225,10 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         if let Some(c) = &control_plane {
             c.set_apply(reloader.clone());
             admin_state.set_control(c.clone());
-            tokio::spawn(crate::control::security::pump_expiries(c.clone()));
+            tokio::spawn(crate::control::security::pump_expiries(
+                c.clone(),
+                cfg.state_dir.clone(),
+            ));
             tokio::spawn(crate::control::security::pump_blocks(
                 c.clone(),
                 runtime.policy.clone(),

@@ -57,21 +57,34 @@ pub fn load_or_create_default_user(dir: &Path, modes: Modes) -> Result<(User, bo
     }
 }
 
+/// [`users_for`] without asking the HSM (its secrets stay labels) and, if
+/// not `create`, without making the default user's secret (no default
+/// user then): what `mtgate audit` reads.
+pub fn users_unresolved(
+    cfg: &crate::config::Config,
+    create: bool,
+) -> Result<(Vec<User>, bool), StateError> {
+    let (users, created) = if !cfg.users.is_empty() {
+        (cfg.users.clone(), false)
+    } else if create || cfg.state_dir.join("secret").exists() {
+        let (u, created) = load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
+        (vec![u], created)
+    } else {
+        (Vec::new(), false)
+    };
+    let managed = crate::control::users::load(&cfg.state_dir, cfg.default_modes)
+        .map_err(|e| StateError::Managed(e.to_string()))?;
+    let users = crate::control::users::merge(users, managed).map_err(StateError::Managed)?;
+    Ok((users, created))
+}
+
 /// The users to serve: the configured ones, or the generated default user
 /// (and whether it was created just now).
 ///
 /// The users managed through the admin API (`state_dir/users.json`,
 /// [`crate::control::users`]) are added to either.
 pub fn users_for(cfg: &crate::config::Config) -> Result<(Vec<User>, bool), StateError> {
-    let (users, created) = if cfg.users.is_empty() {
-        let (u, created) = load_or_create_default_user(&cfg.state_dir, cfg.default_modes)?;
-        (vec![u], created)
-    } else {
-        (cfg.users.clone(), false)
-    };
-    let managed = crate::control::users::load(&cfg.state_dir, cfg.default_modes)
-        .map_err(|e| StateError::Managed(e.to_string()))?;
-    let mut users = crate::control::users::merge(users, managed).map_err(StateError::Managed)?;
+    let (mut users, created) = users_unresolved(cfg, true)?;
     crate::hsm::resolve(cfg.hsm.as_ref(), &mut users)
         .map_err(|e| StateError::Hsm(e.to_string()))?;
     if users

@@ -1,8 +1,9 @@
 //! `mtgate audit` finds suspicious access patterns from what the running
 //! proxy saw: real clients from many loopback addresses share one user's
 //! link past its `max_ips`, and a recorded handshake of that link is
-//! replayed; the proxy saves its access watch in the state directory and
-//! the audit, run as the operator's cron would, reports both.
+//! replayed; the proxy saves its access watch (and when each secret came
+//! into use) in the state directory and the audit, run as the operator's
+//! cron would, reports both (and a secret past its maximum age).
 
 use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
 use mtgate_testkit::conf::key_from_hex as key;
@@ -98,6 +99,32 @@ async fn audit_reports_a_shared_link_and_replays_of_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        // The proxy keeps when each secret came into use; a year and more
+        // later (the file's start moved back, as time would), the audit
+        // finds the secret past its maximum age.
+        let ages = dir.path().join("secret-ages.json");
+        let saved: std::collections::BTreeMap<String, u64> = loop {
+            if let Some(m) = std::fs::read(&ages)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                break m;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {}",
+                ages.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(saved.len(), 1, "{saved:?}");
+        let id = saved.keys().next().expect("alice's secret").clone();
+        let old: std::collections::BTreeMap<_, _> = saved
+            .iter()
+            .map(|(k, v)| (k.clone(), v - 400 * 86_400))
+            .collect();
+        std::fs::write(&ages, serde_json::to_vec(&old).unwrap()).unwrap();
+
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtgate"))
             .args(["audit", "--config"])
             .arg(&path)
@@ -120,6 +147,12 @@ async fn audit_reports_a_shared_link_and_replays_of_it() {
         assert!(
             report.contains(&format!(
                 "[medium] user alice: {REPLAYS} handshakes with its secret were refused"
+            )),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!(
+                "[medium] user alice: secret {id} has been in use for 400 days"
             )),
             "{report}"
         );

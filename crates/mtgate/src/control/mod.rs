@@ -10,6 +10,7 @@
 //! included. A change whose entry cannot be written stands (the proxy keeps
 //! serving); the failure is logged as an error.
 
+pub mod ages;
 pub mod audit;
 pub mod auth;
 pub mod rules;

@@ -71,10 +71,16 @@ pub fn record_blocks(control: &Control, policy: &crate::policy::engine::Policy) 
 /// How often ends are looked for.
 pub const EXPIRY_PUMP: Duration = Duration::from_secs(2);
 
-/// Records every secret, user and token that runs out, until the process ends.
-pub async fn pump_expiries(control: Arc<Control>) {
+/// Records every secret, user and token that runs out, and keeps the ages
+/// of the secrets in use (`state_dir`'s [`super::ages::FILE`]), until the
+/// process ends.
+pub async fn pump_expiries(control: Arc<Control>, state_dir: std::path::PathBuf) {
     let mut last = super::now();
+    let mut ages = super::ages::load(&state_dir);
     loop {
+        if let Ok(view) = control.view() {
+            super::ages::observe(&state_dir, &mut ages, &view.secret_starts(), last);
+        }
         tokio::time::sleep(EXPIRY_PUMP).await;
         let now = super::now();
         record_expiries(&control, last, now);

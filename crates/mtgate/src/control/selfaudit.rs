@@ -79,6 +79,43 @@ fn weakness(key: &[u8; 16]) -> Option<&'static str> {
 /// A secret running out within this many seconds is a finding (7 days).
 pub const SOON: u64 = 7 * 86_400;
 
+/// `mtgate audit --max-age-days`' default: a secret in use for a year.
+pub const MAX_AGE_DAYS: u64 = 365;
+
+/// Secrets in use longer than `max_age` seconds, from the ages the running
+/// proxy keeps ([`super::ages`]); a secret it has not served yet is not
+/// judged. One finding a secret, medium: a long-lived link has had a long
+/// time to leak.
+pub fn aged(users: &[User], ages: &super::ages::Ages, now: u64, max_age: u64) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for u in users {
+        for s in &u.secrets {
+            let id = s.id();
+            let Some(since) = ages.get(&id) else {
+                continue;
+            };
+            let age = now.saturating_sub(*since);
+            if age > max_age && s.valid.not_after >= now {
+                out.push(Finding {
+                    severity: Severity::Medium,
+                    what: format!(
+                        "user {}: secret {id} has been in use for {} days (since {}; the limit is {} days)",
+                        u.name,
+                        age / 86_400,
+                        crate::civil::format_day(i64::try_from(*since).unwrap_or(0)),
+                        max_age / 86_400
+                    ),
+                    fix: format!(
+                        "rotate it: POST /api/v1/users/{}/rotate, or a new [[users.{}.secrets]] with a not_before",
+                        u.name, u.name
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Findings about the validity windows of `u`'s secrets at `now`.
 fn windows(u: &User, now: u64, out: &mut Vec<Finding>) {
     let open = |s: &&crate::config::Secret| s.valid.not_after >= now;
@@ -293,6 +330,23 @@ mod window_tests {
         let mut out = Vec::new();
         windows(u, now, &mut out);
         out.into_iter().map(|f| (f.severity, f.what)).collect()
+    }
+
+    #[test]
+    fn secrets_past_the_maximum_age_are_found() {
+        let now = 1_800_000_000;
+        let u = user(&[(0, u64::MAX), (0, u64::MAX), (0, now - 1)]);
+        let mut ages = crate::control::ages::Ages::new();
+        // The first a year and a day old, the second a month, the third
+        // old but run out (the windows' finding covers it); none unknown.
+        ages.insert(u.secrets[0].id(), now - 366 * 86_400);
+        ages.insert(u.secrets[1].id(), now - 30 * 86_400);
+        ages.insert(u.secrets[2].id(), now - 900 * 86_400);
+        let f = aged(std::slice::from_ref(&u), &ages, now, MAX_AGE_DAYS * 86_400);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].severity, Severity::Medium);
+        assert!(f[0].what.contains("in use for 366 days"), "{}", f[0].what);
+        assert!(aged(&[u], &ages, now, 400 * 86_400).is_empty());
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub trait View: Send + Sync {
     /// Every end ahead or past: `(user, secret id or None for the user
     /// itself, the first second it is refused)`, Unix seconds.
     fn ends(&self) -> Vec<(String, Option<String>, u64)>;
+    /// Every secret in use: `(id, not_before)` (0: no start), for its age.
+    fn secret_starts(&self) -> Vec<(String, u64)>;
     /// The config file's ACL rules.
     fn config_rules(&self) -> Vec<super::rules::RuleView>;
     /// The sources blocked by their reputation now and the ends (Unix ms).
