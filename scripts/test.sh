@@ -38,6 +38,11 @@ if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/
     apt_get tests/realclients/test_hsm.py softhsm2
 fi
 
+echo "== system packages (redis-server: the shared store of crates/mtgate/tests/shared_redis.rs) (${SECONDS}s)"
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${MTGATE_REDIS_SERVER:-}" ]; then
+    apt_get crates/mtgate/tests/shared_redis.rs redis-server
+fi
+
 echo "== cargo build (binaries used by the real-client tests) (${SECONDS}s)"
 cargo build --workspace --bins
 

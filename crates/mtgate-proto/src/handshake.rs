@@ -235,6 +235,8 @@ pub struct Handshake {
     sni: Option<String>,
     /// The user whose key verified a handshake that was then refused.
     matched: Option<usize>,
+    /// The fingerprint this handshake put in the replay cache.
+    fingerprint: Option<[u8; 16]>,
 }
 
 impl Default for Handshake {
@@ -250,7 +252,16 @@ impl Handshake {
             state: State::Start,
             sni: None,
             matched: None,
+            fingerprint: None,
         }
+    }
+
+    /// The fingerprint this handshake put in the local replay cache (the
+    /// FakeTLS client random's first 16 bytes, or bytes 8..24 of an
+    /// obfuscated2 header), once it did: for a replay check shared with
+    /// other nodes.
+    pub fn fingerprint(&self) -> Option<[u8; 16]> {
+        self.fingerprint
     }
 
     /// For a refused handshake that one user's key verified (a replay, a
@@ -356,6 +367,7 @@ impl Handshake {
         if replay.check_and_insert(fp, now) {
             return self.reject_of(user, RejectReason::Replay);
         }
+        self.fingerprint = Some(fp);
         self.state = State::Done;
         Outcome::Accepted(Box::new(Accepted {
             user,
@@ -410,6 +422,7 @@ impl Handshake {
         if replay.check_and_insert(fp, now) {
             return self.reject_of(user, RejectReason::Replay);
         }
+        self.fingerprint = Some(fp);
         let mut len_bytes = [0u8; 4];
         rand(&mut len_bytes);
         let r = u32::from_le_bytes(len_bytes);

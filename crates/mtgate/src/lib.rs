@@ -44,6 +44,7 @@ pub mod runtime_view;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod shared;
 pub mod state;
 pub mod stop;
 pub mod upstream;

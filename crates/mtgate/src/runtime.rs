@@ -50,6 +50,9 @@ pub struct Runtime {
     pub ws_upstream: Option<Arc<crate::net::ws_upstream::WsUpstream>>,
     /// The own site, the fronting target when configured (shared across reloads).
     pub site: Option<Arc<crate::web::Site>>,
+    /// State shared with other nodes (`None`: this node alone; kept across
+    /// reloads, `[shared]` changes with a restart).
+    pub shared: Option<Arc<crate::shared::Shared>>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -60,6 +63,8 @@ pub enum RuntimeError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Site(#[from] crate::web::SiteError),
+    #[error(transparent)]
+    Shared(#[from] crate::shared::BackendError),
 }
 
 /// The runtime new connections get; swapped by a reload.
@@ -139,6 +144,16 @@ impl Runtime {
     ) -> Result<Self, RuntimeError> {
         let window = config.max_past.as_secs() + config.max_future.as_secs();
         let policy = Arc::new(Policy::new(&config, &users, clock)?);
+        let shared = match &config.shared {
+            None => None,
+            Some(c) => {
+                let s = crate::shared::Shared::redis(c.clone(), Duration::from_secs(window))?;
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tokio::spawn(s.clone().run());
+                }
+                Some(s)
+            }
+        };
         let site = match config.site.enabled() {
             true => Some(crate::web::Site::new(
                 &config.site,
@@ -163,6 +178,7 @@ impl Runtime {
             warm: Arc::new(crate::net::warm::WarmPool::new(config.warm)),
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
             site,
+            shared,
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -226,6 +242,7 @@ impl Runtime {
             warm: self.warm.clone(),
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
             site,
+            shared: self.shared.clone(),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),

@@ -468,6 +468,13 @@ async fn handshake_phase(
         };
         match outcome {
             Outcome::NeedMore => {}
+            // A handshake another node served is a replay here too (shared
+            // state, when configured): fronted before anything is answered.
+            Outcome::Respond(_) | Outcome::Accepted(_)
+                if !responded && replayed_elsewhere(rt, hs).await =>
+            {
+                return front_or_close(CloseReason::Rejected(RejectReason::Replay), false, false)
+            }
             Outcome::Respond(bytes) => {
                 responded = true;
                 if stream.write_all(&bytes).await.is_err() {
@@ -482,6 +489,15 @@ async fn handshake_phase(
                 return front_or_close(CloseReason::Rejected(r), false, responded)
             }
         }
+    }
+}
+
+/// Whether the shared state says another node used this handshake (always
+/// `false` without `[shared]`: one `Option` check).
+async fn replayed_elsewhere(rt: &Runtime, hs: &Handshake) -> bool {
+    match (&rt.shared, hs.fingerprint()) {
+        (Some(shared), Some(fp)) => shared.replayed(fp).await,
+        _ => false,
     }
 }
 

@@ -65,6 +65,10 @@ fn obfs2_accepts_each_tag_for_the_right_user() {
             panic!("{out:?}")
         };
         assert_eq!((a.user, a.mode, a.tag, a.dc), (1, mode, tag, DcIndex(-4)));
+        assert_eq!(
+            hs.fingerprint().map(|f| f.to_vec()),
+            Some(wire[8..24].to_vec())
+        );
         assert_eq!(a.early, b"early");
         // The same header again is a replay, of user 1's secret.
         let mut hs = Handshake::new();
@@ -245,6 +249,10 @@ fn tls_flow_with(c: &HandshakeConfig, size: usize, split: usize) {
     let resp = resp.expect("server hello");
     let mut random = [0u8; 32];
     random.copy_from_slice(&hello[11..43]);
+    assert_eq!(
+        hs.fingerprint().map(|f| f.to_vec()),
+        Some(random[..16].to_vec())
+    );
     assert!(verify_server_hello(&resp, &random, &key));
     assert_eq!(server_hello_len(&resp), Some(resp.len()));
     // Client: CCS, then an app record with the obfs2 header + data.

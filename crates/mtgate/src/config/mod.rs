@@ -136,6 +136,8 @@ pub struct Config {
     pub admin_auth_failures: u32,
     /// `[admin] tls_cert` and `tls_key`: the admin listener speaks HTTPS.
     pub admin_tls: Option<(PathBuf, PathBuf)>,
+    /// State shared with other nodes (`[shared]`; `None`: this node alone).
+    pub shared: Option<crate::shared::SharedConfig>,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
     /// Happy eyeballs: how long a DC target may go unanswered before the
@@ -436,6 +438,8 @@ impl Config {
         if !(1..=100_000).contains(&admin_auth_failures) {
             return Err(invalid("admin.auth_failures_per_minute", "use 1..100000"));
         }
+        let shared =
+            crate::shared::SharedConfig::from_raw(raw.shared).map_err(|(k, m)| invalid(k, m))?;
         let admin_tls = match (raw.admin.tls_cert, raw.admin.tls_key) {
             (None, None) => None,
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
@@ -511,6 +515,7 @@ impl Config {
             admin_token,
             admin_auth_failures,
             admin_tls,
+            shared,
             policy,
             proxy_protocol,
             websocket,

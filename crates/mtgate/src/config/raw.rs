@@ -42,6 +42,9 @@ pub struct RawConfig {
     pub site: crate::web::RawSite,
     /// Secrets in an HSM (`[hsm]`, PKCS#11).
     pub hsm: Option<RawHsm>,
+    /// State shared with other nodes (`[shared]`, Redis).
+    #[serde(default)]
+    pub shared: crate::shared::RawShared,
 }
 
 /// `[hsm]`: the PKCS#11 module, the token and where its PIN is.

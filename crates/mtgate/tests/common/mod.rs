@@ -6,6 +6,7 @@ pub mod admin_http;
 pub mod binary;
 pub mod nginx;
 pub mod prober;
+pub mod redis;
 pub mod tls;
 pub mod wss;
 

@@ -1,0 +1,314 @@
+//! State shared across nodes (issue 16), behind a narrow interface.
+//!
+//! Without `[shared]` nothing here exists at run time: every node keeps its
+//! own state and the connection path pays one `Option` check. With it, the
+//! first piece shared is the replay window: a handshake that passed the
+//! node's own replay cache is also marked in the shared store ([`Backend`];
+//! Redis in [`redis`]) with one round trip under a tight timeout, so a
+//! handshake recorded on one node and replayed on another is fronted like a
+//! stranger.
+//!
+//! **The local state stays authoritative.** A check that fails or times out
+//! lets the handshake through on the node's own cache, marks the store down
+//! for [`RETRY`] (no handshake waits on it meanwhile), counts and logs the
+//! degradation once, and queues the fingerprint (at most [`PENDING_MAX`]);
+//! a background task ([`Shared::run`]) writes the queue to the store when
+//! it answers again, so a replay across nodes of a handshake made during the
+//! outage is caught after it. Lost in an outage: a replay on another node
+//! *during* it, and queued fingerprints past the cap.
+
+pub mod redis;
+
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the store is left alone after a failure.
+pub const RETRY: Duration = Duration::from_secs(1);
+/// Fingerprints kept for the store while it is down.
+pub const PENDING_MAX: usize = 65_536;
+/// The default per-check timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// `[shared]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShared {
+    /// `redis://[:password@]host:port[/db]` (or `rediss://` is refused: not built in).
+    pub redis: Option<String>,
+    /// This node's name (default: the host name).
+    pub node: Option<String>,
+    /// Longest wait for the store on a handshake (default 50 ms).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Prefix of every key (default `mtgate`), to share one Redis.
+    pub prefix: Option<String>,
+}
+
+/// `[shared]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    pub redis: String,
+    pub node: String,
+    pub timeout: Duration,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("SharedConfig")
+            .field("node", &self.node)
+            .field("timeout", &self.timeout)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+impl SharedConfig {
+    /// `None` without `[shared] redis`; `Err((key, why))` for a bad value.
+    pub fn from_raw(raw: RawShared) -> Result<Option<Self>, (&'static str, String)> {
+        let Some(url) = raw.redis else {
+            if raw.node.is_some() || raw.timeout.is_some() || raw.prefix.is_some() {
+                return Err(("shared.redis", "the Redis URL (redis://host:port)".into()));
+            }
+            return Ok(None);
+        };
+        if !url.starts_with("redis://") {
+            return Err(("shared.redis", "a redis://host:port[/db] URL".into()));
+        }
+        ::redis::Client::open(url.as_str()).map_err(|e| ("shared.redis", e.to_string()))?;
+        let node = raw.node.unwrap_or_else(host_name);
+        let printable =
+            |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic());
+        if !printable(&node) {
+            return Err(("shared.node", "1..64 printable characters".into()));
+        }
+        let prefix = raw.prefix.unwrap_or_else(|| "mtgate".into());
+        if !printable(&prefix) {
+            return Err(("shared.prefix", "1..64 printable characters".into()));
+        }
+        let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() || timeout > Duration::from_secs(5) {
+            return Err(("shared.timeout", "between 1 ms and 5 s".into()));
+        }
+        Ok(Some(SharedConfig {
+            redis: url,
+            node,
+            timeout,
+            prefix,
+        }))
+    }
+}
+
+/// Why the store did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("shared state: {0}")]
+    Store(String),
+}
+
+/// A boxed future of the store.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send + 'a>>;
+
+/// The shared store: the operations the nodes share state through.
+pub trait Backend: Send + Sync {
+    /// Marks each fingerprint seen for `ttl`; for each, whether another
+    /// handshake had marked it already (a replay).
+    fn mark<'a>(&'a self, fps: &'a [[u8; 16]], ttl: Duration) -> StoreFuture<'a, Vec<bool>>;
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    /// Handshakes the store had not seen.
+    pub fresh: AtomicU64,
+    /// Handshakes another node had seen: fronted as replays.
+    pub replays: AtomicU64,
+    /// Checks that failed or timed out (the local cache decided).
+    pub errors: AtomicU64,
+    /// Checks skipped while the store was down.
+    pub skipped: AtomicU64,
+    /// Fingerprints written to the store after it came back.
+    pub reconciled: AtomicU64,
+}
+
+/// The shared state of this node: the store, its health, and the queue of
+/// fingerprints to write when it answers again.
+pub struct Shared {
+    backend: Arc<dyn Backend>,
+    pub config: SharedConfig,
+    /// How long a replay entry lives (the FakeTLS timestamp window).
+    ttl: Duration,
+    epoch: Instant,
+    /// Monotonic ms (from `epoch`) before which the store is not asked.
+    down_until: AtomicU64,
+    up: AtomicBool,
+    pending: Mutex<VecDeque<[u8; 16]>>,
+    pub stats: SharedStats,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("up", &self.up.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The shared state over `backend`, entries living `ttl`.
+    pub fn new(backend: Arc<dyn Backend>, config: SharedConfig, ttl: Duration) -> Arc<Shared> {
+        Arc::new(Shared {
+            backend,
+            config,
+            ttl: ttl.max(Duration::from_secs(1)),
+            epoch: Instant::now(),
+            down_until: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            pending: Mutex::new(VecDeque::new()),
+            stats: SharedStats::default(),
+        })
+    }
+
+    /// Over Redis, as `config` says.
+    pub fn redis(config: SharedConfig, ttl: Duration) -> Result<Arc<Shared>, BackendError> {
+        let backend = redis::RedisBackend::new(&config)?;
+        Ok(Self::new(Arc::new(backend), config, ttl))
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the store answered the last time it was asked.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// Fingerprints waiting for the store.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn queue(&self, fp: [u8; 16]) {
+        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= PENDING_MAX {
+            q.pop_front();
+        }
+        q.push_back(fp);
+    }
+
+    fn failed(&self, why: &str) {
+        self.stats.errors.fetch_add(1, Relaxed);
+        let until = self.now_ms().saturating_add(RETRY.as_millis() as u64);
+        self.down_until.store(until, Relaxed);
+        if self.up.swap(false, Relaxed) {
+            tracing::warn!(
+                error = %why,
+                node = %self.config.node,
+                "shared state unreachable: this node serves with its own state until it answers"
+            );
+        }
+    }
+
+    fn answered(&self) {
+        if !self.up.swap(true, Relaxed) {
+            tracing::info!(node = %self.config.node, "shared state answers again");
+        }
+    }
+
+    /// Whether another node already used the handshake of fingerprint `fp`
+    /// (a replay to front). Waits at most the configured timeout; when the
+    /// store does not answer, `false` (the local cache already decided) and
+    /// `fp` is queued for the store.
+    pub async fn replayed(&self, fp: [u8; 16]) -> bool {
+        if self.now_ms() < self.down_until.load(Relaxed) {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            self.queue(fp);
+            return false;
+        }
+        let one = [fp];
+        match tokio::time::timeout(self.config.timeout, self.backend.mark(&one, self.ttl)).await {
+            Ok(Ok(seen)) => {
+                self.answered();
+                if seen.first().copied().unwrap_or(false) {
+                    self.stats.replays.fetch_add(1, Relaxed);
+                    true
+                } else {
+                    self.stats.fresh.fetch_add(1, Relaxed);
+                    false
+                }
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                self.queue(fp);
+                false
+            }
+            Err(_) => {
+                self.failed("timed out");
+                self.queue(fp);
+                false
+            }
+        }
+    }
+
+    /// Writes queued fingerprints to the store once it answers, every
+    /// [`RETRY`], until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(RETRY).await;
+            self.flush().await;
+        }
+    }
+
+    /// One attempt to write the queue (in batches of 1 000); a batch the
+    /// store does not take goes back to the front of the queue.
+    pub async fn flush(&self) {
+        loop {
+            let batch: Vec<[u8; 16]> = {
+                let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(1000);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let wait = self.config.timeout.max(Duration::from_millis(500));
+            let why = match tokio::time::timeout(wait, self.backend.mark(&batch, self.ttl)).await {
+                Ok(Ok(_)) => {
+                    self.stats.reconciled.fetch_add(batch.len() as u64, Relaxed);
+                    self.down_until.store(0, Relaxed);
+                    self.answered();
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for fp in batch.into_iter().rev() {
+                if q.len() < PENDING_MAX {
+                    q.push_front(fp);
+                }
+            }
+            drop(q);
+            return self.failed(&why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

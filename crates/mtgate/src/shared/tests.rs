@@ -1,0 +1,125 @@
+//! The shared state's rules over an in-memory store that can be made slow
+//! or broken: replays across "nodes" found, a store that fails or stalls
+//! never holds a handshake past the timeout, what it missed is written when
+//! it answers again.
+
+use super::*;
+use std::collections::HashSet;
+
+/// An in-memory store shared by every node given it.
+#[derive(Default)]
+struct Memory {
+    seen: Mutex<HashSet<[u8; 16]>>,
+    broken: AtomicBool,
+    stall: AtomicBool,
+}
+
+impl Backend for Memory {
+    fn mark<'a>(&'a self, fps: &'a [[u8; 16]], _ttl: Duration) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            if self.stall.load(Relaxed) {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            if self.broken.load(Relaxed) {
+                return Err(BackendError::Store("connection refused".into()));
+            }
+            let mut s = self.seen.lock().unwrap();
+            Ok(fps.iter().map(|f| !s.insert(*f)).collect())
+        })
+    }
+}
+
+fn node(store: &Arc<Memory>, name: &str) -> Arc<Shared> {
+    let cfg = SharedConfig {
+        redis: "redis://127.0.0.1:1".into(),
+        node: name.into(),
+        timeout: Duration::from_millis(20),
+        prefix: "t".into(),
+    };
+    Shared::new(store.clone(), cfg, Duration::from_secs(600))
+}
+
+#[tokio::test]
+async fn a_handshake_seen_on_one_node_is_a_replay_on_another() {
+    let store = Arc::new(Memory::default());
+    let (a, b) = (node(&store, "a"), node(&store, "b"));
+    assert!(!a.replayed([1; 16]).await);
+    assert!(b.replayed([1; 16]).await);
+    assert!(!b.replayed([2; 16]).await);
+    assert_eq!(a.stats.fresh.load(Relaxed), 1);
+    assert_eq!(b.stats.replays.load(Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_broken_or_stalled_store_never_holds_a_handshake_and_is_caught_up() {
+    let store = Arc::new(Memory::default());
+    let (a, b) = (node(&store, "a"), node(&store, "b"));
+    store.stall.store(true, Relaxed);
+    let t = Instant::now();
+    assert!(!a.replayed([3; 16]).await, "the local cache decides");
+    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(!a.is_up());
+    // While down, the store is not asked at all.
+    let t = Instant::now();
+    assert!(!a.replayed([4; 16]).await);
+    assert!(t.elapsed() < Duration::from_millis(10));
+    assert_eq!(a.stats.skipped.load(Relaxed), 1);
+    assert_eq!(a.pending(), 2);
+    // Broken rather than slow: the same.
+    store.stall.store(false, Relaxed);
+    store.broken.store(true, Relaxed);
+    a.flush().await;
+    assert_eq!(a.pending(), 2, "kept for later");
+    // Back: the queue is written, and a replay elsewhere is caught.
+    store.broken.store(false, Relaxed);
+    a.flush().await;
+    assert_eq!((a.pending(), a.is_up()), (0, true));
+    assert_eq!(a.stats.reconciled.load(Relaxed), 2);
+    assert!(b.replayed([3; 16]).await);
+    assert!(b.replayed([4; 16]).await);
+}
+
+#[tokio::test]
+async fn the_queue_is_bounded() {
+    let store = Arc::new(Memory::default());
+    store.broken.store(true, Relaxed);
+    let a = node(&store, "a");
+    for i in 0..(PENDING_MAX + 10) {
+        let mut fp = [0u8; 16];
+        fp[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        a.queue(fp);
+    }
+    assert_eq!(a.pending(), PENDING_MAX);
+}
+
+#[test]
+fn config_is_checked() {
+    let raw = |s: &str| -> RawShared { toml::from_str(s).unwrap() };
+    assert_eq!(SharedConfig::from_raw(raw("")).unwrap(), None);
+    let ok = SharedConfig::from_raw(raw("redis = \"redis://127.0.0.1:6379/2\"\nnode = \"a\""))
+        .unwrap()
+        .unwrap();
+    assert_eq!((ok.node.as_str(), ok.prefix.as_str()), ("a", "mtgate"));
+    assert_eq!(ok.timeout, DEFAULT_TIMEOUT);
+    for (bad, key) in [
+        ("node = \"a\"", "shared.redis"),
+        ("redis = \"http://x\"", "shared.redis"),
+        (
+            "redis = \"redis://h:1\"\nnode = \"has space\"",
+            "shared.node",
+        ),
+        (
+            "redis = \"redis://h:1\"\ntimeout = \"10s\"",
+            "shared.timeout",
+        ),
+    ] {
+        assert_eq!(
+            SharedConfig::from_raw(raw(bad)).unwrap_err().0,
+            key,
+            "{bad}"
+        );
+    }
+    // The URL's password is not printed.
+    let secret = SharedConfig::from_raw(raw("redis = \"redis://:hunter2@h:1\"")).unwrap();
+    assert!(!format!("{secret:?}").contains("hunter2"));
+}

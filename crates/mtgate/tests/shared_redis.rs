@@ -1,0 +1,144 @@
+//! Nodes sharing their replay window through a real Redis (issue 16, first
+//! step): a FakeTLS hello or an obfuscated2 header served by node A and
+//! replayed to node B is fronted by B to the mask site like any stranger's;
+//! with Redis killed mid-test both nodes keep serving every client on their
+//! own state, and once it is back the handshakes they served meanwhile are
+//! written to it, so their replays are caught across nodes again.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use mtgate_proto::faketls::build_client_hello;
+use mtgate_proto::obfs2::{build_header, DcIndex, ProtoTag};
+use mtgate_proto::RejectReason;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_millis(1500);
+
+async fn node(site: &MaskSite, redis: &str, name: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
+         [shared]\nredis = \"{redis}\"\nnode = \"{name}\"\ntimeout = \"200ms\"\n\
+         [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\", \"dd\"]\n",
+        site.addr
+    ))
+    .await
+}
+
+/// What the mask site itself answers `hello` (its ServerHello shape).
+async fn site_shape(site: &MaskSite, hello: &[u8]) -> Vec<(u8, usize)> {
+    let direct = probe(site.addr, &[hello.to_vec()], Duration::ZERO, false, LIMIT).await;
+    record_shape(&direct.bytes)
+}
+
+/// Sends `hello` to `proxy`: its answer's record shape.
+async fn answer(proxy: &Proxy, hello: &[u8]) -> Vec<(u8, usize)> {
+    let got = probe(proxy.addr, &[hello.to_vec()], Duration::ZERO, false, LIMIT).await;
+    record_shape(&got.bytes)
+}
+
+async fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_served_by_one_node_is_fronted_by_another() {
+    let mut redis = RedisServer::start();
+    let site = MaskSite::start(Duration::from_millis(500)).await;
+    let a = node(&site, &redis.url(), "a").await;
+    let b = node(&site, &redis.url(), "b").await;
+    let now = unix_now();
+
+    // FakeTLS: served by A, replayed to B: B answers as the site does.
+    let hello = build_client_hello(&key(), DOMAIN, now, &[1; 64], 1800);
+    served_by_mtgate(None, a.addr, &hello).await;
+    let site_says = site_shape(&site, &hello).await;
+    let got = answer(&b, &hello).await;
+    assert!(
+        shapes_match(&got, &site_says, 2),
+        "B fronts the replay: {got:?} vs {site_says:?}"
+    );
+    wait_for("B counts a replay", || {
+        b.counters.rejected(RejectReason::Replay) == 1
+    })
+    .await;
+    let shared = |p: &Proxy| p.runtime.shared.clone().expect("shared");
+    assert_eq!(shared(&b).stats.replays.load(Relaxed), 1);
+    assert_eq!(shared(&a).stats.fresh.load(Relaxed), 1);
+
+    // obfuscated2 (dd): the same across nodes.
+    let mut random = [7u8; 64];
+    random[0] = 0x55;
+    let (hdr, _) = build_header(&random, ProtoTag::Padded, DcIndex(2), Some(&key()));
+    let first = probe(
+        a.addr,
+        &[hdr.to_vec()],
+        Duration::ZERO,
+        false,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(first.bytes.is_empty());
+    wait_for("A serves the header", || {
+        a.counters.authenticated.load(Relaxed) == 1
+    })
+    .await;
+    let _ = probe(
+        b.addr,
+        &[hdr.to_vec()],
+        Duration::ZERO,
+        false,
+        Duration::from_millis(300),
+    )
+    .await;
+    wait_for("B fronts the replayed header", || {
+        b.counters.rejected(RejectReason::Replay) == 2
+    })
+    .await;
+    assert_eq!(
+        b.counters.authenticated.load(Relaxed),
+        0,
+        "B served nothing"
+    );
+
+    // Redis dies: both nodes keep serving fresh clients promptly.
+    let at = redis.addr;
+    redis.kill();
+    let during = build_client_hello(&key(), DOMAIN, unix_now(), &[2; 64], 1800);
+    let t = Instant::now();
+    served_by_mtgate(None, a.addr, &during).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "no wait on a dead store"
+    );
+    for i in 3..6u8 {
+        let h = build_client_hello(&key(), DOMAIN, unix_now(), &[i; 64], 1800);
+        served_by_mtgate(None, b.addr, &h).await;
+    }
+    assert!(!shared(&a).is_up() && shared(&a).pending() >= 1);
+    // A still refuses its own replays on its local cache.
+    let (got, want) = (answer(&a, &during).await, site_shape(&site, &during).await);
+    assert!(shapes_match(&got, &want, 2), "{got:?} vs {want:?}");
+
+    // Back: what A served meanwhile reaches Redis, and B fronts its replay.
+    let _redis = RedisServer::start_on(at);
+    wait_for("A writes its queue", || shared(&a).pending() == 0).await;
+    assert!(shared(&a).stats.reconciled.load(Relaxed) >= 1);
+    wait_for("B answers again", || {
+        shared(&b).pending() == 0 && shared(&b).is_up()
+    })
+    .await;
+    let before = b.counters.rejected(RejectReason::Replay);
+    let (got, want) = (answer(&b, &during).await, site_shape(&site, &during).await);
+    assert!(shapes_match(&got, &want, 2), "{got:?} vs {want:?}");
+    wait_for("B counts it", || {
+        b.counters.rejected(RejectReason::Replay) == before + 1
+    })
+    .await;
+}
