@@ -149,7 +149,7 @@ impl Runtime {
             Some(c) => {
                 let s = crate::shared::Shared::redis(c.clone(), Duration::from_secs(window))?;
                 if tokio::runtime::Handle::try_current().is_ok() {
-                    tokio::spawn(s.clone().run());
+                    tokio::spawn(s.clone().run(policy.clone()));
                 }
                 Some(s)
             }

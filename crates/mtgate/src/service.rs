@@ -148,6 +148,9 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         if let Some(site) = &runtime.site {
             metrics.set_site(site.clone());
         }
+        if let Some(shared) = &runtime.shared {
+            metrics.set_shared(shared.clone());
+        }
         metrics.set_limits(cfg.max_connections, nofile.map(|l| l.soft));
         if cfg.max_connections < configured_max {
             tracing::warn!(

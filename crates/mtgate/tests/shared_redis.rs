@@ -3,7 +3,8 @@
 //! replayed to node B is fronted by B to the mask site like any stranger's;
 //! with Redis killed mid-test both nodes keep serving every client on their
 //! own state, and once it is back the handshakes they served meanwhile are
-//! written to it, so their replays are caught across nodes again.
+//! written to it, so their replays are caught across nodes again. A user's
+//! `max_connections` counts the connections on every node.
 
 mod common;
 
@@ -12,6 +13,10 @@ use common::*;
 use mtgate_proto::faketls::build_client_hello;
 use mtgate_proto::obfs2::{build_header, DcIndex, ProtoTag};
 use mtgate_proto::RejectReason;
+use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
+use mtgate_testkit::conf::{key_from_hex, TLS_NO_FRONTING};
+use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -71,6 +76,17 @@ async fn a_handshake_served_by_one_node_is_fronted_by_another() {
     let shared = |p: &Proxy| p.runtime.shared.clone().expect("shared");
     assert_eq!(shared(&b).stats.replays.load(Relaxed), 1);
     assert_eq!(shared(&a).stats.fresh.load(Relaxed), 1);
+    // As /metrics shows it: the node, the store up, the replay fronted.
+    let metrics = mtgate::admin::Metrics::new(["alice"]);
+    metrics.set_shared(shared(&b));
+    let text = metrics.encode().expect("metrics");
+    for line in [
+        "mtgate_shared_node{node=\"b\"} 1",
+        "mtgate_shared_up 1",
+        "mtgate_shared_replay_checks_total{result=\"replay\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
 
     // obfuscated2 (dd): the same across nodes.
     let mut random = [7u8; 64];
@@ -141,4 +157,60 @@ async fn a_handshake_served_by_one_node_is_fronted_by_another() {
         b.counters.rejected(RejectReason::Replay) == before + 1
     })
     .await;
+}
+
+/// A `dd` client of `secret` through `proxy` that relays a round trip.
+async fn relays(proxy: SocketAddr, secret: &str) -> Option<ObfsClient> {
+    let opts = ClientOptions {
+        io_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    let mut c = ObfsClient::connect_with(proxy, &key_from_hex(secret), ClientMode::Secure, 2, opts)
+        .await
+        .ok()?;
+    let probe: Vec<u8> = (0..64u8).collect();
+    let round = async {
+        c.send_raw(&probe).await?;
+        c.recv_exact(probe.len()).await
+    };
+    let ok = matches!(
+        tokio::time::timeout(Duration::from_secs(3), round).await,
+        Ok(Ok(v)) if v == probe
+    );
+    ok.then_some(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_hold_across_nodes() {
+    const BOB: &str = "7d1f0c9a5be24e3186a0f4c2d9b8e617";
+    let redis = RedisServer::start();
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
+        .await
+        .expect("fake dc");
+    let start = |name: &'static str| {
+        let text = format!(
+            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
+             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
+             [users.bob]\nsecret = \"{BOB}\"\nmodes = [\"dd\"]\n\
+             [users.bob.limits]\nmax_connections = 2\n",
+            redis.url()
+        );
+        let dc = dc.local_addr();
+        async move { Proxy::start_with_dc(&text, dc).await }
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    let one = relays(a.addr, BOB).await.expect("1st on A");
+    let two = relays(b.addr, BOB).await.expect("2nd on B");
+    // Within two syncs every node counts both.
+    let synced = Duration::from_millis(2500);
+    tokio::time::sleep(synced).await;
+    let shared = a.runtime.shared.clone().expect("shared");
+    assert_eq!(shared.stats.nodes.load(Relaxed), 2, "A sees two nodes");
+    assert!(relays(a.addr, BOB).await.is_none(), "a 3rd on A is refused");
+    assert!(relays(b.addr, BOB).await.is_none(), "a 3rd on B is refused");
+    // One closes on A: B has room again after the next syncs.
+    drop(one);
+    tokio::time::sleep(synced).await;
+    let three = relays(b.addr, BOB).await.expect("room again, on B");
+    drop((two, three));
 }

@@ -114,6 +114,7 @@ pub struct Metrics {
     /// The fronting budget, once the runtime exists (read at scrape time).
     mask_budget: Arc<std::sync::OnceLock<Arc<crate::front::MaskBudget>>>,
     site: Arc<std::sync::OnceLock<Arc<crate::web::Site>>>,
+    shared: Arc<std::sync::OnceLock<Arc<crate::shared::Shared>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +152,7 @@ impl Metrics {
             policy_src: Arc::default(),
             mask_budget: Arc::default(),
             site: Arc::default(),
+            shared: Arc::default(),
         };
         registry.register(
             "connections_max",
@@ -238,6 +240,9 @@ impl Metrics {
         }));
         registry.register_collector(Box::new(super::site_metrics::SiteCollector {
             site: m.site.clone(),
+        }));
+        registry.register_collector(Box::new(super::shared_metrics::SharedCollector {
+            shared: m.shared.clone(),
         }));
         // Known label sets start at zero so rates and dashboards see them at once.
         for r in RejectReason::ALL {
@@ -339,6 +344,11 @@ impl Metrics {
     /// proxy type on, `mtgate_webproxy_*` appear.
     pub fn set_site(&self, site: Arc<crate::web::Site>) {
         let _ = self.site.set(site);
+    }
+
+    /// Attaches the shared state (once): `mtgate_shared_*` appear.
+    pub fn set_shared(&self, shared: Arc<crate::shared::Shared>) {
+        let _ = self.shared.set(shared);
     }
 
     /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).

@@ -32,6 +32,7 @@ pub mod me_metrics;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;
+pub mod shared_metrics;
 pub mod site_metrics;
 pub mod slot;
 pub mod tls;

@@ -158,6 +158,9 @@ struct UserState {
     up: AtomicU64,
     down: AtomicU64,
     active: AtomicU32,
+    /// Open connections of this user on the other nodes (shared state; 0
+    /// on a node alone), refreshed about once a second.
+    remote: AtomicU32,
     bw: [Bucket; 2],
     cold: Mutex<Cold>,
 }
@@ -179,6 +182,7 @@ impl UserState {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            remote: AtomicU32::new(0),
             bw: [Bucket::new(None), Bucket::new(None)],
             cold: Mutex::new(Cold::default()),
         }
@@ -413,7 +417,11 @@ impl UserTable {
         }
         let mono = self.shared.clock.mono_ms();
         if let Some(max) = cold.max_connections {
-            if st.active.load(Relaxed) >= max {
+            let all = st
+                .active
+                .load(Relaxed)
+                .saturating_add(st.remote.load(Relaxed));
+            if all >= max {
                 return refused(cold, UserRefusal::TooManyConnections);
             }
         }

@@ -146,6 +146,15 @@ impl UserTable {
         }
     }
 
+    /// Sets every user's open connections on the other nodes (shared
+    /// state): those named in `remote`, 0 for the rest.
+    pub fn set_remote(&self, remote: &std::collections::HashMap<String, u32>) {
+        for (name, st) in self.users.load().iter() {
+            let n = remote.get(&**name).copied().unwrap_or(0);
+            st.remote.store(n, Relaxed);
+        }
+    }
+
     /// Today's and yesterday's access of `user`.
     pub fn watch(&self, user: &str) -> Option<Watch> {
         Some(self.users.load().get(user)?.cold().watch)

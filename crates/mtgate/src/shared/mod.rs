@@ -128,7 +128,30 @@ pub trait Backend: Send + Sync {
     /// Marks each fingerprint seen for `ttl`; for each, whether another
     /// handshake had marked it already (a replay).
     fn mark<'a>(&'a self, fps: &'a [[u8; 16]], ttl: Duration) -> StoreFuture<'a, Vec<bool>>;
+    /// Publishes this node's heartbeat and its open connections by user
+    /// (living `ttl` unless refreshed); the live nodes and the other live
+    /// nodes' connections summed by user.
+    fn sync<'a>(
+        &'a self,
+        node: &'a str,
+        conns: &'a [(String, u32)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, SyncView>;
 }
+
+/// What the store says of the other nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncView {
+    /// Every live node, this one included.
+    pub nodes: Vec<String>,
+    /// Open connections by user on the other live nodes.
+    pub remote: std::collections::HashMap<String, u32>,
+}
+
+/// How often a node publishes its connections and reads the others'.
+pub const SYNC: Duration = Duration::from_secs(1);
+/// A node not heard from for this long is gone (its counts drop out).
+pub const NODE_TTL: Duration = Duration::from_secs(5);
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -143,6 +166,8 @@ pub struct SharedStats {
     pub skipped: AtomicU64,
     /// Fingerprints written to the store after it came back.
     pub reconciled: AtomicU64,
+    /// Live nodes at the last sync, this one included (0: never synced).
+    pub nodes: AtomicU64,
 }
 
 /// The shared state of this node: the store, its health, and the queue of
@@ -157,6 +182,8 @@ pub struct Shared {
     down_until: AtomicU64,
     up: AtomicBool,
     pending: Mutex<VecDeque<[u8; 16]>>,
+    /// Monotonic ms of the last sync that reached the store.
+    synced: AtomicU64,
     pub stats: SharedStats,
 }
 
@@ -180,6 +207,7 @@ impl Shared {
             down_until: AtomicU64::new(0),
             up: AtomicBool::new(true),
             pending: Mutex::new(VecDeque::new()),
+            synced: AtomicU64::new(0),
             stats: SharedStats::default(),
         })
     }
@@ -266,12 +294,62 @@ impl Shared {
         }
     }
 
-    /// Writes queued fingerprints to the store once it answers, every
-    /// [`RETRY`], until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Every [`SYNC`], until the process ends: publishes this node's open
+    /// connections by user and takes the other nodes' into `users` (their
+    /// `max_connections` then count every node), and writes queued
+    /// fingerprints once the store answers. Without an answer for
+    /// [`NODE_TTL`], the other nodes' counts are dropped: the node goes on
+    /// alone on its own counts.
+    pub async fn run(self: Arc<Self>, users: Arc<crate::policy::engine::Policy>) {
         loop {
-            tokio::time::sleep(RETRY).await;
+            tokio::time::sleep(SYNC).await;
+            self.sync(users.users()).await;
             self.flush().await;
+        }
+    }
+
+    /// One sync of the connection counts with the store.
+    pub async fn sync(&self, users: &crate::policy::users::UserTable) {
+        if self.now_ms() < self.down_until.load(Relaxed) {
+            self.stale(users);
+            return;
+        }
+        let conns: Vec<(String, u32)> = users
+            .stats()
+            .per_user
+            .into_iter()
+            .filter(|u| u.active > 0)
+            .map(|u| (u.name.to_string(), u.active))
+            .collect();
+        let wait = self.config.timeout.max(Duration::from_millis(500));
+        let got =
+            tokio::time::timeout(wait, self.backend.sync(&self.config.node, &conns, NODE_TTL))
+                .await;
+        match got {
+            Ok(Ok(view)) => {
+                self.answered();
+                self.synced.store(self.now_ms().max(1), Relaxed);
+                self.stats.nodes.store(view.nodes.len() as u64, Relaxed);
+                users.set_remote(&view.remote);
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                self.stale(users);
+            }
+            Err(_) => {
+                self.failed("timed out");
+                self.stale(users);
+            }
+        }
+    }
+
+    /// Drops the other nodes' counts once they are older than [`NODE_TTL`].
+    fn stale(&self, users: &crate::policy::users::UserTable) {
+        let last = self.synced.load(Relaxed);
+        if last != 0 && self.now_ms().saturating_sub(last) > NODE_TTL.as_millis() as u64 {
+            users.set_remote(&Default::default());
+            self.stats.nodes.store(1, Relaxed);
+            self.synced.store(0, Relaxed);
         }
     }
 

@@ -5,8 +5,14 @@
 //! set with `NX` and `EX` the replay window: `SET` answers `OK` for a new
 //! handshake and nil for one any node has marked. One round trip a
 //! handshake; a batch (the queue after an outage) is one pipeline.
+//!
+//! Connection counts: each node keeps `PREFIX:conns:NODE`, a hash user →
+//! open connections, replaced and given a fresh expiry every sync, and its
+//! heartbeat in the sorted set `PREFIX:nodes` (score: Unix ms); nodes not
+//! heard from within the expiry are dropped from the set and their hash
+//! runs out, so a node that dies stops counting by itself.
 
-use super::{Backend, BackendError, SharedConfig, StoreFuture};
+use super::{Backend, BackendError, SharedConfig, StoreFuture, SyncView};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -73,6 +79,55 @@ impl Backend for RedisBackend {
             let set: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(store)?;
             // nil: the key was there, another handshake marked it first.
             Ok(set.into_iter().map(|r| r.is_none()).collect())
+        })
+    }
+
+    fn sync<'a>(
+        &'a self,
+        node: &'a str,
+        conns: &'a [(String, u32)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, SyncView> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let now = crate::civil::unix_now().saturating_mul(1000);
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let nodes_key = format!("{}:nodes", self.prefix);
+            let mine = format!("{}:conns:{node}", self.prefix);
+            let mut pipe = ::redis::pipe();
+            pipe.atomic().cmd("DEL").arg(&mine).ignore();
+            if !conns.is_empty() {
+                let cmd = pipe.cmd("HSET").arg(&mine);
+                for (user, n) in conns {
+                    cmd.arg(user).arg(n);
+                }
+                cmd.ignore();
+                pipe.cmd("PEXPIRE").arg(&mine).arg(ttl_ms).ignore();
+            }
+            pipe.cmd("ZADD").arg(&nodes_key).arg(now).arg(node).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&nodes_key)
+                .arg("-inf")
+                .arg(now.saturating_sub(ttl_ms))
+                .ignore();
+            pipe.cmd("ZRANGE").arg(&nodes_key).arg(0).arg(-1);
+            let (nodes,): (Vec<String>,) = pipe.query_async(&mut conn).await.map_err(store)?;
+            let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != node).collect();
+            let mut remote = std::collections::HashMap::new();
+            if !others.is_empty() {
+                let mut read = ::redis::pipe();
+                for n in &others {
+                    read.cmd("HGETALL")
+                        .arg(format!("{}:conns:{n}", self.prefix));
+                }
+                let all: Vec<std::collections::HashMap<String, u32>> =
+                    read.query_async(&mut conn).await.map_err(store)?;
+                for (user, c) in all.into_iter().flatten() {
+                    let e: &mut u32 = remote.entry(user).or_default();
+                    *e = e.saturating_add(c);
+                }
+            }
+            Ok(SyncView { nodes, remote })
         })
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 #[derive(Default)]
 struct Memory {
     seen: Mutex<HashSet<[u8; 16]>>,
+    conns: Mutex<std::collections::BTreeMap<String, Vec<(String, u32)>>>,
     broken: AtomicBool,
     stall: AtomicBool,
 }
@@ -25,6 +26,32 @@ impl Backend for Memory {
             }
             let mut s = self.seen.lock().unwrap();
             Ok(fps.iter().map(|f| !s.insert(*f)).collect())
+        })
+    }
+
+    fn sync<'a>(
+        &'a self,
+        node: &'a str,
+        conns: &'a [(String, u32)],
+        _ttl: Duration,
+    ) -> StoreFuture<'a, SyncView> {
+        Box::pin(async move {
+            if self.broken.load(Relaxed) {
+                return Err(BackendError::Store("connection refused".into()));
+            }
+            let mut all = self.conns.lock().unwrap();
+            all.insert(node.to_owned(), conns.to_vec());
+            let mut remote = std::collections::HashMap::new();
+            for (n, list) in all.iter().filter(|(n, _)| n.as_str() != node) {
+                let _ = n;
+                for (u, c) in list {
+                    *remote.entry(u.clone()).or_insert(0) += c;
+                }
+            }
+            Ok(SyncView {
+                nodes: all.keys().cloned().collect(),
+                remote,
+            })
         })
     }
 }
@@ -122,4 +149,44 @@ fn config_is_checked() {
     // The URL's password is not printed.
     let secret = SharedConfig::from_raw(raw("redis = \"redis://:hunter2@h:1\"")).unwrap();
     assert!(!format!("{secret:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn max_connections_count_every_nodes_connections() {
+    use crate::config::UserLimits;
+    use crate::policy::users::{UserRefusal, UserTable};
+    let store = Arc::new(Memory::default());
+    let (a, b) = (node(&store, "a"), node(&store, "b"));
+    let table = || {
+        let t = UserTable::new(chrono_tz::UTC, crate::policy::clock::SystemClock::shared());
+        let limits = UserLimits {
+            max_connections: Some(2),
+            ..Default::default()
+        };
+        t.reconfigure(&[("u".to_owned(), limits)]);
+        t
+    };
+    let (ta, tb) = (table(), table());
+    let ip = "192.0.2.1".parse().unwrap();
+    let on_a = ta.admit("u", ip).expect("first on A");
+    a.sync(&ta).await;
+    b.sync(&tb).await;
+    assert_eq!(b.stats.nodes.load(Relaxed), 2);
+    let on_b = tb.admit("u", ip).expect("second, on B");
+    assert!(matches!(
+        tb.admit("u", ip),
+        Err(UserRefusal::TooManyConnections)
+    ));
+    b.sync(&tb).await;
+    a.sync(&ta).await;
+    assert!(matches!(
+        ta.admit("u", ip),
+        Err(UserRefusal::TooManyConnections)
+    ));
+    // A connection closes on A: once the nodes sync, B may take another.
+    drop(on_a);
+    a.sync(&ta).await;
+    b.sync(&tb).await;
+    let again = tb.admit("u", ip).expect("room again");
+    drop((on_b, again));
 }
