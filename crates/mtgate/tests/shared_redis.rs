@@ -214,3 +214,58 @@ async fn max_connections_hold_across_nodes() {
     let three = relays(b.addr, BOB).await.expect("room again, on B");
     drop((two, three));
 }
+
+/// Echoes `total` bytes through `c` in 16 KiB chunks; false if it ended early.
+async fn pump(c: &mut ObfsClient, total: usize) -> bool {
+    let chunk = vec![0x5au8; 16 * 1024];
+    let mut moved = 0;
+    while moved < total {
+        let n = chunk.len().min(total - moved);
+        if c.send_raw(&chunk[..n]).await.is_err() {
+            return false;
+        }
+        match c.recv_exact(n).await {
+            Ok(v) if v == chunk[..n] => moved += n,
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_holds_across_nodes() {
+    const CAROL: &str = "3e8a51c07d2b94f6a1c5e0d8b7f3a692";
+    let redis = RedisServer::start();
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
+        .await
+        .expect("fake dc");
+    let start = |name: &'static str| {
+        let text = format!(
+            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
+             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
+             [users.carol]\nsecret = \"{CAROL}\"\nmodes = [\"dd\"]\n\
+             [users.carol.limits]\nquota = 600000\n",
+            redis.url()
+        );
+        let dc = dc.local_addr();
+        async move { Proxy::start_with_dc(&text, dc).await }
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    // 2 × 200 000 bytes (up and down) on A.
+    let mut on_a = relays(a.addr, CAROL).await.expect("A");
+    assert!(pump(&mut on_a, 200_000).await);
+    drop(on_a);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // B knows: 2 × 80 000 more is within the quota, the next bytes are not.
+    let mut on_b = relays(b.addr, CAROL)
+        .await
+        .expect("B admits within the quota");
+    assert!(pump(&mut on_b, 80_000).await, "within the quota");
+    assert!(
+        !pump(&mut on_b, 200_000).await,
+        "B ends the connection at the quota"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(relays(a.addr, CAROL).await.is_none(), "over quota on A too");
+    assert!(relays(b.addr, CAROL).await.is_none(), "and on B");
+}

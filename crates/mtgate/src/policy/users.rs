@@ -161,6 +161,10 @@ struct UserState {
     /// Open connections of this user on the other nodes (shared state; 0
     /// on a node alone), refreshed about once a second.
     remote: AtomicU32,
+    /// Bytes the other nodes relayed for this user toward its lifetime and
+    /// current-period quotas (shared state; 0 on a node alone).
+    remote_bytes: AtomicU64,
+    remote_period: AtomicU64,
     bw: [Bucket; 2],
     cold: Mutex<Cold>,
 }
@@ -183,6 +187,8 @@ impl UserState {
             down: AtomicU64::new(0),
             active: AtomicU32::new(0),
             remote: AtomicU32::new(0),
+            remote_bytes: AtomicU64::new(0),
+            remote_period: AtomicU64::new(0),
             bw: [Bucket::new(None), Bucket::new(None)],
             cold: Mutex::new(Cold::default()),
         }
@@ -265,13 +271,19 @@ impl UserState {
 
     fn over_quota(&self, now: i64) -> bool {
         let q = self.quota.load(Relaxed);
-        if q != NONE && self.lifetime() >= q {
+        if q != NONE
+            && self
+                .lifetime()
+                .saturating_add(self.remote_bytes.load(Relaxed))
+                >= q
+        {
             return true;
         }
         let pq = self.period_quota.load(Relaxed);
         if pq != NONE {
             self.roll(now);
-            return self.period_used.load(Relaxed) >= pq;
+            let used = self.period_used.load(Relaxed);
+            return used.saturating_add(self.remote_period.load(Relaxed)) >= pq;
         }
         false
     }
@@ -462,7 +474,9 @@ mod lease;
 mod usage;
 #[path = "users_watch.rs"]
 pub mod watch;
-pub use usage::{PeriodUsage, UsageView, UserStat, UserStats, UserUsage, UsersSnapshot};
+pub use usage::{
+    PeriodUsage, QuotaUsage, UsageView, UserStat, UserStats, UserUsage, UsersSnapshot,
+};
 use watch::Watch;
 
 #[cfg(test)]

@@ -38,16 +38,18 @@ impl UserLease {
             .saturating_add(n)
             .saturating_add(other.load(Relaxed));
         let quota = st.quota.load(Relaxed);
-        let mut out = if quota != NONE && total >= quota {
-            Charge::Exhausted
-        } else {
-            Charge::Ok
-        };
+        // Other nodes' bytes (shared state) count only under a quota.
+        let mut out =
+            if quota != NONE && total.saturating_add(st.remote_bytes.load(Relaxed)) >= quota {
+                Charge::Exhausted
+            } else {
+                Charge::Ok
+            };
         let pq = st.period_quota.load(Relaxed);
         if pq != NONE {
             st.roll(st.shared.clock.wall_ms());
             let used = st.period_used.fetch_add(n, Relaxed).saturating_add(n);
-            if used >= pq {
+            if used.saturating_add(st.remote_period.load(Relaxed)) >= pq {
                 out = Charge::Exhausted;
             }
         }

@@ -3,7 +3,7 @@
 //! lifetime and period usage carried across restarts ([`UsersSnapshot`]).
 
 use super::watch::Watch;
-use super::{period_from_code, UserState, UserTable};
+use super::{period_from_code, UserState, UserTable, NONE};
 use crate::config::user_limits::QuotaPeriod;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +30,16 @@ pub struct UserStats {
     pub over_quota: usize,
     /// Sorted by name.
     pub per_user: Vec<UserStat>,
+}
+
+/// One user's usage toward its quotas on this node, for the shared state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub name: String,
+    /// Lifetime bytes relayed here.
+    pub lifetime: u64,
+    /// (period start, period end, bytes relayed here in it), Unix ms.
+    pub period: Option<(i64, i64, u64)>,
 }
 
 /// One user's usage, for the admin API and tests.
@@ -152,6 +162,33 @@ impl UserTable {
         for (name, st) in self.users.load().iter() {
             let n = remote.get(&**name).copied().unwrap_or(0);
             st.remote.store(n, Relaxed);
+        }
+    }
+
+    /// Every user under a quota: (name, lifetime bytes here, the current
+    /// period's start and end in Unix ms and bytes here, if a calendar quota
+    /// is set). For the shared state's sync.
+    pub fn quota_usage(&self) -> Vec<QuotaUsage> {
+        let now = self.shared.clock.wall_ms();
+        self.sorted()
+            .iter()
+            .filter(|st| st.quota.load(Relaxed) != NONE || st.period_quota.load(Relaxed) != NONE)
+            .map(|st| QuotaUsage {
+                name: st.name.to_string(),
+                lifetime: st.lifetime(),
+                period: current_period(st, now)
+                    .map(|p| (p.start_ms, st.period_end_ms.load(Acquire), p.used)),
+            })
+            .collect()
+    }
+
+    /// Sets the bytes other nodes relayed for each user (lifetime, current
+    /// period): those named, 0 for the rest.
+    pub fn set_remote_usage(&self, remote: &std::collections::HashMap<String, (u64, u64)>) {
+        for (name, st) in self.users.load().iter() {
+            let (life, period) = remote.get(&**name).copied().unwrap_or((0, 0));
+            st.remote_bytes.store(life, Relaxed);
+            st.remote_period.store(period, Relaxed);
         }
     }
 

@@ -137,6 +137,30 @@ pub trait Backend: Send + Sync {
         conns: &'a [(String, u32)],
         ttl: Duration,
     ) -> StoreFuture<'a, SyncView>;
+    /// Adds each user's bytes to the shared usage; for each, the totals of
+    /// every node after it (lifetime, current period or 0).
+    fn add_usage<'a>(&'a self, deltas: &'a [UsageDelta]) -> StoreFuture<'a, Vec<(u64, u64)>>;
+}
+
+/// Bytes one node relayed for a user since its last sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub user: String,
+    pub bytes: u64,
+    /// (period start, period end, bytes in it), Unix ms: a calendar quota.
+    pub period: Option<(i64, i64, u64)>,
+}
+
+/// What this node has told the store of one user's bytes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pushed {
+    /// The local counters when last pushed.
+    life_seen: u64,
+    period_seen: u64,
+    period_start: i64,
+    /// This node's share of the totals.
+    life_mine: u64,
+    period_mine: u64,
 }
 
 /// What the store says of the other nodes.
@@ -184,6 +208,8 @@ pub struct Shared {
     pending: Mutex<VecDeque<[u8; 16]>>,
     /// Monotonic ms of the last sync that reached the store.
     synced: AtomicU64,
+    /// Per user under a quota: what this node pushed (the sync task's).
+    pushed: Mutex<std::collections::HashMap<String, Pushed>>,
     pub stats: SharedStats,
 }
 
@@ -208,6 +234,7 @@ impl Shared {
             up: AtomicBool::new(true),
             pending: Mutex::new(VecDeque::new()),
             synced: AtomicU64::new(0),
+            pushed: Mutex::default(),
             stats: SharedStats::default(),
         })
     }
@@ -301,11 +328,100 @@ impl Shared {
     /// [`NODE_TTL`], the other nodes' counts are dropped: the node goes on
     /// alone on its own counts.
     pub async fn run(self: Arc<Self>, users: Arc<crate::policy::engine::Policy>) {
+        // Bytes relayed before this node shared anything (its saved usage
+        // included, pushed before a restart) are not pushed again.
+        self.baseline(users.users());
         loop {
             tokio::time::sleep(SYNC).await;
             self.sync(users.users()).await;
+            self.sync_usage(users.users()).await;
             self.flush().await;
         }
+    }
+
+    /// Takes the users' counters as already pushed.
+    fn baseline(&self, users: &crate::policy::users::UserTable) {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        for u in users.quota_usage() {
+            pushed.entry(u.name).or_insert(Pushed {
+                life_seen: u.lifetime,
+                period_seen: u.period.map_or(0, |p| p.2),
+                period_start: u.period.map_or(0, |p| p.0),
+                ..Pushed::default()
+            });
+        }
+    }
+
+    /// One exchange of quota usage with the store: this node's bytes since
+    /// the last one are added to every node's totals, and the others' part
+    /// of the totals goes into `users` (their quotas then count every
+    /// node's bytes). A failed exchange is retried whole at the next sync.
+    pub async fn sync_usage(&self, users: &crate::policy::users::UserTable) {
+        if self.now_ms() < self.down_until.load(Relaxed) {
+            return;
+        }
+        self.baseline(users);
+        let now = users.quota_usage();
+        let deltas: Vec<UsageDelta> = {
+            let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+            pushed.retain(|name, _| now.iter().any(|u| &u.name == name));
+            now.iter()
+                .map(|u| {
+                    let p = pushed.entry(u.name.clone()).or_default();
+                    // A reset (admin API) moves the counters back: start over.
+                    if u.lifetime < p.life_seen {
+                        p.life_seen = u.lifetime;
+                    }
+                    let period = u.period.map(|(start, end, used)| {
+                        // A new period: its bytes so far are pushed; a reset:
+                        // the counter starts over from where it is.
+                        if start != p.period_start {
+                            p.period_start = start;
+                            p.period_seen = 0;
+                            p.period_mine = 0;
+                        } else if used < p.period_seen {
+                            p.period_seen = used;
+                        }
+                        (start, end, used.saturating_sub(p.period_seen))
+                    });
+                    UsageDelta {
+                        user: u.name.clone(),
+                        bytes: u.lifetime.saturating_sub(p.life_seen),
+                        period,
+                    }
+                })
+                .collect()
+        };
+        if deltas.is_empty() {
+            return;
+        }
+        let wait = self.config.timeout.max(Duration::from_millis(500));
+        let totals = match tokio::time::timeout(wait, self.backend.add_usage(&deltas)).await {
+            Ok(Ok(t)) if t.len() == deltas.len() => t,
+            Ok(Ok(_)) => return self.failed("the store answered a different count"),
+            Ok(Err(e)) => return self.failed(&e.to_string()),
+            Err(_) => return self.failed("timed out"),
+        };
+        self.answered();
+        let mut remote = std::collections::HashMap::new();
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        for (d, (life, period)) in deltas.iter().zip(totals) {
+            let p = pushed.entry(d.user.clone()).or_default();
+            p.life_seen = p.life_seen.saturating_add(d.bytes);
+            p.life_mine = p.life_mine.saturating_add(d.bytes);
+            let mut remote_period = 0;
+            if let Some((_, _, bytes)) = d.period {
+                p.period_seen = p.period_seen.saturating_add(bytes);
+                p.period_mine = p.period_mine.saturating_add(bytes);
+                remote_period = period.saturating_sub(p.period_mine);
+            }
+            remote.insert(
+                d.user.clone(),
+                (life.saturating_sub(p.life_mine), remote_period),
+            );
+        }
+        drop(pushed);
+        users.set_remote_usage(&remote);
     }
 
     /// One sync of the connection counts with the store.

@@ -11,8 +11,13 @@
 //! heartbeat in the sorted set `PREFIX:nodes` (score: Unix ms); nodes not
 //! heard from within the expiry are dropped from the set and their hash
 //! runs out, so a node that dies stops counting by itself.
+//!
+//! Quota usage: `PREFIX:bytes:USER` (lifetime) and
+//! `PREFIX:period:USER:START` (the calendar period starting at START, Unix
+//! ms; expires a day after its end), each node `INCRBY` its bytes since its
+//! last sync; the answer is every node's total.
 
-use super::{Backend, BackendError, SharedConfig, StoreFuture, SyncView};
+use super::{Backend, BackendError, SharedConfig, StoreFuture, SyncView, UsageDelta};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -128,6 +133,39 @@ impl Backend for RedisBackend {
                 }
             }
             Ok(SyncView { nodes, remote })
+        })
+    }
+
+    fn add_usage<'a>(&'a self, deltas: &'a [UsageDelta]) -> StoreFuture<'a, Vec<(u64, u64)>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let mut pipe = ::redis::pipe();
+            for d in deltas {
+                pipe.cmd("INCRBY")
+                    .arg(format!("{}:bytes:{}", self.prefix, d.user))
+                    .arg(d.bytes);
+                if let Some((start, end, bytes)) = d.period {
+                    let key = format!("{}:period:{}:{start}", self.prefix, d.user);
+                    pipe.cmd("INCRBY").arg(&key).arg(bytes);
+                    pipe.cmd("PEXPIREAT")
+                        .arg(&key)
+                        .arg(end.saturating_add(86_400_000))
+                        .ignore();
+                }
+            }
+            let totals: Vec<u64> = pipe.query_async(&mut conn).await.map_err(store)?;
+            let mut it = totals.into_iter();
+            let mut out = Vec::with_capacity(deltas.len());
+            for d in deltas {
+                let life = it.next().unwrap_or(0);
+                let period = if d.period.is_some() {
+                    it.next().unwrap_or(0)
+                } else {
+                    0
+                };
+                out.push((life, period));
+            }
+            Ok(out)
         })
     }
 }

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 struct Memory {
     seen: Mutex<HashSet<[u8; 16]>>,
     conns: Mutex<std::collections::BTreeMap<String, Vec<(String, u32)>>>,
+    usage: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     broken: AtomicBool,
     stall: AtomicBool,
 }
@@ -52,6 +53,24 @@ impl Backend for Memory {
                 nodes: all.keys().cloned().collect(),
                 remote,
             })
+        })
+    }
+
+    fn add_usage<'a>(&'a self, deltas: &'a [UsageDelta]) -> StoreFuture<'a, Vec<(u64, u64)>> {
+        Box::pin(async move {
+            if self.broken.load(Relaxed) {
+                return Err(BackendError::Store("connection refused".into()));
+            }
+            let mut all = self.usage.lock().unwrap();
+            Ok(deltas
+                .iter()
+                .map(|d| {
+                    let e = all.entry(d.user.clone()).or_default();
+                    e.0 += d.bytes;
+                    e.1 += d.period.map_or(0, |p| p.2);
+                    *e
+                })
+                .collect())
         })
     }
 }
@@ -189,4 +208,59 @@ async fn max_connections_count_every_nodes_connections() {
     b.sync(&tb).await;
     let again = tb.admit("u", ip).expect("room again");
     drop((on_b, again));
+}
+
+#[tokio::test]
+async fn quotas_count_every_nodes_bytes_and_survive_an_outage() {
+    use crate::config::UserLimits;
+    use crate::policy::users::{Charge, Dir, UserTable};
+    let store = Arc::new(Memory::default());
+    let (a, b) = (node(&store, "a"), node(&store, "b"));
+    let table = || {
+        let t = UserTable::new(chrono_tz::UTC, crate::policy::clock::SystemClock::shared());
+        let limits = UserLimits {
+            quota: Some(1_000),
+            ..Default::default()
+        };
+        t.reconfigure(&[("u".to_owned(), limits)]);
+        t
+    };
+    let (ta, tb) = (table(), table());
+    a.baseline(&ta);
+    b.baseline(&tb);
+    let ip = "192.0.2.1".parse().unwrap();
+    let la = ta.admit("u", ip).expect("A");
+    let lb = tb.admit("u", ip).expect("B");
+    assert_eq!(la.charge(Dir::Up, 600), Charge::Ok);
+    a.sync_usage(&ta).await;
+    b.sync_usage(&tb).await;
+    // B knows A's 600: 300 more is fine, the next 100 reaches the quota.
+    assert_eq!(lb.charge(Dir::Down, 300), Charge::Ok);
+    assert_eq!(lb.charge(Dir::Down, 100), Charge::Exhausted);
+    // A learns B's 400 at its next sync and is over too.
+    b.sync_usage(&tb).await;
+    a.sync_usage(&ta).await;
+    assert!(ta.admit("u", ip).is_err(), "over quota on A as well");
+    // Bytes relayed while the store is down are pushed when it is back.
+    let (tc, td) = (table(), table());
+    let store2 = Arc::new(Memory::default());
+    let (c, d) = (node(&store2, "c"), node(&store2, "d"));
+    c.baseline(&tc);
+    d.baseline(&td);
+    let lc = tc.admit("u", ip).expect("C");
+    store2.broken.store(true, Relaxed);
+    assert_eq!(lc.charge(Dir::Up, 700), Charge::Ok);
+    c.sync_usage(&tc).await;
+    assert!(!c.is_up());
+    store2.broken.store(false, Relaxed);
+    c.down_until.store(0, Relaxed);
+    c.sync_usage(&tc).await;
+    d.sync_usage(&td).await;
+    let ld = td.admit("u", ip).expect("D");
+    assert_eq!(
+        ld.charge(Dir::Up, 300),
+        Charge::Exhausted,
+        "D counts C's outage bytes"
+    );
+    drop((la, lb, lc, ld));
 }
