@@ -242,6 +242,9 @@ pub fn run(a: Start) -> anyhow::Result<()> {
                     h.token.clone(),
                 ));
             }
+            if let Some(shared) = &runtime.shared {
+                share_edits(c, shared);
+            }
         }
         admin_state.set_reload(cfg.admin_token.clone(), {
             let r = reloader.clone();
@@ -635,4 +638,23 @@ pub(crate) fn write_png(
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("QR code written to {}", path.display());
     Ok(())
+}
+
+/// Admin edits shared with the other nodes: a change made here is
+/// announced through the shared state; one announced elsewhere is taken.
+fn share_edits(control: &Arc<crate::control::Control>, shared: &Arc<crate::shared::Shared>) {
+    use crate::control::sync::{Announce, Managed};
+    let s = shared.clone();
+    control.set_announce(Announce(Arc::new(move |what: Managed, content| {
+        s.announce(what.name(), content)
+    })));
+    let c = control.clone();
+    let take = Arc::new(move |what: &str, from: &str, content: Vec<u8>| {
+        if let Some(m) = Managed::parse(what) {
+            if let Err(e) = c.take_remote(m, &content, from) {
+                tracing::warn!(error = %e, node = %from, "an edit from another node was not taken");
+            }
+        }
+    });
+    tokio::spawn(shared.clone().follow(&["rules"], take));
 }

@@ -269,3 +269,89 @@ async fn a_quota_holds_across_nodes() {
     assert!(relays(a.addr, CAROL).await.is_none(), "over quota on A too");
     assert!(relays(b.addr, CAROL).await.is_none(), "and on B");
 }
+
+/// A `dd` round trip from the loopback address `from`.
+async fn relays_from(proxy: SocketAddr, secret: &str, from: &str) -> bool {
+    let opts = ClientOptions {
+        io_timeout: Duration::from_secs(3),
+        bind: Some(from.parse().expect("ip")),
+        ..ClientOptions::default()
+    };
+    let Ok(mut c) =
+        ObfsClient::connect_with(proxy, &key_from_hex(secret), ClientMode::Secure, 2, opts).await
+    else {
+        return false;
+    };
+    let probe: Vec<u8> = (0..64u8).collect();
+    let round = async {
+        c.send_raw(&probe).await?;
+        c.recv_exact(probe.len()).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), round).await,
+        Ok(Ok(v)) if v == probe
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_made_on_one_node_bites_on_the_others_within_a_second() {
+    use common::admin_http::{api, spawn, ALICE, TOKEN};
+    let redis = RedisServer::start();
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
+        .await
+        .expect("fake dc");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pa, pb) = (free_port().port(), free_port().port());
+    let shared = |name: &str| format!("[shared]\nredis = \"{}\"\nnode = \"{name}\"\n", redis.url());
+    let a = spawn(da.path(), pa, dc.local_addr(), "", &shared("a"));
+    let b = spawn(db.path(), pb, dc.local_addr(), "", &shared("b"));
+    assert!(
+        relays_from(b.addr, ALICE, "127.0.0.9").await,
+        "before the block"
+    );
+    // Give B's subscription a moment to be in place.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, rule) = api(
+        pa,
+        "POST",
+        "/api/v1/rules",
+        TOKEN,
+        serde_json::json!({ "net": "127.0.0.9/32", "level": "blocked", "note": "abuse" }),
+    );
+    assert_eq!(status, 201, "{rule}");
+    let made = Instant::now();
+    while relays_from(b.addr, ALICE, "127.0.0.9").await {
+        assert!(
+            made.elapsed() < Duration::from_secs(1),
+            "B still serves 127.0.0.9 a second after the block"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Others still get through B; B's own API lists the rule; its trail says whence.
+    assert!(relays_from(b.addr, ALICE, "127.0.0.10").await);
+    let (_, rules) = api(pb, "GET", "/api/v1/rules", TOKEN, serde_json::Value::Null);
+    assert!(rules.to_string().contains("127.0.0.9/32"), "{rules}");
+    let trail = std::fs::read_to_string(db.path().join("audit.log")).unwrap_or_default();
+    assert!(
+        trail.contains("\"rules.sync\"") && trail.contains("\"a\""),
+        "{trail}"
+    );
+    // Removed on B: A serves the address again.
+    let id = rule["id"].as_str().expect("id");
+    let (status, _) = api(
+        pb,
+        "DELETE",
+        &format!("/api/v1/rules/{id}"),
+        TOKEN,
+        serde_json::Value::Null,
+    );
+    assert_eq!(status, 200);
+    let removed = Instant::now();
+    while !relays_from(a.addr, ALICE, "127.0.0.9").await {
+        assert!(
+            removed.elapsed() < Duration::from_secs(2),
+            "A never lifted the block"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -18,6 +18,7 @@ mod secret_cmds;
 pub mod security;
 pub mod selfaudit;
 pub mod selfaudit_access;
+pub mod sync;
 pub mod tokens;
 mod user_cmds;
 pub mod users;
@@ -143,6 +144,8 @@ pub struct Control {
     pub rules: rules::Rules,
     view: std::sync::OnceLock<std::sync::Arc<dyn view::View>>,
     apply: std::sync::OnceLock<std::sync::Arc<dyn Apply>>,
+    /// Tells the other nodes of a change made here (shared state).
+    announce: std::sync::OnceLock<sync::Announce>,
 }
 
 /// How a change made here reaches the running proxy: the service rebuilds
@@ -210,6 +213,7 @@ impl Control {
             rules,
             view: std::sync::OnceLock::new(),
             apply: std::sync::OnceLock::new(),
+            announce: std::sync::OnceLock::new(),
         })
     }
 

@@ -67,7 +67,7 @@ pub struct NewRule {
     pub note: String,
 }
 
-fn read(dir: &Path) -> Result<Vec<Rule>, ControlError> {
+pub(super) fn read(dir: &Path) -> Result<Vec<Rule>, ControlError> {
     let path = dir.join(FILE);
     match std::fs::read(&path) {
         Ok(t) => serde_json::from_slice(&t)
@@ -77,7 +77,7 @@ fn read(dir: &Path) -> Result<Vec<Rule>, ControlError> {
     }
 }
 
-fn write(dir: &Path, rules: &[Rule]) -> Result<(), ControlError> {
+pub(super) fn write(dir: &Path, rules: &[Rule]) -> Result<(), ControlError> {
     let path = dir.join(FILE);
     let text = serde_json::to_vec_pretty(rules).unwrap_or_default();
     std::fs::create_dir_all(dir)
@@ -113,8 +113,8 @@ pub fn merge(cfg: &mut Config) -> Result<(), ControlError> {
 /// The store of rules: one change at a time.
 #[derive(Debug)]
 pub struct Rules {
-    dir: Option<PathBuf>,
-    lock: Mutex<()>,
+    pub(super) dir: Option<PathBuf>,
+    pub(super) lock: Mutex<()>,
 }
 
 impl Rules {
@@ -160,6 +160,7 @@ impl Control {
             write(dir, &before)?;
             return Err(e);
         }
+        self.announce(super::sync::Managed::Rules, &after);
         Ok(out)
     }
 

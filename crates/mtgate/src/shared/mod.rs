@@ -140,7 +140,24 @@ pub trait Backend: Send + Sync {
     /// Adds each user's bytes to the shared usage; for each, the totals of
     /// every node after it (lifetime, current period or 0).
     fn add_usage<'a>(&'a self, deltas: &'a [UsageDelta]) -> StoreFuture<'a, Vec<(u64, u64)>>;
+    /// Stores `what`'s content and announces it to every node.
+    fn publish<'a>(
+        &'a self,
+        node: &'a str,
+        what: &'a str,
+        content: &'a [u8],
+    ) -> StoreFuture<'a, ()>;
+    /// `what`'s content as last published, if ever.
+    fn fetch<'a>(&'a self, what: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// The announcements from now on: (node, what), until the store goes.
+    fn listen(&self) -> StoreFuture<'_, Announcements>;
 }
+
+/// Takes an announced change: (what, the node that made it, its content).
+pub type Take = Arc<dyn Fn(&str, &str, Vec<u8>) + Send + Sync>;
+
+/// A stream of announcements: (the node that made the change, what).
+pub type Announcements = Pin<Box<dyn futures_util::Stream<Item = (String, String)> + Send>>;
 
 /// Bytes one node relayed for a user since its last sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,6 +356,58 @@ impl Shared {
         }
     }
 
+    /// Stores and announces a change made on this node (in the background;
+    /// a store that is down misses it, and the nodes catch up at the next
+    /// change or when they subscribe again).
+    pub fn announce(self: &Arc<Self>, what: &'static str, content: Vec<u8>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let wait = me.config.timeout.max(Duration::from_millis(500));
+            let sent =
+                tokio::time::timeout(wait, me.backend.publish(&me.config.node, what, &content))
+                    .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => me.failed(&e.to_string()),
+                Err(_) => me.failed("timed out"),
+            }
+        });
+    }
+
+    /// Follows the other nodes' announcements until the process ends: each
+    /// change of `whats` another node announces is fetched and given to
+    /// `take` (with the node's name); on every (re)subscription the stored
+    /// content is given once, so a node that starts or reconnects catches
+    /// up. A lost subscription is retried every [`RETRY`].
+    pub async fn follow(
+        self: Arc<Self>,
+        whats: &'static [&'static str],
+        take: Take,
+    ) {
+        use futures_util::StreamExt;
+        loop {
+            if let Ok(mut stream) = self.backend.listen().await {
+                for what in whats {
+                    if let Ok(Some(c)) = self.backend.fetch(what).await {
+                        take(what, "the shared store", c);
+                    }
+                }
+                while let Some((node, what)) = stream.next().await {
+                    if node == self.config.node || !whats.contains(&what.as_str()) {
+                        continue;
+                    }
+                    let wait = self.config.timeout.max(Duration::from_millis(500));
+                    if let Ok(Ok(Some(c))) =
+                        tokio::time::timeout(wait, self.backend.fetch(&what)).await
+                    {
+                        take(&what, &node, c);
+                    }
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
     /// Takes the users' counters as already pushed.
     fn baseline(&self, users: &crate::policy::users::UserTable) {
         let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
@@ -469,37 +538,37 @@ impl Shared {
         }
     }
 
-    /// One attempt to write the queue (in batches of 1 000); a batch the
-    /// store does not take goes back to the front of the queue.
+    /// One attempt to write the queue (in batches of 1 000); what the
+    /// store took leaves the queue, the rest waits for the next attempt.
+    /// Not tried while the store is known to be down.
     pub async fn flush(&self) {
+        if self.now_ms() < self.down_until.load(Relaxed) {
+            return;
+        }
         loop {
             let batch: Vec<[u8; 16]> = {
-                let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let n = q.len().min(1000);
-                q.drain(..n).collect()
+                let q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                q.iter().take(1000).copied().collect()
             };
             if batch.is_empty() {
                 return;
             }
             let wait = self.config.timeout.max(Duration::from_millis(500));
-            let why = match tokio::time::timeout(wait, self.backend.mark(&batch, self.ttl)).await {
+            match tokio::time::timeout(wait, self.backend.mark(&batch, self.ttl)).await {
                 Ok(Ok(_)) => {
-                    self.stats.reconciled.fetch_add(batch.len() as u64, Relaxed);
+                    let done: std::collections::HashSet<[u8; 16]> = batch.into_iter().collect();
+                    let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = q.len();
+                    q.retain(|fp| !done.contains(fp));
+                    let n = before - q.len();
+                    drop(q);
+                    self.stats.reconciled.fetch_add(n as u64, Relaxed);
                     self.down_until.store(0, Relaxed);
                     self.answered();
-                    continue;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".to_owned(),
-            };
-            let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for fp in batch.into_iter().rev() {
-                if q.len() < PENDING_MAX {
-                    q.push_front(fp);
-                }
+                Ok(Err(e)) => return self.failed(&e.to_string()),
+                Err(_) => return self.failed("timed out"),
             }
-            drop(q);
-            return self.failed(&why);
         }
     }
 }

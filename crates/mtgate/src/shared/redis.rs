@@ -16,8 +16,14 @@
 //! `PREFIX:period:USER:START` (the calendar period starting at START, Unix
 //! ms; expires a day after its end), each node `INCRBY` its bytes since its
 //! last sync; the answer is every node's total.
+//!
+//! Admin edits: `PREFIX:managed:WHAT` holds the content, and
+//! `PUBLISH PREFIX:events "NODE WHAT"` tells every node, each subscribed on
+//! a connection of its own.
 
-use super::{Backend, BackendError, SharedConfig, StoreFuture, SyncView, UsageDelta};
+use super::{
+    Announcements, Backend, BackendError, SharedConfig, StoreFuture, SyncView, UsageDelta,
+};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -166,6 +172,55 @@ impl Backend for RedisBackend {
                 out.push((life, period));
             }
             Ok(out)
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        node: &'a str,
+        what: &'a str,
+        content: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let mut pipe = ::redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
+                .arg(format!("{}:managed:{what}", self.prefix))
+                .arg(content)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(format!("{}:events", self.prefix))
+                .arg(format!("{node} {what}"))
+                .ignore();
+            pipe.query_async::<()>(&mut conn).await.map_err(store)
+        })
+    }
+
+    fn fetch<'a>(&'a self, what: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            ::redis::cmd("GET")
+                .arg(format!("{}:managed:{what}", self.prefix))
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+                .map_err(store)
+        })
+    }
+
+    fn listen(&self) -> StoreFuture<'_, Announcements> {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let mut sub = self.client.get_async_pubsub().await.map_err(store)?;
+            sub.subscribe(format!("{}:events", self.prefix))
+                .await
+                .map_err(store)?;
+            let stream = sub.into_on_message().filter_map(|m| async move {
+                let text: String = m.get_payload().ok()?;
+                let (node, what) = text.split_once(' ')?;
+                Some((node.to_owned(), what.to_owned()))
+            });
+            Ok(Box::pin(stream) as Announcements)
         })
     }
 }

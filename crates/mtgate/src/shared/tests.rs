@@ -12,6 +12,7 @@ struct Memory {
     seen: Mutex<HashSet<[u8; 16]>>,
     conns: Mutex<std::collections::BTreeMap<String, Vec<(String, u32)>>>,
     usage: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    managed: Mutex<std::collections::HashMap<String, Vec<u8>>>,
     broken: AtomicBool,
     stall: AtomicBool,
 }
@@ -73,6 +74,29 @@ impl Backend for Memory {
                 .collect())
         })
     }
+
+    fn publish<'a>(
+        &'a self,
+        _node: &'a str,
+        what: &'a str,
+        content: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.managed
+                .lock()
+                .unwrap()
+                .insert(what.to_owned(), content.to_vec());
+            Ok(())
+        })
+    }
+
+    fn fetch<'a>(&'a self, what: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { Ok(self.managed.lock().unwrap().get(what).cloned()) })
+    }
+
+    fn listen(&self) -> StoreFuture<'_, Announcements> {
+        Box::pin(async move { Err(BackendError::Store("no announcements here".into())) })
+    }
 }
 
 fn node(store: &Arc<Memory>, name: &str) -> Arc<Shared> {
@@ -114,10 +138,12 @@ async fn a_broken_or_stalled_store_never_holds_a_handshake_and_is_caught_up() {
     // Broken rather than slow: the same.
     store.stall.store(false, Relaxed);
     store.broken.store(true, Relaxed);
+    a.down_until.store(0, Relaxed);
     a.flush().await;
     assert_eq!(a.pending(), 2, "kept for later");
     // Back: the queue is written, and a replay elsewhere is caught.
     store.broken.store(false, Relaxed);
+    a.down_until.store(0, Relaxed);
     a.flush().await;
     assert_eq!((a.pending(), a.is_up()), (0, true));
     assert_eq!(a.stats.reconciled.load(Relaxed), 2);

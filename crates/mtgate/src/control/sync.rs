@@ -1,0 +1,100 @@
+//! Admin edits shared with the other nodes (issue 16): a change made here
+//! to the managed rules is announced ([`Control::announce`], through the
+//! shared state's hook); a change announced by another node is taken
+//! ([`Control::take_remote`]): written to this node's state directory and
+//! applied as a local edit is, without announcing it again, and recorded in
+//! the audit trail.
+
+use super::audit::Record;
+use super::{Control, ControlError};
+
+/// What a node announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Managed {
+    /// The ACL rules made through the admin API (`rules.json`).
+    Rules,
+}
+
+impl Managed {
+    pub fn name(self) -> &'static str {
+        match self {
+            Managed::Rules => "rules",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "rules").then_some(Managed::Rules)
+    }
+}
+
+/// How a change made here reaches the other nodes: called with what
+/// changed and its content as JSON.
+#[derive(Clone)]
+pub struct Announce(pub std::sync::Arc<dyn Fn(Managed, Vec<u8>) + Send + Sync>);
+
+impl std::fmt::Debug for Announce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Announce")
+    }
+}
+
+impl Control {
+    /// Connects announcements to the shared state (once, at start).
+    pub fn set_announce(&self, a: Announce) {
+        let _ = self.announce.set(a);
+    }
+
+    pub(super) fn announce<T: serde::Serialize>(&self, what: Managed, content: &T) {
+        if let (Some(a), Ok(bytes)) = (self.announce.get(), serde_json::to_vec(content)) {
+            (a.0)(what, bytes);
+        }
+    }
+
+    /// Takes `what` as another node (`from`) announced it: written here and
+    /// applied if it differs from this node's; `Ok(false)` when it did not.
+    pub fn take_remote(
+        &self,
+        what: Managed,
+        content: &[u8],
+        from: &str,
+    ) -> Result<bool, ControlError> {
+        match what {
+            Managed::Rules => {
+                let rules: Vec<super::rules::Rule> = serde_json::from_slice(content)
+                    .map_err(|e| ControlError::Invalid(format!("rules from {from}: {e}")))?;
+                if rules.len() > super::rules::MAX_RULES {
+                    return Err(ControlError::Invalid(format!(
+                        "rules from {from}: too many"
+                    )));
+                }
+                let _one = self.rules.lock.lock().unwrap_or_else(|p| p.into_inner());
+                let dir = self
+                    .rules
+                    .dir
+                    .as_deref()
+                    .ok_or_else(|| ControlError::Storage("no state directory".into()))?;
+                let before = super::rules::read(dir)?;
+                if before == rules {
+                    return Ok(false);
+                }
+                super::rules::write(dir, &rules)?;
+                let applied = self.apply_managed();
+                if let Err(e) = &applied {
+                    super::rules::write(dir, &before)?;
+                    tracing::warn!(error = %e, node = %from, "rules from another node refused");
+                }
+                self.record(&Record {
+                    action: "rules.sync".into(),
+                    target: Some(from.to_owned()),
+                    after: Some(serde_json::json!({ "rules": rules.len() })),
+                    result: match &applied {
+                        Ok(()) => "ok".into(),
+                        Err(e) => format!("refused: {e}"),
+                    },
+                    ..Default::default()
+                });
+                applied.map(|()| true)
+            }
+        }
+    }
+}
