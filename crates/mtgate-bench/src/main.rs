@@ -60,6 +60,10 @@ pub struct Args {
     /// Run mtgate with `tls.fronting = false` (no mask-site connection per client).
     #[arg(long)]
     no_fronting: bool,
+    /// Run mtgate with `[shared] redis = URL` (state shared across nodes:
+    /// each handshake is checked against the shared replay window).
+    #[arg(long, value_name = "URL")]
+    shared_redis: Option<String>,
     /// Run mtgate with its own site (`[site] hosts` = the FakeTLS domain, a
     /// self-signed certificate): fronting goes to the own site.
     #[arg(long)]

@@ -109,6 +109,8 @@ struct Env {
     site: bool,
     /// ... and the WEB proxy type on it (`--webproxy`).
     webproxy: bool,
+    /// `[shared] redis` (`--shared-redis`).
+    shared_redis: Option<String>,
 }
 
 impl Env {
@@ -147,6 +149,10 @@ impl Env {
             ),
             (false, _) => String::new(),
         };
+        let shared = match &self.shared_redis {
+            Some(url) => format!("\n[shared]\nredis = \"{url}\"\nnode = \"bench-{name}\"\n"),
+            None => String::new(),
+        };
         let cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\npublic_host = \"127.0.0.1\"\nstate_dir = \"{state}\"\nworkers = {workers}\n\n\
              [tls]\ndomains = [\"{DOMAIN}\"]\n{tls}\n{tls_extra}\n{site}\n\
@@ -154,7 +160,7 @@ impl Env {
              [dcs]\n2 = [\"{dc}\"]\n\n[log]\nlevel = \"warn\"\n\n\
              # All load comes from 127.0.0.1: the policy runs (its cost is measured)\n\
              # with per-source limits no single address of a real deployment needs.\n\
-             [policy.rate]\nnew_connections_per_second = 1000000.0\nburst = 1000000\nmax_connections_per_ip = 1000000\n",
+             [policy.rate]\nnew_connections_per_second = 1000000.0\nburst = 1000000\nmax_connections_per_ip = 1000000\n{shared}",
             state = d.join(format!("state-{name}")).display(),
             secret = hex::encode(self.key.expose()),
             dc = self.dc,
@@ -268,6 +274,7 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
         mask,
         site: a.site || a.webproxy,
         webproxy: a.webproxy,
+        shared_redis: a.shared_redis.clone(),
     };
     let mut report = Report {
         machine: Machine::detect(),

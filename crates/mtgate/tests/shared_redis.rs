@@ -58,6 +58,7 @@ async fn a_handshake_served_by_one_node_is_fronted_by_another() {
     let site = MaskSite::start(Duration::from_millis(500)).await;
     let a = node(&site, &redis.url(), "a").await;
     let b = node(&site, &redis.url(), "b").await;
+    let c = node(&site, &redis.url(), "c").await;
     let now = unix_now();
 
     // FakeTLS: served by A, replayed to B: B answers as the site does.
@@ -123,7 +124,41 @@ async fn a_handshake_served_by_one_node_is_fronted_by_another() {
         "B served nothing"
     );
 
-    // Redis dies: both nodes keep serving fresh clients promptly.
+    // Clients keep coming to all three nodes, one after another, through
+    // what follows: Redis killed, then restarted. None may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = tokio::spawn({
+        let (stop, nodes) = (stop.clone(), [a.addr, b.addr, c.addr]);
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0u32;
+            while !stop.load(Relaxed) {
+                let mut random = [0u8; 64];
+                mtgate_crypto::fill_random(&mut random);
+                let hello = build_client_hello(&key(), DOMAIN, unix_now(), &random, 1800);
+                let to = nodes[i as usize % 3];
+                let got = probe(
+                    to,
+                    &[hello],
+                    Duration::ZERO,
+                    false,
+                    Duration::from_millis(250),
+                )
+                .await;
+                if record_shape(&got.bytes).get(..2) == Some(&[(0x16, 122), (0x14, 1)][..]) {
+                    ok += 1;
+                } else {
+                    failed.push((to, got.after));
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Redis dies: every node keeps serving fresh clients promptly.
     let at = redis.addr;
     redis.kill();
     let during = build_client_hello(&key(), DOMAIN, unix_now(), &[2; 64], 1800);
@@ -153,6 +188,17 @@ async fn a_handshake_served_by_one_node_is_fronted_by_another() {
     let before = b.counters.rejected(RejectReason::Replay);
     let (got, want) = (answer(&b, &during).await, site_shape(&site, &during).await);
     assert!(shapes_match(&got, &want, 2), "{got:?} vs {want:?}");
+    stop.store(true, Relaxed);
+    let (ok, failed) = clients.await.expect("clients");
+    assert!(
+        failed.is_empty(),
+        "clients failed: {failed:?} ({ok} served)"
+    );
+    assert!(ok >= 6, "only {ok} clients served");
+    assert!(
+        shared(&c).stats.fresh.load(Relaxed) > 0,
+        "C served through the store too"
+    );
     wait_for("B counts it", || {
         b.counters.rejected(RejectReason::Replay) == before + 1
     })

@@ -379,11 +379,7 @@ impl Shared {
     /// `take` (with the node's name); on every (re)subscription the stored
     /// content is given once, so a node that starts or reconnects catches
     /// up. A lost subscription is retried every [`RETRY`].
-    pub async fn follow(
-        self: Arc<Self>,
-        whats: &'static [&'static str],
-        take: Take,
-    ) {
+    pub async fn follow(self: Arc<Self>, whats: &'static [&'static str], take: Take) {
         use futures_util::StreamExt;
         loop {
             if let Ok(mut stream) = self.backend.listen().await {
