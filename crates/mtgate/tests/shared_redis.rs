@@ -401,3 +401,37 @@ async fn a_block_made_on_one_node_bites_on_the_others_within_a_second() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ips_hold_across_nodes() {
+    const DAVE: &str = "5b0e7c2a9d4f1836e2a7c9b0d5f83e14";
+    let redis = RedisServer::start();
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
+        .await
+        .expect("fake dc");
+    let start = |name: &'static str| {
+        let text = format!(
+            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
+             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
+             [users.dave]\nsecret = \"{DAVE}\"\nmodes = [\"dd\"]\n\
+             [users.dave.limits]\nmax_ips = 1\n",
+            redis.url()
+        );
+        let dc = dc.local_addr();
+        async move { Proxy::start_with_dc(&text, dc).await }
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    assert!(
+        relays_from(a.addr, DAVE, "127.0.0.2").await,
+        "the owner, on A"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !relays_from(b.addr, DAVE, "127.0.0.3").await,
+        "a 2nd address, on B"
+    );
+    assert!(
+        relays_from(b.addr, DAVE, "127.0.0.2").await,
+        "the owner's, on B"
+    );
+}

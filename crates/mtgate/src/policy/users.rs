@@ -138,6 +138,9 @@ struct Cold {
     recent: Vec<RecentIp>,
     /// Today's and yesterday's access, for `mtgate audit`.
     watch: Watch,
+    /// The address keys recent on the other nodes (shared state; empty on a
+    /// node alone), refreshed about once a second.
+    remote_ips: Vec<IpAddr>,
 }
 
 /// One user's state, shared by the table and the user's leases.
@@ -222,6 +225,7 @@ impl UserState {
         cold.ips = l.max_ips;
         if l.max_ips.is_none() {
             cold.recent = Vec::new();
+            cold.remote_ips = Vec::new();
         }
     }
 
@@ -443,10 +447,18 @@ impl UserTable {
                 let window = u64::try_from(lim.window.as_millis()).unwrap_or(u64::MAX);
                 cold.recent
                     .retain(|r| r.active > 0 || mono.saturating_sub(r.last_ms) < window);
+                // Addresses recent on other nodes count too (shared state):
+                // one of them is no new address here.
+                let known_elsewhere = cold.remote_ips.contains(&key);
+                let elsewhere = cold
+                    .remote_ips
+                    .iter()
+                    .filter(|k| !cold.recent.iter().any(|r| r.key == **k))
+                    .count();
                 if let Some(r) = cold.recent.iter_mut().find(|r| r.key == key) {
                     r.active = r.active.saturating_add(1);
                     r.last_ms = mono;
-                } else if cold.recent.len() >= lim.max as usize {
+                } else if !known_elsewhere && cold.recent.len() + elsewhere >= lim.max as usize {
                     return refused(cold, UserRefusal::TooManyIps);
                 } else {
                     cold.recent.push(RecentIp {

@@ -192,6 +192,45 @@ impl UserTable {
         }
     }
 
+    /// The address keys recent here of every user under `max_ips` (for the
+    /// shared state): at most `max_ips` a user.
+    pub fn recent_ips(&self) -> Vec<(String, Vec<std::net::IpAddr>)> {
+        let mono = self.shared.clock.mono_ms();
+        self.sorted()
+            .iter()
+            .filter_map(|st| {
+                let cold = st.cold();
+                let lim = cold.ips?;
+                let window = u64::try_from(lim.window.as_millis()).unwrap_or(u64::MAX);
+                let keys: Vec<_> = cold
+                    .recent
+                    .iter()
+                    .filter(|r| r.active > 0 || mono.saturating_sub(r.last_ms) < window)
+                    .map(|r| r.key)
+                    .collect();
+                Some((st.name.to_string(), keys))
+            })
+            .collect()
+    }
+
+    /// Sets the address keys recent on the other nodes, by user (those
+    /// named; none for the rest). At most 4 096 are kept a user.
+    pub fn set_remote_ips(
+        &self,
+        remote: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+    ) {
+        for (name, st) in self.users.load().iter() {
+            let mut cold = st.cold();
+            if cold.ips.is_none() {
+                continue;
+            }
+            cold.remote_ips = remote
+                .get(&**name)
+                .map(|v| v.iter().take(4096).copied().collect())
+                .unwrap_or_default();
+        }
+    }
+
     /// Today's and yesterday's access of `user`.
     pub fn watch(&self, user: &str) -> Option<Watch> {
         Some(self.users.load().get(user)?.cold().watch)

@@ -128,13 +128,14 @@ pub trait Backend: Send + Sync {
     /// Marks each fingerprint seen for `ttl`; for each, whether another
     /// handshake had marked it already (a replay).
     fn mark<'a>(&'a self, fps: &'a [[u8; 16]], ttl: Duration) -> StoreFuture<'a, Vec<bool>>;
-    /// Publishes this node's heartbeat and its open connections by user
-    /// (living `ttl` unless refreshed); the live nodes and the other live
-    /// nodes' connections summed by user.
+    /// Publishes this node's heartbeat, its open connections by user and
+    /// its recent address keys by user (living `ttl` unless refreshed); the
+    /// live nodes, the other live nodes' connections summed by user and
+    /// their address keys joined by user.
     fn sync<'a>(
         &'a self,
         node: &'a str,
-        conns: &'a [(String, u32)],
+        mine: &'a NodeState,
         ttl: Duration,
     ) -> StoreFuture<'a, SyncView>;
     /// Adds each user's bytes to the shared usage; for each, the totals of
@@ -180,6 +181,15 @@ struct Pushed {
     period_mine: u64,
 }
 
+/// What a node publishes of itself at each sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Open connections by user (users with none left out).
+    pub conns: Vec<(String, u32)>,
+    /// Recent address keys by user under `max_ips`.
+    pub ips: Vec<(String, Vec<std::net::IpAddr>)>,
+}
+
 /// What the store says of the other nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncView {
@@ -187,6 +197,8 @@ pub struct SyncView {
     pub nodes: Vec<String>,
     /// Open connections by user on the other live nodes.
     pub remote: std::collections::HashMap<String, u32>,
+    /// Recent address keys by user on the other live nodes.
+    pub remote_ips: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// How often a node publishes its connections and reads the others'.
@@ -495,23 +507,26 @@ impl Shared {
             self.stale(users);
             return;
         }
-        let conns: Vec<(String, u32)> = users
-            .stats()
-            .per_user
-            .into_iter()
-            .filter(|u| u.active > 0)
-            .map(|u| (u.name.to_string(), u.active))
-            .collect();
+        let mine = NodeState {
+            conns: users
+                .stats()
+                .per_user
+                .into_iter()
+                .filter(|u| u.active > 0)
+                .map(|u| (u.name.to_string(), u.active))
+                .collect(),
+            ips: users.recent_ips(),
+        };
         let wait = self.config.timeout.max(Duration::from_millis(500));
         let got =
-            tokio::time::timeout(wait, self.backend.sync(&self.config.node, &conns, NODE_TTL))
-                .await;
+            tokio::time::timeout(wait, self.backend.sync(&self.config.node, &mine, NODE_TTL)).await;
         match got {
             Ok(Ok(view)) => {
                 self.answered();
                 self.synced.store(self.now_ms().max(1), Relaxed);
                 self.stats.nodes.store(view.nodes.len() as u64, Relaxed);
                 users.set_remote(&view.remote);
+                users.set_remote_ips(&view.remote_ips);
             }
             Ok(Err(e)) => {
                 self.failed(&e.to_string());
@@ -529,6 +544,7 @@ impl Shared {
         let last = self.synced.load(Relaxed);
         if last != 0 && self.now_ms().saturating_sub(last) > NODE_TTL.as_millis() as u64 {
             users.set_remote(&Default::default());
+            users.set_remote_ips(&Default::default());
             self.stats.nodes.store(1, Relaxed);
             self.synced.store(0, Relaxed);
         }

@@ -22,7 +22,8 @@
 //! a connection of its own.
 
 use super::{
-    Announcements, Backend, BackendError, SharedConfig, StoreFuture, SyncView, UsageDelta,
+    Announcements, Backend, BackendError, NodeState, SharedConfig, StoreFuture, SyncView,
+    UsageDelta,
 };
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
@@ -96,9 +97,10 @@ impl Backend for RedisBackend {
     fn sync<'a>(
         &'a self,
         node: &'a str,
-        conns: &'a [(String, u32)],
+        state: &'a NodeState,
         ttl: Duration,
     ) -> StoreFuture<'a, SyncView> {
+        let conns = &state.conns;
         Box::pin(async move {
             let mut conn = self.conn().await?;
             let now = crate::civil::unix_now().saturating_mul(1000);
@@ -115,6 +117,18 @@ impl Backend for RedisBackend {
                 cmd.ignore();
                 pipe.cmd("PEXPIRE").arg(&mine).arg(ttl_ms).ignore();
             }
+            let ips_key = format!("{}:ips:{node}", self.prefix);
+            pipe.cmd("DEL").arg(&ips_key).ignore();
+            let listed: Vec<_> = state.ips.iter().filter(|(_, v)| !v.is_empty()).collect();
+            if !listed.is_empty() {
+                let cmd = pipe.cmd("HSET").arg(&ips_key);
+                for (user, keys) in &listed {
+                    let text: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                    cmd.arg(user).arg(text.join(" "));
+                }
+                cmd.ignore();
+                pipe.cmd("PEXPIRE").arg(&ips_key).arg(ttl_ms).ignore();
+            }
             pipe.cmd("ZADD").arg(&nodes_key).arg(now).arg(node).ignore();
             pipe.cmd("ZREMRANGEBYSCORE")
                 .arg(&nodes_key)
@@ -125,20 +139,39 @@ impl Backend for RedisBackend {
             let (nodes,): (Vec<String>,) = pipe.query_async(&mut conn).await.map_err(store)?;
             let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != node).collect();
             let mut remote = std::collections::HashMap::new();
+            let mut remote_ips: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+                std::collections::HashMap::new();
             if !others.is_empty() {
                 let mut read = ::redis::pipe();
                 for n in &others {
                     read.cmd("HGETALL")
                         .arg(format!("{}:conns:{n}", self.prefix));
+                    read.cmd("HGETALL").arg(format!("{}:ips:{n}", self.prefix));
                 }
-                let all: Vec<std::collections::HashMap<String, u32>> =
+                let all: Vec<std::collections::HashMap<String, String>> =
                     read.query_async(&mut conn).await.map_err(store)?;
-                for (user, c) in all.into_iter().flatten() {
-                    let e: &mut u32 = remote.entry(user).or_default();
-                    *e = e.saturating_add(c);
+                for (i, hash) in all.into_iter().enumerate() {
+                    for (user, v) in hash {
+                        if i % 2 == 0 {
+                            let c: u32 = v.parse().unwrap_or(0);
+                            let e: &mut u32 = remote.entry(user).or_default();
+                            *e = e.saturating_add(c);
+                        } else {
+                            let e = remote_ips.entry(user).or_default();
+                            for k in v.split(' ').filter_map(|s| s.parse().ok()) {
+                                if !e.contains(&k) && e.len() < 4096 {
+                                    e.push(k);
+                                }
+                            }
+                        }
+                    }
                 }
             }
-            Ok(SyncView { nodes, remote })
+            Ok(SyncView {
+                nodes,
+                remote,
+                remote_ips,
+            })
         })
     }
 

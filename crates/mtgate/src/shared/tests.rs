@@ -10,7 +10,7 @@ use std::collections::HashSet;
 #[derive(Default)]
 struct Memory {
     seen: Mutex<HashSet<[u8; 16]>>,
-    conns: Mutex<std::collections::BTreeMap<String, Vec<(String, u32)>>>,
+    conns: Mutex<std::collections::BTreeMap<String, NodeState>>,
     usage: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     managed: Mutex<std::collections::HashMap<String, Vec<u8>>>,
     broken: AtomicBool,
@@ -34,7 +34,7 @@ impl Backend for Memory {
     fn sync<'a>(
         &'a self,
         node: &'a str,
-        conns: &'a [(String, u32)],
+        mine: &'a NodeState,
         _ttl: Duration,
     ) -> StoreFuture<'a, SyncView> {
         Box::pin(async move {
@@ -42,18 +42,20 @@ impl Backend for Memory {
                 return Err(BackendError::Store("connection refused".into()));
             }
             let mut all = self.conns.lock().unwrap();
-            all.insert(node.to_owned(), conns.to_vec());
-            let mut remote = std::collections::HashMap::new();
-            for (n, list) in all.iter().filter(|(n, _)| n.as_str() != node) {
-                let _ = n;
-                for (u, c) in list {
-                    *remote.entry(u.clone()).or_insert(0) += c;
+            all.insert(node.to_owned(), mine.clone());
+            let mut view = SyncView {
+                nodes: all.keys().cloned().collect(),
+                ..SyncView::default()
+            };
+            for (_, state) in all.iter().filter(|(n, _)| n.as_str() != node) {
+                for (u, c) in &state.conns {
+                    *view.remote.entry(u.clone()).or_insert(0) += c;
+                }
+                for (u, keys) in &state.ips {
+                    view.remote_ips.entry(u.clone()).or_default().extend(keys);
                 }
             }
-            Ok(SyncView {
-                nodes: all.keys().cloned().collect(),
-                remote,
-            })
+            Ok(view)
         })
     }
 
@@ -289,4 +291,37 @@ async fn quotas_count_every_nodes_bytes_and_survive_an_outage() {
         "D counts C's outage bytes"
     );
     drop((la, lb, lc, ld));
+}
+
+#[tokio::test]
+async fn max_ips_count_every_nodes_addresses() {
+    use crate::config::user_limits::IpLimit;
+    use crate::config::UserLimits;
+    use crate::policy::users::{UserRefusal, UserTable};
+    let store = Arc::new(Memory::default());
+    let (a, b) = (node(&store, "a"), node(&store, "b"));
+    let table = || {
+        let t = UserTable::new(chrono_tz::UTC, crate::policy::clock::SystemClock::shared());
+        let limits = UserLimits {
+            max_ips: Some(IpLimit {
+                max: 2,
+                window: Duration::from_secs(3600),
+            }),
+            ..Default::default()
+        };
+        t.reconfigure(&[("u".to_owned(), limits)]);
+        t
+    };
+    let (ta, tb) = (table(), table());
+    let ip = |i: u8| std::net::IpAddr::from([192, 0, 2, i]);
+    let l1 = ta.admit("u", ip(1)).expect("1st address, on A");
+    let l2 = tb.admit("u", ip(2)).expect("2nd address, on B");
+    a.sync(&ta).await;
+    b.sync(&tb).await;
+    a.sync(&ta).await;
+    // A third address is refused on both; the two known ones pass on either.
+    assert!(matches!(ta.admit("u", ip(3)), Err(UserRefusal::TooManyIps)));
+    assert!(matches!(tb.admit("u", ip(3)), Err(UserRefusal::TooManyIps)));
+    let again = ta.admit("u", ip(2)).expect("B's address is known on A");
+    drop((l1, l2, again));
 }
