@@ -656,5 +656,5 @@ fn share_edits(control: &Arc<crate::control::Control>, shared: &Arc<crate::share
             }
         }
     });
-    tokio::spawn(shared.clone().follow(&["rules"], take));
+    tokio::spawn(shared.clone().follow(&Managed::ALL, take));
 }

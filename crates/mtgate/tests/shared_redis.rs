@@ -340,7 +340,7 @@ async fn relays_from(proxy: SocketAddr, secret: &str, from: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_block_made_on_one_node_bites_on_the_others_within_a_second() {
+async fn admin_edits_made_on_one_node_bite_on_the_others_within_a_second() {
     use common::admin_http::{api, spawn, ALICE, TOKEN};
     let redis = RedisServer::start();
     let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
@@ -382,6 +382,26 @@ async fn a_block_made_on_one_node_bites_on_the_others_within_a_second() {
         trail.contains("\"rules.sync\"") && trail.contains("\"a\""),
         "{trail}"
     );
+    // A user made through A's API serves on B within a second too.
+    const ERIN: &str = "c4f19a2e7b05d863a1e9f0b27c5d48e3";
+    let (status, user) = api(
+        pa,
+        "POST",
+        "/api/v1/users",
+        TOKEN,
+        serde_json::json!({ "name": "erin", "secret": ERIN, "modes": ["dd"] }),
+    );
+    assert_eq!(status, 201, "{user}");
+    let made = Instant::now();
+    while !relays_from(b.addr, ERIN, "127.0.0.11").await {
+        assert!(
+            made.elapsed() < Duration::from_secs(2),
+            "B never served erin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trail = std::fs::read_to_string(db.path().join("audit.log")).unwrap_or_default();
+    assert!(trail.contains("\"users.sync\""), "{trail}");
     // Removed on B: A serves the address again.
     let id = rule["id"].as_str().expect("id");
     let (status, _) = api(

@@ -92,7 +92,7 @@ impl Control {
         let mut seen = (None, None);
         let r = by.require(Role::Standard).and_then(|()| {
             let modes = self.default_modes();
-            self.managed.change(
+            self.change_users(
                 |e| {
                     let before = self.managed_entry(e, name)?;
                     let mut list = secrets_of(&before);

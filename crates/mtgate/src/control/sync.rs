@@ -1,5 +1,5 @@
 //! Admin edits shared with the other nodes (issue 16): a change made here
-//! to the managed rules is announced ([`Control::announce`], through the
+//! to the managed rules or users is announced ([`Control::announce`], through the
 //! shared state's hook); a change announced by another node is taken
 //! ([`Control::take_remote`]): written to this node's state directory and
 //! applied as a local edit is, without announcing it again, and recorded in
@@ -13,18 +13,28 @@ use super::{Control, ControlError};
 pub enum Managed {
     /// The ACL rules made through the admin API (`rules.json`).
     Rules,
+    /// The users made through the admin API (`users.json`).
+    Users,
 }
 
 impl Managed {
     pub fn name(self) -> &'static str {
         match self {
             Managed::Rules => "rules",
+            Managed::Users => "users",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        (s == "rules").then_some(Managed::Rules)
+        match s {
+            "rules" => Some(Managed::Rules),
+            "users" => Some(Managed::Users),
+            _ => None,
+        }
     }
+
+    /// Every kind, as announced.
+    pub const ALL: [&'static str; 2] = ["rules", "users"];
 }
 
 /// How a change made here reaches the other nodes: called with what
@@ -42,6 +52,18 @@ impl Control {
     /// Connects announcements to the shared state (once, at start).
     pub fn set_announce(&self, a: Announce) {
         let _ = self.announce.set(a);
+    }
+
+    /// [`super::users::Store::change`] with the running proxy applying it,
+    /// announced to the other nodes when it took.
+    pub(super) fn change_users<T>(
+        &self,
+        change: impl FnOnce(&mut super::users::Entries) -> Result<T, ControlError>,
+        apply: impl FnOnce() -> Result<(), ControlError>,
+    ) -> Result<T, ControlError> {
+        let out = self.managed.change(change, apply)?;
+        self.announce(Managed::Users, &self.managed.entries());
+        Ok(out)
     }
 
     pub(super) fn announce<T: serde::Serialize>(&self, what: Managed, content: &T) {
@@ -87,6 +109,44 @@ impl Control {
                     action: "rules.sync".into(),
                     target: Some(from.to_owned()),
                     after: Some(serde_json::json!({ "rules": rules.len() })),
+                    result: match &applied {
+                        Ok(()) => "ok".into(),
+                        Err(e) => format!("refused: {e}"),
+                    },
+                    ..Default::default()
+                });
+                applied.map(|()| true)
+            }
+            Managed::Users => {
+                let entries: super::users::Entries = serde_json::from_slice(content)
+                    .map_err(|e| ControlError::Invalid(format!("users from {from}: {e}")))?;
+                let modes = crate::config::Modes {
+                    classic: false,
+                    secure: true,
+                    fake_tls: true,
+                };
+                crate::config::parse_users_json(&entries, modes)
+                    .map_err(|e| ControlError::Invalid(format!("users from {from}: {e}")))?;
+                let _one = self.managed.lock.lock().unwrap_or_else(|p| p.into_inner());
+                let dir = self
+                    .managed
+                    .dir
+                    .as_deref()
+                    .ok_or_else(|| ControlError::Storage("no state directory".into()))?;
+                let before = super::users::read(dir)?;
+                if before == entries {
+                    return Ok(false);
+                }
+                super::users::write(dir, &entries)?;
+                let applied = self.apply_managed();
+                if let Err(e) = &applied {
+                    super::users::write(dir, &before)?;
+                    tracing::warn!(error = %e, node = %from, "users from another node refused");
+                }
+                self.record(&Record {
+                    action: "users.sync".into(),
+                    target: Some(from.to_owned()),
+                    after: Some(serde_json::json!({ "users": entries.len() })),
                     result: match &applied {
                         Ok(()) => "ok".into(),
                         Err(e) => format!("refused: {e}"),

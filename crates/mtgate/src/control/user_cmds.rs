@@ -164,7 +164,7 @@ impl Control {
         }
         check(&new.name, &entry, self.default_modes())?;
         let name = new.name;
-        self.managed.change(
+        self.change_users(
             |e| {
                 if e.contains_key(&name) || view.users().iter().any(|u| u.name == name) {
                     return Err(ControlError::Exists(format!("user `{name}`")));
@@ -206,7 +206,7 @@ impl Control {
         seen: &mut (Option<Value>, Option<Value>),
     ) -> Result<view::UserView, ControlError> {
         let modes = self.default_modes();
-        let (before, after) = self.managed.change(
+        let (before, after) = self.change_users(
             |e| {
                 let before = self.managed_entry(e, name)?;
                 let mut entry = before.clone();
@@ -245,7 +245,7 @@ impl Control {
     pub fn delete_user(&self, by: &Principal, name: &str) -> Result<(), ControlError> {
         let mut before = None;
         let r = by.require(Role::Standard).and_then(|()| {
-            let b = self.managed.change(
+            let b = self.change_users(
                 |e| {
                     let b = self.managed_entry(e, name)?;
                     e.remove(name);

@@ -86,8 +86,8 @@ pub fn write(dir: &Path, entries: &Entries) -> Result<(), StoreError> {
 /// The store: one change at a time.
 #[derive(Debug)]
 pub struct Store {
-    dir: Option<PathBuf>,
-    lock: Mutex<()>,
+    pub(super) dir: Option<PathBuf>,
+    pub(super) lock: Mutex<()>,
 }
 
 impl Store {
