@@ -273,6 +273,10 @@ impl crate::control::Apply for Reloader {
             .map_err(|e| e.to_string())
     }
 
+    fn block(&self, ip: std::net::IpAddr, for_ms: u64) {
+        self.live.current().policy.ips().block(ip, for_ms);
+    }
+
     fn unblock(&self, ip: std::net::IpAddr) -> bool {
         self.live.current().policy.ips().unblock(ip)
     }

@@ -455,3 +455,72 @@ async fn max_ips_hold_across_nodes() {
         "the owner's, on B"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reputation_block_on_one_node_bites_on_the_others() {
+    use common::admin_http::{spawn, ALICE};
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
+        .await
+        .expect("fake dc");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Scope `all`: a blocked source is refused even with a valid secret
+    // (the default spares authenticated clients behind a blocked address).
+    let extra = |name: &str| {
+        format!(
+            "[shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
+             [policy.rate]\nscope = \"all\"\n[policy.reputation]\nthreshold = 25.0\n",
+            redis.url()
+        )
+    };
+    let a = spawn(
+        da.path(),
+        free_port().port(),
+        dc.local_addr(),
+        "",
+        &extra("a"),
+    );
+    let b = spawn(
+        db.path(),
+        free_port().port(),
+        dc.local_addr(),
+        "",
+        &extra("b"),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(relays_from(b.addr, ALICE, "127.0.0.20").await, "before");
+    // Three failed handshakes from 127.0.0.20 on A: A's reputation blocks it.
+    for _ in 0..3 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.20:0".parse().unwrap()).unwrap();
+        if let Ok(mut s) = sock.connect(a.addr).await {
+            let _ = s.write_all(&[0x42; 64]).await;
+            let mut buf = [0u8; 16];
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+            )
+            .await;
+        }
+    }
+    let start = Instant::now();
+    while relays_from(b.addr, ALICE, "127.0.0.20").await {
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "B still serves a source A's reputation blocked; A's trail: {}; B's: {}",
+            std::fs::read_to_string(da.path().join("audit.log")).unwrap_or_default(),
+            std::fs::read_to_string(db.path().join("audit.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        relays_from(b.addr, ALICE, "127.0.0.21").await,
+        "others pass"
+    );
+    let trail = std::fs::read_to_string(db.path().join("audit.log")).unwrap_or_default();
+    assert!(
+        trail.contains("\"blocks.sync\"") && trail.contains("127.0.0.20"),
+        "{trail}"
+    );
+}

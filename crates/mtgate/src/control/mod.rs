@@ -157,6 +157,8 @@ pub trait Apply: Send + Sync {
     fn apply_managed(&self) -> Result<(), String>;
     /// Lifts the reputation block of `ip`'s source; `false`: none.
     fn unblock(&self, ip: IpAddr) -> bool;
+    /// Blocks `ip`'s source for `for_ms` (another node's reputation block).
+    fn block(&self, ip: IpAddr, for_ms: u64);
     /// Reloads the config file now (as `SIGHUP` does): the summary or why not.
     fn reload(&self) -> Result<String, String>;
     /// The config file as it is (secrets redacted), the running listeners,

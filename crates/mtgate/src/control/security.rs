@@ -49,6 +49,18 @@ pub async fn pump_blocks(control: Arc<Control>, policy: Arc<crate::policy::engin
 /// One take of the block log.
 pub fn record_blocks(control: &Control, policy: &crate::policy::engine::Policy) {
     let (blocks, more) = policy.ips().take_blocks();
+    if !blocks.is_empty() {
+        // The other nodes block them too (shared state, when configured).
+        let now = crate::civil::unix_now().saturating_mul(1000);
+        let shared: Vec<super::sync::SharedBlock> = blocks
+            .iter()
+            .map(|b| super::sync::SharedBlock {
+                source: b.source,
+                until: now.saturating_add(i64::try_from(b.for_ms).unwrap_or(i64::MAX)),
+            })
+            .collect();
+        control.announce(super::sync::Managed::Blocks, &shared);
+    }
     for b in blocks {
         control.record(&Record {
             action: "source.block".into(),

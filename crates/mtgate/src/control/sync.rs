@@ -15,6 +15,8 @@ pub enum Managed {
     Rules,
     /// The users made through the admin API (`users.json`).
     Users,
+    /// Reputation blocks that began on a node: `[{source, until}]`, Unix ms.
+    Blocks,
 }
 
 impl Managed {
@@ -22,6 +24,7 @@ impl Managed {
         match self {
             Managed::Rules => "rules",
             Managed::Users => "users",
+            Managed::Blocks => "blocks",
         }
     }
 
@@ -29,12 +32,21 @@ impl Managed {
         match s {
             "rules" => Some(Managed::Rules),
             "users" => Some(Managed::Users),
+            "blocks" => Some(Managed::Blocks),
             _ => None,
         }
     }
 
     /// Every kind, as announced.
-    pub const ALL: [&'static str; 2] = ["rules", "users"];
+    pub const ALL: [&'static str; 3] = ["rules", "users", "blocks"];
+}
+
+/// A reputation block shared with the other nodes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedBlock {
+    pub source: std::net::IpAddr,
+    /// Unix ms.
+    pub until: i64,
 }
 
 /// How a change made here reaches the other nodes: called with what
@@ -154,6 +166,34 @@ impl Control {
                     ..Default::default()
                 });
                 applied.map(|()| true)
+            }
+            Managed::Blocks => {
+                let blocks: Vec<SharedBlock> = serde_json::from_slice(content)
+                    .map_err(|e| ControlError::Invalid(format!("blocks from {from}: {e}")))?;
+                let apply = self
+                    .apply
+                    .get()
+                    .ok_or(ControlError::NotFound("running proxy"))?;
+                let now = crate::civil::unix_now().saturating_mul(1000);
+                let mut taken = 0;
+                for b in blocks.iter().take(super::rules::MAX_LISTED_BLOCKS) {
+                    if b.until > now {
+                        apply.block(b.source, u64::try_from(b.until - now).unwrap_or(0));
+                        taken += 1;
+                    }
+                }
+                if taken > 0 {
+                    self.record(&Record {
+                        action: "blocks.sync".into(),
+                        target: Some(from.to_owned()),
+                        after: Some(serde_json::json!({
+                            "sources": blocks.iter().filter(|b| b.until > now).map(|b| b.source.to_string()).collect::<Vec<_>>()
+                        })),
+                        result: "ok".into(),
+                        ..Default::default()
+                    });
+                }
+                Ok(taken > 0)
             }
         }
     }

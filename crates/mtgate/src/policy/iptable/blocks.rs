@@ -27,6 +27,18 @@ impl IpTable {
             .collect()
     }
 
+    /// Blocks `ip`'s source for `for_ms` (a block another node's reputation
+    /// made: shared state), unless it is blocked longer already; not logged
+    /// as a block that began here. A full table makes room as for any new
+    /// source.
+    pub fn block(&self, ip: IpAddr, for_ms: u64) {
+        let now = self.clock.mono_ms();
+        let key = self.key_of(ip);
+        let mut s = self.shard(&key);
+        let e = s.slot(key, now, &self.evictions);
+        e.blocked_until_ms = e.blocked_until_ms.max(now.saturating_add(for_ms));
+    }
+
     /// Lifts the block of `ip`'s source and forgives its score; `false`
     /// when it was not blocked.
     pub fn unblock(&self, ip: IpAddr) -> bool {
