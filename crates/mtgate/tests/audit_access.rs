@@ -5,11 +5,10 @@
 //! into use) in the state directory and the audit, run as the operator's
 //! cron would, reports both (and a secret past its maximum age).
 
-use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
-use mtgate_testkit::conf::key_from_hex as key;
+use mtgate_testkit::client::ObfsClient;
 use mtgate_testkit::conf::{dcs_table, TLS_NO_FRONTING};
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -18,25 +17,7 @@ const SECRET: &str = "7d1f0c9a5be24e3186a0f4c2d9b8e617";
 const REPLAYS: usize = 10;
 
 async fn open(addr: SocketAddr, from: &str, init: Option<[u8; 64]>) -> Option<ObfsClient> {
-    let opts = ClientOptions {
-        bind: Some(from.parse::<IpAddr>().expect("ip")),
-        io_timeout: Duration::from_secs(5),
-        init,
-        ..ClientOptions::default()
-    };
-    let mut c = ObfsClient::connect_with(addr, &key(SECRET), ClientMode::Secure, 2, opts)
-        .await
-        .ok()?;
-    let probe: Vec<u8> = (0..64u8).collect();
-    let round = async {
-        c.send_raw(&probe).await?;
-        c.recv_exact(probe.len()).await
-    };
-    let ok = matches!(
-        tokio::time::timeout(Duration::from_secs(3), round).await,
-        Ok(Ok(v)) if v == probe
-    );
-    ok.then_some(c)
+    common::clients::dd_relays(addr, SECRET, Some(from), init).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

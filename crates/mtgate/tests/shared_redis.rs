@@ -8,13 +8,14 @@
 
 mod common;
 
+use common::clients::dd_relays;
 use common::redis::RedisServer;
 use common::*;
 use mtgate_proto::faketls::build_client_hello;
 use mtgate_proto::obfs2::{build_header, DcIndex, ProtoTag};
 use mtgate_proto::RejectReason;
-use mtgate_testkit::client::{ClientMode, ClientOptions, ObfsClient};
-use mtgate_testkit::conf::{key_from_hex, TLS_NO_FRONTING};
+use mtgate_testkit::client::ObfsClient;
+use mtgate_testkit::conf::TLS_NO_FRONTING;
 use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -207,23 +208,30 @@ async fn a_handshake_served_by_one_node_is_fronted_by_another() {
 
 /// A `dd` client of `secret` through `proxy` that relays a round trip.
 async fn relays(proxy: SocketAddr, secret: &str) -> Option<ObfsClient> {
-    let opts = ClientOptions {
-        io_timeout: Duration::from_secs(3),
-        ..ClientOptions::default()
+    dd_relays(proxy, secret, None, None).await
+}
+
+/// Two nodes sharing `redis`, DCs at `dc`, with one `dd` user and its limits.
+async fn limited_nodes(
+    redis: &RedisServer,
+    dc: SocketAddr,
+    user: &str,
+    secret: &str,
+    limits: &str,
+) -> (Proxy, Proxy) {
+    let text = |name: &str| {
+        format!(
+            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
+             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
+             [users.{user}]\nsecret = \"{secret}\"\nmodes = [\"dd\"]\n\
+             [users.{user}.limits]\n{limits}\n",
+            redis.url()
+        )
     };
-    let mut c = ObfsClient::connect_with(proxy, &key_from_hex(secret), ClientMode::Secure, 2, opts)
-        .await
-        .ok()?;
-    let probe: Vec<u8> = (0..64u8).collect();
-    let round = async {
-        c.send_raw(&probe).await?;
-        c.recv_exact(probe.len()).await
-    };
-    let ok = matches!(
-        tokio::time::timeout(Duration::from_secs(3), round).await,
-        Ok(Ok(v)) if v == probe
-    );
-    ok.then_some(c)
+    (
+        Proxy::start_with_dc(&text("a"), dc).await,
+        Proxy::start_with_dc(&text("b"), dc).await,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,18 +241,7 @@ async fn max_connections_hold_across_nodes() {
     let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
         .await
         .expect("fake dc");
-    let start = |name: &'static str| {
-        let text = format!(
-            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
-             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
-             [users.bob]\nsecret = \"{BOB}\"\nmodes = [\"dd\"]\n\
-             [users.bob.limits]\nmax_connections = 2\n",
-            redis.url()
-        );
-        let dc = dc.local_addr();
-        async move { Proxy::start_with_dc(&text, dc).await }
-    };
-    let (a, b) = (start("a").await, start("b").await);
+    let (a, b) = limited_nodes(&redis, dc.local_addr(), "bob", BOB, "max_connections = 2").await;
     let one = relays(a.addr, BOB).await.expect("1st on A");
     let two = relays(b.addr, BOB).await.expect("2nd on B");
     // Within two syncs every node counts both.
@@ -285,18 +282,7 @@ async fn a_quota_holds_across_nodes() {
     let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
         .await
         .expect("fake dc");
-    let start = |name: &'static str| {
-        let text = format!(
-            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
-             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
-             [users.carol]\nsecret = \"{CAROL}\"\nmodes = [\"dd\"]\n\
-             [users.carol.limits]\nquota = 600000\n",
-            redis.url()
-        );
-        let dc = dc.local_addr();
-        async move { Proxy::start_with_dc(&text, dc).await }
-    };
-    let (a, b) = (start("a").await, start("b").await);
+    let (a, b) = limited_nodes(&redis, dc.local_addr(), "carol", CAROL, "quota = 600000").await;
     // 2 × 200 000 bytes (up and down) on A.
     let mut on_a = relays(a.addr, CAROL).await.expect("A");
     assert!(pump(&mut on_a, 200_000).await);
@@ -318,25 +304,7 @@ async fn a_quota_holds_across_nodes() {
 
 /// A `dd` round trip from the loopback address `from`.
 async fn relays_from(proxy: SocketAddr, secret: &str, from: &str) -> bool {
-    let opts = ClientOptions {
-        io_timeout: Duration::from_secs(3),
-        bind: Some(from.parse().expect("ip")),
-        ..ClientOptions::default()
-    };
-    let Ok(mut c) =
-        ObfsClient::connect_with(proxy, &key_from_hex(secret), ClientMode::Secure, 2, opts).await
-    else {
-        return false;
-    };
-    let probe: Vec<u8> = (0..64u8).collect();
-    let round = async {
-        c.send_raw(&probe).await?;
-        c.recv_exact(probe.len()).await
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(3), round).await,
-        Ok(Ok(v)) if v == probe
-    )
+    dd_relays(proxy, secret, Some(from), None).await.is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,18 +397,7 @@ async fn max_ips_hold_across_nodes() {
     let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
         .await
         .expect("fake dc");
-    let start = |name: &'static str| {
-        let text = format!(
-            "{TLS_NO_FRONTING}[policy]\nrefuse_action = \"close\"\n\
-             [shared]\nredis = \"{}\"\nnode = \"{name}\"\n\
-             [users.dave]\nsecret = \"{DAVE}\"\nmodes = [\"dd\"]\n\
-             [users.dave.limits]\nmax_ips = 1\n",
-            redis.url()
-        );
-        let dc = dc.local_addr();
-        async move { Proxy::start_with_dc(&text, dc).await }
-    };
-    let (a, b) = (start("a").await, start("b").await);
+    let (a, b) = limited_nodes(&redis, dc.local_addr(), "dave", DAVE, "max_ips = 1").await;
     assert!(
         relays_from(a.addr, DAVE, "127.0.0.2").await,
         "the owner, on A"

@@ -101,33 +101,13 @@ impl Control {
                         "rules from {from}: too many"
                     )));
                 }
-                let _one = self.rules.lock.lock().unwrap_or_else(|p| p.into_inner());
-                let dir = self
-                    .rules
-                    .dir
-                    .as_deref()
-                    .ok_or_else(|| ControlError::Storage("no state directory".into()))?;
-                let before = super::rules::read(dir)?;
-                if before == rules {
-                    return Ok(false);
-                }
-                super::rules::write(dir, &rules)?;
-                let applied = self.apply_managed();
-                if let Err(e) = &applied {
-                    super::rules::write(dir, &before)?;
-                    tracing::warn!(error = %e, node = %from, "rules from another node refused");
-                }
-                self.record(&Record {
-                    action: "rules.sync".into(),
-                    target: Some(from.to_owned()),
-                    after: Some(serde_json::json!({ "rules": rules.len() })),
-                    result: match &applied {
-                        Ok(()) => "ok".into(),
-                        Err(e) => format!("refused: {e}"),
-                    },
-                    ..Default::default()
-                });
-                applied.map(|()| true)
+                let file = ManagedFile {
+                    lock: &self.rules.lock,
+                    dir: self.rules.dir.as_deref(),
+                    read: |d| super::rules::read(d),
+                    write: |d, v| super::rules::write(d, v),
+                };
+                self.take_file(what, from, &file, rules)
             }
             Managed::Users => {
                 let entries: super::users::Entries = serde_json::from_slice(content)
@@ -139,33 +119,13 @@ impl Control {
                 };
                 crate::config::parse_users_json(&entries, modes)
                     .map_err(|e| ControlError::Invalid(format!("users from {from}: {e}")))?;
-                let _one = self.managed.lock.lock().unwrap_or_else(|p| p.into_inner());
-                let dir = self
-                    .managed
-                    .dir
-                    .as_deref()
-                    .ok_or_else(|| ControlError::Storage("no state directory".into()))?;
-                let before = super::users::read(dir)?;
-                if before == entries {
-                    return Ok(false);
-                }
-                super::users::write(dir, &entries)?;
-                let applied = self.apply_managed();
-                if let Err(e) = &applied {
-                    super::users::write(dir, &before)?;
-                    tracing::warn!(error = %e, node = %from, "users from another node refused");
-                }
-                self.record(&Record {
-                    action: "users.sync".into(),
-                    target: Some(from.to_owned()),
-                    after: Some(serde_json::json!({ "users": entries.len() })),
-                    result: match &applied {
-                        Ok(()) => "ok".into(),
-                        Err(e) => format!("refused: {e}"),
-                    },
-                    ..Default::default()
-                });
-                applied.map(|()| true)
+                let file = ManagedFile {
+                    lock: &self.managed.lock,
+                    dir: self.managed.dir.as_deref(),
+                    read: |d| Ok(super::users::read(d)?),
+                    write: |d, v| Ok(super::users::write(d, v)?),
+                };
+                self.take_file(what, from, &file, entries)
             }
             Managed::Blocks => {
                 let blocks: Vec<SharedBlock> = serde_json::from_slice(content)
@@ -196,5 +156,70 @@ impl Control {
                 Ok(taken > 0)
             }
         }
+    }
+}
+
+/// A managed file of the state directory: its lock, where, how it is read
+/// and written.
+struct ManagedFile<'a, T> {
+    lock: &'a std::sync::Mutex<()>,
+    dir: Option<&'a std::path::Path>,
+    read: fn(&std::path::Path) -> Result<T, ControlError>,
+    write: fn(&std::path::Path, &T) -> Result<(), ControlError>,
+}
+
+/// How many entries a managed file's content holds, for the audit trail.
+trait Count {
+    fn count(&self) -> usize;
+}
+
+impl<T> Count for Vec<T> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<K, V> Count for std::collections::BTreeMap<K, V> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Control {
+    /// Writes `new` to `file` and applies it, unless it is there already;
+    /// the old content back if the running proxy refuses it; audited as
+    /// `WHAT.sync` from node `from`.
+    fn take_file<T: PartialEq + Count>(
+        &self,
+        what: Managed,
+        from: &str,
+        file: &ManagedFile<'_, T>,
+        new: T,
+    ) -> Result<bool, ControlError> {
+        let _one = file.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = file
+            .dir
+            .ok_or_else(|| ControlError::Storage("no state directory".into()))?;
+        let before = (file.read)(dir)?;
+        if before == new {
+            return Ok(false);
+        }
+        (file.write)(dir, &new)?;
+        let applied = self.apply_managed();
+        if let Err(e) = &applied {
+            (file.write)(dir, &before)?;
+            tracing::warn!(error = %e, node = %from, what = what.name(), "an edit from another node refused");
+        }
+        self.record(&Record {
+            action: format!("{}.sync", what.name()),
+            target: Some(from.to_owned()),
+            after: Some(serde_json::json!({ what.name(): new.count() })),
+            result: match &applied {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("refused: {e}"),
+            },
+            ..Default::default()
+        });
+        applied.map(|()| true)
     }
 }

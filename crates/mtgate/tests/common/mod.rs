@@ -4,6 +4,7 @@
 
 pub mod admin_http;
 pub mod binary;
+pub mod clients;
 pub mod nginx;
 pub mod prober;
 pub mod redis;
