@@ -481,3 +481,64 @@ async fn a_reputation_block_on_one_node_bites_on_the_others() {
         "{trail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_the_master_the_sentinels_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = RedisServer::start();
+    let replica = RedisServer::replica_of(master.addr);
+    let sentinel = RedisServer::sentinel(master.addr, dir.path());
+    let site = MaskSite::start(Duration::from_millis(500)).await;
+    let node = |name: &str| {
+        // The URL's host is not used: the sentinels name the master.
+        let text = format!(
+            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
+             [shared]\nredis = \"redis://127.0.0.1:1\"\nnode = \"{name}\"\ntimeout = \"300ms\"\n\
+             sentinels = [\"{}\"]\nmaster = \"mymaster\"\n\
+             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
+            site.addr, sentinel.addr
+        );
+        async move { Proxy::start(&text).await }
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    // A handshake served on A is a replay on B, through the master.
+    let replayed_across = |n: u8| {
+        let (a, b, site) = (a.addr, b.addr, site.addr);
+        async move {
+            let hello = build_client_hello(&key(), DOMAIN, unix_now(), &[n; 64], 1800);
+            served_by_mtgate(None, a, &hello).await;
+            let got = probe(b, std::slice::from_ref(&hello), Duration::ZERO, false, LIMIT).await;
+            let want = probe(site, &[hello], Duration::ZERO, false, LIMIT).await;
+            shapes_match(&record_shape(&got.bytes), &record_shape(&want.bytes), 2)
+        }
+    };
+    let start = Instant::now();
+    while !replayed_across(1).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no shared window through the sentinel"
+        );
+    }
+    // Failover: the sentinel promotes the replica; the nodes follow it.
+    let answer = sentinel.command("SENTINEL FAILOVER mymaster");
+    assert!(answer.starts_with("+OK"), "{answer}");
+    let moved = Instant::now();
+    let port = replica.addr.port().to_string();
+    while !sentinel
+        .command("SENTINEL get-master-addr-by-name mymaster")
+        .contains(&port)
+    {
+        assert!(moved.elapsed() < Duration::from_secs(10), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut n = 2;
+    while !replayed_across(n).await {
+        assert!(
+            moved.elapsed() < Duration::from_secs(15),
+            "the nodes never followed the new master"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(master);
+}

@@ -48,6 +48,12 @@ pub struct RawShared {
     pub timeout: Option<Duration>,
     /// Prefix of every key (default `mtgate`), to share one Redis.
     pub prefix: Option<String>,
+    /// Redis Sentinels (`host:port`) that name the master instead of
+    /// `redis`'s host; `redis` then gives only the password and database.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The master's name the sentinels know (default `mymaster`).
+    pub master: Option<String>,
 }
 
 /// `[shared]`.
@@ -57,6 +63,9 @@ pub struct SharedConfig {
     pub node: String,
     pub timeout: Duration,
     pub prefix: String,
+    /// Sentinels naming the master (empty: `redis` is the server).
+    pub sentinels: Vec<String>,
+    pub master: String,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -66,6 +75,8 @@ impl std::fmt::Debug for SharedConfig {
             .field("node", &self.node)
             .field("timeout", &self.timeout)
             .field("prefix", &self.prefix)
+            .field("sentinels", &self.sentinels)
+            .field("master", &self.master)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +93,11 @@ impl SharedConfig {
     /// `None` without `[shared] redis`; `Err((key, why))` for a bad value.
     pub fn from_raw(raw: RawShared) -> Result<Option<Self>, (&'static str, String)> {
         let Some(url) = raw.redis else {
-            if raw.node.is_some() || raw.timeout.is_some() || raw.prefix.is_some() {
+            if raw.node.is_some()
+                || raw.timeout.is_some()
+                || raw.prefix.is_some()
+                || !raw.sentinels.is_empty()
+            {
                 return Err(("shared.redis", "the Redis URL (redis://host:port)".into()));
             }
             return Ok(None);
@@ -105,11 +120,25 @@ impl SharedConfig {
         if timeout.is_zero() || timeout > Duration::from_secs(5) {
             return Err(("shared.timeout", "between 1 ms and 5 s".into()));
         }
+        if raw.sentinels.len() > 16
+            || raw
+                .sentinels
+                .iter()
+                .any(|s| s.parse::<std::net::SocketAddr>().is_err() && !s.contains(':'))
+        {
+            return Err(("shared.sentinels", "at most 16 host:port addresses".into()));
+        }
+        let master = raw.master.unwrap_or_else(|| "mymaster".into());
+        if !printable(&master) {
+            return Err(("shared.master", "1..64 printable characters".into()));
+        }
         Ok(Some(SharedConfig {
             redis: url,
             node,
             timeout,
             prefix,
+            sentinels: raw.sentinels,
+            master,
         }))
     }
 }

@@ -26,13 +26,22 @@ use super::{
     UsageDelta,
 };
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use arc_swap::ArcSwapOption;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
-/// Redis as the shared store.
+/// Redis as the shared store: one server, or the master the sentinels name.
 pub struct RedisBackend {
+    /// The server (or, with sentinels, its password and database).
     client: ::redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    /// Sentinels to ask for the master, on every (re)connection.
+    sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
+    /// The connection in use (lock-free to read) and the client it came
+    /// from (for pub/sub); forgotten after a failure when sentinels name
+    /// the master, so a failover is followed.
+    conn: ArcSwapOption<(::redis::Client, ConnectionManager)>,
+    connecting: tokio::sync::Mutex<()>,
     node: String,
     prefix: String,
     timeout: Duration,
@@ -44,30 +53,74 @@ fn store(e: impl std::fmt::Display) -> BackendError {
 
 impl RedisBackend {
     pub fn new(cfg: &SharedConfig) -> Result<Self, BackendError> {
+        let client = ::redis::Client::open(cfg.redis.as_str()).map_err(store)?;
+        let sentinel = if cfg.sentinels.is_empty() {
+            None
+        } else {
+            let urls: Vec<String> = cfg
+                .sentinels
+                .iter()
+                .map(|s| format!("redis://{s}"))
+                .collect();
+            let info = SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(client.get_connection_info().redis_settings().clone());
+            let s = SentinelClient::build(
+                urls,
+                cfg.master.clone(),
+                Some(info),
+                SentinelServerType::Master,
+            )
+            .map_err(store)?;
+            Some(tokio::sync::Mutex::new(s))
+        };
         Ok(Self {
-            client: ::redis::Client::open(cfg.redis.as_str()).map_err(store)?,
-            conn: OnceCell::new(),
+            client,
+            sentinel,
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
             node: cfg.node.clone(),
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
         })
     }
 
-    /// The connection, made on first use (a failure is retried next time).
+    /// The connection, made on first use (a failure is retried next time):
+    /// to the server, or to the master the sentinels name now.
+    async fn connected(&self) -> Result<Arc<(::redis::Client, ConnectionManager)>, BackendError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.conn.load_full() {
+            return Ok(c);
+        }
+        let client = match &self.sentinel {
+            None => self.client.clone(),
+            Some(s) => s.lock().await.async_get_client().await.map_err(store)?,
+        };
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_number_of_retries(1);
+        let cm = ConnectionManager::new_with_config(client.clone(), cfg)
+            .await
+            .map_err(store)?;
+        let c = Arc::new((client, cm));
+        self.conn.store(Some(c.clone()));
+        Ok(c)
+    }
+
     async fn conn(&self) -> Result<ConnectionManager, BackendError> {
-        let c = self
-            .conn
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-                    .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
-                    .await
-                    .map_err(store)
-            })
-            .await?;
-        Ok(c.clone())
+        Ok(self.connected().await?.1.clone())
+    }
+
+    /// After a failure: with sentinels, ask them again next time (the
+    /// master may have moved); one server reconnects by itself.
+    fn failed<T>(&self, r: Result<T, BackendError>) -> Result<T, BackendError> {
+        if r.is_err() && self.sentinel.is_some() {
+            self.conn.store(None);
+        }
+        r
     }
 
     fn replay_key(&self, fp: &[u8; 16]) -> String {
@@ -78,19 +131,23 @@ impl RedisBackend {
 impl Backend for RedisBackend {
     fn mark<'a>(&'a self, fps: &'a [[u8; 16]], ttl: Duration) -> StoreFuture<'a, Vec<bool>> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let mut pipe = ::redis::pipe();
-            for fp in fps {
-                pipe.cmd("SET")
-                    .arg(self.replay_key(fp))
-                    .arg(&self.node)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1));
+            let r: Result<_, BackendError> = async {
+                let mut conn = self.conn().await?;
+                let mut pipe = ::redis::pipe();
+                for fp in fps {
+                    pipe.cmd("SET")
+                        .arg(self.replay_key(fp))
+                        .arg(&self.node)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl.as_secs().max(1));
+                }
+                let set: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(store)?;
+                // nil: the key was there, another handshake marked it first.
+                Ok(set.into_iter().map(|r| r.is_none()).collect())
             }
-            let set: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(store)?;
-            // nil: the key was there, another handshake marked it first.
-            Ok(set.into_iter().map(|r| r.is_none()).collect())
+            .await;
+            self.failed(r)
         })
     }
 
@@ -102,109 +159,117 @@ impl Backend for RedisBackend {
     ) -> StoreFuture<'a, SyncView> {
         let conns = &state.conns;
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let now = crate::civil::unix_now().saturating_mul(1000);
-            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-            let nodes_key = format!("{}:nodes", self.prefix);
-            let mine = format!("{}:conns:{node}", self.prefix);
-            let mut pipe = ::redis::pipe();
-            pipe.atomic().cmd("DEL").arg(&mine).ignore();
-            if !conns.is_empty() {
-                let cmd = pipe.cmd("HSET").arg(&mine);
-                for (user, n) in conns {
-                    cmd.arg(user).arg(n);
+            let r: Result<_, BackendError> = async {
+                let mut conn = self.conn().await?;
+                let now = crate::civil::unix_now().saturating_mul(1000);
+                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                let nodes_key = format!("{}:nodes", self.prefix);
+                let mine = format!("{}:conns:{node}", self.prefix);
+                let mut pipe = ::redis::pipe();
+                pipe.atomic().cmd("DEL").arg(&mine).ignore();
+                if !conns.is_empty() {
+                    let cmd = pipe.cmd("HSET").arg(&mine);
+                    for (user, n) in conns {
+                        cmd.arg(user).arg(n);
+                    }
+                    cmd.ignore();
+                    pipe.cmd("PEXPIRE").arg(&mine).arg(ttl_ms).ignore();
                 }
-                cmd.ignore();
-                pipe.cmd("PEXPIRE").arg(&mine).arg(ttl_ms).ignore();
-            }
-            let ips_key = format!("{}:ips:{node}", self.prefix);
-            pipe.cmd("DEL").arg(&ips_key).ignore();
-            let listed: Vec<_> = state.ips.iter().filter(|(_, v)| !v.is_empty()).collect();
-            if !listed.is_empty() {
-                let cmd = pipe.cmd("HSET").arg(&ips_key);
-                for (user, keys) in &listed {
-                    let text: Vec<String> = keys.iter().map(ToString::to_string).collect();
-                    cmd.arg(user).arg(text.join(" "));
+                let ips_key = format!("{}:ips:{node}", self.prefix);
+                pipe.cmd("DEL").arg(&ips_key).ignore();
+                let listed: Vec<_> = state.ips.iter().filter(|(_, v)| !v.is_empty()).collect();
+                if !listed.is_empty() {
+                    let cmd = pipe.cmd("HSET").arg(&ips_key);
+                    for (user, keys) in &listed {
+                        let text: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                        cmd.arg(user).arg(text.join(" "));
+                    }
+                    cmd.ignore();
+                    pipe.cmd("PEXPIRE").arg(&ips_key).arg(ttl_ms).ignore();
                 }
-                cmd.ignore();
-                pipe.cmd("PEXPIRE").arg(&ips_key).arg(ttl_ms).ignore();
-            }
-            pipe.cmd("ZADD").arg(&nodes_key).arg(now).arg(node).ignore();
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&nodes_key)
-                .arg("-inf")
-                .arg(now.saturating_sub(ttl_ms))
-                .ignore();
-            pipe.cmd("ZRANGE").arg(&nodes_key).arg(0).arg(-1);
-            let (nodes,): (Vec<String>,) = pipe.query_async(&mut conn).await.map_err(store)?;
-            let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != node).collect();
-            let mut remote = std::collections::HashMap::new();
-            let mut remote_ips: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
-                std::collections::HashMap::new();
-            if !others.is_empty() {
-                let mut read = ::redis::pipe();
-                for n in &others {
-                    read.cmd("HGETALL")
-                        .arg(format!("{}:conns:{n}", self.prefix));
-                    read.cmd("HGETALL").arg(format!("{}:ips:{n}", self.prefix));
-                }
-                let all: Vec<std::collections::HashMap<String, String>> =
-                    read.query_async(&mut conn).await.map_err(store)?;
-                for (i, hash) in all.into_iter().enumerate() {
-                    for (user, v) in hash {
-                        if i % 2 == 0 {
-                            let c: u32 = v.parse().unwrap_or(0);
-                            let e: &mut u32 = remote.entry(user).or_default();
-                            *e = e.saturating_add(c);
-                        } else {
-                            let e = remote_ips.entry(user).or_default();
-                            for k in v.split(' ').filter_map(|s| s.parse().ok()) {
-                                if !e.contains(&k) && e.len() < 4096 {
-                                    e.push(k);
+                pipe.cmd("ZADD").arg(&nodes_key).arg(now).arg(node).ignore();
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(&nodes_key)
+                    .arg("-inf")
+                    .arg(now.saturating_sub(ttl_ms))
+                    .ignore();
+                pipe.cmd("ZRANGE").arg(&nodes_key).arg(0).arg(-1);
+                let (nodes,): (Vec<String>,) = pipe.query_async(&mut conn).await.map_err(store)?;
+                let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != node).collect();
+                let mut remote = std::collections::HashMap::new();
+                let mut remote_ips: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+                    std::collections::HashMap::new();
+                if !others.is_empty() {
+                    let mut read = ::redis::pipe();
+                    for n in &others {
+                        read.cmd("HGETALL")
+                            .arg(format!("{}:conns:{n}", self.prefix));
+                        read.cmd("HGETALL").arg(format!("{}:ips:{n}", self.prefix));
+                    }
+                    let all: Vec<std::collections::HashMap<String, String>> =
+                        read.query_async(&mut conn).await.map_err(store)?;
+                    for (i, hash) in all.into_iter().enumerate() {
+                        for (user, v) in hash {
+                            if i % 2 == 0 {
+                                let c: u32 = v.parse().unwrap_or(0);
+                                let e: &mut u32 = remote.entry(user).or_default();
+                                *e = e.saturating_add(c);
+                            } else {
+                                let e = remote_ips.entry(user).or_default();
+                                for k in v.split(' ').filter_map(|s| s.parse().ok()) {
+                                    if !e.contains(&k) && e.len() < 4096 {
+                                        e.push(k);
+                                    }
                                 }
                             }
                         }
                     }
                 }
+                Ok(SyncView {
+                    nodes,
+                    remote,
+                    remote_ips,
+                })
             }
-            Ok(SyncView {
-                nodes,
-                remote,
-                remote_ips,
-            })
+            .await;
+            self.failed(r)
         })
     }
 
     fn add_usage<'a>(&'a self, deltas: &'a [UsageDelta]) -> StoreFuture<'a, Vec<(u64, u64)>> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let mut pipe = ::redis::pipe();
-            for d in deltas {
-                pipe.cmd("INCRBY")
-                    .arg(format!("{}:bytes:{}", self.prefix, d.user))
-                    .arg(d.bytes);
-                if let Some((start, end, bytes)) = d.period {
-                    let key = format!("{}:period:{}:{start}", self.prefix, d.user);
-                    pipe.cmd("INCRBY").arg(&key).arg(bytes);
-                    pipe.cmd("PEXPIREAT")
-                        .arg(&key)
-                        .arg(end.saturating_add(86_400_000))
-                        .ignore();
+            let r: Result<_, BackendError> = async {
+                let mut conn = self.conn().await?;
+                let mut pipe = ::redis::pipe();
+                for d in deltas {
+                    pipe.cmd("INCRBY")
+                        .arg(format!("{}:bytes:{}", self.prefix, d.user))
+                        .arg(d.bytes);
+                    if let Some((start, end, bytes)) = d.period {
+                        let key = format!("{}:period:{}:{start}", self.prefix, d.user);
+                        pipe.cmd("INCRBY").arg(&key).arg(bytes);
+                        pipe.cmd("PEXPIREAT")
+                            .arg(&key)
+                            .arg(end.saturating_add(86_400_000))
+                            .ignore();
+                    }
                 }
+                let totals: Vec<u64> = pipe.query_async(&mut conn).await.map_err(store)?;
+                let mut it = totals.into_iter();
+                let mut out = Vec::with_capacity(deltas.len());
+                for d in deltas {
+                    let life = it.next().unwrap_or(0);
+                    let period = if d.period.is_some() {
+                        it.next().unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    out.push((life, period));
+                }
+                Ok(out)
             }
-            let totals: Vec<u64> = pipe.query_async(&mut conn).await.map_err(store)?;
-            let mut it = totals.into_iter();
-            let mut out = Vec::with_capacity(deltas.len());
-            for d in deltas {
-                let life = it.next().unwrap_or(0);
-                let period = if d.period.is_some() {
-                    it.next().unwrap_or(0)
-                } else {
-                    0
-                };
-                out.push((life, period));
-            }
-            Ok(out)
+            .await;
+            self.failed(r)
         })
     }
 
@@ -215,45 +280,63 @@ impl Backend for RedisBackend {
         content: &'a [u8],
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let mut pipe = ::redis::pipe();
-            pipe.atomic()
-                .cmd("SET")
-                .arg(format!("{}:managed:{what}", self.prefix))
-                .arg(content)
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(format!("{}:events", self.prefix))
-                .arg(format!("{node} {what}"))
-                .ignore();
-            pipe.query_async::<()>(&mut conn).await.map_err(store)
+            let r: Result<_, BackendError> = async {
+                let mut conn = self.conn().await?;
+                let mut pipe = ::redis::pipe();
+                pipe.atomic()
+                    .cmd("SET")
+                    .arg(format!("{}:managed:{what}", self.prefix))
+                    .arg(content)
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(format!("{}:events", self.prefix))
+                    .arg(format!("{node} {what}"))
+                    .ignore();
+                pipe.query_async::<()>(&mut conn).await.map_err(store)
+            }
+            .await;
+            self.failed(r)
         })
     }
 
     fn fetch<'a>(&'a self, what: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            ::redis::cmd("GET")
-                .arg(format!("{}:managed:{what}", self.prefix))
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-                .map_err(store)
+            let r: Result<_, BackendError> = async {
+                let mut conn = self.conn().await?;
+                ::redis::cmd("GET")
+                    .arg(format!("{}:managed:{what}", self.prefix))
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+                    .map_err(store)
+            }
+            .await;
+            self.failed(r)
         })
     }
 
     fn listen(&self) -> StoreFuture<'_, Announcements> {
         Box::pin(async move {
-            use futures_util::StreamExt;
-            let mut sub = self.client.get_async_pubsub().await.map_err(store)?;
-            sub.subscribe(format!("{}:events", self.prefix))
-                .await
-                .map_err(store)?;
-            let stream = sub.into_on_message().filter_map(|m| async move {
-                let text: String = m.get_payload().ok()?;
-                let (node, what) = text.split_once(' ')?;
-                Some((node.to_owned(), what.to_owned()))
-            });
-            Ok(Box::pin(stream) as Announcements)
+            let r: Result<_, BackendError> = async {
+                use futures_util::StreamExt;
+                let mut sub = self
+                    .connected()
+                    .await?
+                    .0
+                    .get_async_pubsub()
+                    .await
+                    .map_err(store)?;
+                sub.subscribe(format!("{}:events", self.prefix))
+                    .await
+                    .map_err(store)?;
+                let stream = sub.into_on_message().filter_map(|m| async move {
+                    let text: String = m.get_payload().ok()?;
+                    let (node, what) = text.split_once(' ')?;
+                    Some((node.to_owned(), what.to_owned()))
+                });
+                Ok(Box::pin(stream) as Announcements)
+            }
+            .await;
+            self.failed(r)
         })
     }
 }

@@ -107,6 +107,8 @@ fn node(store: &Arc<Memory>, name: &str) -> Arc<Shared> {
         node: name.into(),
         timeout: Duration::from_millis(20),
         prefix: "t".into(),
+        sentinels: Vec::new(),
+        master: "mymaster".into(),
     };
     Shared::new(store.clone(), cfg, Duration::from_secs(600))
 }
