@@ -507,7 +507,14 @@ async fn nodes_follow_the_master_the_sentinels_name() {
         async move {
             let hello = build_client_hello(&key(), DOMAIN, unix_now(), &[n; 64], 1800);
             served_by_mtgate(None, a, &hello).await;
-            let got = probe(b, std::slice::from_ref(&hello), Duration::ZERO, false, LIMIT).await;
+            let got = probe(
+                b,
+                std::slice::from_ref(&hello),
+                Duration::ZERO,
+                false,
+                LIMIT,
+            )
+            .await;
             let want = probe(site, &[hello], Duration::ZERO, false, LIMIT).await;
             shapes_match(&record_shape(&got.bytes), &record_shape(&want.bytes), 2)
         }
@@ -541,4 +548,44 @@ async fn nodes_follow_the_master_the_sentinels_name() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(master);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_through_a_redis_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = RedisServer::cluster(dir.path());
+    let seeds: Vec<String> = cluster.iter().map(|n| format!("\"{}\"", n.addr)).collect();
+    let site = MaskSite::start(Duration::from_millis(500)).await;
+    let node = |name: &str| {
+        let text = format!(
+            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
+             [shared]\nredis = \"redis://127.0.0.1:1\"\nnode = \"{name}\"\ntimeout = \"300ms\"\n\
+             cluster = [{}]\n\
+             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
+            site.addr,
+            seeds.join(", ")
+        );
+        async move { Proxy::start(&text).await }
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    let hello = build_client_hello(&key(), DOMAIN, unix_now(), &[1; 64], 1800);
+    served_by_mtgate(None, a.addr, &hello).await;
+    let got = answer(&b, &hello).await;
+    let want = site_shape(&site, &hello).await;
+    assert!(
+        shapes_match(&got, &want, 2),
+        "B fronts the replay: {got:?} vs {want:?}"
+    );
+    // The sync's pipelines go through the cluster too: each node sees both.
+    let shared = b.runtime.shared.clone().expect("shared");
+    let start = Instant::now();
+    while shared.stats.nodes.load(Relaxed) != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "B never saw two nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shared.is_up());
+    drop(a);
 }

@@ -54,6 +54,9 @@ pub struct RawShared {
     pub sentinels: Vec<String>,
     /// The master's name the sentinels know (default `mymaster`).
     pub master: Option<String>,
+    /// Redis Cluster nodes (`host:port`) to start from, instead of one server.
+    #[serde(default)]
+    pub cluster: Vec<String>,
 }
 
 /// `[shared]`.
@@ -66,6 +69,8 @@ pub struct SharedConfig {
     /// Sentinels naming the master (empty: `redis` is the server).
     pub sentinels: Vec<String>,
     pub master: String,
+    /// Redis Cluster nodes (empty: not a cluster).
+    pub cluster: Vec<String>,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for SharedConfig {
             .field("prefix", &self.prefix)
             .field("sentinels", &self.sentinels)
             .field("master", &self.master)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +134,12 @@ impl SharedConfig {
         {
             return Err(("shared.sentinels", "at most 16 host:port addresses".into()));
         }
+        if raw.cluster.len() > 64 || raw.cluster.iter().any(|s| !s.contains(':')) {
+            return Err(("shared.cluster", "at most 64 host:port addresses".into()));
+        }
+        if !raw.cluster.is_empty() && !raw.sentinels.is_empty() {
+            return Err(("shared.cluster", "a cluster or sentinels, not both".into()));
+        }
         let master = raw.master.unwrap_or_else(|| "mymaster".into());
         if !printable(&master) {
             return Err(("shared.master", "1..64 printable characters".into()));
@@ -139,6 +151,7 @@ impl SharedConfig {
             prefix,
             sentinels: raw.sentinels,
             master,
+            cluster: raw.cluster,
         }))
     }
 }

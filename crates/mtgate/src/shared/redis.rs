@@ -1,5 +1,8 @@
-//! The shared store on Redis (the `redis` crate, async, one multiplexed
-//! connection that reconnects by itself).
+//! The shared store on Redis (the `redis` crate, async): one server (a
+//! multiplexed connection that reconnects by itself), the master Redis
+//! Sentinel names (asked again after any failure), or a Redis Cluster.
+//! Every key starts with the hash tag `{PREFIX}`, so in a cluster all live
+//! in one slot.
 //!
 //! A replay entry is `PREFIX:replay:<32 hex digits>` = the node that saw it,
 //! set with `NX` and `EX` the replay window: `SET` answers `OK` for a new
@@ -25,22 +28,66 @@ use super::{
     Announcements, Backend, BackendError, NodeState, SharedConfig, StoreFuture, SyncView,
     UsageDelta,
 };
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Redis as the shared store: one server, or the master the sentinels name.
+/// A connection to one server or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Cmd,
+    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Redis as the shared store: one server, the master the sentinels name,
+/// or a Redis Cluster.
 pub struct RedisBackend {
-    /// The server (or, with sentinels, its password and database).
+    /// The server (or, with sentinels, its password and database; with a
+    /// cluster, the first node, for pub/sub).
     client: ::redis::Client,
     /// Sentinels to ask for the master, on every (re)connection.
     sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
-    /// The connection in use (lock-free to read) and the client it came
-    /// from (for pub/sub); forgotten after a failure when sentinels name
-    /// the master, so a failover is followed.
-    conn: ArcSwapOption<(::redis::Client, ConnectionManager)>,
+    /// The cluster's nodes, when it is one.
+    cluster: Option<ClusterClient>,
+    /// The connection in use (lock-free to read) and the client for
+    /// pub/sub; forgotten after a failure when sentinels name the master,
+    /// so a failover is followed.
+    conn: ArcSwapOption<(::redis::Client, Conn)>,
     connecting: tokio::sync::Mutex<()>,
     node: String,
     prefix: String,
@@ -53,7 +100,16 @@ fn store(e: impl std::fmt::Display) -> BackendError {
 
 impl RedisBackend {
     pub fn new(cfg: &SharedConfig) -> Result<Self, BackendError> {
-        let client = ::redis::Client::open(cfg.redis.as_str()).map_err(store)?;
+        let cluster = if cfg.cluster.is_empty() {
+            None
+        } else {
+            let urls: Vec<String> = cfg.cluster.iter().map(|s| format!("redis://{s}")).collect();
+            Some(ClusterClient::new(urls).map_err(store)?)
+        };
+        let client = match cfg.cluster.first() {
+            Some(first) => ::redis::Client::open(format!("redis://{first}")).map_err(store)?,
+            None => ::redis::Client::open(cfg.redis.as_str()).map_err(store)?,
+        };
         let sentinel = if cfg.sentinels.is_empty() {
             None
         } else {
@@ -76,22 +132,31 @@ impl RedisBackend {
         Ok(Self {
             client,
             sentinel,
+            cluster,
             conn: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             node: cfg.node.clone(),
-            prefix: cfg.prefix.clone(),
+            // One hash tag for every key: in a Redis Cluster they all live
+            // in one slot, so pipelines never span nodes.
+            prefix: format!("{{{}}}", cfg.prefix),
             timeout: cfg.timeout,
         })
     }
 
     /// The connection, made on first use (a failure is retried next time):
     /// to the server, or to the master the sentinels name now.
-    async fn connected(&self) -> Result<Arc<(::redis::Client, ConnectionManager)>, BackendError> {
+    async fn connected(&self) -> Result<Arc<(::redis::Client, Conn)>, BackendError> {
         if let Some(c) = self.conn.load_full() {
             return Ok(c);
         }
         let _one = self.connecting.lock().await;
         if let Some(c) = self.conn.load_full() {
+            return Ok(c);
+        }
+        if let Some(cluster) = &self.cluster {
+            let conn = cluster.get_async_connection().await.map_err(store)?;
+            let c = Arc::new((self.client.clone(), Conn::Cluster(conn)));
+            self.conn.store(Some(c.clone()));
             return Ok(c);
         }
         let client = match &self.sentinel {
@@ -105,12 +170,12 @@ impl RedisBackend {
         let cm = ConnectionManager::new_with_config(client.clone(), cfg)
             .await
             .map_err(store)?;
-        let c = Arc::new((client, cm));
+        let c = Arc::new((client, Conn::One(cm)));
         self.conn.store(Some(c.clone()));
         Ok(c)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, BackendError> {
+    async fn conn(&self) -> Result<Conn, BackendError> {
         Ok(self.connected().await?.1.clone())
     }
 
@@ -166,7 +231,7 @@ impl Backend for RedisBackend {
                 let nodes_key = format!("{}:nodes", self.prefix);
                 let mine = format!("{}:conns:{node}", self.prefix);
                 let mut pipe = ::redis::pipe();
-                pipe.atomic().cmd("DEL").arg(&mine).ignore();
+                pipe.cmd("DEL").arg(&mine).ignore();
                 if !conns.is_empty() {
                     let cmd = pipe.cmd("HSET").arg(&mine);
                     for (user, n) in conns {
@@ -283,8 +348,7 @@ impl Backend for RedisBackend {
             let r: Result<_, BackendError> = async {
                 let mut conn = self.conn().await?;
                 let mut pipe = ::redis::pipe();
-                pipe.atomic()
-                    .cmd("SET")
+                pipe.cmd("SET")
                     .arg(format!("{}:managed:{what}", self.prefix))
                     .arg(content)
                     .ignore()

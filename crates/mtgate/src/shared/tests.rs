@@ -109,6 +109,7 @@ fn node(store: &Arc<Memory>, name: &str) -> Arc<Shared> {
         prefix: "t".into(),
         sentinels: Vec::new(),
         master: "mymaster".into(),
+        cluster: Vec::new(),
     };
     Shared::new(store.clone(), cfg, Duration::from_secs(600))
 }

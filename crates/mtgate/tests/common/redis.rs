@@ -47,6 +47,44 @@ impl RedisServer {
         Self::spawn(addr, &[conf.to_str().expect("path"), "--sentinel"])
     }
 
+    /// Three cluster-enabled servers joined into a Redis Cluster (every
+    /// slot covered, no replicas; `redis-cli --cluster create`), their
+    /// files in `dir`; waits until the cluster is `ok`.
+    pub fn cluster(dir: &std::path::Path) -> Vec<RedisServer> {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let addr = super::free_port();
+                let conf = dir.join(format!("nodes-{}.conf", addr.port()));
+                let conf = conf.to_str().expect("path").to_owned();
+                Self::start_args(
+                    addr,
+                    &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+                )
+            })
+            .collect();
+        let cli = std::env::var("MTGATE_REDIS_CLI").unwrap_or("redis-cli".into());
+        let out = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| n.addr.to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("{cli}: {e} (Debian package redis-tools)"));
+        assert!(out.status.success(), "{out:?}");
+        let start = Instant::now();
+        while !nodes
+            .iter()
+            .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the cluster never got ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nodes
+    }
+
     /// The URL mtgate takes.
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
