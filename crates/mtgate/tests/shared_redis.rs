@@ -431,13 +431,8 @@ async fn a_reputation_block_on_one_node_bites_on_the_others() {
             redis.url()
         )
     };
-    let a = spawn(
-        da.path(),
-        free_port().port(),
-        dc.local_addr(),
-        "",
-        &extra("a"),
-    );
+    let pa = free_port().port();
+    let a = spawn(da.path(), pa, dc.local_addr(), "", &extra("a"));
     let b = spawn(
         db.path(),
         free_port().port(),
@@ -480,6 +475,23 @@ async fn a_reputation_block_on_one_node_bites_on_the_others() {
         trail.contains("\"blocks.sync\"") && trail.contains("127.0.0.20"),
         "{trail}"
     );
+    // Lifted through A's API: B serves the source again.
+    let (status, answer) = common::admin_http::api(
+        pa,
+        "DELETE",
+        "/api/v1/blocks/127.0.0.20",
+        common::admin_http::TOKEN,
+        serde_json::Value::Null,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let lifted = Instant::now();
+    while !relays_from(b.addr, ALICE, "127.0.0.20").await {
+        assert!(
+            lifted.elapsed() < Duration::from_secs(2),
+            "B kept the lifted block"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,6 +281,12 @@ impl Control {
                 .ok_or(ControlError::NotFound("running proxy"))?
                 .unblock(addr);
             if lifted {
+                // Lifted on the other nodes too (shared state).
+                let lift = [super::sync::SharedBlock {
+                    source: addr,
+                    until: super::sync::LIFTED,
+                }];
+                self.announce(super::sync::Managed::Blocks, &lift);
                 Ok(())
             } else {
                 Err(ControlError::NotFound("block"))

@@ -45,9 +45,12 @@ impl Managed {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SharedBlock {
     pub source: std::net::IpAddr,
-    /// Unix ms.
+    /// Unix ms; [`LIFTED`]: lifted through the admin API.
     pub until: i64,
 }
+
+/// The `until` of a block lifted by hand.
+pub const LIFTED: i64 = 0;
 
 /// How a change made here reaches the other nodes: called with what
 /// changed and its content as JSON.
@@ -137,7 +140,9 @@ impl Control {
                 let now = crate::civil::unix_now().saturating_mul(1000);
                 let mut taken = 0;
                 for b in blocks.iter().take(super::rules::MAX_LISTED_BLOCKS) {
-                    if b.until > now {
+                    if b.until == LIFTED {
+                        taken += usize::from(apply.unblock(b.source));
+                    } else if b.until > now {
                         apply.block(b.source, u64::try_from(b.until - now).unwrap_or(0));
                         taken += 1;
                     }
@@ -147,7 +152,8 @@ impl Control {
                         action: "blocks.sync".into(),
                         target: Some(from.to_owned()),
                         after: Some(serde_json::json!({
-                            "sources": blocks.iter().filter(|b| b.until > now).map(|b| b.source.to_string()).collect::<Vec<_>>()
+                            "blocked": blocks.iter().filter(|b| b.until > now).map(|b| b.source.to_string()).collect::<Vec<_>>(),
+                            "lifted": blocks.iter().filter(|b| b.until == LIFTED).map(|b| b.source.to_string()).collect::<Vec<_>>(),
                         })),
                         result: "ok".into(),
                         ..Default::default()

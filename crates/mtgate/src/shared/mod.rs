@@ -282,6 +282,10 @@ pub struct Shared {
     synced: AtomicU64,
     /// Per user under a quota: what this node pushed (the sync task's).
     pushed: Mutex<std::collections::HashMap<String, Pushed>>,
+    /// Changes made here the store did not take (it was down): sent before
+    /// anything is taken from it again, so an edit made during an outage is
+    /// not overwritten by the store's older copy.
+    unsent: Mutex<std::collections::HashMap<&'static str, Vec<u8>>>,
     pub stats: SharedStats,
 }
 
@@ -307,6 +311,7 @@ impl Shared {
             pending: Mutex::new(VecDeque::new()),
             synced: AtomicU64::new(0),
             pushed: Mutex::default(),
+            unsent: Mutex::default(),
             stats: SharedStats::default(),
         })
     }
@@ -408,6 +413,9 @@ impl Shared {
             self.sync(users.users()).await;
             self.sync_usage(users.users()).await;
             self.flush().await;
+            if self.is_up() {
+                self.resend().await;
+            }
         }
     }
 
@@ -416,17 +424,51 @@ impl Shared {
     /// change or when they subscribe again).
     pub fn announce(self: &Arc<Self>, what: &'static str, content: Vec<u8>) {
         let me = self.clone();
-        tokio::spawn(async move {
-            let wait = me.config.timeout.max(Duration::from_millis(500));
-            let sent =
-                tokio::time::timeout(wait, me.backend.publish(&me.config.node, what, &content))
-                    .await;
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => me.failed(&e.to_string()),
-                Err(_) => me.failed("timed out"),
+        tokio::spawn(async move { me.send(what, content).await });
+    }
+
+    /// Publishes `what`; kept for [`Shared::resend`] if the store fails.
+    async fn send(&self, what: &'static str, content: Vec<u8>) -> bool {
+        let wait = self.config.timeout.max(Duration::from_millis(500));
+        let sent = tokio::time::timeout(
+            wait,
+            self.backend.publish(&self.config.node, what, &content),
+        )
+        .await;
+        let lock = || self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        match sent {
+            Ok(Ok(())) => {
+                lock().remove(what);
+                true
             }
-        });
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                lock().insert(what, content);
+                false
+            }
+            Err(_) => {
+                self.failed("timed out");
+                lock().insert(what, content);
+                false
+            }
+        }
+    }
+
+    /// Sends the changes the store missed; the kinds still unsent.
+    pub async fn resend(&self) -> Vec<&'static str> {
+        let pending: Vec<(&'static str, Vec<u8>)> = self
+            .unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let mut left = Vec::new();
+        for (what, content) in pending {
+            if !self.send(what, content).await {
+                left.push(what);
+            }
+        }
+        left
     }
 
     /// Follows the other nodes' announcements until the process ends: each
@@ -438,7 +480,10 @@ impl Shared {
         use futures_util::StreamExt;
         loop {
             if let Ok(mut stream) = self.backend.listen().await {
-                for what in whats {
+                // Edits made here while the store was away go first; the
+                // store's copy of the others is taken.
+                let unsent = self.resend().await;
+                for what in whats.iter().filter(|w| !unsent.contains(w)) {
                     if let Ok(Some(c)) = self.backend.fetch(what).await {
                         take(what, "the shared store", c);
                     }

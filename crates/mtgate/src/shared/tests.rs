@@ -84,6 +84,9 @@ impl Backend for Memory {
         content: &'a [u8],
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            if self.broken.load(Relaxed) {
+                return Err(BackendError::Store("connection refused".into()));
+            }
             self.managed
                 .lock()
                 .unwrap()
@@ -327,4 +330,26 @@ async fn max_ips_count_every_nodes_addresses() {
     assert!(matches!(tb.admit("u", ip(3)), Err(UserRefusal::TooManyIps)));
     let again = ta.admit("u", ip(2)).expect("B's address is known on A");
     drop((l1, l2, again));
+}
+
+#[tokio::test]
+async fn an_edit_the_store_missed_is_sent_when_it_is_back() {
+    let store = Arc::new(Memory::default());
+    let a = node(&store, "a");
+    store.broken.store(true, Relaxed);
+    assert!(!a.send("rules", b"[1]".to_vec()).await);
+    assert_eq!(a.resend().await, vec!["rules"], "still unsent");
+    store.broken.store(false, Relaxed);
+    assert!(a.resend().await.is_empty());
+    assert_eq!(store.fetch("rules").await.unwrap(), Some(b"[1]".to_vec()));
+    // A newer edit replaces an older unsent one.
+    store.broken.store(true, Relaxed);
+    a.send("users", b"{\"a\":1}".to_vec()).await;
+    a.send("users", b"{\"a\":2}".to_vec()).await;
+    store.broken.store(false, Relaxed);
+    a.resend().await;
+    assert_eq!(
+        store.fetch("users").await.unwrap(),
+        Some(b"{\"a\":2}".to_vec())
+    );
 }
