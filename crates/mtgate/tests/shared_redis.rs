@@ -370,6 +370,44 @@ async fn admin_edits_made_on_one_node_bite_on_the_others_within_a_second() {
     }
     let trail = std::fs::read_to_string(db.path().join("audit.log")).unwrap_or_default();
     assert!(trail.contains("\"users.sync\""), "{trail}");
+    // A token made on A's API is accepted by B; revoked on B, refused by A.
+    let (status, made_token) = api(
+        pa,
+        "POST",
+        "/api/v1/tokens",
+        TOKEN,
+        serde_json::json!({ "name": "ops", "role": "read_only" }),
+    );
+    assert_eq!(status, 201, "{made_token}");
+    let (token, id) = (
+        made_token["token"].as_str().expect("token").to_owned(),
+        made_token["id"].as_str().expect("id").to_owned(),
+    );
+    let made = Instant::now();
+    while api(pb, "GET", "/api/v1/whoami", &token, serde_json::Value::Null).0 != 200 {
+        assert!(
+            made.elapsed() < Duration::from_secs(2),
+            "B never took A's token"
+        );
+        // Slowly: a failed authentication counts toward B's per-address limit.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, _) = api(
+        pb,
+        "DELETE",
+        &format!("/api/v1/tokens/{id}"),
+        TOKEN,
+        serde_json::Value::Null,
+    );
+    assert_eq!(status, 200);
+    let revoked = Instant::now();
+    while api(pa, "GET", "/api/v1/whoami", &token, serde_json::Value::Null).0 == 200 {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "A still takes the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Removed on B: A serves the address again.
     let id = rule["id"].as_str().expect("id");
     let (status, _) = api(

@@ -419,6 +419,9 @@ impl Control {
             .and_then(|()| self.tokens.create(new));
         let target = r.as_ref().ok().map(|(rec, _)| rec.id.clone());
         self.act(by, "token.create", target, Some(after), &r);
+        if r.is_ok() {
+            self.announce(sync::Managed::Tokens, &self.tokens.records());
+        }
         r
     }
 
@@ -433,6 +436,7 @@ impl Control {
             .and_then(|()| self.tokens.revoke(id));
         if r.is_ok() {
             self.sessions.end_of_token(id);
+            self.announce(sync::Managed::Tokens, &self.tokens.records());
         }
         let before = r
             .as_ref()

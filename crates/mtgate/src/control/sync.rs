@@ -17,6 +17,8 @@ pub enum Managed {
     Users,
     /// Reputation blocks that began on a node: `[{source, until}]`, Unix ms.
     Blocks,
+    /// The admin tokens (`admin-tokens.json`: hashes, never tokens).
+    Tokens,
 }
 
 impl Managed {
@@ -25,6 +27,7 @@ impl Managed {
             Managed::Rules => "rules",
             Managed::Users => "users",
             Managed::Blocks => "blocks",
+            Managed::Tokens => "tokens",
         }
     }
 
@@ -33,12 +36,13 @@ impl Managed {
             "rules" => Some(Managed::Rules),
             "users" => Some(Managed::Users),
             "blocks" => Some(Managed::Blocks),
+            "tokens" => Some(Managed::Tokens),
             _ => None,
         }
     }
 
     /// Every kind, as announced.
-    pub const ALL: [&'static str; 3] = ["rules", "users", "blocks"];
+    pub const ALL: [&'static str; 4] = ["rules", "users", "blocks", "tokens"];
 }
 
 /// A reputation block shared with the other nodes.
@@ -129,6 +133,30 @@ impl Control {
                     write: |d, v| Ok(super::users::write(d, v)?),
                 };
                 self.take_file(what, from, &file, entries)
+            }
+            Managed::Tokens => {
+                let records: Vec<super::tokens::TokenRecord> = serde_json::from_slice(content)
+                    .map_err(|e| ControlError::Invalid(format!("tokens from {from}: {e}")))?;
+                if records.len() > 10_000 {
+                    return Err(ControlError::Invalid(format!(
+                        "tokens from {from}: too many"
+                    )));
+                }
+                let count = records.len();
+                let Some(gone) = self.tokens.replace(records)? else {
+                    return Ok(false);
+                };
+                for id in &gone {
+                    self.sessions.end_of_token(id);
+                }
+                self.record(&Record {
+                    action: "tokens.sync".into(),
+                    target: Some(from.to_owned()),
+                    after: Some(serde_json::json!({ "tokens": count, "revoked": gone })),
+                    result: "ok".into(),
+                    ..Default::default()
+                });
+                Ok(true)
             }
             Managed::Blocks => {
                 let blocks: Vec<SharedBlock> = serde_json::from_slice(content)

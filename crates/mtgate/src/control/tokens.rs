@@ -252,6 +252,32 @@ impl TokenStore {
         })
     }
 
+    /// Every record as stored (hashes, never tokens): what another node
+    /// takes (shared state).
+    pub fn records(&self) -> Vec<TokenRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes `records` from another node: saved and in force at once; the
+    /// ids no longer there, or `None` when nothing changed.
+    pub fn replace(&self, records: Vec<TokenRecord>) -> Result<Option<Vec<String>>, ControlError> {
+        let mut mine = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if *mine == records {
+            return Ok(None);
+        }
+        self.save(&records)?;
+        let gone = mine
+            .iter()
+            .filter(|r| !records.iter().any(|n| n.id == r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        *mine = records;
+        Ok(Some(gone))
+    }
+
     /// Tokens with no expiry (what `mtgate audit` reports).
     pub fn without_expiry(&self) -> usize {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
