@@ -645,9 +645,18 @@ pub(crate) fn write_png(
 fn share_edits(control: &Arc<crate::control::Control>, shared: &Arc<crate::shared::Shared>) {
     use crate::control::sync::{Announce, Managed};
     let s = shared.clone();
-    control.set_announce(Announce(Arc::new(move |what: Managed, content| {
-        s.announce(what.name(), content)
-    })));
+    control.set_announce(Announce(Arc::new(
+        move |what: Managed, content: Vec<u8>| {
+            // A quota reset made here clears the shared totals too.
+            if what == Managed::Quota {
+                if let Ok(r) = serde_json::from_slice::<crate::control::sync::QuotaReset>(&content)
+                {
+                    s.reset_usage(r.user, r.period_only);
+                }
+            }
+            s.announce(what.name(), content)
+        },
+    )));
     let c = control.clone();
     let take = Arc::new(move |what: &str, from: &str, content: Vec<u8>| {
         if let Some(m) = Managed::parse(what) {

@@ -357,7 +357,9 @@ async fn admin_edits_made_on_one_node_bite_on_the_others_within_a_second() {
         "POST",
         "/api/v1/users",
         TOKEN,
-        serde_json::json!({ "name": "erin", "secret": ERIN, "modes": ["dd"] }),
+        serde_json::json!({
+            "name": "erin", "secret": ERIN, "modes": ["dd"], "limits": { "quota": 500_000 }
+        }),
     );
     assert_eq!(status, 201, "{user}");
     let made = Instant::now();
@@ -370,6 +372,37 @@ async fn admin_edits_made_on_one_node_bite_on_the_others_within_a_second() {
     }
     let trail = std::fs::read_to_string(db.path().join("audit.log")).unwrap_or_default();
     assert!(trail.contains("\"users.sync\""), "{trail}");
+    // Erin's quota counts both nodes' bytes; a reset through B's API
+    // resets it on every node.
+    let mut on_a = dd_relays(a.addr, ERIN, None, None)
+        .await
+        .expect("erin on A");
+    assert!(pump(&mut on_a, 200_000).await);
+    drop(on_a);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut on_b = dd_relays(b.addr, ERIN, None, None)
+        .await
+        .expect("erin on B");
+    assert!(
+        !pump(&mut on_b, 100_000).await,
+        "A's 400 000 bytes count on B"
+    );
+    let (status, reset) = api(
+        pb,
+        "POST",
+        "/api/v1/users/erin/quota/reset",
+        TOKEN,
+        serde_json::json!({}),
+    );
+    assert_eq!(status, 200, "{reset}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut on_a = dd_relays(a.addr, ERIN, None, None)
+        .await
+        .expect("erin on A after the reset");
+    assert!(
+        pump(&mut on_a, 200_000).await,
+        "the reset reached A and the shared total"
+    );
     // A token made on A's API is accepted by B; revoked on B, refused by A.
     let (status, made_token) = api(
         pa,

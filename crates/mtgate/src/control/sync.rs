@@ -19,7 +19,22 @@ pub enum Managed {
     Blocks,
     /// The admin tokens (`admin-tokens.json`: hashes, never tokens).
     Tokens,
+    /// A user's usage reset toward its quotas: [`QuotaReset`].
+    Quota,
 }
+
+/// A quota reset made on one node, for every node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuotaReset {
+    pub user: String,
+    pub period_only: bool,
+    /// Unix seconds: a reset older than [`QUOTA_RESET_FRESH`] is not taken
+    /// (a node starting later must not reset the usage again).
+    pub at: u64,
+}
+
+/// How old a quota reset may be when a node takes it.
+pub const QUOTA_RESET_FRESH: u64 = 60;
 
 impl Managed {
     pub fn name(self) -> &'static str {
@@ -28,6 +43,7 @@ impl Managed {
             Managed::Users => "users",
             Managed::Blocks => "blocks",
             Managed::Tokens => "tokens",
+            Managed::Quota => "quota",
         }
     }
 
@@ -37,12 +53,13 @@ impl Managed {
             "users" => Some(Managed::Users),
             "blocks" => Some(Managed::Blocks),
             "tokens" => Some(Managed::Tokens),
+            "quota" => Some(Managed::Quota),
             _ => None,
         }
     }
 
     /// Every kind, as announced.
-    pub const ALL: [&'static str; 4] = ["rules", "users", "blocks", "tokens"];
+    pub const ALL: [&'static str; 5] = ["rules", "users", "blocks", "tokens", "quota"];
 }
 
 /// A reputation block shared with the other nodes.
@@ -157,6 +174,30 @@ impl Control {
                     ..Default::default()
                 });
                 Ok(true)
+            }
+            Managed::Quota => {
+                let reset: QuotaReset = serde_json::from_slice(content).map_err(|e| {
+                    ControlError::Invalid(format!("a quota reset from {from}: {e}"))
+                })?;
+                if super::now().saturating_sub(reset.at) > QUOTA_RESET_FRESH {
+                    return Ok(false);
+                }
+                let done = self
+                    .apply
+                    .get()
+                    .ok_or(ControlError::NotFound("running proxy"))?
+                    .reset_quota(&reset.user, reset.period_only)
+                    .map_err(ControlError::Storage)?;
+                if done {
+                    self.record(&Record {
+                        action: "quota.sync".into(),
+                        target: Some(from.to_owned()),
+                        after: Some(serde_json::json!({ "user": reset.user, "period_only": reset.period_only })),
+                        result: "ok".into(),
+                        ..Default::default()
+                    });
+                }
+                Ok(done)
             }
             Managed::Blocks => {
                 let blocks: Vec<SharedBlock> = serde_json::from_slice(content)

@@ -289,6 +289,13 @@ impl Control {
             if !done {
                 return Err(ControlError::NotFound("user"));
             }
+            // Every node resets it too (shared state).
+            let reset = super::sync::QuotaReset {
+                user: name.to_owned(),
+                period_only,
+                at: super::now(),
+            };
+            self.announce(super::sync::Managed::Quota, &reset);
             self.view()?
                 .quota(name)
                 .ok_or(ControlError::NotFound("user"))

@@ -195,6 +195,14 @@ pub trait Backend: Send + Sync {
     fn fetch<'a>(&'a self, what: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
     /// The announcements from now on: (node, what), until the store goes.
     fn listen(&self) -> StoreFuture<'_, Announcements>;
+    /// Clears `user`'s shared usage: the period starting at `period` (Unix
+    /// ms), if given, and unless `period_only` the lifetime total.
+    fn reset_usage<'a>(
+        &'a self,
+        user: &'a str,
+        period: Option<i64>,
+        period_only: bool,
+    ) -> StoreFuture<'a, ()>;
 }
 
 /// Takes an announced change: (what, the node that made it, its content).
@@ -452,6 +460,29 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// Clears `user`'s shared usage (a quota reset made here), in the
+    /// background; the other nodes reset their own counters when they take
+    /// the announcement.
+    pub fn reset_usage(self: &Arc<Self>, user: String, period_only: bool) {
+        let me = self.clone();
+        let period = self
+            .pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .map(|p| p.period_start)
+            .filter(|s| *s != 0);
+        tokio::spawn(async move {
+            let wait = me.config.timeout.max(Duration::from_millis(500));
+            let reset = me.backend.reset_usage(&user, period, period_only);
+            match tokio::time::timeout(wait, reset).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => me.failed(&e.to_string()),
+                Err(_) => me.failed("timed out"),
+            }
+        });
     }
 
     /// Sends the changes the store missed; the kinds still unsent.

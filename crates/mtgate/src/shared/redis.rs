@@ -403,4 +403,34 @@ impl Backend for RedisBackend {
             self.failed(r)
         })
     }
+
+    fn reset_usage<'a>(
+        &'a self,
+        user: &'a str,
+        period: Option<i64>,
+        period_only: bool,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let r: Result<_, BackendError> = async {
+                let mut conn = self.conn().await?;
+                let mut keys: Vec<String> = period
+                    .map(|start| format!("{}:period:{user}:{start}", self.prefix))
+                    .into_iter()
+                    .collect();
+                if !period_only {
+                    keys.push(format!("{}:bytes:{user}", self.prefix));
+                }
+                if keys.is_empty() {
+                    return Ok(());
+                }
+                ::redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(store)
+            }
+            .await;
+            self.failed(r)
+        })
+    }
 }

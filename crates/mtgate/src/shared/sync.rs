@@ -28,7 +28,8 @@ impl Shared {
         if self.now_ms() < self.down_until.load(Relaxed) {
             return;
         }
-        self.baseline(users);
+        // A user first seen now (made or given a quota since the start)
+        // has all its bytes pushed; those at the start were a baseline.
         let now = users.quota_usage();
         let deltas: Vec<UsageDelta> = {
             let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
@@ -39,6 +40,7 @@ impl Shared {
                     // A reset (admin API) moves the counters back: start over.
                     if u.lifetime < p.life_seen {
                         p.life_seen = u.lifetime;
+                        p.life_mine = 0;
                     }
                     let period = u.period.map(|(start, end, used)| {
                         // A new period: its bytes so far are pushed; a reset:
@@ -49,6 +51,7 @@ impl Shared {
                             p.period_mine = 0;
                         } else if used < p.period_seen {
                             p.period_seen = used;
+                            p.period_mine = 0;
                         }
                         (start, end, used.saturating_sub(p.period_seen))
                     });

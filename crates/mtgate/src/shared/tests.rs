@@ -102,6 +102,24 @@ impl Backend for Memory {
     fn listen(&self) -> StoreFuture<'_, Announcements> {
         Box::pin(async move { Err(BackendError::Store("no announcements here".into())) })
     }
+
+    fn reset_usage<'a>(
+        &'a self,
+        user: &'a str,
+        _period: Option<i64>,
+        period_only: bool,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut all = self.usage.lock().unwrap();
+            if let Some(e) = all.get_mut(user) {
+                e.1 = 0;
+                if !period_only {
+                    e.0 = 0;
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 fn node(store: &Arc<Memory>, name: &str) -> Arc<Shared> {
