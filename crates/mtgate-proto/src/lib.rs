@@ -11,6 +11,7 @@
 //! * [`faketls`]: ClientHello check, ServerHello build, TLS record layer;
 //! * [`key`]: a user's secret as the handshake uses it (in memory, or kept in
 //!   an HSM behind [`key::SecretOps`]);
+//! * [`link`]: the proxy-to-proxy link (its cipher negotiation so far);
 //! * [`replay`]: a bounded replay cache;
 //! * [`probe`]: `req_pq_multi` → `resPQ`, the unencrypted MTProto that proves a DC answers;
 //! * [`handshake`]: the server handshake state machine that ties them together;
@@ -20,6 +21,7 @@
 pub mod faketls;
 pub mod handshake;
 pub mod key;
+pub mod link;
 pub mod me;
 pub mod obfs2;
 pub mod probe;
