@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import (FAKE_DC_BIN, MTGATE_BIN, MaskSink, Secrets, Service, Socks5Proxy, fmt_addr,
-                     proxy_config, require)
+                     proxy_config, random_key_hex, require)
 
 
 class Stack(Secrets):
@@ -56,7 +56,7 @@ def _start_stack(tmp: Path, host: str, socks: Socks5Proxy | None = None, extra: 
     through it; ``ws_front``: only through the fake DC's ws:// endpoint (DC addresses dead);
     ``echo``: the fake DC echoes the decrypted stream instead of answering MTProto."""
     require(MTGATE_BIN, FAKE_DC_BIN)
-    key_hex = os.urandom(16).hex()
+    key_hex = random_key_hex()
     mask = MaskSink(host)
     fake_dc = None
     upstream = "\n[upstream]\nfallback_dc = 2\n"

@@ -346,6 +346,16 @@ modes = ["classic", "dd", "ee"]
 {extra}"""
 
 
+def random_key_hex() -> str:
+    """A random 16-byte secret as 32 hex digits, never starting with a ``dd`` or ``ee`` byte:
+    Telethon reads a plain secret that starts so as that form and refuses it (mtgate's own
+    generator leaves them out for the same reason)."""
+    while True:
+        key = os.urandom(16)
+        if key[0] not in (0xDD, 0xEE):
+            return key.hex()
+
+
 class Secrets:
     """The three secrets of a stack's user (``key_hex``)."""
 

@@ -37,6 +37,7 @@ from harness import (  # noqa: E402
     CLIENT_TIMEOUT,
     MTGATE_BIN,
     MaskSink,
+    random_key_hex,
     Secrets,
     Service,
     require,
@@ -139,7 +140,7 @@ connections_per_addr = 1
 class MeStack(Secrets):
     def __init__(self, tmp: Path):
         require(MTGATE_BIN, ME_PYTHON, _oracle_dir() / "fake_me.py")
-        self.key_hex = os.urandom(16).hex()
+        self.key_hex = random_key_hex()
         self.me = FakeMe(tmp)
         self.mask = MaskSink("127.0.0.1")
         try:

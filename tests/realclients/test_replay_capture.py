@@ -190,7 +190,7 @@ mode = "monitor"
 
 class ReplayStack(rc.Secrets):
     def __init__(self, tmp: Path):
-        self.key_hex = os.urandom(16).hex()
+        self.key_hex = rc.random_key_hex()
         self.fake_dc = self.dc_tap = self.sink = self.proxy = self.tap = None
         try:
             self.fake_dc = rc.Service("fake-dc", [str(rc.FAKE_DC_BIN), "--listen", "127.0.0.1:0"], tmp)

@@ -131,11 +131,18 @@ impl Key16 {
         Self(bytes)
     }
 
-    /// A fresh random secret from the OS generator.
+    /// A fresh random secret from the OS generator. Its first byte is never
+    /// `0xdd` or `0xee`: some clients (Telethon) read a plain secret that
+    /// starts so as a `dd` or `ee` form and refuse it (2 of 256 first bytes
+    /// left out: 127.98 bits of entropy instead of 128).
     pub fn generate() -> Self {
         let mut b = [0u8; 16];
-        fill_random(&mut b);
-        Self(b)
+        loop {
+            fill_random(&mut b);
+            if b[0] != 0xdd && b[0] != 0xee {
+                return Self(b);
+            }
+        }
     }
 
     /// The raw key bytes: only for hashing and for printing links on purpose.
