@@ -23,14 +23,21 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_millis(1500);
 
-async fn node(site: &MaskSite, redis: &str, name: &str) -> Proxy {
+/// A node fronting `site` with `[shared]` = `store` (where Redis is) and
+/// its name, and alice (`ee`, `dd`).
+async fn node(site: &MaskSite, store: &str, name: &str) -> Proxy {
     Proxy::start(&format!(
         "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
-         [shared]\nredis = \"{redis}\"\nnode = \"{name}\"\ntimeout = \"200ms\"\n\
+         [shared]\n{store}\nnode = \"{name}\"\ntimeout = \"300ms\"\n\
          [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\", \"dd\"]\n",
         site.addr
     ))
     .await
+}
+
+/// `[shared]` lines for one Redis server.
+fn one(redis: &RedisServer) -> String {
+    format!("redis = \"{}\"", redis.url())
 }
 
 /// What the mask site itself answers `hello` (its ServerHello shape).
@@ -57,9 +64,9 @@ async fn wait_for(what: &str, f: impl Fn() -> bool) {
 async fn a_handshake_served_by_one_node_is_fronted_by_another() {
     let mut redis = RedisServer::start();
     let site = MaskSite::start(Duration::from_millis(500)).await;
-    let a = node(&site, &redis.url(), "a").await;
-    let b = node(&site, &redis.url(), "b").await;
-    let c = node(&site, &redis.url(), "c").await;
+    let a = node(&site, &one(&redis), "a").await;
+    let b = node(&site, &one(&redis), "b").await;
+    let c = node(&site, &one(&redis), "c").await;
     let now = unix_now();
 
     // FakeTLS: served by A, replayed to B: B answers as the site does.
@@ -572,18 +579,15 @@ async fn nodes_follow_the_master_the_sentinels_name() {
     let replica = RedisServer::replica_of(master.addr);
     let sentinel = RedisServer::sentinel(master.addr, dir.path());
     let site = MaskSite::start(Duration::from_millis(500)).await;
-    let node = |name: &str| {
-        // The URL's host is not used: the sentinels name the master.
-        let text = format!(
-            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
-             [shared]\nredis = \"redis://127.0.0.1:1\"\nnode = \"{name}\"\ntimeout = \"300ms\"\n\
-             sentinels = [\"{}\"]\nmaster = \"mymaster\"\n\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
-            site.addr, sentinel.addr
-        );
-        async move { Proxy::start(&text).await }
-    };
-    let (a, b) = (node("a").await, node("b").await);
+    // The URL's host is not used: the sentinels name the master.
+    let store = format!(
+        "redis = \"redis://127.0.0.1:1\"\nsentinels = [\"{}\"]\nmaster = \"mymaster\"",
+        sentinel.addr
+    );
+    let (a, b) = (
+        node(&site, &store, "a").await,
+        node(&site, &store, "b").await,
+    );
     // A handshake served on A is a replay on B, through the master.
     let replayed_across = |n: u8| {
         let (a, b, site) = (a.addr, b.addr, site.addr);
@@ -639,18 +643,14 @@ async fn nodes_share_through_a_redis_cluster() {
     let cluster = RedisServer::cluster(dir.path());
     let seeds: Vec<String> = cluster.iter().map(|n| format!("\"{}\"", n.addr)).collect();
     let site = MaskSite::start(Duration::from_millis(500)).await;
-    let node = |name: &str| {
-        let text = format!(
-            "[tls]\ndomains = [\"{DOMAIN}\"]\nmask_host = \"{}\"\nlearn_profile = false\n\
-             [shared]\nredis = \"redis://127.0.0.1:1\"\nnode = \"{name}\"\ntimeout = \"300ms\"\n\
-             cluster = [{}]\n\
-             [users.alice]\nsecret = \"{KEY_HEX}\"\nmodes = [\"ee\"]\n",
-            site.addr,
-            seeds.join(", ")
-        );
-        async move { Proxy::start(&text).await }
-    };
-    let (a, b) = (node("a").await, node("b").await);
+    let store = format!(
+        "redis = \"redis://127.0.0.1:1\"\ncluster = [{}]",
+        seeds.join(", ")
+    );
+    let (a, b) = (
+        node(&site, &store, "a").await,
+        node(&site, &store, "b").await,
+    );
     let hello = build_client_hello(&key(), DOMAIN, unix_now(), &[1; 64], 1800);
     served_by_mtgate(None, a.addr, &hello).await;
     let got = answer(&b, &hello).await;

@@ -133,11 +133,6 @@ impl Token {
             pool.push(s);
         }
     }
-
-    /// Sessions idle in the pool (for tests).
-    pub fn pooled(&self) -> usize {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// A secret kept in the token: the handshake's digests of it, computed there.
