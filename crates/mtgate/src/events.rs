@@ -128,6 +128,8 @@ pub enum Event<'a> {
         /// The source as the policy counts it.
         source: std::net::IpAddr,
     },
+    /// A proxy-to-proxy link came up, went down or was refused.
+    Link(&'a crate::link::LinkEvent),
     Closed {
         id: u64,
         user: Option<&'a str>,
@@ -256,6 +258,26 @@ impl EventSink for LogSink {
             Event::TargetRestored { target } => {
                 tracing::info!(%target, "upstream target back in service")
             }
+            Event::Link(l) => match l {
+                crate::link::LinkEvent::Up {
+                    role,
+                    peer,
+                    cipher,
+                    bridge,
+                } => tracing::info!(
+                    role,
+                    %peer,
+                    cipher = cipher.name(),
+                    bridge = bridge.as_deref().unwrap_or(""),
+                    "link up"
+                ),
+                crate::link::LinkEvent::Down { role, peer, reason } => {
+                    tracing::warn!(role, %peer, reason, "link down")
+                }
+                crate::link::LinkEvent::Refused { role, peer, reason } => {
+                    tracing::warn!(role, %peer, reason, "link handshake refused")
+                }
+            },
             Event::Reloaded { ok: true, detail } => {
                 tracing::info!(detail, "configuration reloaded")
             }

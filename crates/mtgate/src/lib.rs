@@ -26,6 +26,7 @@ pub mod front;
 #[cfg(unix)]
 pub mod handover;
 pub mod hsm;
+pub mod link;
 pub mod links;
 pub mod logsum;
 pub mod mask;

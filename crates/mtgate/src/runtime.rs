@@ -53,6 +53,11 @@ pub struct Runtime {
     /// State shared with other nodes (`None`: this node alone; kept across
     /// reloads, `[shared]` changes with a restart).
     pub shared: Option<Arc<crate::shared::Shared>>,
+    /// The links to an exit when this node is a bridge (`[link.bridge]`;
+    /// kept across reloads that leave it unchanged).
+    pub link: Option<Arc<crate::link::Bridge>>,
+    /// The link's counters, both roles (kept across reloads).
+    pub link_stats: Arc<crate::link::Stats>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -162,6 +167,7 @@ impl Runtime {
             )?),
             false => None,
         };
+        let link_stats = Arc::new(crate::link::Stats::default());
         Ok(Self {
             policy,
             mask_budget: crate::front::MaskBudget::new(config.mask_budget),
@@ -179,6 +185,12 @@ impl Runtime {
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
             site,
             shared,
+            link: config
+                .link
+                .bridge
+                .clone()
+                .map(|c| crate::link::Bridge::new(c, link_stats.bridge.clone(), telemetry.clone())),
+            link_stats,
             me: crate::me::MeService::start(&config).map(Arc::new),
             replay: Arc::new(Mutex::new(ReplayCache::new(
                 config.replay_cache_size,
@@ -229,6 +241,12 @@ impl Runtime {
         self.balancer
             .reconfigure(config.balance.clone(), dc_targets(&config));
         self.warm.reconfigure(config.warm);
+        let link = match (&self.link, &config.link.bridge) {
+            (Some(b), Some(c)) if b.config() == c => Some(b.clone()),
+            (_, c) => c.clone().map(|c| {
+                crate::link::Bridge::new(c, self.link_stats.bridge.clone(), self.telemetry.clone())
+            }),
+        };
         Ok(Self {
             policy: self.policy.clone(),
             mask_budget: self.mask_budget.clone(),
@@ -243,6 +261,8 @@ impl Runtime {
             ws_upstream: crate::net::ws_upstream::WsUpstream::new(&config.ws_upstream),
             site,
             shared: self.shared.clone(),
+            link,
+            link_stats: self.link_stats.clone(),
             me: self.me.clone(),
             replay: self.replay.clone(),
             handshake: ArcSwap::from_pointee(hc),
@@ -301,6 +321,7 @@ impl Runtime {
             warm: &self.warm,
             attempt_delay: self.config.attempt_delay,
             ws: self.ws_upstream.as_deref(),
+            link: self.link.as_ref(),
             connect_timeout: self.config.connect_timeout,
             retry: self.config.retry,
         }
@@ -398,7 +419,7 @@ pub async fn health_checks(live: Arc<Live>) {
         let route = rt.route();
         for target in rt.balancer.ejected() {
             let dc = match target {
-                Target::WebSocket { dc } => dc,
+                Target::WebSocket { dc } | Target::Link { dc } => dc,
                 _ => 2,
             };
             let timeout = rt.config.connect_timeout;

@@ -38,6 +38,8 @@ pub struct Server {
     pub ws_addrs: Vec<SocketAddr>,
     /// The configured address each listener serves (same order as `local_addrs`).
     pub configured: Vec<SocketAddr>,
+    /// The link port's local address (`[link.exit]`).
+    pub link_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     conns: Arc<Semaphore>,
@@ -120,6 +122,7 @@ impl Server {
         }
         let mut server = Self::start_labeled(live.clone(), listeners)?;
         server.start_websocket(&live, Vec::new())?;
+        server.start_link(&live)?;
         Ok(server)
     }
 
@@ -158,6 +161,26 @@ impl Server {
                 AliveGuard(self.alive.clone()),
             ));
         }
+        Ok(())
+    }
+
+    /// Starts accepting bridges on `[link.exit] listen` (bound with
+    /// `SO_REUSEPORT`, so a successor process can bind beside this one).
+    pub fn start_link(&mut self, live: &Arc<Live>) -> anyhow::Result<()> {
+        let rt = live.current();
+        let Some(exit) = &rt.config.link.exit else {
+            return Ok(());
+        };
+        let std = bind_reuse_port(exit.listen)
+            .with_context(|| format!("cannot listen for links on {}", exit.listen))?;
+        std.set_nonblocking(true)?;
+        let l = TcpListener::from_std(std)?;
+        self.link_addr = Some(l.local_addr()?);
+        tokio::spawn(crate::link::exit::accept_loop(
+            l,
+            live.clone(),
+            self.stop.subscribe(),
+        ));
         Ok(())
     }
 
@@ -230,6 +253,7 @@ impl Server {
         Ok(Self {
             local_addrs,
             ws_addrs: Vec::new(),
+            link_addr: None,
             configured,
             shutdown: tx,
             tasks,

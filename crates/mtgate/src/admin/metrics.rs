@@ -391,6 +391,8 @@ impl Metrics {
                     })
                     .inc();
             }
+            // Links are counted by their own collector (crate::link::stats).
+            Event::Link(_) => {}
             Event::TargetRestored { target } => {
                 self.restorations
                     .get_or_create(&TargetLabels {

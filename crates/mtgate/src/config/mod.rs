@@ -138,6 +138,8 @@ pub struct Config {
     pub admin_tls: Option<(PathBuf, PathBuf)>,
     /// State shared with other nodes (`[shared]`; `None`: this node alone).
     pub shared: Option<crate::shared::SharedConfig>,
+    /// The proxy-to-proxy link: this node as an exit, or as a bridge.
+    pub link: crate::link::LinkConfig,
     /// Security policy (`[policy]`).
     pub policy: PolicyConfig,
     /// Happy eyeballs: how long a DC target may go unanswered before the
@@ -440,6 +442,13 @@ impl Config {
         }
         let shared =
             crate::shared::SharedConfig::from_raw(raw.shared).map_err(|(k, m)| invalid(k, m))?;
+        let link = crate::link::LinkConfig::from_raw(raw.link).map_err(|(k, m)| invalid(k, m))?;
+        if link.bridge.is_some() && me.enabled {
+            return Err(invalid(
+                "link.bridge",
+                "a link carries direct-mode DC connections: turn [me] off on a bridge",
+            ));
+        }
         let admin_tls = match (raw.admin.tls_cert, raw.admin.tls_key) {
             (None, None) => None,
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
@@ -516,6 +525,7 @@ impl Config {
             admin_auth_failures,
             admin_tls,
             shared,
+            link,
             policy,
             proxy_protocol,
             websocket,

@@ -45,6 +45,9 @@ pub struct RawConfig {
     /// State shared with other nodes (`[shared]`, Redis).
     #[serde(default)]
     pub shared: crate::shared::RawShared,
+    /// The proxy-to-proxy link (`[link.exit]`, `[link.bridge]`).
+    #[serde(default)]
+    pub link: crate::link::RawLink,
 }
 
 /// `[hsm]`: the PKCS#11 module, the token and where its PIN is.

@@ -20,6 +20,9 @@ pub struct AuditSink(pub Arc<Control>);
 
 impl EventSink for AuditSink {
     fn emit(&self, e: &Event<'_>) {
+        if let Event::Link(l) = e {
+            self.0.record(&link_record(l));
+        }
         if let Event::Reloaded { ok, detail } = e {
             self.0.record(&Record {
                 action: "config.reload".into(),
@@ -32,6 +35,40 @@ impl EventSink for AuditSink {
                 ..Default::default()
             });
         }
+    }
+}
+
+/// A link's audit entry: `link.up` (role, cipher, the bridge's name on
+/// an exit), `link.down` (why), `link.refused` (why).
+fn link_record(l: &crate::link::LinkEvent) -> Record {
+    use crate::link::LinkEvent as L;
+    match l {
+        L::Up {
+            role,
+            peer,
+            cipher,
+            bridge,
+        } => Record {
+            action: "link.up".into(),
+            target: Some(peer.to_string()),
+            after: Some(json!({ "role": role, "cipher": cipher.name(), "bridge": bridge })),
+            result: "ok".into(),
+            ..Default::default()
+        },
+        L::Down { role, peer, reason } => Record {
+            action: "link.down".into(),
+            target: Some(peer.to_string()),
+            after: Some(json!({ "role": role, "reason": reason })),
+            result: "ok".into(),
+            ..Default::default()
+        },
+        L::Refused { role, peer, reason } => Record {
+            action: "link.refused".into(),
+            target: Some(peer.to_string()),
+            after: Some(json!({ "role": role })),
+            result: format!("refused: {reason}"),
+            ..Default::default()
+        },
     }
 }
 

@@ -23,6 +23,9 @@ pub enum Target {
     /// DC `dc`'s WebSocket endpoint (the client's media flag picks the
     /// media host name).
     WebSocket { dc: u16 },
+    /// DC `dc` through the proxy-to-proxy link's exit (`[link.bridge]`):
+    /// the exit dials the DC from its own table.
+    Link { dc: u16 },
 }
 
 impl Target {
@@ -30,7 +33,7 @@ impl Target {
     pub fn addr(&self) -> Option<SocketAddr> {
         match self {
             Self::Addr(a) | Self::Via { addr: a, .. } => Some(*a),
-            Self::WebSocket { .. } => None,
+            Self::WebSocket { .. } | Self::Link { .. } => None,
         }
     }
 
@@ -40,6 +43,7 @@ impl Target {
             Self::Addr(_) => "tcp",
             Self::Via { .. } => "socks5",
             Self::WebSocket { .. } => "websocket",
+            Self::Link { .. } => "link",
         }
     }
 }
@@ -58,6 +62,7 @@ impl fmt::Display for Target {
             Self::Addr(a) => write!(f, "{a}"),
             Self::Via { addr, chain } => write!(f, "{addr} via {chain}"),
             Self::WebSocket { dc } => write!(f, "websocket dc {dc}"),
+            Self::Link { dc } => write!(f, "link dc {dc}"),
         }
     }
 }

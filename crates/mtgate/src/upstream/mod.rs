@@ -159,6 +159,8 @@ pub struct Route<'a> {
     pub attempt_delay: Duration,
     /// DC connections through WebSocket endpoints, where configured.
     pub ws: Option<&'a WsUpstream>,
+    /// Every DC through the link's exit, when this node is a bridge.
+    pub link: Option<&'a std::sync::Arc<crate::link::Bridge>>,
     /// Bounds a WebSocket connect (TCP, TLS and the upgrade), and a
     /// client's whole connect when it comes to retry passes.
     pub connect_timeout: Duration,
@@ -220,6 +222,7 @@ impl Ways {
             warm: &self.warm,
             attempt_delay: Duration::ZERO,
             ws: self.ws.as_deref(),
+            link: None,
             connect_timeout: self.timeout,
             retry: Retry {
                 passes: 0,
@@ -257,6 +260,7 @@ pub async fn connect_direct(
         .ws
         .filter(|w| !listed && w.host(id, dc.0 < 0).is_some());
     let endpoint = [Target::WebSocket { dc: id }];
+    let through_link = [Target::Link { dc: id }];
     let call = Call {
         route,
         id,
@@ -268,6 +272,8 @@ pub async fn connect_direct(
     let mut pass = 0;
     loop {
         let r = match ws {
+            // A bridge: the exit reaches the DC from its own table.
+            _ if route.link.is_some() => call.try_group(&through_link, events).await,
             None => call.try_group(targets, events).await,
             Some(ws) if !ws.fallback_only() => call.try_group(&endpoint, events).await,
             Some(_) => match call.try_group(targets, events).await {
@@ -323,6 +329,7 @@ impl Call<'_, '_> {
             // TLS and the upgrade are large and rare: boxed, so the future
             // every connection allocates stays small.
             Target::WebSocket { dc } => Box::pin(ws_dial(route, *dc, self.dc, self.tag)).await,
+            Target::Link { .. } => Box::pin(link_dial(route, self.dc, self.tag)).await,
         }
     }
 
@@ -449,6 +456,85 @@ async fn ws_dial(
     }
 }
 
+/// DC index `dc` through the link's exit, with the header sent through it.
+async fn link_dial(
+    route: &Route<'_>,
+    dc: DcIndex,
+    tag: ProtoTag,
+) -> Result<(UpstreamSide, SocketAddr), DialError> {
+    let Some(bridge) = route.link else {
+        return Err(DialError::Connect(ConnectError {
+            class: ErrorClass::Local,
+            detail: "no link configured".into(),
+        }));
+    };
+    let (stream, exit) = bridge
+        .open(dc.0, route.connect_timeout)
+        .await
+        .map_err(DialError::Connect)?;
+    send_header(stream, tag, dc)
+        .await
+        .map(|s| (s, exit))
+        .map_err(DialError::Send)
+}
+
+/// A connection to DC index `dc` without the header, for the link's exit
+/// (the bridge's session sends its own header through it): the DC's group
+/// in the balancer's order, one target at a time, each result fed to its
+/// breaker.
+pub async fn connect_raw(
+    route: &Route<'_>,
+    dc: i16,
+    client: IpAddr,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let (id, targets) = route
+        .table
+        .resolve(dc)
+        .ok_or(UpstreamError::UnknownDc(dc))?;
+    let mut last = String::from("no target");
+    for t in route.balancer.order(targets, route.prefer, client) {
+        let r = match &t {
+            Target::Addr(a) => match route.warm.take(*a) {
+                Some(s) => Ok(s),
+                None => route.connector.connect(*a).await,
+            },
+            Target::Via { addr, chain } => match route.chains.get(chain) {
+                Some(c) => c.connect(*addr).await,
+                None => Err(ConnectError {
+                    class: ErrorClass::Local,
+                    detail: format!("no chain `{chain}`"),
+                }),
+            },
+            Target::WebSocket { dc: n } => match route.ws {
+                Some(ws) => match ws.connect(*n, dc < 0, route.connect_timeout).await {
+                    Some(r) => r.map(|(s, _)| s),
+                    None => Err(ConnectError {
+                        class: ErrorClass::Local,
+                        detail: format!("no WebSocket endpoint for DC {n}"),
+                    }),
+                },
+                None => Err(ConnectError {
+                    class: ErrorClass::Local,
+                    detail: "no WebSocket upstream".into(),
+                }),
+            },
+            Target::Link { .. } => Err(ConnectError {
+                class: ErrorClass::Local,
+                detail: "an exit does not chain to another link".into(),
+            }),
+        };
+        route.balancer.record(&t, r.is_ok());
+        match r {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = format!("{t}: {e}"),
+        }
+    }
+    Err(UpstreamError::Unreachable { dc: id, last })
+}
+
 /// What happened on the way to a DC, for the session's events.
 #[derive(Debug)]
 pub enum Attempt<'a> {
@@ -489,6 +575,7 @@ mod future_size {
             warm: &warm,
             attempt_delay: Duration::from_millis(250),
             ws: None,
+            link: None,
             connect_timeout: Duration::from_secs(1),
             retry: Retry::default(),
         };

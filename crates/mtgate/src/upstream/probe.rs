@@ -97,6 +97,9 @@ pub async fn probe_target(
         Target::WebSocket { dc } => Box::pin(super::ws_dial(route, *dc, index, tag))
             .await
             .map(|(side, _)| side),
+        Target::Link { .. } => Box::pin(super::link_dial(route, index, tag))
+            .await
+            .map(|(side, _)| side),
     };
     let side = opened.map_err(dial_error)?;
     let left = timeout.saturating_sub(started.elapsed());

@@ -61,6 +61,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The `[websocket]` listeners, if any.
     pub ws: Vec<SocketAddr>,
+    /// The link port (`[link.exit]`), if any.
+    pub link: Option<SocketAddr>,
     /// The state directory (kept until the proxy is dropped).
     pub state: tempfile::TempDir,
     pub counters: Arc<Counters>,
@@ -132,6 +134,7 @@ impl Proxy {
             state,
             addr: server.local_addrs[0],
             ws: server.ws_addrs.clone(),
+            link: server.link_addr,
             counters,
             runtime,
             server: Some(server),

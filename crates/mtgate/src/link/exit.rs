@@ -1,0 +1,219 @@
+//! The exit: bridges connect to `[link.exit] listen`, prove their token
+//! and open streams; each stream becomes a DC connection from here.
+//!
+//! The first bytes must be a link handshake this exit can decrypt with one
+//! of its bridges' tokens. Anything else (a prober, a browser, a bridge with
+//! a wrong token or pinning another key) is handed to the mask host with
+//! the bytes read so far, exactly as a failed client handshake is, so the
+//! port looks like the website. A bridge whose token is right but that
+//! shares no cipher, or whose clock is far off, gets an answer saying so
+//! and is refused with an audit entry.
+//!
+//! A stream names the client's DC index; the exit dials the DC through its
+//! own `[dcs]` group (its balancer, chains and WebSocket endpoints) and
+//! relays raw bytes: the bridge's session speaks obfuscated2 to the DC
+//! through it, so the exit never sees a client's keys.
+
+use super::mux::{Mux, OnOpen, Stream};
+use super::LinkEvent;
+use crate::mask::{self, MaskLink};
+use crate::runtime::{Live, Runtime};
+use mtgate_proto::link::frame::Reason;
+use mtgate_proto::link::handshake::{self, HandshakeError, MAX_MESSAGE};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+/// How long a bridge has to send its first message.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections on the link port at once (handshaking or established).
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Accepts on the link port until `stop` turns true.
+pub async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "link accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            serve(tcp, peer, live).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reads a first message: the bytes read, and whether they hold one whole
+/// message of a plausible length (`false`: front them).
+async fn first_message(tcp: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut buf = Vec::with_capacity(2 + MAX_MESSAGE);
+    let mut chunk = [0u8; 2 + MAX_MESSAGE];
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        let want = match handshake::message_len(&buf) {
+            Err(_) => return (buf, false),
+            Ok(Some(n)) if buf.len() >= n => {
+                let whole = buf.len() == n;
+                return (buf, whole);
+            }
+            Ok(Some(n)) => n - buf.len(),
+            Ok(None) => 2 - buf.len(),
+        };
+        let r = tokio::time::timeout_at(deadline, tcp.read(&mut chunk[..want])).await;
+        match r {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (buf, false),
+        }
+    }
+}
+
+async fn serve(mut tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
+    let rt = live.current();
+    let Some(cfg) = rt.config.link.exit.clone() else {
+        return;
+    };
+    let stats = rt.link_stats.exit.clone();
+    let _ = tcp.set_nodelay(true);
+    let (first, whole) = first_message(&mut tcp).await;
+    let tokens: Vec<_> = cfg.tokens.iter().map(|(_, t)| t.clone()).collect();
+    let now = crate::civil::unix_now().max(0) as u64;
+    let accepted = match whole {
+        true => handshake::accept(&cfg.key, &tokens, &cfg.offer, &first, now),
+        false => Err(HandshakeError::NotOurs),
+    };
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            if !first.is_empty() {
+                stats
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A stranger's bytes are not worth an audit line each: counted
+                // and logged at debug; a wrong token looks the same as a probe.
+                tracing::debug!(%peer, error = %e, "link port: not a link handshake; fronted");
+            }
+            front(tcp, peer, &first, &rt).await;
+            return;
+        }
+    };
+    if tcp.write_all(&accepted.answer).await.is_err() {
+        return;
+    }
+    let est = match accepted.result {
+        Ok(est) => est,
+        Err(e) => {
+            stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            super::emit(
+                &rt.telemetry,
+                LinkEvent::Refused {
+                    role: "exit",
+                    peer,
+                    reason: e.to_string(),
+                },
+            );
+            return;
+        }
+    };
+    let bridge = cfg
+        .tokens
+        .get(est.token)
+        .map(|(n, _)| n.clone())
+        .unwrap_or_default();
+    stats.link_up(est.cipher);
+    super::emit(
+        &rt.telemetry,
+        LinkEvent::Up {
+            role: "exit",
+            peer,
+            cipher: est.cipher,
+            bridge: Some(bridge.clone()),
+        },
+    );
+    let opener = Arc::new(ExitOpener {
+        live: live.clone(),
+        bridge: peer.ip(),
+    });
+    let mux = Mux::start(
+        tcp,
+        est.sealer,
+        est.opener,
+        cfg.rekey,
+        cfg.max_streams,
+        Some(opener),
+        stats.clone(),
+    );
+    drop(rt);
+    let why = mux.wait_closed().await;
+    stats.link_down();
+    super::emit(
+        &live.current().telemetry,
+        LinkEvent::Down {
+            role: "exit",
+            peer,
+            reason: why,
+        },
+    );
+}
+
+/// Hands a connection that is not a link to the mask host, replaying what
+/// it sent.
+async fn front(tcp: TcpStream, peer: SocketAddr, read: &[u8], rt: &Runtime) {
+    if !rt.config.fronting {
+        return;
+    }
+    let link = MaskLink::new(
+        rt.mask_host(),
+        rt.config.connect_timeout,
+        None,
+        rt.mask_gate(peer.ip(), false),
+    );
+    Box::pin(mask::splice(tcp, read, false, link)).await;
+}
+
+/// Opens a DC connection for each stream a bridge opens.
+struct ExitOpener {
+    live: Arc<Live>,
+    bridge: std::net::IpAddr,
+}
+
+impl OnOpen for ExitOpener {
+    fn open(&self, stream: Stream, dc: i16) {
+        let rt = self.live.current();
+        let bridge = self.bridge;
+        tokio::spawn(async move {
+            let route = rt.route();
+            let r = crate::upstream::connect_raw(&route, dc, bridge).await;
+            match r {
+                Ok(tcp) => {
+                    if stream.opened().await {
+                        stream.pump(tcp).await;
+                    }
+                }
+                Err(crate::upstream::UpstreamError::UnknownDc(_)) => {
+                    stream.refuse(Reason::UnknownDc)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, dc, "link exit: DC unreachable");
+                    stream.refuse(Reason::Unreachable)
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,583 @@
+//! The multiplexer: many client sessions over one link connection.
+//!
+//! A [`Mux`] owns one established link (its carriage and the two record
+//! halves) through two tasks: the writer gathers the frames every stream
+//! sends into records (several frames a record, several records a write),
+//! seals them and rekeys on the configured volume or time; the reader
+//! opens records and hands each frame to its stream without ever waiting
+//! on one. Each stream has its own credit both ways
+//! ([`frame::INITIAL_WINDOW`]): a side sends data only within the credit
+//! the other gave back, so a session whose client reads slowly holds at most
+//! one window of bytes here and never stalls the others. A peer that sends
+//! past its credit has its stream reset.
+//!
+//! A stream is bound to a local TCP socket by [`Stream::pump`]: on the exit
+//! the DC connection, on the bridge one end of a loopback pair whose other
+//! end the session relays on as on any DC connection.
+//!
+//! The link ends on a record that fails to open (tampered, replayed,
+//! reordered), a frame that breaks the rules, a carriage error, or silence
+//! past [`IDLE`] (each side pings every [`KEEPALIVE`]); every stream on it
+//! is then reset.
+
+use super::config::Rekey;
+use super::stats::LinkStats;
+use mtgate_proto::link::frame::{self, Frame, Reason, INITIAL_WINDOW, MAX_DATA};
+use mtgate_proto::link::record::{Kind, Opener, Sealer, MAX_PLAINTEXT, MAX_RECORD};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// Each side pings this often.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A link silent this long is dead.
+pub const IDLE: Duration = Duration::from_secs(45);
+/// Frames queued for the writer before senders wait.
+const OUT_QUEUE: usize = 1024;
+/// Credit is given back once this much was delivered.
+const GRANT_AT: usize = INITIAL_WINDOW as usize / 4;
+/// Most credit a peer may pile up on one stream.
+const MAX_CREDIT: usize = 16 << 20;
+/// Bytes of sealed records gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// What a link's carriage must be: a byte stream both ways.
+pub trait Carriage: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Carriage for T {}
+
+/// What a stream hears from the link.
+#[derive(Debug)]
+enum Inbound {
+    Opened,
+    Data(Vec<u8>),
+    Fin,
+    Reset(Reason),
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<Inbound>,
+    /// Bytes this side may still send.
+    credit: Semaphore,
+    /// Bytes received and not yet given back as credit.
+    outstanding: AtomicUsize,
+}
+
+/// Called on the exit for every stream a bridge opens.
+pub trait OnOpen: Send + Sync + 'static {
+    fn open(&self, stream: Stream, dc: i16);
+}
+
+struct Inner {
+    out: mpsc::Sender<Vec<u8>>,
+    streams: Mutex<HashMap<u32, Arc<Slot>>>,
+    next: AtomicU32,
+    max_streams: usize,
+    /// Why the link ended (`None` while it is up).
+    closed: watch::Sender<Option<String>>,
+    /// Close once the last stream ends (a replaced bridge's links).
+    retiring: std::sync::atomic::AtomicBool,
+    stats: Arc<LinkStats>,
+}
+
+impl Inner {
+    fn close(&self, why: &str) {
+        let first = self.closed.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(why.to_owned());
+                true
+            } else {
+                false
+            }
+        });
+        if first {
+            let slots: Vec<_> = match self.streams.lock() {
+                Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
+                Err(_) => Vec::new(),
+            };
+            for s in slots {
+                let _ = s.tx.send(Inbound::Reset(Reason::Aborted));
+                s.credit.close();
+            }
+        }
+    }
+
+    fn slot(&self, id: u32) -> Option<Arc<Slot>> {
+        self.streams.lock().ok()?.get(&id).cloned()
+    }
+
+    fn remove(&self, id: u32) {
+        let left = match self.streams.lock() {
+            Ok(mut m) => {
+                m.remove(&id);
+                m.len()
+            }
+            Err(_) => 0,
+        };
+        if left == 0 && self.retiring.load(Relaxed) {
+            self.close("retired");
+        }
+    }
+
+    fn register(&self, id: u32) -> Result<(Arc<Slot>, mpsc::UnboundedReceiver<Inbound>), Reason> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slot = Arc::new(Slot {
+            tx,
+            credit: Semaphore::new(INITIAL_WINDOW as usize),
+            outstanding: AtomicUsize::new(0),
+        });
+        let mut m = self.streams.lock().map_err(|_| Reason::Aborted)?;
+        if m.len() >= self.max_streams {
+            return Err(Reason::Busy);
+        }
+        if m.contains_key(&id) {
+            return Err(Reason::Protocol);
+        }
+        m.insert(id, slot.clone());
+        Ok((slot, rx))
+    }
+
+    fn send_now(&self, f: Frame<'_>) {
+        let mut v = Vec::with_capacity(f.wire_len());
+        f.encode(&mut v);
+        let _ = self.out.try_send(v);
+    }
+
+    async fn send(&self, f: Frame<'_>) -> Result<(), ()> {
+        let mut v = Vec::with_capacity(f.wire_len());
+        f.encode(&mut v);
+        self.out.send(v).await.map_err(|_| ())
+    }
+}
+
+/// One link connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    inner: Arc<Inner>,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the link is down: {0}")]
+    Closed(String),
+    #[error("the exit refused the stream: {}", .0.label())]
+    Refused(Reason),
+    #[error("no answer from the exit within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Mux {
+    /// Runs an established link over `carriage`: `sealer` for what this
+    /// side sends, `opener` for what it reads; `on_open` on the exit.
+    pub fn start<C: Carriage>(
+        carriage: C,
+        sealer: Sealer,
+        opener: Opener,
+        rekey: Rekey,
+        max_streams: usize,
+        on_open: Option<Arc<dyn OnOpen>>,
+        stats: Arc<LinkStats>,
+    ) -> Mux {
+        let (out, rx) = mpsc::channel(OUT_QUEUE);
+        let (closed, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            out,
+            streams: Mutex::new(HashMap::new()),
+            next: AtomicU32::new(1),
+            max_streams,
+            closed,
+            retiring: Default::default(),
+            stats,
+        });
+        let (rd, wr) = tokio::io::split(carriage);
+        let w = inner.clone();
+        tokio::spawn(async move {
+            let r = writer(&w, wr, sealer, rx, rekey).await;
+            w.close(&r.err().unwrap_or_else(|| "closed".into()));
+        });
+        let r = inner.clone();
+        tokio::spawn(async move {
+            let res = reader(&r, rd, opener, on_open).await;
+            r.close(&res.err().unwrap_or_else(|| "closed".into()));
+        });
+        Mux { inner }
+    }
+
+    /// Why the link ended, once it has.
+    pub fn closed(&self) -> Option<String> {
+        self.inner.closed.borrow().clone()
+    }
+
+    /// Waits until the link ends; why.
+    pub async fn wait_closed(&self) -> String {
+        let mut rx = self.inner.closed.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "closed".into();
+            }
+        }
+    }
+
+    /// Ends the link now.
+    pub fn close(&self, why: &str) {
+        self.inner.close(why);
+    }
+
+    /// Lets the streams on it finish, then closes it.
+    pub fn retire(&self) {
+        self.inner.retiring.store(true, Relaxed);
+        if self.streams() == 0 {
+            self.inner.close("retired");
+        }
+    }
+
+    /// Streams open on it.
+    pub fn streams(&self) -> usize {
+        self.inner.streams.lock().map_or(0, |m| m.len())
+    }
+
+    /// Opens a stream to DC index `dc` (bridge side) and waits for the
+    /// exit's answer.
+    pub async fn open(&self, dc: i16, wait: Duration) -> Result<Stream, OpenError> {
+        if let Some(why) = self.closed() {
+            return Err(OpenError::Closed(why));
+        }
+        let id = self.inner.next.fetch_add(1, Relaxed);
+        let (slot, mut rx) = self.inner.register(id).map_err(OpenError::Refused)?;
+        let mut stream = Stream {
+            id,
+            slot,
+            rx: None,
+            inner: self.inner.clone(),
+        };
+        if self
+            .inner
+            .send(Frame::Open { stream: id, dc })
+            .await
+            .is_err()
+        {
+            return Err(OpenError::Closed("writer gone".into()));
+        }
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Inbound::Opened)) => {
+                stream.rx = Some(rx);
+                Ok(stream)
+            }
+            Ok(Some(Inbound::Reset(r))) => Err(OpenError::Refused(r)),
+            Ok(_) => Err(OpenError::Closed(
+                self.closed().unwrap_or_else(|| "closed".into()),
+            )),
+            Err(_) => {
+                self.inner.send_now(Frame::Reset {
+                    stream: id,
+                    reason: Reason::Aborted,
+                });
+                Err(OpenError::Timeout(wait))
+            }
+        }
+    }
+}
+
+/// One session's stream on a link.
+pub struct Stream {
+    id: u32,
+    slot: Arc<Slot>,
+    rx: Option<mpsc::UnboundedReceiver<Inbound>>,
+    inner: Arc<Inner>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.inner.remove(self.id);
+    }
+}
+
+impl Stream {
+    /// Tells the bridge its stream is open (exit side).
+    pub async fn opened(&self) -> bool {
+        self.inner
+            .send(Frame::Opened { stream: self.id })
+            .await
+            .is_ok()
+    }
+
+    /// Refuses the stream (exit side).
+    pub fn refuse(self, reason: Reason) {
+        self.inner.send_now(Frame::Reset {
+            stream: self.id,
+            reason,
+        });
+    }
+
+    /// Relays between the stream and `tcp` until both directions end, or
+    /// either side aborts (then the other hears a reset).
+    pub async fn pump(mut self, tcp: TcpStream) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let (mut rd, mut wr) = tcp.into_split();
+        let (id, slot, inner) = (self.id, &self.slot, &self.inner);
+        let up = async {
+            let mut buf = vec![0u8; MAX_DATA];
+            loop {
+                let n = rd.read(&mut buf).await.map_err(|_| ())?;
+                if n == 0 {
+                    return inner.send(Frame::Fin { stream: id }).await;
+                }
+                // n ≤ MAX_DATA fits a u32.
+                slot.credit
+                    .acquire_many(n as u32)
+                    .await
+                    .map_err(|_| ())?
+                    .forget();
+                inner
+                    .send(Frame::Data {
+                        stream: id,
+                        bytes: &buf[..n],
+                    })
+                    .await?;
+                inner.stats.add_up(n);
+            }
+        };
+        let down = async {
+            let mut delivered = 0usize;
+            while let Some(m) = rx.recv().await {
+                match m {
+                    Inbound::Data(v) => {
+                        wr.write_all(&v).await.map_err(|_| ())?;
+                        inner.stats.add_down(v.len());
+                        delivered += v.len();
+                        if delivered >= GRANT_AT {
+                            slot.outstanding.fetch_sub(delivered, Relaxed);
+                            // delivered < 2 × INITIAL_WINDOW fits a u32.
+                            inner
+                                .send(Frame::Window {
+                                    stream: id,
+                                    credit: delivered as u32,
+                                })
+                                .await?;
+                            delivered = 0;
+                        }
+                    }
+                    Inbound::Fin => {
+                        let _ = wr.shutdown().await;
+                        return Ok(());
+                    }
+                    Inbound::Reset(_) => return Err(()),
+                    Inbound::Opened => {}
+                }
+            }
+            Err(())
+        };
+        if tokio::try_join!(up, down).is_err() {
+            inner.send_now(Frame::Reset {
+                stream: id,
+                reason: Reason::Aborted,
+            });
+        }
+    }
+}
+
+async fn writer<W: AsyncWrite + Unpin>(
+    inner: &Inner,
+    mut wr: W,
+    mut sealer: Sealer,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    rekey: Rekey,
+) -> Result<(), String> {
+    let mut closed = inner.closed.subscribe();
+    let mut body: Vec<u8> = Vec::with_capacity(MAX_PLAINTEXT);
+    let mut wire: Vec<u8> = Vec::with_capacity(WRITE_BATCH + MAX_RECORD);
+    let mut pending: Option<Vec<u8>> = None;
+    let mut keyed = Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let ping = |v: &mut Vec<u8>| {
+        Frame::Ping {
+            stream: 0,
+            value: 0,
+        }
+        .encode(v)
+    };
+    loop {
+        let first = match pending.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => f,
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => {
+                    let mut v = Vec::new();
+                    ping(&mut v);
+                    v
+                }
+                _ = closed.changed() => return Ok(()),
+            },
+        };
+        wire.clear();
+        body.clear();
+        body.extend_from_slice(&first);
+        // Gather what else is queued: frames into records, records into
+        // one write.
+        loop {
+            let next = rx.try_recv().ok();
+            let fits = next
+                .as_ref()
+                .is_some_and(|f| body.len() + f.len() < MAX_PLAINTEXT);
+            if fits {
+                if let Some(f) = next {
+                    body.extend_from_slice(&f);
+                }
+                continue;
+            }
+            sealer
+                .seal(Kind::Frames, &body, &mut wire)
+                .map_err(|e| e.to_string())?;
+            body.clear();
+            match next {
+                Some(f) if wire.len() < WRITE_BATCH => body.extend_from_slice(&f),
+                Some(f) => {
+                    pending = Some(f);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if sealer.bytes_since_rekey() >= rekey.bytes || keyed.elapsed() >= rekey.interval {
+            sealer.rekey(&mut wire).map_err(|e| e.to_string())?;
+            keyed = Instant::now();
+            inner.stats.rekeyed();
+        }
+        wr.write_all(&wire)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        inner.stats.add_wire_out(wire.len());
+    }
+}
+
+async fn reader<R: AsyncRead + Unpin>(
+    inner: &Arc<Inner>,
+    mut rd: R,
+    mut opener: Opener,
+    on_open: Option<Arc<dyn OnOpen>>,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 2 * MAX_RECORD];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut closed = inner.closed.subscribe();
+    loop {
+        loop {
+            match opener.open(&mut buf[start..end]) {
+                Ok(Some(o)) => {
+                    if o.kind == Kind::Frames {
+                        let body = &buf[start + o.body.start..start + o.body.end];
+                        dispatch(inner, body, on_open.as_ref())?;
+                    } else {
+                        inner.stats.rekeyed();
+                    }
+                    start += o.consumed;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if start == end {
+            (start, end) = (0, 0);
+        } else if buf.len() - end < MAX_RECORD {
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(IDLE, rd.read(&mut buf[end..])) => match r {
+                Err(_) => return Err(format!("silent for {IDLE:?}")),
+                Ok(Err(e)) => return Err(format!("read: {e}")),
+                Ok(Ok(0)) => return Err("closed by the peer".into()),
+                Ok(Ok(n)) => n,
+            },
+            _ = closed.changed() => return Ok(()),
+        };
+        inner.stats.add_wire_in(n);
+        end += n;
+    }
+}
+
+/// Hands each frame of a record to its stream.
+fn dispatch(
+    inner: &Arc<Inner>,
+    body: &[u8],
+    on_open: Option<&Arc<dyn OnOpen>>,
+) -> Result<(), String> {
+    for f in frame::frames(body) {
+        let f = f.map_err(|e| e.to_string())?;
+        match f {
+            Frame::Open { stream, dc } => {
+                let Some(on_open) = on_open else {
+                    return Err("the exit opened a stream".into());
+                };
+                match inner.register(stream) {
+                    Ok((slot, rx)) => on_open.open(
+                        Stream {
+                            id: stream,
+                            slot,
+                            rx: Some(rx),
+                            inner: inner.clone(),
+                        },
+                        dc,
+                    ),
+                    Err(reason) => inner.send_now(Frame::Reset { stream, reason }),
+                }
+            }
+            Frame::Opened { stream } => {
+                if let Some(s) = inner.slot(stream) {
+                    let _ = s.tx.send(Inbound::Opened);
+                }
+            }
+            Frame::Data { stream, bytes } => {
+                let Some(s) = inner.slot(stream) else {
+                    continue;
+                };
+                let held = s.outstanding.fetch_add(bytes.len(), Relaxed) + bytes.len();
+                if held > INITIAL_WINDOW as usize {
+                    inner.stats.violation();
+                    let _ = s.tx.send(Inbound::Reset(Reason::Protocol));
+                    inner.send_now(Frame::Reset {
+                        stream,
+                        reason: Reason::Protocol,
+                    });
+                    inner.remove(stream);
+                    continue;
+                }
+                let _ = s.tx.send(Inbound::Data(bytes.to_vec()));
+            }
+            Frame::Window { stream, credit } => {
+                if let Some(s) = inner.slot(stream) {
+                    let c = credit as usize;
+                    if s.credit.available_permits() + c > MAX_CREDIT {
+                        return Err(format!("stream {stream}: credit past {MAX_CREDIT}"));
+                    }
+                    s.credit.add_permits(c);
+                }
+            }
+            Frame::Fin { stream } => {
+                if let Some(s) = inner.slot(stream) {
+                    let _ = s.tx.send(Inbound::Fin);
+                }
+            }
+            Frame::Reset { stream, reason } => {
+                if let Some(s) = inner.slot(stream) {
+                    let _ = s.tx.send(Inbound::Reset(reason));
+                    s.credit.close();
+                }
+            }
+            Frame::Ping { value, .. } => inner.send_now(Frame::Pong { stream: 0, value }),
+            Frame::Pong { .. } => {}
+        }
+    }
+    Ok(())
+}
