@@ -68,6 +68,18 @@ enum Cmd {
         #[arg(long)]
         label: String,
     },
+    /// Keys for a proxy-to-proxy link: a new exit key pair (or the public
+    /// half of an existing one) and a new bridge token, printed as the
+    /// lines `[link.exit]` and `[link.bridge]` take.
+    LinkKeys {
+        /// The exit's existing secret key (a file holding it in base64);
+        /// default: a new one.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The bridge's name in the exit's `tokens`.
+        #[arg(long, default_value = "bridge")]
+        bridge: String,
+    },
     /// Generate a new random secret and print it in every form.
     Secret {
         /// Also print the `ee` (FakeTLS) form for this domain.
@@ -221,6 +233,7 @@ pub fn main() -> ExitCode {
         Cmd::Check { file } => check(&file),
         Cmd::Link(a) => link(a),
         Cmd::Secret { domain } => secret(&domain),
+        Cmd::LinkKeys { key_file, bridge } => link_keys(key_file.as_deref(), &bridge),
         Cmd::Doctor(a) => return doctor(a),
         Cmd::Audit {
             what: Some(AuditCmd::Verify { config, state_dir }),
@@ -436,6 +449,33 @@ fn print_forms(key: &Key16, domain: &str) {
     let ee = s(SecretKind::Ee(domain.to_owned()));
     println!("ee (FakeTLS) hex: {}", ee.to_hex());
     println!("ee (FakeTLS) b64: {}", ee.to_base64url());
+}
+
+fn link_keys(key_file: Option<&std::path::Path>, bridge: &str) -> anyhow::Result<()> {
+    use crate::link::config::{b64, key32};
+    use mtgate_proto::link::handshake::{ExitKey, Token};
+    let (key, new) = match key_file {
+        None => (ExitKey::generate(), true),
+        Some(p) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            );
+            let k = key32(&text)
+                .ok_or_else(|| anyhow::anyhow!("{}: not 32 bytes in base64", p.display()))?;
+            (ExitKey::from_secret(k), false)
+        }
+    };
+    let token = Token::generate();
+    println!("# On the exit, [link.exit]:");
+    if new {
+        println!("key = \"{}\"", b64(key.secret()));
+    }
+    println!("tokens = {{ {bridge} = \"{}\" }}", b64(token.bytes()));
+    println!();
+    println!("# On the bridge, [link.bridge]:");
+    println!("exit_key = \"{}\"", b64(&key.public()));
+    println!("token = \"{}\"", b64(token.bytes()));
+    Ok(())
 }
 
 fn secret(domain: &str) -> anyhow::Result<()> {

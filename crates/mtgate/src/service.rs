@@ -151,6 +151,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         if let Some(shared) = &runtime.shared {
             metrics.set_shared(shared.clone());
         }
+        metrics.set_link(&cfg.link, &runtime.link_stats);
         metrics.set_limits(cfg.max_connections, nofile.map(|l| l.soft));
         if cfg.max_connections < configured_max {
             tracing::warn!(
@@ -219,6 +220,7 @@ pub fn run(a: Start) -> anyhow::Result<()> {
         #[cfg(not(unix))]
         let handed_ws = Vec::new();
         server.start_websocket(&live, handed_ws)?;
+        server.start_link(&live)?;
         let reloader = Reloader::new(
             a.config_path.clone(),
             a.overrides.clone(),

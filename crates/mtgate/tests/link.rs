@@ -119,8 +119,8 @@ async fn sessions_go_through_the_link_with_every_cipher() {
         let xs = &x.runtime.link_stats.exit;
         assert!(xs.by_cipher[i].load(Relaxed) >= 1, "{c:?} chosen");
         assert!(
-            xs.streams.load(Relaxed) == 0,
-            "the exit counts no bridge streams"
+            xs.streams.load(Relaxed) >= 3,
+            "the exit opened a DC connection each"
         );
         assert!(b.runtime.link_stats.bridge.streams.load(Relaxed) >= 3);
         assert!(b.runtime.link_stats.bridge.bytes_down.load(Relaxed) > 0);

@@ -115,6 +115,7 @@ pub struct Metrics {
     mask_budget: Arc<std::sync::OnceLock<Arc<crate::front::MaskBudget>>>,
     site: Arc<std::sync::OnceLock<Arc<crate::web::Site>>>,
     shared: Arc<std::sync::OnceLock<Arc<crate::shared::Shared>>>,
+    link: Arc<std::sync::OnceLock<super::link_metrics::Roles>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,6 +154,7 @@ impl Metrics {
             mask_budget: Arc::default(),
             site: Arc::default(),
             shared: Arc::default(),
+            link: Arc::default(),
         };
         registry.register(
             "connections_max",
@@ -243,6 +245,9 @@ impl Metrics {
         }));
         registry.register_collector(Box::new(super::shared_metrics::SharedCollector {
             shared: m.shared.clone(),
+        }));
+        registry.register_collector(Box::new(super::link_metrics::LinkCollector {
+            roles: m.link.clone(),
         }));
         // Known label sets start at zero so rates and dashboards see them at once.
         for r in RejectReason::ALL {
@@ -349,6 +354,21 @@ impl Metrics {
     /// Attaches the shared state (once): `mtgate_shared_*` appear.
     pub fn set_shared(&self, shared: Arc<crate::shared::Shared>) {
         let _ = self.shared.set(shared);
+    }
+
+    /// Attaches the link's counters of the roles this node plays (once):
+    /// `mtgate_link_*` appear.
+    pub fn set_link(&self, config: &crate::link::LinkConfig, stats: &crate::link::Stats) {
+        let mut roles = Vec::new();
+        if config.bridge.is_some() {
+            roles.push(("bridge", stats.bridge.clone()));
+        }
+        if config.exit.is_some() {
+            roles.push(("exit", stats.exit.clone()));
+        }
+        if !roles.is_empty() {
+            let _ = self.link.set(roles);
+        }
     }
 
     /// The whole exposition in the OpenMetrics text format (ends with `# EOF`).

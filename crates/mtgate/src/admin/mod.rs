@@ -28,6 +28,7 @@ pub mod console;
 mod console_html;
 pub use conns::{MAX_CONNS, PER_SOURCE};
 pub mod front_metrics;
+pub mod link_metrics;
 pub mod me_metrics;
 pub mod metrics;
 #[cfg(unix)]

@@ -21,6 +21,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Longest wait for the exit's answer to a hello (one round trip when
+/// all is well).
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
+
 /// The bridge side of `[link.bridge]`.
 pub struct Bridge {
     cfg: BridgeConfig,
@@ -165,11 +169,20 @@ impl Bridge {
     /// Dials the exit and runs the handshake.
     async fn dial(self: &Arc<Self>, wait: Duration) -> Result<Mux, ConnectError> {
         let exit = self.cfg.exit;
-        let r = tokio::time::timeout(wait, self.handshake()).await;
+        let wait = wait.min(HANDSHAKE_WAIT);
+        let r = match tokio::time::timeout(wait, self.handshake()).await {
+            Ok(r) => r,
+            // Connected, but no answer: an exit that fronted the hello to a
+            // site that waits for more says nothing either.
+            Err(_) => Err(err(
+                ErrorClass::Timeout,
+                format!("link exit {exit}: no link answer within {wait:?}: a wrong exit key or token, or not an mtgate exit"),
+            )),
+        };
         let (tcp, est) = match r {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                if e.class == ErrorClass::Protocol {
+            Ok(x) => x,
+            Err(e) => {
+                if matches!(e.class, ErrorClass::Protocol | ErrorClass::Timeout) {
                     self.stats
                         .refused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -183,12 +196,6 @@ impl Bridge {
                     );
                 }
                 return Err(e);
-            }
-            Err(_) => {
-                return Err(err(
-                    ErrorClass::Timeout,
-                    format!("link exit {exit}: no handshake within {wait:?}"),
-                ))
             }
         };
         let cipher = est.cipher;

@@ -196,6 +196,10 @@ struct ExitOpener {
 impl OnOpen for ExitOpener {
     fn open(&self, stream: Stream, dc: i16) {
         let rt = self.live.current();
+        rt.link_stats
+            .exit
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bridge = self.bridge;
         tokio::spawn(async move {
             let route = rt.route();
