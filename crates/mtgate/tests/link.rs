@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{key, Proxy, KEY_HEX};
-use mtgate::link::config::b64;
+use common::link::{bridge, exit, mask_capture, res_pq};
+use common::KEY_HEX;
 use mtgate_proto::link::handshake::{ExitKey, Token};
 use mtgate_proto::link::negotiate::Cipher;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
@@ -15,85 +15,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const USERS: &str =
-    "[users.alice]\nsecret = \"00112233445566778899aabbccddeeff\"\nmodes = [\"dd\"]\n";
-
-fn names(c: &[Cipher]) -> String {
-    let v: Vec<_> = c.iter().map(|c| format!("\"{}\"", c.name())).collect();
-    format!("[{}]", v.join(", "))
-}
-
-/// An exit in front of `dc`, fronting strangers to `mask`.
-async fn exit(
-    dc: SocketAddr,
-    key: &ExitKey,
-    tokens: &[(&str, &Token)],
-    ciphers: &[Cipher],
-    mask: SocketAddr,
-) -> Proxy {
-    let t: Vec<_> = tokens
-        .iter()
-        .map(|(n, t)| format!("{n} = \"{}\"", b64(t.bytes())))
-        .collect();
-    let toml = format!(
-        "[tls]\nmask_host = \"{mask}\"\nlearn_profile = false\n\
-         [link.exit]\nlisten = \"127.0.0.1:0\"\nkey = \"{}\"\ntokens = {{ {} }}\nciphers = {}\n{USERS}",
-        b64(key.secret()),
-        t.join(", "),
-        names(ciphers)
-    );
-    let p = Proxy::start_full("127.0.0.1:0", "", &toml, &[dc]).await;
-    assert!(p.link.is_some());
-    p
-}
-
-/// A bridge whose own DC addresses are dead, linked to `exit_addr`.
-async fn bridge(
-    exit_addr: SocketAddr,
-    exit_key: &[u8; 32],
-    token: &Token,
-    ciphers: &[Cipher],
-    extra: &str,
-) -> Proxy {
-    let toml = format!(
-        "[tls]\nmask_host = \"127.0.0.1:1\"\nlearn_profile = false\n\
-         [link.bridge]\nexit = \"{exit_addr}\"\nexit_key = \"{}\"\ntoken = \"{}\"\nciphers = {}\n{extra}\n{USERS}",
-        b64(exit_key),
-        b64(token.bytes()),
-        names(ciphers)
-    );
-    Proxy::start_full("127.0.0.1:0", "", &toml, &["127.0.0.1:1".parse().unwrap()]).await
-}
-
-async fn res_pq(proxy: SocketAddr) -> anyhow::Result<()> {
-    let mut c = ObfsClient::connect(proxy, &key(), ClientMode::Secure, 2).await?;
-    tokio::time::timeout(Duration::from_secs(5), c.req_pq_multi())
-        .await
-        .map_err(|_| anyhow::anyhow!("no resPQ in time"))??;
-    Ok(())
-}
-
-/// A listener that keeps the first bytes of each connection.
-async fn mask_capture() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await
-                {
-                    let _ = tx.send(buf[..n].to_vec());
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_go_through_the_link_with_every_cipher() {

@@ -9,7 +9,7 @@
 //! of a loopback TCP pair, so the relay is the same as for any DC.
 
 use super::config::BridgeConfig;
-use super::mux::{Mux, OpenError};
+use super::mux::{Mux, OpenError, Setup};
 use super::stats::LinkStats;
 use super::LinkEvent;
 use crate::net::connect::{ConnectError, ErrorClass};
@@ -91,6 +91,7 @@ impl Bridge {
         wait: Duration,
     ) -> Result<(TcpStream, SocketAddr), ConnectError> {
         let mux = self.link(wait).await?;
+        let exit = mux.peer();
         let stream = match mux.open(dc, wait).await {
             Ok(s) => s,
             Err(OpenError::Refused(r)) => {
@@ -99,21 +100,13 @@ impl Bridge {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(err(
                     ErrorClass::Refused,
-                    format!("link exit {}: {}", self.cfg.exit, OpenError::Refused(r)),
+                    format!("link exit {exit}: {}", OpenError::Refused(r)),
                 ));
             }
             Err(e @ OpenError::Timeout(_)) => {
-                return Err(err(
-                    ErrorClass::Timeout,
-                    format!("link exit {}: {e}", self.cfg.exit),
-                ))
+                return Err(err(ErrorClass::Timeout, format!("link exit {exit}: {e}")))
             }
-            Err(e) => {
-                return Err(err(
-                    ErrorClass::Reset,
-                    format!("link exit {}: {e}", self.cfg.exit),
-                ))
-            }
+            Err(e) => return Err(err(ErrorClass::Reset, format!("link exit {exit}: {e}"))),
         };
         self.stats
             .streams
@@ -128,7 +121,7 @@ impl Bridge {
             .await
             .map_err(|e| err(ErrorClass::Local, format!("loopback pair: {e}")))?;
         tokio::spawn(stream.pump(ours));
-        Ok((theirs, self.cfg.exit))
+        Ok((theirs, exit))
     }
 
     /// The live link with the fewest streams; a new one when fewer than
@@ -168,7 +161,7 @@ impl Bridge {
 
     /// Dials the exit and runs the handshake.
     async fn dial(self: &Arc<Self>, wait: Duration) -> Result<Mux, ConnectError> {
-        let exit = self.cfg.exit;
+        let exit = self.cfg.exit.as_str();
         let wait = wait.min(HANDSHAKE_WAIT);
         let r = match tokio::time::timeout(wait, self.handshake()).await {
             Ok(r) => r,
@@ -179,7 +172,7 @@ impl Bridge {
                 format!("link exit {exit}: no link answer within {wait:?}: a wrong exit key or token, or not an mtgate exit"),
             )),
         };
-        let (tcp, est) = match r {
+        let (tcp, peer, est) = match r {
             Ok(x) => x,
             Err(e) => {
                 if matches!(e.class, ErrorClass::Protocol | ErrorClass::Timeout) {
@@ -190,7 +183,7 @@ impl Bridge {
                         &self.events,
                         LinkEvent::Refused {
                             role: "bridge",
-                            peer: exit,
+                            peer: exit.to_owned(),
                             reason: e.detail.clone(),
                         },
                     );
@@ -204,7 +197,7 @@ impl Bridge {
             &self.events,
             LinkEvent::Up {
                 role: "bridge",
-                peer: exit,
+                peer: peer.to_string(),
                 cipher,
                 bridge: None,
             },
@@ -213,10 +206,13 @@ impl Bridge {
             tcp,
             est.sealer,
             est.opener,
-            self.cfg.rekey,
-            usize::MAX,
-            None,
-            self.stats.clone(),
+            Setup {
+                peer,
+                rekey: self.cfg.rekey,
+                max_streams: usize::MAX,
+                on_open: None,
+                stats: self.stats.clone(),
+            },
         );
         let (m, stats, events) = (mux.clone(), self.stats.clone(), self.events.clone());
         tokio::spawn(async move {
@@ -226,7 +222,7 @@ impl Bridge {
                 &events,
                 LinkEvent::Down {
                     role: "bridge",
-                    peer: exit,
+                    peer: peer.to_string(),
                     reason: why,
                 },
             );
@@ -237,13 +233,18 @@ impl Bridge {
         Ok(mux)
     }
 
-    async fn handshake(&self) -> Result<(TcpStream, handshake::Established), ConnectError> {
-        let exit = self.cfg.exit;
-        let mut tcp = TcpStream::connect(exit).await.map_err(|e| ConnectError {
-            class: ErrorClass::of_io(&e),
-            detail: format!("link exit {exit}: {e}"),
-        })?;
-        let _ = tcp.set_nodelay(true);
+    async fn handshake(
+        &self,
+    ) -> Result<
+        (
+            super::carriage::Boxed,
+            std::net::SocketAddr,
+            handshake::Established,
+        ),
+        ConnectError,
+    > {
+        let exit = self.cfg.exit.as_str();
+        let (mut tcp, peer) = self.cfg.carriage.connect(exit).await?;
         let now = crate::civil::unix_now().max(0) as u64;
         let (hello, first) = Hello::start(
             &self.cfg.exit_key,
@@ -280,6 +281,6 @@ impl Bridge {
         let est = hello
             .finish(&answer)
             .map_err(|e| err(ErrorClass::Protocol, format!("link exit {exit}: {e}")))?;
-        Ok((tcp, est))
+        Ok((tcp, peer, est))
     }
 }

@@ -36,6 +36,14 @@ pub struct RawExit {
     pub keys: RawRekey,
     /// Sessions one link may carry at once (default 4096).
     pub max_streams: Option<usize>,
+    /// `tcp` (default), `tls` or `websocket`.
+    pub carriage: Option<super::carriage::Kind>,
+    /// The certificate chain and key (PEM) of `tls`, and of `websocket`
+    /// served as `wss` (without them, plain `ws` behind a CDN).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// The WebSocket path (default `/link`).
+    pub path: Option<String>,
 }
 
 /// `[link.bridge]` as written.
@@ -54,6 +62,16 @@ pub struct RawBridge {
     pub connections: Option<usize>,
     #[serde(default, flatten)]
     pub keys: RawRekey,
+    /// `tcp` (default), `tls` or `websocket`.
+    pub carriage: Option<super::carriage::Kind>,
+    /// The TLS server name and HTTP host (default: the exit's address).
+    pub server_name: Option<String>,
+    /// The WebSocket path (default `/link`).
+    pub path: Option<String>,
+    /// WebSocket over TLS (default true).
+    pub tls: Option<bool>,
+    /// Trust roots besides the web PKI's (an exit with its own CA).
+    pub ca_file: Option<String>,
 }
 
 /// When a direction moves to its next key.
@@ -100,17 +118,20 @@ pub struct ExitConfig {
     pub offer: Offer,
     pub rekey: Rekey,
     pub max_streams: usize,
+    pub carriage: super::carriage::Acceptor,
 }
 
 /// The checked `[link.bridge]`.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
-    pub exit: SocketAddr,
+    /// `host:port` (a name is resolved at each dial).
+    pub exit: String,
     pub exit_key: [u8; 32],
     pub token: Token,
     pub offer: Offer,
     pub connections: usize,
     pub rekey: Rekey,
+    pub carriage: super::carriage::Dialer,
 }
 
 impl PartialEq for BridgeConfig {
@@ -121,6 +142,7 @@ impl PartialEq for BridgeConfig {
             && self.offer == o.offer
             && self.connections == o.connections
             && self.rekey == o.rekey
+            && self.carriage == o.carriage
     }
 }
 
@@ -210,6 +232,14 @@ fn rekey(side: &str, r: RawRekey) -> Result<Rekey, Bad> {
     Ok(out)
 }
 
+fn web_path(key: &str, p: Option<String>) -> Result<String, Bad> {
+    let p = p.unwrap_or_else(|| super::carriage::DEFAULT_PATH.into());
+    if !p.starts_with('/') || p.len() > 256 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(bad(key, "an absolute path without spaces"));
+    }
+    Ok(p)
+}
+
 /// Whether this CPU has AES instructions (the default order follows).
 pub fn hw_aes() -> bool {
     #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
@@ -279,6 +309,15 @@ impl ExitConfig {
         if !(1..=65_536).contains(&max_streams) {
             return Err(bad("exit.max_streams", "1 to 65536"));
         }
+        let kind = r.carriage.unwrap_or_default();
+        let files = match (r.tls_cert, r.tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            _ => return Err(bad("exit.tls_cert", "give both tls_cert and tls_key")),
+        };
+        let path = web_path("exit.path", r.path)?;
+        let carriage = super::carriage::Acceptor::new(kind, path, files)
+            .map_err(|e| bad("exit.carriage", e))?;
         Ok(Self {
             listen,
             key,
@@ -286,18 +325,19 @@ impl ExitConfig {
             offer: offer("exit.ciphers", r.ciphers)?,
             rekey: rekey("exit", r.keys)?,
             max_streams,
+            carriage,
         })
     }
 }
 
 impl BridgeConfig {
     fn from_raw(r: RawBridge) -> Result<Self, Bad> {
-        let exit = r.exit.parse().map_err(|_| {
-            bad(
-                "bridge.exit",
-                format!("`{}` is not an ip:port address", r.exit),
-            )
-        })?;
+        crate::dc::check_host_port(&r.exit).map_err(|e| bad("bridge.exit", e))?;
+        let exit = r.exit;
+        let host = match exit.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            None => exit.clone(),
+        };
         let exit_key = *key32(&r.exit_key).ok_or_else(|| {
             bad(
                 "bridge.exit_key",
@@ -309,6 +349,30 @@ impl BridgeConfig {
         if !(1..=16).contains(&connections) {
             return Err(bad("bridge.connections", "1 to 16"));
         }
+        let kind = r.carriage.unwrap_or_default();
+        let ca = match r.ca_file {
+            None => Vec::new(),
+            Some(f) => {
+                use rustls::pki_types::pem::PemObject;
+                let pem =
+                    std::fs::read(&f).map_err(|e| bad("bridge.ca_file", format!("{f}: {e}")))?;
+                let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(Result::ok)
+                    .collect();
+                if certs.is_empty() {
+                    return Err(bad("bridge.ca_file", format!("{f}: no certificate in it")));
+                }
+                certs
+            }
+        };
+        let carriage = super::carriage::Dialer::new(
+            kind,
+            r.server_name.unwrap_or(host),
+            web_path("bridge.path", r.path)?,
+            r.tls.unwrap_or(true),
+            &ca,
+        )
+        .map_err(|e| bad("bridge.carriage", e))?;
         Ok(Self {
             exit,
             exit_key,
@@ -316,6 +380,7 @@ impl BridgeConfig {
             offer: offer("bridge.ciphers", r.ciphers)?,
             connections,
             rekey: rekey("bridge", r.keys)?,
+            carriage,
         })
     }
 }

@@ -14,7 +14,8 @@
 //! relays raw bytes: the bridge's session speaks obfuscated2 to the DC
 //! through it, so the exit never sees a client's keys.
 
-use super::mux::{Mux, OnOpen, Stream};
+use super::carriage::{Boxed, Opened};
+use super::mux::{Mux, OnOpen, Setup, Stream};
 use super::LinkEvent;
 use crate::mask::{self, MaskLink};
 use crate::runtime::{Live, Runtime};
@@ -23,7 +24,7 @@ use mtgate_proto::link::handshake::{self, HandshakeError, MAX_MESSAGE};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -59,22 +60,23 @@ pub async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stop: watch
 }
 
 /// Reads a first message: the bytes read, and whether they hold one whole
-/// message of a plausible length (`false`: front them).
-async fn first_message(tcp: &mut TcpStream) -> (Vec<u8>, bool) {
+/// message of a plausible length (`false`: not a link's).
+async fn first_message<S: AsyncRead + Unpin>(s: &mut S) -> (Vec<u8>, bool) {
     let mut buf = Vec::with_capacity(2 + MAX_MESSAGE);
     let mut chunk = [0u8; 2 + MAX_MESSAGE];
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        let want = match handshake::message_len(&buf) {
+        // What has come is read whole (a stranger's request goes to the
+        // mask host as it came); a bridge sends its hello and waits.
+        match handshake::message_len(&buf) {
             Err(_) => return (buf, false),
             Ok(Some(n)) if buf.len() >= n => {
                 let whole = buf.len() == n;
                 return (buf, whole);
             }
-            Ok(Some(n)) => n - buf.len(),
-            Ok(None) => 2 - buf.len(),
-        };
-        let r = tokio::time::timeout_at(deadline, tcp.read(&mut chunk[..want])).await;
+            Ok(_) => {}
+        }
+        let r = tokio::time::timeout_at(deadline, s.read(&mut chunk)).await;
         match r {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
             _ => return (buf, false),
@@ -82,14 +84,16 @@ async fn first_message(tcp: &mut TcpStream) -> (Vec<u8>, bool) {
     }
 }
 
-async fn serve(mut tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
-    let rt = live.current();
-    let Some(cfg) = rt.config.link.exit.clone() else {
-        return;
-    };
-    let stats = rt.link_stats.exit.clone();
-    let _ = tcp.set_nodelay(true);
-    let (first, whole) = first_message(&mut tcp).await;
+/// Reads and answers the hello on `s`; the established link's halves, or
+/// the bytes read when they are not a link's (`Err`).
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    peer: SocketAddr,
+    cfg: &super::ExitConfig,
+    rt: &Runtime,
+) -> Result<Option<(handshake::Established, String)>, Vec<u8>> {
+    let stats = &rt.link_stats.exit;
+    let (first, whole) = first_message(s).await;
     let tokens: Vec<_> = cfg.tokens.iter().map(|(_, t)| t.clone()).collect();
     let now = crate::civil::unix_now().max(0) as u64;
     let accepted = match whole {
@@ -105,17 +109,23 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // A stranger's bytes are not worth an audit line each: counted
                 // and logged at debug; a wrong token looks the same as a probe.
-                tracing::debug!(%peer, error = %e, "link port: not a link handshake; fronted");
+                tracing::debug!(%peer, error = %e, "link port: not a link handshake");
             }
-            front(tcp, peer, &first, &rt).await;
-            return;
+            return Err(first);
         }
     };
-    if tcp.write_all(&accepted.answer).await.is_err() {
-        return;
+    if s.write_all(&accepted.answer).await.is_err() {
+        return Ok(None);
     }
-    let est = match accepted.result {
-        Ok(est) => est,
+    match accepted.result {
+        Ok(est) => {
+            let bridge = cfg
+                .tokens
+                .get(est.token)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            Ok(Some((est, bridge)))
+        }
         Err(e) => {
             stats
                 .refused
@@ -124,26 +134,43 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
                 &rt.telemetry,
                 LinkEvent::Refused {
                     role: "exit",
-                    peer,
+                    peer: peer.to_string(),
                     reason: e.to_string(),
                 },
             );
-            return;
+            Ok(None)
         }
+    }
+}
+
+async fn serve(tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
+    let rt = live.current();
+    let Some(cfg) = rt.config.link.exit.clone() else {
+        return;
     };
-    let bridge = cfg
-        .tokens
-        .get(est.token)
-        .map(|(n, _)| n.clone())
-        .unwrap_or_default();
+    let _ = tcp.set_nodelay(true);
+    let (carriage, est, bridge) = match cfg.carriage.open(tcp).await {
+        Opened::Done => return,
+        Opened::Tcp(mut tcp) => match hello(&mut tcp, peer, &cfg, &rt).await {
+            Ok(Some((est, bridge))) => (Box::new(tcp) as Boxed, est, bridge),
+            Ok(None) => return,
+            Err(read) => return front(tcp, peer, &read, &rt).await,
+        },
+        Opened::Inside(mut s) => match hello(&mut s, peer, &cfg, &rt).await {
+            Ok(Some((est, bridge))) => (s, est, bridge),
+            Ok(None) => return,
+            Err(_) => return cfg.carriage.refuse_inside(s).await,
+        },
+    };
+    let stats = rt.link_stats.exit.clone();
     stats.link_up(est.cipher);
     super::emit(
         &rt.telemetry,
         LinkEvent::Up {
             role: "exit",
-            peer,
+            peer: peer.to_string(),
             cipher: est.cipher,
-            bridge: Some(bridge.clone()),
+            bridge: Some(bridge),
         },
     );
     let opener = Arc::new(ExitOpener {
@@ -151,13 +178,16 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
         bridge: peer.ip(),
     });
     let mux = Mux::start(
-        tcp,
+        carriage,
         est.sealer,
         est.opener,
-        cfg.rekey,
-        cfg.max_streams,
-        Some(opener),
-        stats.clone(),
+        Setup {
+            peer,
+            rekey: cfg.rekey,
+            max_streams: cfg.max_streams,
+            on_open: Some(opener),
+            stats: stats.clone(),
+        },
     );
     drop(rt);
     let why = mux.wait_closed().await;
@@ -166,7 +196,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
         &live.current().telemetry,
         LinkEvent::Down {
             role: "exit",
-            peer,
+            peer: peer.to_string(),
             reason: why,
         },
     );

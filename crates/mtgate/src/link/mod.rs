@@ -6,6 +6,8 @@
 //!
 //! * [`config`]: `[link.exit]` (this node is an exit) and `[link.bridge]`
 //!   (this node's direct-mode DC connections go through an exit).
+//! * [`carriage`]: what a link travels in: TCP, TLS, WebSocket (a CDN
+//!   may sit between).
 //! * [`mux`]: one link connection: records, many streams, credit-based
 //!   flow control, keepalive, rekeying.
 //! * [`bridge`]: the links to the exit, dialled and redialled; a stream per
@@ -19,6 +21,7 @@
 //! telemetry bus, so logs and the audit trail follow them like sessions.
 
 pub mod bridge;
+pub mod carriage;
 pub mod config;
 pub mod exit;
 pub mod mux;
@@ -28,7 +31,6 @@ pub use bridge::Bridge;
 pub use config::{BridgeConfig, ExitConfig, LinkConfig, RawLink};
 
 use mtgate_proto::link::negotiate::Cipher;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Where link events go (the telemetry bus).
@@ -40,21 +42,21 @@ pub enum LinkEvent {
     /// A link came up (`bridge`: the exit's name for the bridge).
     Up {
         role: &'static str,
-        peer: SocketAddr,
+        peer: String,
         cipher: Cipher,
         bridge: Option<String>,
     },
     /// A link ended.
     Down {
         role: &'static str,
-        peer: SocketAddr,
+        peer: String,
         reason: String,
     },
     /// A handshake failed after the token was right (no common cipher, a
     /// clock too far) or, on the bridge, the exit did not authenticate.
     Refused {
         role: &'static str,
-        peer: SocketAddr,
+        peer: String,
         reason: String,
     },
 }

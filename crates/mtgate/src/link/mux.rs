@@ -153,10 +153,23 @@ impl Inner {
     }
 }
 
+/// How a link runs, besides its carriage and keys.
+pub struct Setup {
+    /// The other node's address.
+    pub peer: std::net::SocketAddr,
+    pub rekey: Rekey,
+    /// Streams the other side may open at once (the exit's limit).
+    pub max_streams: usize,
+    /// Called for each stream the other side opens (the exit).
+    pub on_open: Option<Arc<dyn OnOpen>>,
+    pub stats: Arc<LinkStats>,
+}
+
 /// One link connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Mux {
     inner: Arc<Inner>,
+    peer: std::net::SocketAddr,
 }
 
 /// Why a stream could not be opened.
@@ -172,16 +185,15 @@ pub enum OpenError {
 
 impl Mux {
     /// Runs an established link over `carriage`: `sealer` for what this
-    /// side sends, `opener` for what it reads; `on_open` on the exit.
-    pub fn start<C: Carriage>(
-        carriage: C,
-        sealer: Sealer,
-        opener: Opener,
-        rekey: Rekey,
-        max_streams: usize,
-        on_open: Option<Arc<dyn OnOpen>>,
-        stats: Arc<LinkStats>,
-    ) -> Mux {
+    /// side sends, `opener` for what it reads.
+    pub fn start<C: Carriage>(carriage: C, sealer: Sealer, opener: Opener, setup: Setup) -> Mux {
+        let Setup {
+            peer,
+            rekey,
+            max_streams,
+            on_open,
+            stats,
+        } = setup;
         let (out, rx) = mpsc::channel(OUT_QUEUE);
         let (closed, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -204,7 +216,12 @@ impl Mux {
             let res = reader(&r, rd, opener, on_open).await;
             r.close(&res.err().unwrap_or_else(|| "closed".into()));
         });
-        Mux { inner }
+        Mux { inner, peer }
+    }
+
+    /// The other node's address.
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.peer
     }
 
     /// Why the link ended, once it has.

@@ -345,8 +345,19 @@ pub async fn pump<S>(ws: WebSocketStream<S>, tcp: TcpStream)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
+    let (rd, wr) = tcp.into_split();
+    pump_halves(ws, rd, wr).await
+}
+
+/// [`pump`] with any byte stream's two halves in place of a TCP socket
+/// (the link's WebSocket carriage pumps into an in-memory pipe).
+pub async fn pump_halves<S, R, W>(ws: WebSocketStream<S>, mut rd: R, mut wr: W)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let (mut sink, mut stream) = ws.split();
-    let (mut rd, mut wr) = tcp.into_split();
     let up = async {
         while let Some(Ok(m)) = stream.next().await {
             match m {

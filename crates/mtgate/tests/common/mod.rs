@@ -5,6 +5,7 @@
 pub mod admin_http;
 pub mod binary;
 pub mod clients;
+pub mod link;
 pub mod nginx;
 pub mod prober;
 pub mod redis;

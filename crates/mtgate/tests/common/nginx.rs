@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub struct Nginx {
     pub addr: SocketAddr,
+    /// Its certificate (PEM), for clients to trust.
+    pub cert_pem: String,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -37,6 +39,24 @@ fn binary() -> String {
 impl Nginx {
     /// Starts nginx serving TLS for `domain`; waits until it accepts.
     pub fn start(domain: &str, idle: Duration) -> Nginx {
+        Self::launch(domain, idle, "root {d};")
+    }
+
+    /// nginx as a CDN edge for `domain`: WebSocket upgrades on `path` go on
+    /// to `upstream` over plain HTTP (a `ws://` origin), as a CDN's
+    /// WebSocket proxying does; anything else is its static site.
+    pub fn cdn(domain: &str, path: &str, upstream: SocketAddr) -> Nginx {
+        let location = format!(
+            "root {{d}};\n    location {path} {{\n      proxy_pass http://{upstream};\n      \
+             proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      \
+             proxy_set_header Connection \"upgrade\";\n      proxy_read_timeout 3600s;\n    }}"
+        );
+        Self::launch(domain, Duration::from_secs(30), &location)
+    }
+
+    /// `server_body` is the server block's content after TLS (`{d}`: the
+    /// prefix directory).
+    fn launch(domain: &str, idle: Duration, server_body: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("nginx dir");
         let cert = rcgen::generate_simple_self_signed(vec![domain.to_string()]).expect("cert");
         let p = dir.path();
@@ -56,8 +76,9 @@ impl Nginx {
                client_header_timeout {secs}s;\n  keepalive_timeout {secs}s;\n\
                server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {domain};\n\
                  ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
-                 root {d};\n  }}\n}}\n",
-            d = p.display()
+                 {body}\n  }}\n}}\n",
+            d = p.display(),
+            body = server_body.replace("{d}", &p.display().to_string()),
         );
         std::fs::write(p.join("nginx.conf"), conf).expect("conf");
         let bin = binary();
@@ -79,6 +100,7 @@ impl Nginx {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut n = Nginx {
             addr,
+            cert_pem: cert.cert.pem(),
             child,
             _dir: dir,
         };
