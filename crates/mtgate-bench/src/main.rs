@@ -73,6 +73,10 @@ pub struct Args {
     /// mtgate; `websocket-lanes`, `https`, `https-lanes` on an mtgate each).
     #[arg(long)]
     webproxy: bool,
+    /// The proxy-to-proxy link: four more subjects, `dd` clients through a
+    /// bridge and an exit mtgate, one pair per cipher.
+    #[arg(long)]
+    link: bool,
     /// Only these parts (comma list of aes, idle, leak, bulk, latency, handshake, scaling).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,

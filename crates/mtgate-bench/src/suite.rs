@@ -28,6 +28,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod link;
+
 const DOMAIN: &str = "bench.example";
 const START_WAIT: Duration = Duration::from_secs(30);
 
@@ -137,6 +139,19 @@ impl Env {
         tls_extra: &str,
         carrier: &str,
     ) -> anyhow::Result<Proxy> {
+        self.spawn_mtgate(name, workers, tls_extra, carrier, &self.dc.to_string(), "")
+    }
+
+    /// Starts an mtgate whose DC 2 is `dc`, with `extra` tables appended.
+    fn spawn_mtgate(
+        &self,
+        name: &str,
+        workers: usize,
+        tls_extra: &str,
+        carrier: &str,
+        dc: &str,
+        extra: &str,
+    ) -> anyhow::Result<Proxy> {
         let d = self.dir.path();
         let tls = match self.mask {
             Some(m) => format!("mask_host = \"{m}\""),
@@ -160,10 +175,9 @@ impl Env {
              [dcs]\n2 = [\"{dc}\"]\n\n[log]\nlevel = \"warn\"\n\n\
              # All load comes from 127.0.0.1: the policy runs (its cost is measured)\n\
              # with per-source limits no single address of a real deployment needs.\n\
-             [policy.rate]\nnew_connections_per_second = 1000000.0\nburst = 1000000\nmax_connections_per_ip = 1000000\n{shared}",
+             [policy.rate]\nnew_connections_per_second = 1000000.0\nburst = 1000000\nmax_connections_per_ip = 1000000\n{shared}\n{extra}",
             state = d.join(format!("state-{name}")).display(),
             secret = hex::encode(self.key.expose()),
-            dc = self.dc,
         );
         let path = d.join(format!("{name}.toml"));
         std::fs::write(&path, cfg)?;
@@ -493,6 +507,25 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
         }
     }
 
+    // The link's pairs, one per cipher (`--link`), alive for the run.
+    let mut link_procs: Vec<Proxy> = Vec::new();
+    if a.link && a.target.is_none() {
+        for c in mtgate_proto::link::negotiate::Cipher::ALL {
+            match env.start_link_pair(c, a.workers) {
+                Ok((exit, bridge)) => {
+                    let label = format!("mtgate link {} dd", c.name());
+                    extra.push((
+                        env.target(&label, bridge.addr, Mode::Dd, a.dc),
+                        Some(bridge.pid),
+                    ));
+                    link_procs.push(exit);
+                    link_procs.push(bridge);
+                }
+                Err(e) => errors.push(format!("starting the link pair ({}): {e:#}", c.name())),
+            }
+        }
+    }
+
     let mut relay = None;
     if only("bulk") || only("latency") || only("handshake") {
         match env.start_relay(a.workers) {
@@ -526,12 +559,13 @@ pub async fn run(a: &Args) -> anyhow::Result<Report> {
     for p in [main_proxy.as_mut(), relay.as_mut()].into_iter().flatten() {
         check_alive(p, &mut errors);
     }
-    for p in &mut carrier_proxies {
+    for p in carrier_proxies.iter_mut().chain(link_procs.iter_mut()) {
         check_alive(p, &mut errors);
     }
     drop(relay);
     drop(bridges);
     drop(carrier_proxies);
+    drop(link_procs);
 
     if a.target.is_none() && only("scaling") && a.workers != 1 {
         report.scaling = Some(scaling(&env, a, &plan, main_proxy.take(), &mut errors).await);
