@@ -16,9 +16,6 @@
 //! wrap: a direction that sealed 2^64 − 1 records refuses to seal more.
 
 use super::negotiate::Cipher;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes128Gcm, Aes256Gcm};
-use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use zeroize::Zeroizing;
 
 /// The most plaintext bytes a record carries (its kind byte included).
@@ -57,63 +54,69 @@ pub enum RecordError {
     Exhausted,
 }
 
-/// One direction's AEAD under its current key.
-enum Aead {
-    Aes256(Box<Aes256Gcm>),
-    Aes128(Box<Aes128Gcm>),
-    ChaCha(Box<ChaCha20Poly1305>),
-    XChaCha(Box<XChaCha20Poly1305>),
-}
+/// One direction's AEAD under its current key, ring's (assembly: AES-NI and
+/// CLMUL, or the vector units). XChaCha20-Poly1305 with a nonce whose
+/// first 16 bytes are zero, as every nonce here is (`0¹⁶ ‖ counter`), is
+/// ChaCha20-Poly1305 under the subkey HChaCha20(key, 0¹⁶) with the nonce
+/// `0⁴ ‖ counter` (draft-irtf-cfrg-xchacha §2.3); the tests check it
+/// against RustCrypto's XChaCha20-Poly1305.
+struct Aead(ring::aead::LessSafeKey);
 
 impl Aead {
     fn new(cipher: Cipher, key: &[u8; 32]) -> Aead {
-        match cipher {
-            Cipher::Aes256Gcm => Aead::Aes256(Box::new(Aes256Gcm::new(key.into()))),
-            Cipher::Aes128Gcm => Aead::Aes128(Box::new(Aes128Gcm::new(key[..16].into()))),
-            Cipher::ChaCha20Poly1305 => Aead::ChaCha(Box::new(ChaCha20Poly1305::new(key.into()))),
+        use ring::aead::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+        let sub;
+        let (alg, k): (_, &[u8]) = match cipher {
+            Cipher::Aes256Gcm => (&AES_256_GCM, &key[..]),
+            Cipher::Aes128Gcm => (&AES_128_GCM, &key[..16]),
+            Cipher::ChaCha20Poly1305 => (&CHACHA20_POLY1305, &key[..]),
             Cipher::XChaCha20Poly1305 => {
-                Aead::XChaCha(Box::new(XChaCha20Poly1305::new(key.into())))
+                let out = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+                    key.into(),
+                    &[0u8; 16].into(),
+                );
+                sub = Zeroizing::new(<[u8; 32]>::from(out));
+                (&CHACHA20_POLY1305, &sub[..])
             }
-        }
+        };
+        // The slices are the algorithms' key lengths (32, 16, 32, 32).
+        let unbound = ring::aead::UnboundKey::new(alg, k).expect("a key of the algorithm's length");
+        Aead(ring::aead::LessSafeKey::new(unbound))
     }
 
     fn seal(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-        let n12 = nonce12(counter);
-        let r = match self {
-            Aead::Aes256(a) => a.encrypt_in_place_detached(&n12.into(), aad, buf),
-            Aead::Aes128(a) => a.encrypt_in_place_detached(&n12.into(), aad, buf),
-            Aead::ChaCha(a) => a.encrypt_in_place_detached(&n12.into(), aad, buf),
-            Aead::XChaCha(a) => a.encrypt_in_place_detached(&nonce24(counter).into(), aad, buf),
-        };
-        // Encryption fails only past the AEAD's length limit (gigabytes),
-        // which MAX_PLAINTEXT keeps far away.
-        r.map(Into::into).unwrap_or([0; TAG_LEN])
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce12(counter));
+        // Sealing fails only past the AEAD's length limit (gigabytes), which
+        // MAX_PLAINTEXT keeps far away.
+        let mut out = [0u8; TAG_LEN];
+        if let Ok(t) = self
+            .0
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(aad), buf)
+        {
+            out.copy_from_slice(t.as_ref());
+        }
+        out
     }
 
     fn open(&self, counter: u64, aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), ()> {
-        let n12 = nonce12(counter);
-        let tag = tag.into();
-        let r = match self {
-            Aead::Aes256(a) => a.decrypt_in_place_detached(&n12.into(), aad, buf, tag),
-            Aead::Aes128(a) => a.decrypt_in_place_detached(&n12.into(), aad, buf, tag),
-            Aead::ChaCha(a) => a.decrypt_in_place_detached(&n12.into(), aad, buf, tag),
-            Aead::XChaCha(a) => {
-                a.decrypt_in_place_detached(&nonce24(counter).into(), aad, buf, tag)
-            }
-        };
-        r.map_err(|_| ())
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce12(counter));
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| ())?;
+        self.0
+            .open_in_place_separate_tag(
+                nonce,
+                ring::aead::Aad::from(aad),
+                ring::aead::Tag::from(tag),
+                buf,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| ())
     }
 }
 
 fn nonce12(counter: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());
-    n
-}
-
-fn nonce24(counter: u64) -> [u8; 24] {
-    let mut n = [0u8; 24];
-    n[16..].copy_from_slice(&counter.to_be_bytes());
     n
 }
 
@@ -412,6 +415,29 @@ mod tests {
         );
         assert_eq!(o.open(&mut [0]), Ok(None));
         assert_eq!(o.open(&mut out[..100]), Ok(None));
+    }
+
+    #[test]
+    fn xchacha_is_rustcryptos_xchacha20_poly1305() {
+        use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+        let key = [0x42u8; 32];
+        let theirs = chacha20poly1305::XChaCha20Poly1305::new((&key).into());
+        let (mut s, _) = (
+            Sealer::new(Cipher::XChaCha20Poly1305, Zeroizing::new(key)),
+            (),
+        );
+        for counter in 0u64..3 {
+            let mut wire = Vec::new();
+            s.seal(Kind::Frames, b"the same bytes", &mut wire).unwrap();
+            let mut nonce = [0u8; 24];
+            nonce[16..].copy_from_slice(&counter.to_be_bytes());
+            let mut buf = b"\x00the same bytes".to_vec();
+            let tag = theirs
+                .encrypt_in_place_detached(&nonce.into(), &wire[..HEADER_LEN], &mut buf)
+                .unwrap();
+            buf.extend_from_slice(&tag);
+            assert_eq!(&wire[HEADER_LEN..], &buf[..], "record {counter}");
+        }
     }
 
     #[test]
