@@ -415,6 +415,11 @@ mod tests {
             (format!("[exit]\nlisten = \"127.0.0.1:9\"\nkey = \"{k}\"\ntokens = {{ a = \"{t}\", b = \"{t}\" }}"), "link.exit.tokens.b"),
             (format!("[exit]\nlisten = \"127.0.0.1:9\"\nkey = \"{k}\"\ntokens = {{ a = \"{t}\" }}\nciphers = [\"rc4\"]"), "link.exit.ciphers"),
             (format!("[bridge]\nexit = \"127.0.0.1:9\"\nexit_key = \"{k}\""), "link.bridge.token"),
+            (format!("[exit]\nlisten = \"127.0.0.1:9\"\nkey = \"{k}\"\ntokens = {{ a = \"{t}\" }}\ncarriage = \"tls\""), "link.exit.carriage"),
+            (format!("[exit]\nlisten = \"127.0.0.1:9\"\nkey = \"{k}\"\ntokens = {{ a = \"{t}\" }}\ntls_cert = \"/x\""), "link.exit.tls_cert"),
+            (format!("[exit]\nlisten = \"127.0.0.1:9\"\nkey = \"{k}\"\ntokens = {{ a = \"{t}\" }}\ncarriage = \"websocket\"\npath = \"nope\""), "link.exit.path"),
+            (format!("[bridge]\nexit = \"nohost\"\nexit_key = \"{k}\"\ntoken = \"{t}\""), "link.bridge.exit"),
+            (format!("[bridge]\nexit = \"127.0.0.1:9\"\nexit_key = \"{k}\"\ntoken = \"{t}\"\nca_file = \"/nonexistent\""), "link.bridge.ca_file"),
             (format!("[bridge]\nexit = \"127.0.0.1:9\"\nexit_key = \"{k}\"\ntoken = \"{t}\"\nrekey_interval = \"0s\""), "link.bridge.rekey_interval"),
             (format!("[bridge]\nexit = \"127.0.0.1:9\"\nexit_key = \"{k}\"\ntoken = \"{t}\"\nconnections = 0"), "link.bridge.connections"),
         ] {

@@ -339,28 +339,35 @@ impl Stream {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
-        let (mut rd, mut wr) = tcp.into_split();
+        let (rd, mut wr) = tcp.into_split();
         let (id, slot, inner) = (self.id, &self.slot, &self.inner);
+        // The read buffer exists only while bytes are coming: an idle
+        // session on a link holds none.
         let up = async {
-            let mut buf = vec![0u8; MAX_DATA];
             loop {
-                let n = rd.read(&mut buf).await.map_err(|_| ())?;
-                if n == 0 {
-                    return inner.send(Frame::Fin { stream: id }).await;
+                rd.readable().await.map_err(|_| ())?;
+                let mut buf = vec![0u8; MAX_DATA];
+                loop {
+                    let n = match rd.try_read(&mut buf) {
+                        Ok(0) => return inner.send(Frame::Fin { stream: id }).await,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return Err(()),
+                    };
+                    // n ≤ MAX_DATA fits a u32.
+                    slot.credit
+                        .acquire_many(n as u32)
+                        .await
+                        .map_err(|_| ())?
+                        .forget();
+                    inner
+                        .send(Frame::Data {
+                            stream: id,
+                            bytes: &buf[..n],
+                        })
+                        .await?;
+                    inner.stats.add_up(n);
                 }
-                // n ≤ MAX_DATA fits a u32.
-                slot.credit
-                    .acquire_many(n as u32)
-                    .await
-                    .map_err(|_| ())?
-                    .forget();
-                inner
-                    .send(Frame::Data {
-                        stream: id,
-                        bytes: &buf[..n],
-                    })
-                    .await?;
-                inner.stats.add_up(n);
             }
         };
         let down = async {
