@@ -176,10 +176,17 @@ impl Server {
         std.set_nonblocking(true)?;
         let l = TcpListener::from_std(std)?;
         self.link_addr = Some(l.local_addr()?);
+        let sessions = Arc::new(LinkSessions {
+            live: live.clone(),
+            conns: self.conns.clone(),
+            shutdown: self.shutdown.subscribe(),
+            listener: exit.listen,
+        });
         tokio::spawn(crate::link::exit::accept_loop(
             l,
             live.clone(),
             self.stop.subscribe(),
+            sessions,
         ));
         Ok(())
     }
@@ -448,6 +455,39 @@ async fn guarded_accept(
     }
 }
 
+/// Serves the client connections a forwarding bridge hands this exit over
+/// a link, as sessions under the connection cap.
+struct LinkSessions {
+    live: Arc<Live>,
+    conns: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    listener: SocketAddr,
+}
+
+impl crate::link::exit::Sessions for LinkSessions {
+    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr) {
+        // At the cap the stream is dropped: the client sees it closed.
+        let Ok(permit) = self.conns.clone().try_acquire_owned() else {
+            return;
+        };
+        let inbound = crate::net::inbound::Inbound {
+            stream,
+            meta: crate::net::inbound::Meta {
+                peer: client,
+                listener: self.listener,
+                transport: crate::net::inbound::Transport::Link,
+                vouched: Some(client.ip()),
+                pin: None,
+            },
+        };
+        let (rt, sd) = (self.live.current(), self.shutdown.clone());
+        tokio::spawn(async move {
+            session::serve(inbound, rt, sd).await;
+            drop(permit);
+        });
+    }
+}
+
 /// Serves WEB proxy streams (`crate::web::webproxy`) as client connections.
 struct SessionSink {
     live: Arc<Live>,
@@ -523,7 +563,16 @@ async fn accept_loop(
         let rt = live.current();
         let sd = shutdown.clone();
         tokio::spawn(async move {
-            session::serve(inbound, rt, sd).await;
+            // A forwarding bridge hands the raw connection to its exit (boxed:
+            // the task of every session stays its own size).
+            match rt.link.clone().filter(|b| b.forwards()) {
+                Some(b) => {
+                    let wait = rt.config.connect_timeout;
+                    drop(rt);
+                    Box::pin(b.forward(inbound.stream, inbound.meta.peer, wait)).await
+                }
+                None => session::serve(inbound, rt, sd).await,
+            }
             drop(permit);
         });
     }

@@ -15,12 +15,18 @@
 //! | 6    | reset  | reason u8                     | both    |
 //! | 7    | ping   | u64 BE                        | both    |
 //! | 8    | pong   | u64 BE                        | both    |
+//! | 9    | client | family u8 (4, 6) · ip · port u16 BE | bridge |
+//!
+//! `open` asks the exit for a DC connection (the bridge runs the session);
+//! `client` hands the exit a client's raw connection (the bridge forwards,
+//! the exit runs the session: `[link.bridge] mode = "forward"`).
 //!
 //! Stream 0 is the link itself (ping, pong); sessions use 1 and up. Every
 //! stream starts with [`INITIAL_WINDOW`] bytes of credit each way; a side
 //! sends data only within the credit the other gave (window frames add to
 //! it), so one slow session never holds up the others on the link.
 
+use std::net::{IpAddr, SocketAddr};
 use thiserror::Error;
 
 /// A frame's header.
@@ -78,6 +84,7 @@ pub enum Frame<'a> {
     Reset { stream: u32, reason: Reason },
     Ping { stream: u32, value: u64 },
     Pong { stream: u32, value: u64 },
+    Client { stream: u32, addr: SocketAddr },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -107,6 +114,7 @@ impl Frame<'_> {
             Frame::Reset { .. } => 6,
             Frame::Ping { .. } => 7,
             Frame::Pong { .. } => 8,
+            Frame::Client { .. } => 9,
         }
     }
 
@@ -119,7 +127,8 @@ impl Frame<'_> {
             | Frame::Fin { stream }
             | Frame::Reset { stream, .. }
             | Frame::Ping { stream, .. }
-            | Frame::Pong { stream, .. } => stream,
+            | Frame::Pong { stream, .. }
+            | Frame::Client { stream, .. } => stream,
         }
     }
 
@@ -133,6 +142,10 @@ impl Frame<'_> {
                 Frame::Window { .. } => 4,
                 Frame::Reset { .. } => 1,
                 Frame::Ping { .. } | Frame::Pong { .. } => 8,
+                Frame::Client { addr, .. } => match addr {
+                    SocketAddr::V4(_) => 1 + 4 + 2,
+                    SocketAddr::V6(_) => 1 + 16 + 2,
+                },
             }
     }
 
@@ -150,6 +163,19 @@ impl Frame<'_> {
             Frame::Reset { reason, .. } => out.push(reason as u8),
             Frame::Ping { value, .. } | Frame::Pong { value, .. } => {
                 out.extend_from_slice(&value.to_be_bytes())
+            }
+            Frame::Client { addr, .. } => {
+                match addr.ip() {
+                    IpAddr::V4(ip) => {
+                        out.push(4);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                    IpAddr::V6(ip) => {
+                        out.push(6);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                }
+                out.extend_from_slice(&addr.port().to_be_bytes());
             }
         }
     }
@@ -193,6 +219,21 @@ impl Frame<'_> {
                 } else {
                     Frame::Pong { stream, value }
                 }
+            }
+            9 => {
+                let addr = match body {
+                    [4, a, b, c, d, p0, p1] => SocketAddr::new(
+                        IpAddr::from([*a, *b, *c, *d]),
+                        u16::from_be_bytes([*p0, *p1]),
+                    ),
+                    [6, rest @ ..] if rest.len() == 18 => {
+                        let mut ip = [0u8; 16];
+                        ip.copy_from_slice(&rest[..16]);
+                        SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([rest[16], rest[17]]))
+                    }
+                    _ => return Err(bad()),
+                };
+                Frame::Client { stream, addr }
             }
             1..=8 => return Err(bad()),
             k => return Err(FrameError::Kind(*k)),
@@ -260,6 +301,14 @@ mod tests {
                 stream: 0,
                 value: 42,
             },
+            Frame::Client {
+                stream: 11,
+                addr: "203.0.113.9:40000".parse().unwrap(),
+            },
+            Frame::Client {
+                stream: 12,
+                addr: "[2001:db8::1]:443".parse().unwrap(),
+            },
         ]
     }
 
@@ -285,8 +334,12 @@ mod tests {
             Err(FrameError::Truncated)
         );
         assert_eq!(
-            Frame::decode(&[9, 0, 0, 0, 1, 0, 0]),
-            Err(FrameError::Kind(9))
+            Frame::decode(&[10, 0, 0, 0, 1, 0, 0]),
+            Err(FrameError::Kind(10))
+        );
+        assert_eq!(
+            Frame::decode(&[9, 0, 0, 0, 1, 0, 3, 4, 1, 2]),
+            Err(FrameError::Length { kind: 9, len: 3 })
         );
         assert_eq!(
             Frame::decode(&[3, 0, 0, 0, 1, 0, 0]),

@@ -443,10 +443,10 @@ impl Config {
         let shared =
             crate::shared::SharedConfig::from_raw(raw.shared).map_err(|(k, m)| invalid(k, m))?;
         let link = crate::link::LinkConfig::from_raw(raw.link).map_err(|(k, m)| invalid(k, m))?;
-        if link.bridge.is_some() && me.enabled {
+        if link.bridge.as_ref().is_some_and(|b| !b.forward) && me.enabled {
             return Err(invalid(
                 "link.bridge",
-                "a link carries direct-mode DC connections: turn [me] off on a bridge",
+                "a link in mode `dc` carries direct-mode DC connections: turn [me] off on this bridge, or use mode = \"forward\" and run [me] on the exit",
             ));
         }
         let admin_tls = match (raw.admin.tls_cert, raw.admin.tls_key) {

@@ -9,7 +9,7 @@
 //! of a loopback TCP pair, so the relay is the same as for any DC.
 
 use super::config::BridgeConfig;
-use super::mux::{Mux, OpenError, Setup};
+use super::mux::{Mux, OpenError, Opening, Setup};
 use super::stats::LinkStats;
 use super::LinkEvent;
 use crate::net::connect::{ConnectError, ErrorClass};
@@ -90,9 +90,46 @@ impl Bridge {
         dc: i16,
         wait: Duration,
     ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+        let (stream, exit) = self.stream(Opening::Dc(dc), wait).await?;
+        let pairs = self
+            .pairs
+            .get_or_try_init(Pairs::new)
+            .await
+            .map_err(|e| err(ErrorClass::Local, format!("loopback pair: {e}")))?;
+        let (ours, theirs) = pairs
+            .pair()
+            .await
+            .map_err(|e| err(ErrorClass::Local, format!("loopback pair: {e}")))?;
+        tokio::spawn(stream.pump(ours));
+        Ok((theirs, exit))
+    }
+
+    /// Whether this bridge forwards clients' raw connections (`mode =
+    /// "forward"`) instead of running their sessions.
+    pub fn forwards(&self) -> bool {
+        self.cfg.forward
+    }
+
+    /// Hands a client's raw connection to the exit, which runs its session,
+    /// and relays until either side ends. A client the link cannot take is
+    /// closed.
+    pub async fn forward(self: &Arc<Self>, tcp: TcpStream, client: SocketAddr, wait: Duration) {
+        let _ = tcp.set_nodelay(true);
+        match self.stream(Opening::Client(client), wait).await {
+            Ok((stream, _)) => stream.pump(tcp).await,
+            Err(e) => tracing::warn!(%client, error = %e, "link: no stream for a forwarded client"),
+        }
+    }
+
+    /// A stream for `what` on a live link, and the exit's address.
+    async fn stream(
+        self: &Arc<Self>,
+        what: Opening,
+        wait: Duration,
+    ) -> Result<(super::mux::Stream, SocketAddr), ConnectError> {
         let mux = self.link(wait).await?;
         let exit = mux.peer();
-        let stream = match mux.open(dc, wait).await {
+        let stream = match mux.open(what, wait).await {
             Ok(s) => s,
             Err(OpenError::Refused(r)) => {
                 self.stats
@@ -111,17 +148,7 @@ impl Bridge {
         self.stats
             .streams
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pairs = self
-            .pairs
-            .get_or_try_init(Pairs::new)
-            .await
-            .map_err(|e| err(ErrorClass::Local, format!("loopback pair: {e}")))?;
-        let (ours, theirs) = pairs
-            .pair()
-            .await
-            .map_err(|e| err(ErrorClass::Local, format!("loopback pair: {e}")))?;
-        tokio::spawn(stream.pump(ours));
-        Ok((theirs, exit))
+        Ok((stream, exit))
     }
 
     /// The live link with the fewest streams; a new one when fewer than

@@ -72,6 +72,10 @@ pub struct RawBridge {
     pub tls: Option<bool>,
     /// Trust roots besides the web PKI's (an exit with its own CA).
     pub ca_file: Option<String>,
+    /// `dc` (default: this node runs the sessions, the exit dials the DCs)
+    /// or `forward` (clients' raw connections go to the exit, which runs
+    /// their sessions: users, ME mode and the promotion tag live there).
+    pub mode: Option<String>,
 }
 
 /// When a direction moves to its next key.
@@ -132,6 +136,8 @@ pub struct BridgeConfig {
     pub connections: usize,
     pub rekey: Rekey,
     pub carriage: super::carriage::Dialer,
+    /// `mode = "forward"`.
+    pub forward: bool,
 }
 
 impl PartialEq for BridgeConfig {
@@ -143,6 +149,7 @@ impl PartialEq for BridgeConfig {
             && self.connections == o.connections
             && self.rekey == o.rekey
             && self.carriage == o.carriage
+            && self.forward == o.forward
     }
 }
 
@@ -373,6 +380,11 @@ impl BridgeConfig {
             &ca,
         )
         .map_err(|e| bad("bridge.carriage", e))?;
+        let forward = match r.mode.as_deref() {
+            None | Some("dc") => false,
+            Some("forward") => true,
+            Some(o) => return Err(bad("bridge.mode", format!("`{o}`: use dc or forward"))),
+        };
         Ok(Self {
             exit,
             exit_key,
@@ -381,6 +393,7 @@ impl BridgeConfig {
             connections,
             rekey: rekey("bridge", r.keys)?,
             carriage,
+            forward,
         })
     }
 }

@@ -15,7 +15,7 @@
 //! through it, so the exit never sees a client's keys.
 
 use super::carriage::{Boxed, Opened};
-use super::mux::{Mux, OnOpen, Setup, Stream};
+use super::mux::{Mux, OnOpen, Opening, Setup, Stream};
 use super::LinkEvent;
 use crate::mask::{self, MaskLink};
 use crate::runtime::{Live, Runtime};
@@ -33,8 +33,25 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections on the link port at once (handshaking or established).
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// Where the exit serves the client connections a forwarding bridge hands
+/// it (`[link.bridge] mode = "forward"`): as sessions of its own, under the
+/// process's connection cap (the server implements it).
+pub trait Sessions: Send + Sync + 'static {
+    /// Serves `stream`, the raw connection of `client`.
+    fn serve(&self, stream: TcpStream, client: SocketAddr);
+}
+
 /// Accepts on the link port until `stop` turns true.
-pub async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+    sessions: Arc<dyn Sessions>,
+) {
+    let Ok(pairs) = crate::net::websocket::Pairs::new().await.map(Arc::new) else {
+        tracing::error!("link port: no loopback pair listener");
+        return;
+    };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -51,9 +68,14 @@ pub async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stop: watch
             },
             _ = stop.changed() => return,
         };
-        let live = live.clone();
+        let on = Arc::new(ExitOpener {
+            live: live.clone(),
+            bridge: peer.ip(),
+            sessions: sessions.clone(),
+            pairs: pairs.clone(),
+        });
         tokio::spawn(async move {
-            serve(tcp, peer, live).await;
+            serve(tcp, peer, on).await;
             drop(permit);
         });
     }
@@ -143,7 +165,8 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn serve(tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
+async fn serve(tcp: TcpStream, peer: SocketAddr, opener: Arc<ExitOpener>) {
+    let live = opener.live.clone();
     let rt = live.current();
     let Some(cfg) = rt.config.link.exit.clone() else {
         return;
@@ -173,10 +196,6 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, live: Arc<Live>) {
             bridge: Some(bridge),
         },
     );
-    let opener = Arc::new(ExitOpener {
-        live: live.clone(),
-        bridge: peer.ip(),
-    });
     let mux = Mux::start(
         carriage,
         est.sealer,
@@ -217,14 +236,21 @@ async fn front(tcp: TcpStream, peer: SocketAddr, read: &[u8], rt: &Runtime) {
     Box::pin(mask::splice(tcp, read, false, link)).await;
 }
 
-/// Opens a DC connection for each stream a bridge opens.
+/// Opens a DC connection for each stream a bridge opens, or serves the
+/// client connection a forwarding bridge hands over.
 struct ExitOpener {
     live: Arc<Live>,
     bridge: std::net::IpAddr,
+    sessions: Arc<dyn Sessions>,
+    pairs: Arc<crate::net::websocket::Pairs>,
 }
 
 impl OnOpen for ExitOpener {
-    fn open(&self, stream: Stream, dc: i16) {
+    fn open(&self, stream: Stream, what: Opening) {
+        let dc = match what {
+            Opening::Dc(dc) => dc,
+            Opening::Client(client) => return self.client(stream, client),
+        };
         let rt = self.live.current();
         rt.link_stats
             .exit
@@ -247,6 +273,29 @@ impl OnOpen for ExitOpener {
                     tracing::debug!(error = %e, dc, "link exit: DC unreachable");
                     stream.refuse(Reason::Unreachable)
                 }
+            }
+        });
+    }
+}
+
+impl ExitOpener {
+    /// A forwarded client: one end of a loopback pair becomes a session of
+    /// this node's, the other is pumped to the stream.
+    fn client(&self, stream: Stream, client: SocketAddr) {
+        let (pairs, sessions) = (self.pairs.clone(), self.sessions.clone());
+        self.live
+            .current()
+            .link_stats
+            .exit
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            let Ok((ours, theirs)) = pairs.pair().await else {
+                return stream.refuse(Reason::Busy);
+            };
+            if stream.opened().await {
+                sessions.serve(theirs, client);
+                stream.pump(ours).await;
             }
         });
     }

@@ -66,9 +66,18 @@ struct Slot {
     outstanding: AtomicUsize,
 }
 
+/// What a bridge opens a stream for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// A connection to DC index `dc` (the bridge runs the session).
+    Dc(i16),
+    /// A client's raw connection (the exit runs the session).
+    Client(std::net::SocketAddr),
+}
+
 /// Called on the exit for every stream a bridge opens.
 pub trait OnOpen: Send + Sync + 'static {
-    fn open(&self, stream: Stream, dc: i16);
+    fn open(&self, stream: Stream, what: Opening);
 }
 
 struct Inner {
@@ -260,9 +269,9 @@ impl Mux {
         self.inner.streams.lock().map_or(0, |m| m.len())
     }
 
-    /// Opens a stream to DC index `dc` (bridge side) and waits for the
-    /// exit's answer.
-    pub async fn open(&self, dc: i16, wait: Duration) -> Result<Stream, OpenError> {
+    /// Opens a stream for `what` (bridge side) and waits for the exit's
+    /// answer.
+    pub async fn open(&self, what: Opening, wait: Duration) -> Result<Stream, OpenError> {
         if let Some(why) = self.closed() {
             return Err(OpenError::Closed(why));
         }
@@ -274,12 +283,11 @@ impl Mux {
             rx: None,
             inner: self.inner.clone(),
         };
-        if self
-            .inner
-            .send(Frame::Open { stream: id, dc })
-            .await
-            .is_err()
-        {
+        let frame = match what {
+            Opening::Dc(dc) => Frame::Open { stream: id, dc },
+            Opening::Client(addr) => Frame::Client { stream: id, addr },
+        };
+        if self.inner.send(frame).await.is_err() {
             return Err(OpenError::Closed("writer gone".into()));
         }
         match tokio::time::timeout(wait, rx.recv()).await {
@@ -540,9 +548,14 @@ fn dispatch(
     for f in frame::frames(body) {
         let f = f.map_err(|e| e.to_string())?;
         match f {
-            Frame::Open { stream, dc } => {
+            Frame::Open { stream, .. } | Frame::Client { stream, .. } => {
                 let Some(on_open) = on_open else {
                     return Err("the exit opened a stream".into());
+                };
+                let what = match f {
+                    Frame::Client { addr, .. } => Opening::Client(addr),
+                    Frame::Open { dc, .. } => Opening::Dc(dc),
+                    _ => continue,
                 };
                 match inner.register(stream) {
                     Ok((slot, rx)) => on_open.open(
@@ -552,7 +565,7 @@ fn dispatch(
                             rx: Some(rx),
                             inner: inner.clone(),
                         },
-                        dc,
+                        what,
                     ),
                     Err(reason) => inner.send_now(Frame::Reset { stream, reason }),
                 }

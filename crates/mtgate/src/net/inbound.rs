@@ -21,6 +21,9 @@ pub enum Transport {
     WebSocket,
     /// A stream of Telegram's WEB proxy type (`crate::web::webproxy`).
     WebProxy,
+    /// A client's raw connection a forwarding bridge handed over a link
+    /// (`crate::link`): the same bytes as on its TCP socket.
+    Link,
 }
 
 impl Transport {
@@ -30,13 +33,14 @@ impl Transport {
             Self::Tcp => "tcp",
             Self::WebSocket => "websocket",
             Self::WebProxy => "webproxy",
+            Self::Link => "link",
         }
     }
 
     /// Whether a connection that is not ours can be handed to the mask site
-    /// byte for byte (only a raw TCP stream can).
+    /// byte for byte (a raw TCP stream, or one forwarded over a link).
     pub fn can_front(self) -> bool {
-        matches!(self, Self::Tcp)
+        matches!(self, Self::Tcp | Self::Link)
     }
 }
 

@@ -399,6 +399,8 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// mtgate in ME mode, in-process.
 pub struct MeProxy {
     pub addr: SocketAddr,
+    /// The link port (`[link.exit]` in the tables), if any.
+    pub link: Option<SocketAddr>,
     /// The proxy-multi.conf it reads (rewrite it to test reloading).
     pub conf: PathBuf,
     pub runtime: Arc<Runtime>,
@@ -495,6 +497,7 @@ impl MeProxy {
         let server = Server::start(runtime.clone()).await.expect("start");
         MeProxy {
             addr: server.local_addrs[0],
+            link: server.link_addr,
             conf,
             runtime,
             counters,

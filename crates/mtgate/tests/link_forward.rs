@@ -1,0 +1,114 @@
+//! A forwarding bridge (`[link.bridge] mode = "forward"`, issue 15): the
+//! bridge holds no client secrets and hands each client's raw connection
+//! over the link; the exit runs the session with its own users, so the
+//! exit can open an ME connection with the promotion tag, and fronts what
+//! is not a client to its mask host, all through the bridge.
+
+mod common;
+mod me;
+
+use common::link::{bridge, exit_with, mask_capture, res_pq};
+use mtgate::link::config::b64;
+use mtgate_proto::link::handshake::{ExitKey, Token};
+use mtgate_proto::link::negotiate::Cipher;
+use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_runs_forwarded_sessions_with_its_own_users_and_fronts_probes() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let (mask, mut seen) = mask_capture().await;
+    let key = ExitKey::generate();
+    let token = Token::generate();
+    let x = exit_with(
+        dc.local_addr(),
+        &key,
+        &[("msk", &token)],
+        &Cipher::ALL,
+        mask,
+        "",
+    )
+    .await;
+    // The bridge's own users do not include alice: it only forwards.
+    let b = bridge(
+        x.link.unwrap(),
+        &key.public(),
+        &token,
+        &Cipher::ALL,
+        "mode = \"forward\"\n[users.other]\nsecret = \"0f1e2d3c4b5a69788796a5b4c3d2e1f0\"",
+    )
+    .await;
+    for _ in 0..3 {
+        res_pq(b.addr)
+            .await
+            .expect("alice's session, run by the exit");
+    }
+    assert!(x.runtime.link_stats.exit.streams.load(Relaxed) >= 3);
+    assert_eq!(
+        x.counters.authenticated.load(Relaxed),
+        3,
+        "the exit authenticated them"
+    );
+    assert_eq!(
+        b.counters.authenticated.load(Relaxed),
+        0,
+        "the bridge ran no session"
+    );
+    // A prober on the bridge's port meets the exit's mask host.
+    let mut p = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    p.write_all(get).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("the probe reached the mask host")
+        .unwrap();
+    assert_eq!(got, get);
+    b.stop().await;
+    x.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_bridge_reaches_middle_ends_through_the_exit() {
+    if !me::available() {
+        return;
+    }
+    let fake = me::FakeMe::start(2, &[]).await;
+    let key = ExitKey::generate();
+    let token = Token::generate();
+    let exit_table = format!(
+        "[link.exit]\nlisten = \"127.0.0.1:0\"\nkey = \"{}\"\ntokens = {{ msk = \"{}\" }}\n",
+        b64(key.secret()),
+        b64(token.bytes())
+    );
+    let exit = me::MeProxy::start_full(
+        &fake,
+        &fake.multi_conf(),
+        &[],
+        me::dead_dc(),
+        "127.0.0.1",
+        &exit_table,
+    )
+    .await;
+    assert!(exit.wait_ready(2).await, "the exit's ME links are ready");
+    let b = bridge(
+        exit.link.unwrap(),
+        &key.public(),
+        &token,
+        &Cipher::ALL,
+        "mode = \"forward\"",
+    )
+    .await;
+    let (ok, out) = me::fake_client(b.addr, &["--scenario", "all"], me::T).await;
+    assert!(ok, "the oracle's client through bridge and exit:\n{out}");
+    let reqs = fake.events("proxy_req");
+    assert!(!reqs.is_empty());
+    for r in &reqs {
+        assert_eq!(me::field(r, "ad_tag"), Some(me::AD_TAG), "{r}");
+    }
+    b.stop().await;
+    exit.stop().await;
+}
