@@ -8,13 +8,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from harness import (FAKE_DC_BIN, clients, MTGATE_BIN, MaskSink, Secrets, Service, assert_tdlib_got_dc_answer,
+from harness import (FAKE_DC_BIN, clients, MTGATE_BIN, Acceptor, MaskSink, Secrets, Service,
+                     _recv, _relay, assert_tdlib_got_dc_answer,
                      assert_telethon_got_dc_answer, fmt_addr, free_port, proxy_config,
                      random_key_hex, require, tdlib, telethon)
 
@@ -35,11 +37,33 @@ def keys() -> tuple[str, str, str]:
     return val["key"].strip('"'), val["exit_key"].strip('"'), token
 
 
+class HelloMeddler(Acceptor):
+    """Between a bridge and its exit: flips one byte in the middle of the bridge's hello (inside
+    the encrypted payload that carries its cipher offer), then relays both ways."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        super().__init__("127.0.0.1", name="meddler")
+
+    def serve(self, c, conn) -> None:
+        try:
+            up = socket.create_connection(self.upstream, timeout=10)
+            head = _recv(c, 2)
+            hello = bytearray(_recv(c, int.from_bytes(head, "big")))
+        except (OSError, ValueError):
+            c.close()
+            return
+        hello[len(hello) // 2] ^= 0x01
+        up.sendall(head + bytes(hello))
+        _relay(c, up)
+
+
 class Pair(Secrets):
     """A fake DC, an exit in front of it and a bridge linked to the exit."""
 
     def __init__(self, tmp: Path, exit_ciphers: list[str], bridge_ciphers: list[str],
-                 bridge_token: str | None = None):
+                 bridge_token: str | None = None, bridge_exit_key: str | None = None,
+                 meddle: bool = False):
         require(MTGATE_BIN, FAKE_DC_BIN)
         self.key_hex = random_key_hex()
         self.mask = MaskSink("127.0.0.1")
@@ -47,6 +71,7 @@ class Pair(Secrets):
         secret, public, token = keys()
         self.link_port = free_port()
         self.exit_admin, self.bridge_admin = free_port(), free_port()
+        self.meddler = None
         try:
             self.fake_dc = self._start("fake-dc", [str(FAKE_DC_BIN), "--listen", "127.0.0.1:0"], tmp)
             dc = fmt_addr(*self.fake_dc.addrs[0])
@@ -64,13 +89,17 @@ ciphers = [{names}]
             self.exit = self._start("exit", [str(MTGATE_BIN), "run", "--config",
                                              str(tmp / "exit.toml")], tmp)
             names = ", ".join(f'"{c}"' for c in bridge_ciphers)
+            exit_addr = f"127.0.0.1:{self.link_port}"
+            if meddle:
+                self.meddler = HelloMeddler(("127.0.0.1", self.link_port))
+                exit_addr = fmt_addr(*self.meddler.addr)
             self.bridge_state = self._config(tmp, "bridge", ["127.0.0.1:1"], f"""
 [admin]
 listen = "127.0.0.1:{self.bridge_admin}"
 
 [link.bridge]
-exit = "127.0.0.1:{self.link_port}"
-exit_key = "{public}"
+exit = "{exit_addr}"
+exit_key = "{bridge_exit_key or public}"
 token = "{bridge_token or token}"
 ciphers = [{names}]
 """)
@@ -101,6 +130,8 @@ ciphers = [{names}]
         for s in reversed(self.services):
             s.stop()
         self.mask.stop()
+        if self.meddler is not None:
+            self.meddler.stop()
 
     def audit(self, state: Path) -> list[dict]:
         path = state / "audit.log"
@@ -158,9 +189,16 @@ def test_real_clients_through_bridge_and_exit(tmp_path, cipher):
         p.stop()
 
 
-def test_a_wrong_token_is_fronted_and_audited_on_the_bridge(tmp_path):
-    wrong = base64.b64encode(os.urandom(32)).decode()
-    p = Pair(tmp_path, CIPHERS, CIPHERS, bridge_token=wrong)
+@pytest.mark.parametrize("fault", ["wrong-token", "unknown-exit-key", "tampered-offer"])
+def test_a_bad_hello_is_fronted_and_audited_on_the_bridge(tmp_path, fault):
+    """A wrong token, a bridge pinning another exit's key, and an offer changed in flight all
+    leave the exit unable to read the hello: it fronts it like a prober's bytes, the bridge gets
+    no link and says so in its audit trail, and nothing crashes."""
+    other = keys()[1]
+    p = Pair(tmp_path, CIPHERS, CIPHERS,
+             bridge_token=base64.b64encode(os.urandom(32)).decode() if fault == "wrong-token" else None,
+             bridge_exit_key=other if fault == "unknown-exit-key" else None,
+             meddle=fault == "tampered-offer")
     try:
         res = telethon(p.host, p.port, p.dd_secret, "randomized", timeout=5)
         assert res.get("ok") is not True, res

@@ -154,6 +154,8 @@ async fn read_msg(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u8>> {
 enum Harm {
     Flip,
     Replay,
+    /// A byte of the hello (inside the encrypted payload with the offer).
+    Offer,
 }
 
 async fn meddler(exit: SocketAddr, harm: Harm) -> SocketAddr {
@@ -174,9 +176,13 @@ async fn meddler(exit: SocketAddr, harm: Harm) -> SocketAddr {
                     let _ = tokio::io::copy(&mut xr, &mut bw).await;
                 });
                 // The hello, whole.
-                let Some(hello) = read_msg(&mut br).await else {
+                let Some(mut hello) = read_msg(&mut br).await else {
                     return;
                 };
+                if let Some(Harm::Offer) = harm {
+                    let i = hello.len() / 2;
+                    hello[i] ^= 0x01;
+                }
                 let _ = xw.write_all(&hello).await;
                 let Some(mut record) = read_msg(&mut br).await else {
                     return;
@@ -191,7 +197,7 @@ async fn meddler(exit: SocketAddr, harm: Harm) -> SocketAddr {
                         let _ = xw.write_all(&record).await;
                         let _ = xw.write_all(&record).await;
                     }
-                    None => {
+                    Some(Harm::Offer) | None => {
                         let _ = xw.write_all(&record).await;
                     }
                 }
@@ -314,4 +320,36 @@ async fn a_session_that_does_not_read_stalls_no_other_and_keys_rotate() {
 
 fn key_of() -> mtgate_crypto::Key16 {
     mtgate_testkit::conf::key_from_hex(KEY_HEX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_changed_in_flight_gets_no_link() {
+    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
+        .await
+        .unwrap();
+    let (mask, mut seen) = mask_capture().await;
+    let key = ExitKey::generate();
+    let token = Token::generate();
+    let x = exit(
+        dc.local_addr(),
+        &key,
+        &[("msk", &token)],
+        &Cipher::ALL,
+        mask,
+    )
+    .await;
+    // The meddler changes the first connection's hello (a later redial goes
+    // through untouched).
+    let m = meddler(x.link.unwrap(), Harm::Offer).await;
+    let b = bridge(m, &key.public(), &token, &Cipher::ALL, "connections = 1").await;
+    let _ = res_pq(b.addr).await;
+    let got = tokio::time::timeout(Duration::from_secs(3), seen.recv())
+        .await
+        .expect("the changed hello was fronted")
+        .unwrap();
+    assert!(got.len() > 32);
+    assert!(b.runtime.link_stats.bridge.refused.load(Relaxed) >= 1);
+    assert!(x.runtime.link_stats.exit.refused.load(Relaxed) >= 1);
+    b.stop().await;
+    x.stop().await;
 }

@@ -259,7 +259,8 @@ impl OnOpen for ExitOpener {
         let bridge = self.bridge;
         tokio::spawn(async move {
             let route = rt.route();
-            let r = crate::upstream::connect_raw(&route, dc, bridge).await;
+            // Boxed: the dial is large and brief, the task lives as long as the session.
+            let r = Box::pin(crate::upstream::connect_raw(&route, dc, bridge)).await;
             match r {
                 Ok(tcp) => {
                     if stream.opened().await {
