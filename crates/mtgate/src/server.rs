@@ -176,7 +176,7 @@ impl Server {
         std.set_nonblocking(true)?;
         let l = TcpListener::from_std(std)?;
         self.link_addr = Some(l.local_addr()?);
-        let sessions = Arc::new(LinkSessions {
+        let sessions = Arc::new(SessionSink {
             live: live.clone(),
             conns: self.conns.clone(),
             shutdown: self.shutdown.subscribe(),
@@ -455,18 +455,27 @@ async fn guarded_accept(
     }
 }
 
-/// Serves the client connections a forwarding bridge hands this exit over
-/// a link, as sessions under the connection cap.
-struct LinkSessions {
+/// Streams that enter sessions from inside the process, under the
+/// connection cap: WEB proxy streams (`crate::web::webproxy`) and the
+/// client connections a forwarding bridge hands this exit over a link.
+struct SessionSink {
     live: Arc<Live>,
     conns: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     listener: SocketAddr,
 }
 
-impl crate::link::exit::Sessions for LinkSessions {
-    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr) {
-        // At the cap the stream is dropped: the client sees it closed.
+impl SessionSink {
+    /// A session for `stream` from `client` (at the cap the stream is
+    /// dropped: the client sees it closed).
+    fn spawn(
+        &self,
+        rt: Arc<Runtime>,
+        stream: tokio::net::TcpStream,
+        client: SocketAddr,
+        transport: crate::net::inbound::Transport,
+        pin: Option<crate::net::inbound::Pin>,
+    ) {
         let Ok(permit) = self.conns.clone().try_acquire_owned() else {
             return;
         };
@@ -475,12 +484,12 @@ impl crate::link::exit::Sessions for LinkSessions {
             meta: crate::net::inbound::Meta {
                 peer: client,
                 listener: self.listener,
-                transport: crate::net::inbound::Transport::Link,
+                transport,
                 vouched: Some(client.ip()),
-                pin: None,
+                pin,
             },
         };
-        let (rt, sd) = (self.live.current(), self.shutdown.clone());
+        let sd = self.shutdown.clone();
         tokio::spawn(async move {
             session::serve(inbound, rt, sd).await;
             drop(permit);
@@ -488,12 +497,17 @@ impl crate::link::exit::Sessions for LinkSessions {
     }
 }
 
-/// Serves WEB proxy streams (`crate::web::webproxy`) as client connections.
-struct SessionSink {
-    live: Arc<Live>,
-    conns: Arc<Semaphore>,
-    shutdown: watch::Receiver<bool>,
-    listener: SocketAddr,
+impl crate::link::exit::Sessions for SessionSink {
+    fn serve(&self, stream: tokio::net::TcpStream, client: SocketAddr) {
+        let rt = self.live.current();
+        self.spawn(
+            rt,
+            stream,
+            client,
+            crate::net::inbound::Transport::Link,
+            None,
+        );
+    }
 }
 
 impl crate::web::webproxy::mux::StreamSink for SessionSink {
@@ -508,28 +522,17 @@ impl crate::web::webproxy::mux::StreamSink for SessionSink {
         let Some(user) = rt.users.iter().position(|u| u.name == credential.user) else {
             return;
         };
-        // At the cap the stream is dropped: the app sees it closed.
-        let Ok(permit) = self.conns.clone().try_acquire_owned() else {
-            return;
+        let pin = crate::net::inbound::Pin {
+            user: u32::try_from(user).unwrap_or(u32::MAX),
+            dd: credential.mode == crate::web::webproxy::WebMode::Dd,
         };
-        let inbound = crate::net::inbound::Inbound {
+        self.spawn(
+            rt,
             stream,
-            meta: crate::net::inbound::Meta {
-                peer: client,
-                listener: self.listener,
-                transport: crate::net::inbound::Transport::WebProxy,
-                vouched: Some(client.ip()),
-                pin: Some(crate::net::inbound::Pin {
-                    user: u32::try_from(user).unwrap_or(u32::MAX),
-                    dd: credential.mode == crate::web::webproxy::WebMode::Dd,
-                }),
-            },
-        };
-        let sd = self.shutdown.clone();
-        tokio::spawn(async move {
-            session::serve(inbound, rt, sd).await;
-            drop(permit);
-        });
+            client,
+            crate::net::inbound::Transport::WebProxy,
+            Some(pin),
+        );
     }
 }
 

@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::link::{bridge, exit, mask_capture, res_pq};
+use common::link::{bridge, exit, res_pq, rig, Rig};
 use common::KEY_HEX;
 use mtgate_proto::link::handshake::{ExitKey, Token};
 use mtgate_proto::link::negotiate::Cipher;
 use mtgate_testkit::client::{ClientMode, ObfsClient};
-use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use mtgate_testkit::fake_dc::FakeDcMode;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -18,10 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_go_through_the_link_with_every_cipher() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, _) = mask_capture().await;
+    let Rig { dc, mask, .. } = rig(FakeDcMode::Mtproto).await;
     for c in Cipher::ALL {
         let key = ExitKey::generate();
         let token = Token::generate();
@@ -53,12 +50,13 @@ async fn sessions_go_through_the_link_with_every_cipher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_or_key_is_fronted_and_refused() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, mut seen) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        mut seen,
+        key,
+        token,
+    } = rig(FakeDcMode::Mtproto).await;
     let x = exit(
         dc.local_addr(),
         &key,
@@ -106,12 +104,13 @@ async fn a_wrong_token_or_key_is_fronted_and_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mismatched_lists_are_refused_on_both_sides() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, mut seen) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        mut seen,
+        key,
+        token,
+    } = rig(FakeDcMode::Mtproto).await;
     let x = exit(
         dc.local_addr(),
         &key,
@@ -210,10 +209,7 @@ async fn meddler(exit: SocketAddr, harm: Harm) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_or_replayed_record_ends_the_link_and_the_bridge_redials() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, _) = mask_capture().await;
+    let Rig { dc, mask, .. } = rig(FakeDcMode::Mtproto).await;
     for harm in [Harm::Flip, Harm::Replay] {
         let key = ExitKey::generate();
         let token = Token::generate();
@@ -251,12 +247,13 @@ async fn a_flipped_or_replayed_record_ends_the_link_and_the_bridge_redials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_does_not_read_stalls_no_other_and_keys_rotate() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Echo)
-        .await
-        .unwrap();
-    let (mask, _) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        key,
+        token,
+        ..
+    } = rig(FakeDcMode::Echo).await;
     let x = exit(
         dc.local_addr(),
         &key,
@@ -324,12 +321,13 @@ fn key_of() -> mtgate_crypto::Key16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_changed_in_flight_gets_no_link() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, mut seen) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        mut seen,
+        key,
+        token,
+    } = rig(FakeDcMode::Mtproto).await;
     let x = exit(
         dc.local_addr(),
         &key,

@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::link::{bridge, exit_with, mask_capture, res_pq};
+use common::link::{bridge, exit_with, res_pq, rig, Rig};
 use common::nginx::Nginx;
 use mtgate_proto::link::handshake::{ExitKey, Token};
 use mtgate_proto::link::negotiate::Cipher;
-use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use mtgate_testkit::fake_dc::FakeDcMode;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -46,12 +46,13 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 async fn tls_carriage_carries_sessions_and_answers_browsers_like_a_site() {
     let dir = tempfile::tempdir().unwrap();
     let (c, k, der) = cert(dir.path(), "exit.test");
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, _) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        key,
+        token,
+        ..
+    } = rig(FakeDcMode::Mtproto).await;
     let tls = format!("carriage = \"tls\"\ntls_cert = \"{c}\"\ntls_key = \"{k}\"");
     let x = exit_with(
         dc.local_addr(),
@@ -109,10 +110,7 @@ async fn tls_carriage_carries_sessions_and_answers_browsers_like_a_site() {
 async fn websocket_carriage_with_and_without_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (c, k, _) = cert(dir.path(), "exit.test");
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, _) = mask_capture().await;
+    let Rig { dc, mask, .. } = rig(FakeDcMode::Mtproto).await;
     let ca = dir.path().join("exit.test.pem");
     for wss in [false, true] {
         let key = ExitKey::generate();
@@ -154,12 +152,13 @@ async fn websocket_carriage_with_and_without_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_carriage_through_an_nginx_cdn_edge() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, _) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        key,
+        token,
+        ..
+    } = rig(FakeDcMode::Mtproto).await;
     // The exit is a plain ws:// origin; the edge terminates TLS.
     let x = exit_with(
         dc.local_addr(),

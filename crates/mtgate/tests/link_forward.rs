@@ -7,23 +7,24 @@
 mod common;
 mod me;
 
-use common::link::{bridge, exit_with, mask_capture, res_pq};
+use common::link::{bridge, exit_with, res_pq, rig, Rig};
 use mtgate::link::config::b64;
 use mtgate_proto::link::handshake::{ExitKey, Token};
 use mtgate_proto::link::negotiate::Cipher;
-use mtgate_testkit::fake_dc::{FakeDc, FakeDcMode};
+use mtgate_testkit::fake_dc::FakeDcMode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exit_runs_forwarded_sessions_with_its_own_users_and_fronts_probes() {
-    let dc = FakeDc::start("127.0.0.1:0".parse().unwrap(), FakeDcMode::Mtproto)
-        .await
-        .unwrap();
-    let (mask, mut seen) = mask_capture().await;
-    let key = ExitKey::generate();
-    let token = Token::generate();
+    let Rig {
+        dc,
+        mask,
+        mut seen,
+        key,
+        token,
+    } = rig(FakeDcMode::Mtproto).await;
     let x = exit_with(
         dc.local_addr(),
         &key,

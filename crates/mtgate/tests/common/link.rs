@@ -102,3 +102,27 @@ pub async fn mask_capture() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver
     });
     (addr, rx)
 }
+
+/// What a link test starts from: a fake DC, a mask host that keeps what it
+/// hears, and a fresh exit key and bridge token.
+pub struct Rig {
+    pub dc: mtgate_testkit::fake_dc::FakeDc,
+    pub mask: SocketAddr,
+    pub seen: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    pub key: ExitKey,
+    pub token: Token,
+}
+
+pub async fn rig(mode: mtgate_testkit::fake_dc::FakeDcMode) -> Rig {
+    let dc = mtgate_testkit::fake_dc::FakeDc::start("127.0.0.1:0".parse().expect("addr"), mode)
+        .await
+        .expect("fake DC");
+    let (mask, seen) = mask_capture().await;
+    Rig {
+        dc,
+        mask,
+        seen,
+        key: ExitKey::generate(),
+        token: Token::generate(),
+    }
+}
