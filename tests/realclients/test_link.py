@@ -1,6 +1,7 @@
 """The proxy-to-proxy link (issue 15) with real clients: Telethon and TDLib connect to a bridge
 node whose own DC addresses are dead; the bridge carries their sessions over the link to an exit
-node, which reaches the fake DC.  One bridge and exit pair per cipher, each pinned to it.  Then the
+node, which reaches the fake DC.  One bridge and exit pair per cipher, each pinned to it, rekeying
+every second.  Then the
 refusals an operator meets: a wrong token (the exit fronts the bridge like a prober) and lists with
 no cipher in common, each with its entry in the audit trail and its count in /metrics."""
 from __future__ import annotations
@@ -85,6 +86,7 @@ listen = "127.0.0.1:{self.link_port}"
 key = "{secret}"
 tokens = {{ msk = "{token}" }}
 ciphers = [{names}]
+rekey_interval = "1s"
 """)
             self.exit = self._start("exit", [str(MTGATE_BIN), "run", "--config",
                                              str(tmp / "exit.toml")], tmp)
@@ -102,6 +104,7 @@ exit = "{exit_addr}"
 exit_key = "{bridge_exit_key or public}"
 token = "{bridge_token or token}"
 ciphers = [{names}]
+rekey_interval = "1s"
 """)
             self.bridge = self._start("bridge", [str(MTGATE_BIN), "run", "--config",
                                                  str(tmp / "bridge.toml")], tmp)
@@ -183,6 +186,13 @@ def test_real_clients_through_bridge_and_exit(tmp_path, cipher):
             assert ups[0]["after"]["role"] == role
         exit_up = [e for e in p.audit(p.exit_state) if e.get("action") == "link.up"][0]
         assert exit_up["after"]["bridge"] == "msk"
+        # Keys rotate after a second (rekey_interval) at the next record each side sends: the
+        # clients' traffic or, at the latest, the 15 s keepalive.
+        for state in (p.exit_state, p.bridge_state):
+            wait_for(lambda: any(e.get("action") == "link.rekey" and e["after"]["direction"] == "out"
+                                 for e in p.audit(state)), f"link.rekey in {state}", 20)
+        for port, role in ((p.exit_admin, "exit"), (p.bridge_admin, "bridge")):
+            assert metric(p.metrics(port), "mtgate_link_rekeys_total", role=role) >= 2
         for s in p.services:
             assert s.alive(), p.diag()
     finally:

@@ -277,6 +277,11 @@ impl EventSink for LogSink {
                 crate::link::LinkEvent::Refused { role, peer, reason } => {
                     tracing::warn!(role, %peer, reason, "link handshake refused")
                 }
+                crate::link::LinkEvent::Rekeyed {
+                    role,
+                    peer,
+                    direction,
+                } => tracing::info!(role, %peer, direction, "link rekeyed"),
             },
             Event::Reloaded { ok: true, detail } => {
                 tracing::info!(detail, "configuration reloaded")

@@ -39,7 +39,8 @@ impl EventSink for AuditSink {
 }
 
 /// A link's audit entry: `link.up` (role, cipher, the bridge's name on
-/// an exit), `link.down` (why), `link.refused` (why).
+/// an exit), `link.down` (why), `link.rekey` (which direction),
+/// `link.refused` (why).
 fn link_record(l: &crate::link::LinkEvent) -> Record {
     use crate::link::LinkEvent as L;
     match l {
@@ -59,6 +60,17 @@ fn link_record(l: &crate::link::LinkEvent) -> Record {
             action: "link.down".into(),
             target: Some(peer.to_string()),
             after: Some(json!({ "role": role, "reason": reason })),
+            result: "ok".into(),
+            ..Default::default()
+        },
+        L::Rekeyed {
+            role,
+            peer,
+            direction,
+        } => Record {
+            action: "link.rekey".into(),
+            target: Some(peer.clone()),
+            after: Some(json!({ "role": role, "direction": direction })),
             result: "ok".into(),
             ..Default::default()
         },

@@ -239,6 +239,8 @@ impl Bridge {
                 max_streams: usize::MAX,
                 on_open: None,
                 stats: self.stats.clone(),
+                events: self.events.clone(),
+                role: "bridge",
             },
         );
         let (m, stats, events) = (mux.clone(), self.stats.clone(), self.events.clone());

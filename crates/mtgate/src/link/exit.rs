@@ -206,6 +206,8 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, opener: Arc<ExitOpener>) {
             max_streams: cfg.max_streams,
             on_open: Some(opener),
             stats: stats.clone(),
+            events: rt.telemetry.clone(),
+            role: "exit",
         },
     );
     drop(rt);

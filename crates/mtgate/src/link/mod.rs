@@ -52,6 +52,13 @@ pub enum LinkEvent {
         peer: String,
         reason: String,
     },
+    /// A direction of a link moved to its next key (`out`: this side's,
+    /// `in`: the peer's).
+    Rekeyed {
+        role: &'static str,
+        peer: String,
+        direction: &'static str,
+    },
     /// A handshake failed after the token was right (no common cipher, a
     /// clock too far) or, on the bridge, the exit did not authenticate.
     Refused {

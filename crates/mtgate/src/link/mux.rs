@@ -92,9 +92,26 @@ struct Inner {
     /// Close once the last stream ends (a replaced bridge's links).
     retiring: std::sync::atomic::AtomicBool,
     stats: Arc<LinkStats>,
+    /// Where rekeys are told (logs, the audit trail), as whose link.
+    events: super::Events,
+    role: &'static str,
+    peer: std::net::SocketAddr,
 }
 
 impl Inner {
+    /// A direction moved to its next key (`out`: ours; `in`: the peer's).
+    fn rekeyed(&self, direction: &'static str) {
+        self.stats.rekeyed();
+        super::emit(
+            &self.events,
+            super::LinkEvent::Rekeyed {
+                role: self.role,
+                peer: self.peer.to_string(),
+                direction,
+            },
+        );
+    }
+
     fn close(&self, why: &str) {
         let first = self.closed.send_if_modified(|c| {
             if c.is_none() {
@@ -174,6 +191,9 @@ pub struct Setup {
     /// Called for each stream the other side opens (the exit).
     pub on_open: Option<Arc<dyn OnOpen>>,
     pub stats: Arc<LinkStats>,
+    /// Where rekeys are told, and this side's role (`bridge`, `exit`).
+    pub events: super::Events,
+    pub role: &'static str,
 }
 
 /// One link connection. Cheap to clone.
@@ -204,6 +224,8 @@ impl Mux {
             max_streams,
             on_open,
             stats,
+            events,
+            role,
         } = setup;
         let (out, rx) = mpsc::channel(OUT_QUEUE);
         let (closed, _) = watch::channel(None);
@@ -215,6 +237,9 @@ impl Mux {
             closed,
             retiring: Default::default(),
             stats,
+            events,
+            role,
+            peer,
         });
         let (rd, wr) = tokio::io::split(carriage);
         let w = inner.clone();

@@ -80,7 +80,7 @@ pub(super) async fn writer<W: AsyncWrite + Unpin>(
         if sealer.bytes_since_rekey() >= rekey.bytes || keyed.elapsed() >= rekey.interval {
             sealer.rekey(&mut wire).map_err(|e| e.to_string())?;
             keyed = Instant::now();
-            inner.stats.rekeyed();
+            inner.rekeyed("out");
         }
         wr.write_all(&wire)
             .await
@@ -106,7 +106,7 @@ pub(super) async fn reader<R: AsyncRead + Unpin>(
                         let body = &buf[start + o.body.start..start + o.body.end];
                         dispatch(inner, body, on_open.as_ref())?;
                     } else {
-                        inner.stats.rekeyed();
+                        inner.rekeyed("in");
                     }
                     start += o.consumed;
                 }
