@@ -392,12 +392,19 @@ pub fn spawn_profiler_with(
     })
 }
 
+/// Whether `config` makes this node a bridge whose DC connections go
+/// through its link (`[link.bridge]`, mode `dc`).
+pub fn through_link(config: &Config) -> bool {
+    config.link.bridge.as_ref().is_some_and(|b| !b.forward)
+}
+
 /// Every DC target of `config`, once each: the balancer's targets.
 fn dc_targets(config: &Config) -> Vec<Target> {
-    let mut v: Vec<_> = crate::upstream::all_targets(&config.dcs, &config.ws_upstream)
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect();
+    let mut v: Vec<_> =
+        crate::upstream::all_targets(&config.dcs, &config.ws_upstream, through_link(config))
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
     v.sort_unstable();
     v.dedup();
     v

@@ -113,3 +113,51 @@ async fn a_forwarding_bridge_reaches_middle_ends_through_the_exit() {
     b.stop().await;
     exit.stop().await;
 }
+
+/// `mtgate doctor` on a bridge probes each DC through its link: a resPQ
+/// from the exit's DC when the keys are right, the link named as the fix
+/// when the token is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_probes_a_bridges_dcs_through_its_link() {
+    let Rig {
+        dc,
+        mask,
+        key,
+        token,
+        ..
+    } = rig(FakeDcMode::Mtproto).await;
+    let x = exit_with(
+        dc.local_addr(),
+        &key,
+        &[("msk", &token)],
+        &Cipher::ALL,
+        mask,
+        "",
+    )
+    .await;
+    let opts = mtgate::doctor::DoctorOpts {
+        timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    for (t, ok) in [(token.clone(), true), (Token::generate(), false)] {
+        let b = bridge(x.link.unwrap(), &key.public(), &t, &Cipher::ALL, "").await;
+        let report = mtgate::doctor::run(&b.runtime.config, &opts).await;
+        let dcs: Vec<_> = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("dc ") && c.name.contains("link dc"))
+            .collect();
+        assert!(dcs.len() >= 5, "{:?}", report.checks);
+        for c in &dcs {
+            assert_eq!(c.status == mtgate::doctor::Status::Ok, ok, "{c:?}");
+            if !ok {
+                assert!(
+                    c.fix.as_deref().unwrap_or("").contains("[link.bridge]"),
+                    "{c:?}"
+                );
+            }
+        }
+        b.stop().await;
+    }
+    x.stop().await;
+}

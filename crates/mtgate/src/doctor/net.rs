@@ -76,6 +76,11 @@ fn dc_fix(e: &DcProbeError, target: &Target, dc: u16) -> String {
         DcProbeError::Connect(_) if matches!(target, Target::WebSocket { .. }) => format!(
             "no WebSocket connection to DC {dc}'s endpoint: check [upstream.websocket] (host, port, tls, resolve) and the way to it"
         ),
+        DcProbeError::Connect(_) | DcProbeError::ConnectTimeout
+            if matches!(target, Target::Link { .. }) =>
+        {
+            "no link to the exit: check [link.bridge] exit, exit_key and token (an exit that cannot read the hello fronts it, so a wrong key or token looks like a website), the carriage, and that the exit is up".to_string()
+        }
         DcProbeError::Connect(_) if matches!(target, Target::Via { .. }) => format!(
             "no connection to {addr}: check the chain's SOCKS5 proxies in [upstream.chains] and that they may reach the DC"
         ),
@@ -104,7 +109,11 @@ pub async fn dcs(cfg: &Config, timeout: Duration) -> DcResults {
     // The ways `run` reaches DCs (the SOCKS5 chains, the WebSocket endpoints).
     let ways = upstream::Ways::new(cfg, timeout);
     let route = ways.route();
-    let order = upstream::all_targets(&cfg.dcs, &cfg.ws_upstream);
+    let order = upstream::all_targets(
+        &cfg.dcs,
+        &cfg.ws_upstream,
+        crate::runtime::through_link(cfg),
+    );
     let results: Vec<Option<Result<(Duration, u64), DcProbeError>>> =
         futures_util::future::join_all(
             order

@@ -171,10 +171,20 @@ pub struct Route<'a> {
 /// Every target the table and `[upstream.websocket]` give each DC: its
 /// group, and its WebSocket endpoint where `[upstream.websocket]` serves it
 /// without the group naming it (`mode = only|fallback`). The balancer keeps
-/// a breaker for each; the doctor and the active checks probe these.
-pub fn all_targets(table: &DcTable, ws: &WsUpstreamConfig) -> Vec<(u16, Target)> {
+/// a breaker for each; the doctor and the active checks probe these. A
+/// bridge (`through_link`) reaches every DC through its link instead: one
+/// `Target::Link` a DC.
+pub fn all_targets(
+    table: &DcTable,
+    ws: &WsUpstreamConfig,
+    through_link: bool,
+) -> Vec<(u16, Target)> {
     let mut v = Vec::new();
     for (dc, group) in table.entries() {
+        if through_link {
+            v.push((dc, Target::Link { dc }));
+            continue;
+        }
         v.extend(group.iter().map(|t| (dc, t.clone())));
         let endpoint = Target::WebSocket { dc };
         if ws.host(dc).is_some() && !group.contains(&endpoint) {
@@ -193,6 +203,7 @@ pub struct Ways {
     balancer: std::sync::Arc<Balancer>,
     warm: WarmPool,
     ws: Option<std::sync::Arc<WsUpstream>>,
+    link: Option<std::sync::Arc<crate::link::Bridge>>,
     prefer: IpPreference,
     timeout: Duration,
 }
@@ -207,6 +218,13 @@ impl Ways {
             balancer: Balancer::new(Default::default(), []),
             warm: WarmPool::default(),
             ws: WsUpstream::new(&cfg.ws_upstream),
+            // A bridge's probes go through its link (the doctor's own links).
+            link: cfg
+                .link
+                .bridge
+                .clone()
+                .filter(|b| !b.forward)
+                .map(|b| crate::link::Bridge::new(b, Default::default(), Default::default())),
             prefer: cfg.prefer,
             timeout,
         }
@@ -222,7 +240,7 @@ impl Ways {
             warm: &self.warm,
             attempt_delay: Duration::ZERO,
             ws: self.ws.as_deref(),
-            link: None,
+            link: self.link.as_ref(),
             connect_timeout: self.timeout,
             retry: Retry {
                 passes: 0,
