@@ -571,8 +571,22 @@ async fn accept_loop(
             match rt.link.clone().filter(|b| b.forwards()) {
                 Some(b) => {
                     let wait = rt.config.connect_timeout;
+                    // The bridge's own admission first (ACL, rate, reputation,
+                    // geo): a flood or a blocked network stops here, not at the exit.
+                    let peer = inbound.meta.peer;
+                    let admitted = rt.policy.admit(peer.ip(), &mut |reason, enforced| {
+                        rt.telemetry.emit(crate::events::Event::PolicyHit {
+                            id: 0,
+                            reason,
+                            enforced,
+                            source: peer.ip(),
+                        })
+                    });
                     drop(rt);
-                    Box::pin(b.forward(inbound.stream, inbound.meta.peer, wait)).await
+                    if let Ok(source) = admitted {
+                        Box::pin(b.forward(inbound.stream, peer, wait)).await;
+                        drop(source);
+                    }
                 }
                 None => session::serve(inbound, rt, sd).await,
             }

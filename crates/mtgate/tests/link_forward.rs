@@ -161,3 +161,48 @@ async fn the_doctor_probes_a_bridges_dcs_through_its_link() {
     }
     x.stop().await;
 }
+
+/// A forwarding bridge admits clients by its own policy before the link:
+/// a blocked network never reaches the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_bridge_refuses_by_its_own_policy() {
+    let Rig {
+        dc,
+        mask,
+        key,
+        token,
+        ..
+    } = rig(FakeDcMode::Mtproto).await;
+    let x = exit_with(
+        dc.local_addr(),
+        &key,
+        &[("msk", &token)],
+        &Cipher::ALL,
+        mask,
+        "",
+    )
+    .await;
+    let b = bridge(
+        x.link.unwrap(),
+        &key.public(),
+        &token,
+        &Cipher::ALL,
+        "mode = \"forward\"\n[policy.acl]\nrules = [ { cidr = \"127.0.9.0/24\", level = \"blocked\" } ]",
+    )
+    .await;
+    let from = |ip: &str| mtgate_testkit::client::ClientOptions {
+        bind: Some(ip.parse().unwrap()),
+        ..Default::default()
+    };
+    let secure = || mtgate_testkit::client::ClientMode::Secure;
+    assert!(common::resolves_with(b.addr, secure(), from("127.0.0.1")).await);
+    let streams = x.runtime.link_stats.exit.streams.load(Relaxed);
+    assert!(!common::resolves_with(b.addr, secure(), from("127.0.9.7")).await);
+    assert_eq!(
+        x.runtime.link_stats.exit.streams.load(Relaxed),
+        streams,
+        "the refused client never reached the exit"
+    );
+    b.stop().await;
+    x.stop().await;
+}
