@@ -113,6 +113,12 @@ impl Inner {
     }
 
     fn close(&self, why: &str) {
+        // Under the streams' lock, so no stream registers after the drain
+        // on a link that is already closed (it would wait for an answer
+        // nobody sends).
+        let Ok(mut m) = self.streams.lock() else {
+            return;
+        };
         let first = self.closed.send_if_modified(|c| {
             if c.is_none() {
                 *c = Some(why.to_owned());
@@ -122,10 +128,8 @@ impl Inner {
             }
         });
         if first {
-            let slots: Vec<_> = match self.streams.lock() {
-                Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
-                Err(_) => Vec::new(),
-            };
+            let slots: Vec<_> = m.drain().map(|(_, s)| s).collect();
+            drop(m);
             for s in slots {
                 let _ = s.tx.send(Inbound::Reset(Reason::Aborted));
                 s.credit.close();
@@ -158,6 +162,9 @@ impl Inner {
             outstanding: AtomicUsize::new(0),
         });
         let mut m = self.streams.lock().map_err(|_| Reason::Aborted)?;
+        if self.closed.borrow().is_some() {
+            return Err(Reason::Aborted);
+        }
         if m.len() >= self.max_streams {
             return Err(Reason::Busy);
         }
@@ -303,7 +310,10 @@ impl Mux {
             return Err(OpenError::Closed(why));
         }
         let id = self.inner.next.fetch_add(1, Relaxed);
-        let (slot, mut rx) = self.inner.register(id).map_err(OpenError::Refused)?;
+        let (slot, mut rx) = self.inner.register(id).map_err(|r| match self.closed() {
+            Some(why) => OpenError::Closed(why),
+            None => OpenError::Refused(r),
+        })?;
         let mut stream = Stream {
             id,
             slot,
@@ -441,5 +451,42 @@ impl Stream {
                 reason: Reason::Aborted,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtgate_proto::link::negotiate::Cipher;
+    use zeroize::Zeroizing;
+
+    /// A stream asked for on a link that closed is refused at once, never
+    /// left waiting for an answer nobody sends.
+    #[tokio::test]
+    async fn no_stream_waits_on_a_closed_link() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let key = || Zeroizing::new([9u8; 32]);
+        let mux = Mux::start(
+            a,
+            Sealer::new(Cipher::Aes256Gcm, key()),
+            Opener::new(Cipher::Aes256Gcm, key()),
+            Setup {
+                peer: "127.0.0.1:1".parse().expect("addr"),
+                rekey: Rekey::default(),
+                max_streams: 8,
+                on_open: None,
+                stats: Arc::default(),
+                events: Default::default(),
+                role: "bridge",
+            },
+        );
+        mux.close("test");
+        let t = std::time::Instant::now();
+        let r = mux.open(Opening::Dc(2), Duration::from_secs(10)).await;
+        assert!(matches!(r, Err(OpenError::Closed(_))), "{:?}", r.err());
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // Registering directly on the closed link is refused too.
+        assert!(mux.inner.register(99).is_err());
+        assert_eq!(mux.streams(), 0);
     }
 }
